@@ -1,0 +1,225 @@
+"""The envelope every message travels in, the money type, and parsing by `type`.
+
+Commands reject unknown fields (a typo must not pass silently); events ignore unknown
+fields so that an older consumer keeps reading what a newer producer writes.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated, Any, ClassVar, Generic, TypeVar
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationError,
+    model_validator,
+)
+
+#: Money on the wire: a JSON number or string in, `Decimal` inside, a string out.
+#: More than 4 decimals is a parse error; the currency's minor unit is a business rule.
+Money = Annotated[
+    Decimal,
+    Field(max_digits=20, decimal_places=4, allow_inf_nan=False),
+    PlainSerializer(lambda value: format(value, "f"), return_type=str, when_used="json"),
+]
+
+#: A merchant (tenant) key as it appears in every message and every Kafka key.
+WebsiteKey = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")]
+
+
+class Message(BaseModel):
+    """Base of every payload. `TYPE` is the envelope's `type` discriminator."""
+
+    TYPE: ClassVar[str] = ""
+    model_config = ConfigDict(frozen=True)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if not cls.__dict__.get("TYPE"):
+            cls.TYPE = cls.__name__
+
+
+class Command(Message):
+    """An instruction to a service. Unknown fields are refused."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Event(Message):
+    """A fact a service announces. Unknown fields are ignored (tolerant reader)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+P = TypeVar("P", bound=Message)
+
+
+class Envelope(BaseModel, Generic[P]):
+    """The frame of every message body (except the merchant push)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    message_id: uuid.UUID = Field(description="Unique per message; the deduplication key.")
+    type: str = Field(description="Which payload this is, e.g. `CreateInvoice`.")
+    website_key: WebsiteKey = Field(description="The merchant (tenant) the message belongs to.")
+    occurred_at: AwareDatetime = Field(
+        description="Business time of the message; a timezone offset is required."
+    )
+    correlation_id: uuid.UUID | None = Field(
+        default=None,
+        description="The message_id of the command that started the chain "
+        "(defaults to this message's own id).",
+    )
+    causation_id: uuid.UUID | None = Field(
+        default=None, description="The message_id of the message that caused this one."
+    )
+    payload: P
+
+    @model_validator(mode="after")
+    def _default_correlation(self) -> Envelope[P]:
+        if self.correlation_id is None:
+            object.__setattr__(self, "correlation_id", self.message_id)
+        return self
+
+    @property
+    def correlation(self) -> uuid.UUID:
+        return self.correlation_id or self.message_id
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json().encode()
+
+
+# --- the registry of payload types ------------------------------------------------------
+
+_REGISTRY: dict[str, type[Message]] = {}
+
+
+def register(*classes: type[Message]) -> None:
+    """Make payload classes parseable by their `TYPE`."""
+    for cls in classes:
+        existing = _REGISTRY.get(cls.TYPE)
+        if existing is not None and existing is not cls:
+            raise ValueError(f"message type {cls.TYPE!r} registered twice")
+        _REGISTRY[cls.TYPE] = cls
+
+
+def registered_types() -> dict[str, type[Message]]:
+    return dict(_REGISTRY)
+
+
+def payload_class(type_name: str) -> type[Message] | None:
+    return _REGISTRY.get(type_name)
+
+
+@dataclass(frozen=True)
+class FieldError:
+    """One reason a message was refused, named by its dotted field path."""
+
+    field: str
+    code: str
+    message: str
+
+
+@dataclass
+class ParseError(Exception):
+    """A message body that is not a valid envelope of a known type.
+
+    `message_id`, `website_key` and `type` are filled in when they were readable, so the
+    error can be attributed to a command (CommandRejected) as well as dead-lettered.
+    """
+
+    errors: list[FieldError]
+    message_id: uuid.UUID | None = None
+    website_key: str | None = None
+    type: str | None = None
+    correlation_id: uuid.UUID | None = None
+    raw_fields: dict[str, Any] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return "; ".join(f"{e.field}: {e.code}: {e.message}" for e in self.errors)
+
+    @property
+    def attributable(self) -> bool:
+        return self.message_id is not None and self.website_key is not None
+
+
+def field_errors(exc: ValidationError, prefix: str = "") -> list[FieldError]:
+    """Turn pydantic's errors into field-level errors with dotted paths."""
+    result = []
+    for error in exc.errors(include_url=False):
+        path = ".".join(str(part) for part in error["loc"])
+        if prefix:
+            path = f"{prefix}.{path}" if path else prefix
+        result.append(FieldError(field=path or "$", code=error["type"], message=error["msg"]))
+    return result
+
+
+def _readable_header(data: dict[str, Any]) -> dict[str, Any]:
+    """The attributable parts of a broken envelope, each only when it is valid."""
+    found: dict[str, Any] = {}
+    for key in ("message_id", "correlation_id"):
+        try:
+            found[key] = uuid.UUID(str(data.get(key)))
+        except ValueError:
+            pass
+    website_key = data.get("website_key")
+    if isinstance(website_key, str) and website_key:
+        found["website_key"] = website_key
+    if isinstance(data.get("type"), str):
+        found["type"] = data["type"]
+    return found
+
+
+def parse_envelope(raw: bytes | str, allowed: set[str] | None = None) -> Envelope[Any]:
+    """Parse a message body into an envelope with its typed payload.
+
+    `allowed` limits the types a consumer accepts on a topic; anything else is a
+    parse error (`unknown_type`). Raises `ParseError`.
+    """
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ParseError([FieldError("$", "invalid_json", str(exc))]) from None
+    if not isinstance(data, dict):
+        raise ParseError([FieldError("$", "not_an_object", "the body must be a JSON object")])
+    header = _readable_header(data)
+    type_name = data.get("type")
+    cls = payload_class(type_name) if isinstance(type_name, str) else None
+    if cls is None or (allowed is not None and type_name not in allowed):
+        raise ParseError(
+            [FieldError("type", "unknown_type", f"unknown message type {type_name!r}")],
+            **header,
+        )
+    try:
+        return Envelope[cls].model_validate_json(raw)  # type: ignore[valid-type]
+    except ValidationError as exc:
+        raise ParseError(field_errors(exc), **header) from None
+
+
+def new_envelope(
+    payload: P,
+    *,
+    website_key: str,
+    occurred_at: datetime,
+    caused_by: Envelope[Any] | None = None,
+    message_id: uuid.UUID | None = None,
+) -> Envelope[P]:
+    """Build an envelope for `payload`, chaining correlation from the causing message."""
+    mid = message_id or uuid.uuid4()
+    return Envelope[type(payload)](  # type: ignore[misc]
+        message_id=mid,
+        type=payload.TYPE,
+        website_key=website_key,
+        occurred_at=occurred_at,
+        correlation_id=caused_by.correlation if caused_by else mid,
+        causation_id=caused_by.message_id if caused_by else None,
+        payload=payload,
+    )

@@ -1,0 +1,430 @@
+"""`python -m devstack run|up`: the embedded stack plus the five services, supervised."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shlex
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from devstack.broker import BrokerHandle, start_broker
+from devstack.postgres import PostgresHandle, start_postgres
+from devstack.procs import port_is_free
+from devstack.state import REPO_ROOT, StackAlreadyRunning, StateFile, devstack_dir
+
+SERVICES: tuple[tuple[str, int], ...] = (
+    ("invoice", 8081),
+    ("scheduler", 8082),
+    ("notifier", 8083),
+    ("subscription", 8084),
+    ("collection", 8085),
+)
+DATABASE = "cm"
+DEFAULT_KAFKA_PORT = 9092
+DEFAULT_PG_PORT = 5432
+SERVICE_STOP_TIMEOUT = 10.0
+_WIDTH = max(len(name) for name, _ in SERVICES) + 2
+_COLOURS = ("36", "33", "35", "32", "34", "31", "96")
+
+
+def state_file() -> StateFile:
+    return StateFile(devstack_dir() / "state.json")
+
+
+def _use_colour() -> bool:
+    if os.environ.get("NO_COLOR"):
+        return False
+    return bool(os.environ.get("FORCE_COLOR")) or sys.stdout.isatty()
+
+
+class Console:
+    def __init__(self) -> None:
+        self.colour = _use_colour()
+
+    def prefix(self, name: str, index: int) -> bytes:
+        label = f"[{name}]".ljust(_WIDTH)
+        if self.colour:
+            label = f"\x1b[{_COLOURS[index % len(_COLOURS)]}m{label}\x1b[0m"
+        return f"{label} ".encode()
+
+    def write(self, prefix: bytes, line: bytes) -> None:
+        if not line.endswith(b"\n"):
+            line += b"\n"
+        sys.stdout.buffer.write(prefix + line)
+        sys.stdout.buffer.flush()
+
+    def say(self, text: str, *, error: bool = False) -> None:
+        label = "[devstack]".ljust(_WIDTH)
+        if self.colour:
+            label = f"\x1b[1;{'31' if error else '37'}m{label}\x1b[0m"
+        for line in text.splitlines() or [""]:
+            sys.stdout.write(f"{label} {line}\n")
+        sys.stdout.flush()
+
+
+@dataclass
+class Service:
+    name: str
+    port: int
+    index: int
+    process: asyncio.subprocess.Process | None = None
+    pump: asyncio.Task[None] | None = None
+    exited: asyncio.Task[int] | None = field(default=None, repr=False)
+
+    @property
+    def health_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/healthz"
+
+
+def _pick_port(requested: int | None, preferred: int) -> int | None:
+    """None: the preferred port if free else any free port; 0: any free port."""
+    if requested is not None:
+        return requested or None
+    return preferred if port_is_free(preferred) else None
+
+
+def service_command(name: str, template: str | None) -> list[str]:
+    if not template:
+        return [sys.executable, "-m", f"services.{name}"]
+    return [part.format(name=name, python=sys.executable) for part in shlex.split(template)]
+
+
+async def http_status(url_port: int, path: str = "/healthz", timeout: float = 1.0) -> int | None:
+    try:
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_connection("127.0.0.1", url_port)
+            try:
+                writer.write(f"GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n".encode())
+                await writer.drain()
+                status_line = await reader.readline()
+            finally:
+                writer.close()
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
+        parts = status_line.split()
+        return int(parts[1]) if len(parts) >= 2 else None
+    except (OSError, TimeoutError, ValueError):
+        return None
+
+
+async def ensure_database(dsn: str, name: str) -> None:
+    import asyncpg  # noqa: PLC0415
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        exists = await conn.fetchval("select 1 from pg_database where datname = $1", name)
+        if not exists:
+            await conn.execute(f'create database "{name}"')
+    finally:
+        await conn.close()
+
+
+class Stack:
+    """Broker + Postgres (+ services), each recorded in the state file as it starts."""
+
+    def __init__(self, console: Console, state: StateFile) -> None:
+        self.console = console
+        self.state = state
+        self.broker: BrokerHandle | None = None
+        self.postgres: PostgresHandle | None = None
+        self.services: list[Service] = []
+        self.stop_requested = asyncio.Event()
+        self.force = asyncio.Event()
+        self.stopping = False
+
+    # -- signals ----------------------------------------------------------------------------
+
+    def install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+
+    def _on_signal(self, sig: int) -> None:
+        name = signal.Signals(sig).name
+        if self.stop_requested.is_set():
+            self.console.say(f"{name} again: killing what is left")
+            self.force.set()
+        else:
+            self.console.say(f"{name}: stopping")
+            self.stop_requested.set()
+
+    # -- infrastructure ---------------------------------------------------------------------
+
+    def start_infra(self, kafka_port: int | None, pg_port: int | None) -> dict[str, str]:
+        """Start (or take from the environment) the broker and Postgres; return the env."""
+        env: dict[str, str] = {}
+        external_kafka = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+        if external_kafka:
+            self.console.say(f"kafka: using KAFKA_BOOTSTRAP_SERVERS={external_kafka}")
+            env["KAFKA_BOOTSTRAP_SERVERS"] = external_kafka
+        else:
+            port = _pick_port(kafka_port, DEFAULT_KAFKA_PORT)
+            self.broker = start_broker(port, log_path=devstack_dir() / "broker.log")
+            self.state.record("broker", self.broker.pid, signal.SIGKILL, 1.0)
+            self.console.say(
+                f"kafka: tansu on {self.broker.bootstrap_servers} (pid {self.broker.pid}, "
+                f"{self.broker.startup_s:.2f} s, memory storage)"
+            )
+            env["KAFKA_BOOTSTRAP_SERVERS"] = self.broker.bootstrap_servers
+        external_db = os.environ.get("DATABASE_URL")
+        if external_db:
+            self.console.say("postgres: using DATABASE_URL from the environment")
+            env["DATABASE_URL"] = external_db
+        else:
+            port = _pick_port(pg_port, DEFAULT_PG_PORT)
+            started = time.monotonic()
+            self.postgres = start_postgres(
+                devstack_dir() / "pgdata", port, log_path=devstack_dir() / "postgres.log"
+            )
+            self.state.record("postgres", self.postgres.pid, signal.SIGINT, 10.0)
+            self.console.say(
+                f"postgres: 127.0.0.1:{self.postgres.port} (pid {self.postgres.pid}, "
+                f"{time.monotonic() - started:.2f} s incl. setup, "
+                f"data {self.postgres.data_dir})"
+            )
+            env["DATABASE_URL"] = self.postgres.dsn_for(DATABASE)
+        self.state.set_info(env=env)
+        return env
+
+    def infra_problem(self) -> str | None:
+        if self.broker is not None and not self.broker.alive():
+            return f"the broker (pid {self.broker.pid}) died; see {devstack_dir() / 'broker.log'}"
+        if self.postgres is not None and not self.postgres.alive():
+            return (
+                f"postgres (pid {self.postgres.pid}) died; see {devstack_dir() / 'postgres.log'}"
+            )
+        return None
+
+    # -- services ---------------------------------------------------------------------------
+
+    async def start_service(self, service: Service, cmd: list[str], env: dict[str, str]) -> None:
+        preexec = None
+        from devstack.procs import die_with_parent  # noqa: PLC0415
+
+        preexec = die_with_parent(signal.SIGTERM)
+        service.process = await asyncio.create_subprocess_exec(
+            *cmd,
+            cwd=REPO_ROOT,
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=preexec,
+            limit=1 << 20,
+        )
+        self.state.record(service.name, service.process.pid, signal.SIGTERM, SERVICE_STOP_TIMEOUT)
+        service.pump = asyncio.create_task(self._pump(service))
+        service.exited = asyncio.create_task(service.process.wait())
+
+    async def _pump(self, service: Service) -> None:
+        assert service.process is not None and service.process.stdout is not None
+        prefix = self.console.prefix(service.name, service.index)
+        stream = service.process.stdout
+        while True:
+            try:
+                line = await stream.readline()
+            except ValueError:  # a line longer than the limit: pass it on in pieces
+                line = await stream.read(1 << 20)
+            if not line:
+                return
+            self.console.write(prefix, line)
+
+    async def stop_services(self) -> None:
+        live = [s for s in self.services if s.process and s.process.returncode is None]
+        for service in live:
+            assert service.process is not None
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(service.process.pid, signal.SIGTERM)
+        waits = [s.exited for s in live if s.exited is not None]
+        if waits:
+            force = asyncio.create_task(self.force.wait())
+            await asyncio.wait(
+                [force, asyncio.gather(*waits)],
+                timeout=SERVICE_STOP_TIMEOUT,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            force.cancel()
+        for service in live:
+            assert service.process is not None
+            if service.process.returncode is None:
+                self.console.say(f"{service.name} did not stop in time: SIGKILL", error=True)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(service.process.pid, signal.SIGKILL)
+        for service in live:
+            assert service.process is not None
+            await service.process.wait()
+            if service.pump is not None:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(service.pump, 2)
+            self.state.forget(service.process.pid)
+
+    async def shutdown(self) -> None:
+        self.stopping = True
+        await self.stop_services()
+        if self.postgres is not None:
+            self.postgres.stop()
+            self.state.forget(self.postgres.pid)
+        if self.broker is not None:
+            self.broker.stop()
+            self.state.forget(self.broker.pid)
+        self.state.stop_all()  # anything still recorded (nothing, normally); removes the file
+
+    # -- waiting ----------------------------------------------------------------------------
+
+    async def wait_for_trouble(self, deadline: float | None = None) -> str | None:
+        """Block until a stop request (None), a dead child (its description), or the
+        deadline (\"deadline\")."""
+        while True:
+            if self.stop_requested.is_set():
+                return None
+            problem = self.infra_problem()
+            if problem:
+                return problem
+            for service in self.services:
+                if service.exited is not None and service.exited.done():
+                    return f"service {service.name} exited with code {service.exited.result()}"
+            if deadline is not None and time.monotonic() >= deadline:
+                return "deadline"
+            waits: list[asyncio.Future[object]] = [
+                asyncio.ensure_future(self.stop_requested.wait())
+            ]
+            waits += [s.exited for s in self.services if s.exited is not None]  # type: ignore[misc]
+            timeout = 0.5
+            if deadline is not None:
+                timeout = max(0.0, min(timeout, deadline - time.monotonic()))
+            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            waits[0].cancel()
+
+    async def wait_healthy(self, timeout: float) -> list[str]:
+        """Poll every /healthz until all answer 200; return the names still unhealthy."""
+        deadline = time.monotonic() + timeout
+        pending = {s.name: s for s in self.services}
+        while pending:
+            statuses = await asyncio.gather(*(http_status(s.port) for s in pending.values()))
+            for name, status in zip(list(pending), statuses, strict=True):
+                if status == 200:
+                    self.console.say(f"{name} is healthy")
+                    del pending[name]
+            if not pending:
+                break
+            trouble = await self.wait_for_trouble(min(deadline, time.monotonic() + 0.2))
+            if trouble != "deadline":
+                raise _Trouble(trouble)
+            if time.monotonic() >= deadline:
+                break
+        return sorted(pending)
+
+
+class _Trouble(Exception):
+    def __init__(self, reason: str | None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _exports(env: dict[str, str]) -> str:
+    return "\n".join(f"export {k}={shlex.quote(v)}" for k, v in env.items())
+
+
+async def run(
+    *,
+    with_services: bool,
+    kafka_port: int | None = None,
+    pg_port: int | None = None,
+    service_cmd: str | None = None,
+    only: Sequence[str] | None = None,
+    health_timeout: float = 60.0,
+    http_port_base: int = 8081,
+) -> int:
+    console = Console()
+    state = state_file()
+    try:
+        reaped = state.claim()
+    except StackAlreadyRunning as err:
+        console.say(str(err), error=True)
+        return 1
+    for entry in reaped:
+        console.say(f"stopped a leftover of a crashed earlier run: {entry.name} (pid {entry.pid})")
+    stack = Stack(console, state)
+    stack.install_signals()
+    started = time.monotonic()
+    code = 0
+    try:
+        env = stack.start_infra(kafka_port, pg_port)
+        if stack.postgres is not None:
+            await ensure_database(stack.postgres.dsn, DATABASE)
+        if not with_services:
+            console.say("stack is up; for a service run by hand:")
+            print(_exports(env), flush=True)
+            console.say("Ctrl-C stops it.")
+            trouble = await stack.wait_for_trouble()
+            if trouble:
+                console.say(f"FAILED: {trouble}", error=True)
+                code = 1
+            return code
+        base_env = dict(os.environ)
+        base_env.setdefault("LOG_FORMAT", "console")
+        base_env.setdefault("CM_CLOCK", "system")
+        base_env["PYTHONUNBUFFERED"] = "1"
+        base_env.update(env)
+        names = list(only) if only else [name for name, _ in SERVICES]
+        known = {name for name, _ in SERVICES}
+        unknown = sorted(set(names) - known)
+        if unknown:
+            console.say(f"unknown services: {', '.join(unknown)}", error=True)
+            return 2
+        for index, (name, default_port) in enumerate(SERVICES):
+            if name not in names:
+                continue
+            port = http_port_base + (default_port - 8081)
+            service = Service(name, port, index)
+            stack.services.append(service)
+            service_env = base_env | {"HTTP_PORT": str(port)}
+            await stack.start_service(service, service_command(name, service_cmd), service_env)
+        try:
+            unhealthy = await stack.wait_healthy(health_timeout)
+        except _Trouble as trouble:
+            if trouble.reason is None:
+                return 0
+            console.say(f"FAILED: {trouble.reason}; stopping everything", error=True)
+            return 1
+        if unhealthy:
+            console.say(
+                f"FAILED: no 200 from /healthz of {', '.join(unhealthy)} within "
+                f"{health_timeout:.0f} s; stopping everything",
+                error=True,
+            )
+            return 1
+        lines = [f"all {len(stack.services)} services healthy in "
+                 f"{time.monotonic() - started:.1f} s", ""]
+        lines.append(f"  kafka     {env['KAFKA_BOOTSTRAP_SERVERS']}")
+        lines.append(f"  postgres  {env['DATABASE_URL']}")
+        for service in stack.services:
+            lines.append(f"  {service.name:<12}  {service.health_url}")
+        lines += ["", "  cm topics | cm tail cm.invoice.events --follow | Ctrl-C stops all"]
+        console.say("\n".join(lines))
+        trouble = await stack.wait_for_trouble()
+        if trouble:
+            console.say(f"FAILED: {trouble}; stopping everything", error=True)
+            code = 1
+        return code
+    except Exception as err:
+        console.say(f"FAILED: {type(err).__name__}: {err}", error=True)
+        return 1
+    finally:
+        await stack.shutdown()
+        console.say("stopped: nothing left running")
+
+
+def default_service_cmd() -> str | None:
+    return os.environ.get("DEVSTACK_SERVICE_CMD") or None
+
+
+def pgdata_dir() -> Path:
+    return devstack_dir() / "pgdata"

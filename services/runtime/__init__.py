@@ -1,0 +1,1 @@
+"""What every service runs on: settings, logging, database, outbox, inbox, consumers, app."""

@@ -1,0 +1,248 @@
+"""The app factory every service uses: broker, subscribers, relay, health and metrics.
+
+`create_app(service)` wires a `ServiceDefinition` into an `AsgiFastStream`: on start it
+configures logging, opens the pool, migrates the service schema, creates the topics,
+starts the outbox relay and any background tasks, then the broker's subscribers.
+`GET /healthz` answers 200 once every subscriber consumes; `GET /metrics` serves
+Prometheus metrics. Run it with `run(service)` (uvicorn on `HTTP_PORT`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from aiokafka import ConsumerRecord
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+from faststream import AckPolicy
+from faststream.asgi import AsgiFastStream, AsgiResponse, get
+from faststream.kafka import KafkaBroker, KafkaMessage
+from prometheus_client import make_asgi_app
+
+from contracts.topics import TopicNames
+from services.runtime.consumer import (
+    BatchConsumer,
+    ConsumerSpec,
+    RawRecord,
+    backoff,
+    is_infrastructure_error,
+)
+from services.runtime.db import create_pool, migrate
+from services.runtime.logs import configure_logging, get_logger
+from services.runtime.outbox import OutboxRelay
+from services.runtime.settings import Settings
+
+log = get_logger(__name__)
+
+
+@dataclass
+class Runtime:
+    """The live parts of a running service, handed to background tasks."""
+
+    settings: Settings
+    service: str
+    schema: str
+    topics: TopicNames
+    pool: asyncpg.Pool
+    relay: OutboxRelay | None
+
+
+BackgroundTask = Callable[[Runtime], Awaitable[None]]
+
+
+@dataclass
+class ServiceDefinition:
+    """What makes a service: its name, schema, migrations, consumers and tasks."""
+
+    name: str
+    consumers: Sequence[ConsumerSpec]
+    migrations: Path | None = None
+    schema: str | None = None
+    background_tasks: Sequence[BackgroundTask] = field(default_factory=tuple)
+
+    @property
+    def schema_name(self) -> str:
+        return self.schema or self.name
+
+
+async def ensure_topics(settings: Settings, topics: TopicNames) -> None:
+    """Create every platform topic with the configured partitions, if missing."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [name for name in topics.all() if name not in existing]
+        if missing:
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics(
+                    [
+                        NewTopic(
+                            name,
+                            num_partitions=settings.kafka_topic_partitions,
+                            replication_factor=settings.kafka_replication_factor,
+                        )
+                        for name in missing
+                    ]
+                )
+    finally:
+        await admin.close()
+
+
+def _raw_decoder(msg: Any) -> Any:
+    # Keep bodies as bytes: parsing (and dead-lettering) is the runtime's job.
+    return msg.body
+
+
+def create_app(definition: ServiceDefinition, settings: Settings | None = None) -> AsgiFastStream:
+    settings = settings or Settings()
+    service = definition.name
+    topics = TopicNames(settings.cm_topic_prefix)
+    configure_logging(service, fmt=settings.log_format, level=settings.log_level)
+    stdlib_logger = logging.getLogger(f"faststream.{service}")
+    broker = KafkaBroker(
+        settings.kafka_bootstrap_servers,
+        logger=stdlib_logger,
+        enable_idempotence=False,
+        client_id=f"cm-{service}",
+    )
+    state: dict[str, Any] = {"runtime": None, "tasks": [], "consumers": {}}
+
+    for spec in definition.consumers:
+        _register_consumer(broker, spec, settings, topics, service, state)
+
+    async def on_startup() -> None:
+        pool = await create_pool(
+            settings.database_url,
+            definition.schema_name,
+            min_size=settings.db_pool_min_size,
+            max_size=settings.db_pool_max_size,
+        )
+        applied = await migrate(pool, definition.schema_name, definition.migrations)
+        if applied:
+            log.info("migrations applied", versions=applied)
+        await ensure_topics(settings, topics)
+        relay = None
+        if settings.relay_enabled:
+            relay = OutboxRelay(
+                pool=pool,
+                bootstrap_servers=settings.kafka_bootstrap_servers,
+                schema=definition.schema_name,
+                service=service,
+                shards=settings.relay_shards,
+                batch_size=settings.relay_batch_size,
+                poll_interval_s=settings.relay_poll_interval_ms / 1000,
+                linger_ms=settings.kafka_linger_ms,
+            )
+            await relay.start()
+        runtime = Runtime(settings, service, definition.schema_name, topics, pool, relay)
+        state["runtime"] = runtime
+        for spec in definition.consumers:
+            state["consumers"][spec.name] = BatchConsumer(
+                spec=spec,
+                service=service,
+                pool=pool,
+                topics=topics,
+                relay_shards=settings.relay_shards,
+                on_commit=relay.wake if relay else (lambda: None),
+            )
+        for task in definition.background_tasks:
+            state["tasks"].append(asyncio.create_task(task(runtime), name=task.__name__))
+
+    async def after_startup() -> None:
+        log.info("service started", topics=[topics(c.topic) for c in definition.consumers])
+
+    async def on_shutdown() -> None:
+        for task in state["tasks"]:
+            task.cancel()
+        for task in state["tasks"]:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    async def after_shutdown() -> None:
+        runtime: Runtime | None = state["runtime"]
+        if runtime is None:
+            return
+        if runtime.relay is not None:
+            await runtime.relay.stop()
+        await runtime.pool.close()
+        log.info("service stopped")
+
+    @get
+    async def healthz(scope: Any) -> AsgiResponse:
+        runtime: Runtime | None = state["runtime"]
+        ok = (
+            runtime is not None
+            and all(sub.running for sub in broker.subscribers)
+            and await broker.ping(timeout=2.0)
+        )
+        body = b'{"status":"ok"}' if ok else b'{"status":"starting"}'
+        return AsgiResponse(body, status_code=200 if ok else 503,
+                            headers={"content-type": "application/json"})
+
+    return AsgiFastStream(
+        broker,
+        asgi_routes=[("/healthz", healthz), ("/metrics", make_asgi_app())],
+        logger=stdlib_logger,
+        on_startup=[on_startup],
+        after_startup=[after_startup],
+        on_shutdown=[on_shutdown],
+        after_shutdown=[after_shutdown],
+    )
+
+
+def _register_consumer(
+    broker: KafkaBroker,
+    spec: ConsumerSpec,
+    settings: Settings,
+    topics: TopicNames,
+    service: str,
+    state: dict[str, Any],
+) -> None:
+    subscriber = broker.subscriber(
+        topics(spec.topic),
+        group_id=f"cm.{service}.{spec.name}",
+        batch=True,
+        max_records=settings.kafka_max_records,
+        batch_timeout_ms=settings.kafka_fetch_max_wait_ms,
+        fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
+        session_timeout_ms=settings.kafka_session_timeout_ms,
+        heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
+        auto_offset_reset="earliest",
+        ack_policy=AckPolicy.NACK_ON_ERROR,
+        decoder=_raw_decoder,
+        title=f"{service}.{spec.name}",
+    )
+
+    @subscriber
+    async def consume(body: Any, message: KafkaMessage) -> None:
+        consumer: BatchConsumer = state["consumers"][spec.name]
+        raw = message.raw_message
+        records: tuple[ConsumerRecord[Any, Any], ...] = raw if isinstance(raw, tuple) else (raw,)
+        batch = [RawRecord(r.topic, r.partition, r.offset, r.key, r.value) for r in records]
+        try:
+            await consumer.handle_batch(batch)
+        except Exception as exc:
+            if is_infrastructure_error(exc):
+                log.warning("infrastructure failure; the batch will be redelivered",
+                            consumer=spec.name, error_type=type(exc).__name__, error=str(exc)[:300])
+                await backoff(settings.retry_backoff_ms / 1000)
+            raise
+
+
+def run(definition: ServiceDefinition) -> None:
+    """Entry point of `python -m services.<name>`."""
+    settings = Settings()
+    app = create_app(definition, settings)
+    asyncio.run(
+        app.run(
+            log_level=logging.WARNING,
+            run_extra_options={"host": settings.http_host, "port": settings.port_for(definition.name)},
+        )
+    )

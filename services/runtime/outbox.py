@@ -1,0 +1,206 @@
+"""The transactional outbox and its relay.
+
+A handler adds `OutboxMessage`s to its unit of work; they are inserted in the same
+transaction as its state. The relay publishes them to Kafka in id order per shard
+(shard = stable hash of the Kafka key) and deletes them once the broker confirmed.
+One relay at a time holds a shard (a transaction-scoped advisory lock), so several
+replicas can run relays without breaking per-key order. A crash between publish and
+delete publishes a batch again; every consumer deduplicates by `message_id`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+from aiokafka import AIOKafkaProducer
+from prometheus_client import Counter, Gauge, Histogram
+
+from services.runtime.db import schema_lock_id
+from services.runtime.logs import get_logger
+
+log = get_logger(__name__)
+
+RELAYED = Counter("cm_outbox_relayed_total", "Outbox messages published", ["service"])
+RELAY_BATCH_SECONDS = Histogram(
+    "cm_outbox_relay_batch_seconds", "Time to publish and delete one relay batch", ["service"]
+)
+RELAY_LAG_SECONDS = Gauge(
+    "cm_outbox_oldest_age_seconds", "Age of the oldest message relayed in the last batch", ["service"]
+)
+
+
+def shard_of(key: str | None, shards: int) -> int:
+    """Stable shard of a Kafka key (all messages of one key share a shard)."""
+    return zlib.crc32((key or "").encode()) % shards
+
+
+@dataclass(frozen=True)
+class OutboxMessage:
+    """One message to publish after commit."""
+
+    topic: str
+    key: str | None
+    value: bytes
+    headers: tuple[tuple[str, str], ...] = (("content-type", "application/json"),)
+
+
+@dataclass
+class PendingMessages:
+    """The messages a unit of work collected, inserted in one round trip."""
+
+    messages: list[OutboxMessage] = field(default_factory=list)
+
+    def add(self, message: OutboxMessage) -> None:
+        self.messages.append(message)
+
+    def __len__(self) -> int:
+        return len(self.messages)
+
+
+async def enqueue(conn: asyncpg.Connection, messages: Sequence[OutboxMessage], shards: int) -> None:
+    """Insert messages into the outbox inside the caller's transaction, in order."""
+    if not messages:
+        return
+    await conn.execute(
+        "INSERT INTO outbox (shard, topic, key, value, headers)"
+        " SELECT s, t, k, v, h::jsonb FROM unnest($1::smallint[], $2::text[], $3::text[],"
+        " $4::bytea[], $5::text[]) WITH ORDINALITY AS u(s, t, k, v, h, n) ORDER BY n",
+        [shard_of(m.key, shards) for m in messages],
+        [m.topic for m in messages],
+        [m.key for m in messages],
+        [m.value for m in messages],
+        [json.dumps(m.headers) for m in messages],
+    )
+
+
+class OutboxRelay:
+    """Publishes outbox rows of one service schema to Kafka."""
+
+    def __init__(
+        self,
+        *,
+        pool: asyncpg.Pool,
+        bootstrap_servers: str,
+        schema: str,
+        service: str,
+        shards: int = 8,
+        batch_size: int = 1000,
+        poll_interval_s: float = 0.1,
+        linger_ms: int = 2,
+    ) -> None:
+        self._pool = pool
+        self._bootstrap = bootstrap_servers
+        self._lock_ns = schema_lock_id(f"{schema}.outbox")
+        self._service = service
+        self._shards = shards
+        self._batch_size = batch_size
+        self._poll_interval_s = poll_interval_s
+        self._linger_ms = linger_ms
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._stopping = False
+
+    async def start(self) -> None:
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=self._bootstrap,
+            acks="all",
+            enable_idempotence=False,  # the embedded broker has no idempotent producer
+            linger_ms=self._linger_ms,
+            max_batch_size=1024 * 1024,
+            max_request_size=8 * 1024 * 1024,
+        )
+        await self._producer.start()
+        self._task = asyncio.create_task(self._run(), name=f"outbox-relay-{self._service}")
+
+    def wake(self) -> None:
+        """Ask the relay to look now (after a commit that enqueued messages)."""
+        self._wake.set()
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        # One last drain so a clean shutdown leaves nothing behind.
+        with contextlib.suppress(Exception):
+            await self.relay_all()
+        if self._producer is not None:
+            await self._producer.stop()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                moved = await self.relay_all()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("outbox relay failed; retrying")
+                moved = 0
+                await asyncio.sleep(1.0)
+            if moved == 0:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self._poll_interval_s)
+
+    async def relay_all(self) -> int:
+        """Relay every shard until it is empty; returns how many messages went out."""
+        total = 0
+        busy = set(range(self._shards))
+        while busy:
+            counts = await asyncio.gather(*(self.relay_shard(shard) for shard in sorted(busy)))
+            total += sum(counts)
+            busy = {
+                shard
+                for shard, count in zip(sorted(busy), counts, strict=True)
+                if count >= self._batch_size
+            }
+        return total
+
+    async def relay_shard(self, shard: int) -> int:
+        """Publish the next batch of one shard; 0 when empty or held by another relay."""
+        assert self._producer is not None
+        async with self._pool.acquire() as conn, conn.transaction():
+            locked = await conn.fetchval(
+                "SELECT pg_try_advisory_xact_lock($1, $2)", self._lock_ns, shard
+            )
+            if not locked:
+                return 0
+            rows = await conn.fetch(
+                "SELECT id, topic, key, value, headers, created_at FROM outbox"
+                " WHERE shard = $1 ORDER BY id LIMIT $2",
+                shard,
+                self._batch_size,
+            )
+            if not rows:
+                return 0
+            started = time.perf_counter()
+            await self._publish(rows)
+            await conn.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", [r["id"] for r in rows])
+        RELAYED.labels(self._service).inc(len(rows))
+        RELAY_BATCH_SECONDS.labels(self._service).observe(time.perf_counter() - started)
+        RELAY_LAG_SECONDS.labels(self._service).set(
+            max(0.0, time.time() - rows[0]["created_at"].timestamp())
+        )
+        return len(rows)
+
+    async def _publish(self, rows: Sequence[Any]) -> None:
+        assert self._producer is not None
+        futures = []
+        for row in rows:
+            headers = [(str(k), str(v).encode()) for k, v in row["headers"]]
+            key = row["key"].encode() if row["key"] is not None else None
+            futures.append(
+                await self._producer.send(row["topic"], value=row["value"], key=key, headers=headers)
+            )
+        await asyncio.gather(*futures)

@@ -1,0 +1,67 @@
+"""The one settings class of every service, read from the environment only."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: Default HTTP port (health and metrics) per service.
+DEFAULT_HTTP_PORTS = {
+    "invoice": 8081,
+    "scheduler": 8082,
+    "notifier": 8083,
+    "subscription": 8084,
+    "collection": 8085,
+}
+
+
+class Settings(BaseSettings):
+    """Environment variables, by their fixed names (ARCHITECTURE.md "Running")."""
+
+    model_config = SettingsConfigDict(env_prefix="", extra="ignore", case_sensitive=False)
+
+    kafka_bootstrap_servers: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers.")
+    database_url: str = Field(
+        "postgresql://postgres@127.0.0.1:5432/postgres", description="PostgreSQL DSN."
+    )
+    cm_clock: Literal["system", "manual"] = Field("system", description="Scheduler clock.")
+    cm_topic_prefix: str = Field("", description="Prefix in front of every topic name.")
+    log_format: Literal["console", "json"] = "console"
+    log_level: str = "INFO"
+    http_port: int | None = Field(None, description="Health and metrics port; per-service default.")
+    http_host: str = "0.0.0.0"
+
+    # Kafka tuning. Tansu answers a waiting fetch only at fetch_max_wait_ms, so keep it small.
+    kafka_fetch_max_wait_ms: int = 20
+    kafka_session_timeout_ms: int = 10_000
+    kafka_heartbeat_interval_ms: int = 3_000
+    kafka_max_records: int = 500
+    kafka_topic_partitions: int = 8
+    kafka_replication_factor: int = 1
+    kafka_linger_ms: int = 2
+
+    db_pool_min_size: int = 2
+    db_pool_max_size: int = 10
+
+    # Outbox relay.
+    relay_enabled: bool = Field(True, description="Run the outbox relay in this process.")
+    relay_shards: int = Field(8, description="Key-hash shards; must match across replicas.")
+    relay_batch_size: int = 1000
+    relay_poll_interval_ms: int = 100
+
+    # Redelivery back-off after an infrastructure failure.
+    retry_backoff_ms: int = 500
+
+    # Notifier (used from the notifier issue on).
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 1025
+    smtp_from: str = "noreply@example.invalid"
+    sms_provider_url: str | None = None
+    letter_spool_dir: str | None = None
+    print_provider_url: str | None = None
+    webhook_timeout_s: float = 10.0
+
+    def port_for(self, service: str) -> int:
+        return self.http_port if self.http_port is not None else DEFAULT_HTTP_PORTS.get(service, 8080)

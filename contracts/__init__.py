@@ -4,3 +4,28 @@ Everything another system publishes to the platform, or consumes from it, is def
 here as pydantic v2 models. Services import these models; nothing else defines a
 message shape.
 """
+
+# Importing the message modules registers every payload type with the envelope parser.
+from contracts import (
+    catalog,
+    collection,
+    invoice,
+    notifier,
+    payments,
+    push,
+    results,
+    scheduler,
+    subscription,
+)
+
+__all__ = [
+    "catalog",
+    "collection",
+    "invoice",
+    "notifier",
+    "payments",
+    "push",
+    "results",
+    "scheduler",
+    "subscription",
+]

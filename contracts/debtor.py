@@ -72,9 +72,7 @@ class Debtor(Part):
 
     code: Identifier = Field(description="The merchant's debtor code, e.g. `D-1`.")
     person: Person | None = Field(default=None, description="Set when the debtor is a person.")
-    company: Company | None = Field(
-        default=None, description="Set when the debtor is a company."
-    )
+    company: Company | None = Field(default=None, description="Set when the debtor is a company.")
     email: Email | None = Field(default=None, description="E-mail address.")
     phone: Phone | None = Field(default=None, description="Phone numbers.")
     address: Address | None = Field(default=None, description="Postal address.")

@@ -6,6 +6,7 @@ fields so that an older consumer keeps reading what a newer producer writes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
 from dataclasses import dataclass, field
@@ -166,10 +167,8 @@ def _readable_header(data: dict[str, Any]) -> dict[str, Any]:
     """The attributable parts of a broken envelope, each only when it is valid."""
     found: dict[str, Any] = {}
     for key in ("message_id", "correlation_id"):
-        try:
+        with contextlib.suppress(ValueError):
             found[key] = uuid.UUID(str(data.get(key)))
-        except ValueError:
-            pass
     website_key = data.get("website_key")
     if isinstance(website_key, str) and website_key:
         found["website_key"] = website_key
@@ -214,7 +213,7 @@ def new_envelope(
 ) -> Envelope[P]:
     """Build an envelope for `payload`, chaining correlation from the causing message."""
     mid = message_id or uuid.uuid4()
-    return Envelope[type(payload)](  # type: ignore[misc]
+    return Envelope[type(payload)](  # type: ignore[misc,operator,no-any-return]
         message_id=mid,
         type=payload.TYPE,
         website_key=website_key,

@@ -17,6 +17,7 @@ owning service and answered with `CommandRejected` or a Rejected invoice.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from decimal import Decimal
 from typing import Annotated
 
@@ -25,9 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 #: An aggregate key chosen by the merchant (invoice number, debtor code, scheme key, …).
 #: A colon is refused because keys are joined with colons into Kafka keys
 #: (`{website_key}:debtor:{debtor_code}`); control characters are refused too.
-Identifier = Annotated[
-    str, Field(min_length=1, max_length=100, pattern=r"^[^:\x00-\x1f\x7f]+$")
-]
+Identifier = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[^:\x00-\x1f\x7f]+$")]
 
 #: An ISO 4217 currency code by shape only (three upper-case letters). Whether the
 #: currency exists or is supported is a business rule (a Rejected invoice).
@@ -101,6 +100,15 @@ def with_minor_unit(amount: Decimal, currency: str) -> Decimal:
     if isinstance(exponent, int) and -exponent < digits:
         return amount.quantize(Decimal(1).scaleb(-digits))
     return amount
+
+
+def pad_amounts(model: BaseModel, names: Iterable[str], currency: str) -> None:
+    """Pad the named amount fields of a (frozen) model with `with_minor_unit`.
+
+    Meant for `model_validator(mode="after")` of models that carry a currency.
+    """
+    for name in names:
+        object.__setattr__(model, name, with_minor_unit(getattr(model, name), currency))
 
 
 class Part(BaseModel):

@@ -177,7 +177,15 @@ def start_postgres(
     for _ in range(attempts):
         chosen = port if port is not None else free_port(HOST)
         try:
-            return _start_once(data_dir, chosen, user, fast, delete_on_stop, log_path, timeout)
+            return _start_once(
+                data_dir,
+                chosen,
+                user=user,
+                fast=fast,
+                delete_on_stop=delete_on_stop,
+                log_path=log_path,
+                timeout=timeout,
+            )
         except PostgresStartError as err:
             last_error = err
             if "could not bind" not in str(err) and "Address already in use" not in str(err):
@@ -189,6 +197,7 @@ def start_postgres(
 def _start_once(
     data_dir: Path,
     port: int,
+    *,
     user: str | None,
     fast: bool,
     delete_on_stop: bool,
@@ -226,7 +235,7 @@ def _start_once(
                 detail = f.read().decode(errors="replace")[-3000:]
             raise PostgresStartError(f"postgres exited with code {proc.returncode}:\n{detail}")
         if _postmaster_ready(data_dir, proc.pid):
-            ok = subprocess.run(isready + ["-t", "2"], check=False).returncode == 0
+            ok = subprocess.run([*isready, "-t", "2"], check=False).returncode == 0
             if ok:
                 handle.startup_s = time.monotonic() - started
                 return handle

@@ -12,10 +12,11 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from devstack.broker import BrokerHandle, start_broker
 from devstack.postgres import PostgresHandle, start_postgres
-from devstack.procs import port_is_free
+from devstack.procs import die_with_parent, port_is_free
 from devstack.state import REPO_ROOT, StackAlreadyRunning, StateFile, devstack_dir
 
 SERVICES: tuple[tuple[str, int], ...] = (
@@ -95,10 +96,10 @@ def service_command(name: str, template: str | None) -> list[str]:
     return [part.format(name=name, python=sys.executable) for part in shlex.split(template)]
 
 
-async def http_status(url_port: int, path: str = "/healthz", timeout: float = 1.0) -> int | None:
+async def http_status(port: int, path: str = "/healthz", limit_s: float = 1.0) -> int | None:
     try:
-        async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_connection("127.0.0.1", url_port)
+        async with asyncio.timeout(limit_s):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
             try:
                 writer.write(f"GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n".encode())
                 await writer.drain()
@@ -137,6 +138,7 @@ class Stack:
         self.stop_requested = asyncio.Event()
         self.force = asyncio.Event()
         self.stopping = False
+        self._first_signal_at = 0.0
 
     # -- signals ----------------------------------------------------------------------------
 
@@ -147,12 +149,16 @@ class Stack:
 
     def _on_signal(self, sig: int) -> None:
         name = signal.Signals(sig).name
-        if self.stop_requested.is_set():
+        now = time.monotonic()
+        if not self.stop_requested.is_set():
+            self.console.say(f"{name}: stopping (again to kill at once)")
+            self.stop_requested.set()
+            self._first_signal_at = now
+        elif now - self._first_signal_at > 1.0:
+            # Within a second it is the same Ctrl-C delivered twice (the terminal signals
+            # the whole process group, and `uv run` may forward it as well).
             self.console.say(f"{name} again: killing what is left")
             self.force.set()
-        else:
-            self.console.say(f"{name}: stopping")
-            self.stop_requested.set()
 
     # -- infrastructure ---------------------------------------------------------------------
 
@@ -196,17 +202,12 @@ class Stack:
         if self.broker is not None and not self.broker.alive():
             return f"the broker (pid {self.broker.pid}) died; see {devstack_dir() / 'broker.log'}"
         if self.postgres is not None and not self.postgres.alive():
-            return (
-                f"postgres (pid {self.postgres.pid}) died; see {devstack_dir() / 'postgres.log'}"
-            )
+            return f"postgres (pid {self.postgres.pid}) died; see {devstack_dir() / 'postgres.log'}"
         return None
 
     # -- services ---------------------------------------------------------------------------
 
     async def start_service(self, service: Service, cmd: list[str], env: dict[str, str]) -> None:
-        preexec = None
-        from devstack.procs import die_with_parent  # noqa: PLC0415
-
         preexec = die_with_parent(signal.SIGTERM)
         service.process = await asyncio.create_subprocess_exec(
             *cmd,
@@ -244,9 +245,10 @@ class Stack:
                 os.killpg(service.process.pid, signal.SIGTERM)
         waits = [s.exited for s in live if s.exited is not None]
         if waits:
-            force = asyncio.create_task(self.force.wait())
+            force: asyncio.Future[Any] = asyncio.ensure_future(self.force.wait())
+            everyone: asyncio.Future[Any] = asyncio.gather(*waits)
             await asyncio.wait(
-                [force, asyncio.gather(*waits)],
+                [force, everyone],
                 timeout=SERVICE_STOP_TIMEOUT,
                 return_when=asyncio.FIRST_COMPLETED,
             )
@@ -292,19 +294,17 @@ class Stack:
                     return f"service {service.name} exited with code {service.exited.result()}"
             if deadline is not None and time.monotonic() >= deadline:
                 return "deadline"
-            waits: list[asyncio.Future[object]] = [
-                asyncio.ensure_future(self.stop_requested.wait())
-            ]
-            waits += [s.exited for s in self.services if s.exited is not None]  # type: ignore[misc]
+            waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(self.stop_requested.wait())]
+            waits += [s.exited for s in self.services if s.exited is not None]
             timeout = 0.5
             if deadline is not None:
                 timeout = max(0.0, min(timeout, deadline - time.monotonic()))
             await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
             waits[0].cancel()
 
-    async def wait_healthy(self, timeout: float) -> list[str]:
+    async def wait_healthy(self, within_s: float) -> list[str]:
         """Poll every /healthz until all answer 200; return the names still unhealthy."""
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + within_s
         pending = {s.name: s for s in self.services}
         while pending:
             statuses = await asyncio.gather(*(http_status(s.port) for s in pending.values()))
@@ -401,17 +401,19 @@ async def run(
                 error=True,
             )
             return 1
-        lines = [f"all {len(stack.services)} services healthy in "
-                 f"{time.monotonic() - started:.1f} s", ""]
+        lines = [
+            f"all {len(stack.services)} services healthy in {time.monotonic() - started:.1f} s",
+            "",
+        ]
         lines.append(f"  kafka     {env['KAFKA_BOOTSTRAP_SERVERS']}")
         lines.append(f"  postgres  {env['DATABASE_URL']}")
         for service in stack.services:
             lines.append(f"  {service.name:<12}  {service.health_url}")
         lines += ["", "  cm topics | cm tail cm.invoice.events --follow | Ctrl-C stops all"]
         console.say("\n".join(lines))
-        trouble = await stack.wait_for_trouble()
-        if trouble:
-            console.say(f"FAILED: {trouble}; stopping everything", error=True)
+        problem = await stack.wait_for_trouble()
+        if problem:
+            console.say(f"FAILED: {problem}; stopping everything", error=True)
             code = 1
         return code
     except Exception as err:

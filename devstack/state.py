@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -152,6 +153,7 @@ class StateFile:
                 f"another run (pid {owner}) owns {self.path}; stop it first (Ctrl-C there)"
             )
         stopped = stop_entries(list(reversed(content.processes)))
+        _remove_paths(content.info.get("cleanup", []))
         self.path.unlink(missing_ok=True)
         return stopped
 
@@ -189,6 +191,12 @@ class StateFile:
         self._content.info.update(info)
         self._write()
 
+    def add_cleanup(self, path: Path) -> None:
+        """A file or directory to delete if this owner dies before removing it itself."""
+        assert self._content is not None, "claim() first"
+        self._content.info.setdefault("cleanup", []).append(str(path))
+        self._write()
+
     def stop_all(self) -> list[Entry]:
         """Stop everything still recorded (last started first) and remove the file."""
         if self._content is None:
@@ -209,6 +217,15 @@ class StateFile:
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(data, indent=2))
         os.replace(tmp, self.path)
+
+
+def _remove_paths(paths: list[str]) -> None:
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def reap_dir(directory: Path, pattern: str = "*.json") -> list[Entry]:

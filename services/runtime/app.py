@@ -100,7 +100,27 @@ def _raw_decoder(msg: Any) -> Any:
     return msg.body
 
 
+@dataclass
+class Service:
+    """A built service: the ASGI/FastStream app and its live state (for tests and tools)."""
+
+    app: AsgiFastStream
+    broker: KafkaBroker
+    state: dict[str, Any]
+
+    @property
+    def runtime(self) -> Runtime:
+        runtime: Runtime | None = self.state["runtime"]
+        if runtime is None:
+            raise RuntimeError("the service has not started")
+        return runtime
+
+
 def create_app(definition: ServiceDefinition, settings: Settings | None = None) -> AsgiFastStream:
+    return build_service(definition, settings).app
+
+
+def build_service(definition: ServiceDefinition, settings: Settings | None = None) -> Service:
     settings = settings or Settings()
     service = definition.name
     topics = TopicNames(settings.cm_topic_prefix)
@@ -111,6 +131,7 @@ def create_app(definition: ServiceDefinition, settings: Settings | None = None) 
         logger=stdlib_logger,
         enable_idempotence=False,
         client_id=f"cm-{service}",
+        log_level=logging.DEBUG,  # per-message lines only when debugging
     )
     state: dict[str, Any] = {"runtime": None, "tasks": [], "consumers": {}}
 
@@ -186,7 +207,7 @@ def create_app(definition: ServiceDefinition, settings: Settings | None = None) 
         return AsgiResponse(body, status_code=200 if ok else 503,
                             headers={"content-type": "application/json"})
 
-    return AsgiFastStream(
+    app = AsgiFastStream(
         broker,
         asgi_routes=[("/healthz", healthz), ("/metrics", make_asgi_app())],
         logger=stdlib_logger,
@@ -195,6 +216,10 @@ def create_app(definition: ServiceDefinition, settings: Settings | None = None) 
         on_shutdown=[on_shutdown],
         after_shutdown=[after_shutdown],
     )
+    # faststream installs its own handler; route its records through our chain instead.
+    stdlib_logger.handlers.clear()
+    stdlib_logger.propagate = True
+    return Service(app=app, broker=broker, state=state)
 
 
 def _register_consumer(
@@ -207,7 +232,7 @@ def _register_consumer(
 ) -> None:
     subscriber = broker.subscriber(
         topics(spec.topic),
-        group_id=f"cm.{service}.{spec.name}",
+        group_id=topics(f"cm.{service}.{spec.name}"),  # environments on one cluster stay apart
         batch=True,
         max_records=settings.kafka_max_records,
         batch_timeout_ms=settings.kafka_fetch_max_wait_ms,

@@ -126,12 +126,17 @@ class OutboxRelay:
         self._wake.set()
 
     async def stop(self) -> None:
+        # A flag, not only cancel(): on 3.11 wait_for can swallow a cancellation that
+        # races with the wake-up event.
         self._stopping = True
         self._wake.set()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), 5.0)
+            except TimeoutError:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
         # One last drain so a clean shutdown leaves nothing behind.
         with contextlib.suppress(Exception):
             await self.relay_all()
@@ -139,7 +144,7 @@ class OutboxRelay:
             await self._producer.stop()
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 moved = await self.relay_all()
             except asyncio.CancelledError:
@@ -148,7 +153,7 @@ class OutboxRelay:
                 log.exception("outbox relay failed; retrying")
                 moved = 0
                 await asyncio.sleep(1.0)
-            if moved == 0:
+            if moved == 0 and not self._stopping:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self._poll_interval_s)

@@ -1,0 +1,301 @@
+"""`cm`: publish envelopes to and read messages from the platform's Kafka topics.
+
+    cm publish FILE.json [--topic T] [--key K]     (FILE may be `-` for stdin)
+    cm tail TOPIC [--from-beginning] [--follow] [--type X] [--website-key W]
+    cm topics
+
+Bootstrap servers: $KAFKA_BOOTSTRAP_SERVERS, else the address the running
+`python -m devstack run|up` recorded in .devstack/, else 127.0.0.1:9092.
+Topic names get $CM_TOPIC_PREFIX in front.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import json
+import os
+import sys
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
+
+#: Used when contracts.catalog is not importable (or does not know the type).
+FALLBACK_TOPICS: dict[str, str] = {
+    "CreateInvoice": "cm.invoice.commands",
+    "CancelInvoice": "cm.invoice.commands",
+    "PauseInvoice": "cm.invoice.commands",
+    "ResumeInvoice": "cm.invoice.commands",
+    "RegisterPayment": "cm.invoice.commands",
+    "StepDue": "cm.invoice.commands",
+    "PaymentTransaction": "cm.payments.transactions",
+    "ScheduleTimer": "cm.scheduler.commands",
+    "CancelTimer": "cm.scheduler.commands",
+    "Tick": "cm.scheduler.commands",
+    "CreateSubscription": "cm.subscription.commands",
+    "StopSubscription": "cm.subscription.commands",
+    "AddCollectedAmount": "cm.collection.commands",
+}
+_SUFFIX_TOPICS = (("Command", "commands"),)
+
+
+class CliError(Exception):
+    pass
+
+
+def bootstrap_servers() -> str:
+    env = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if env:
+        return env
+    try:
+        from devstack.runner import state_file  # noqa: PLC0415
+
+        recorded = state_file().info().get("env", {}).get("KAFKA_BOOTSTRAP_SERVERS")
+    except Exception:
+        recorded = None
+    return str(recorded) if recorded else DEFAULT_BOOTSTRAP
+
+
+def topic_prefix() -> str:
+    return os.environ.get("CM_TOPIC_PREFIX", "")
+
+
+def _type_name(item: Any) -> str:
+    if isinstance(item, str):
+        return item
+    return str(getattr(item, "TYPE", None) or getattr(item, "__name__", item))
+
+
+def topic_for_type(type_name: str) -> str | None:
+    """The base topic a message type travels on: contracts.catalog, else a small table."""
+    catalog: Any = None
+    try:
+        catalog = importlib.import_module("contracts.catalog")
+        from contracts.topics import ALL_TOPICS  # noqa: PLC0415
+    except Exception:  # not written yet, or broken: the fallback table still works
+        catalog = None
+    if catalog is not None:
+        direct = getattr(catalog, "topic_for_type", None)
+        if callable(direct):
+            try:
+                found = direct(type_name)
+            except (KeyError, LookupError, ValueError):
+                found = None
+            if found:
+                return str(found)
+        types_for_topic = getattr(catalog, "types_for_topic", None)
+        if callable(types_for_topic):
+            for topic in ALL_TOPICS:
+                try:
+                    names = {_type_name(t) for t in types_for_topic(topic)}
+                except (KeyError, LookupError, ValueError):
+                    continue
+                if type_name in names:
+                    return topic
+    return FALLBACK_TOPICS.get(type_name)
+
+
+def message_key(envelope: dict[str, Any]) -> str | None:
+    website_key = envelope.get("website_key")
+    payload = envelope.get("payload")
+    invoice_number = payload.get("invoice_number") if isinstance(payload, dict) else None
+    if website_key and invoice_number:
+        return f"{website_key}:{invoice_number}"
+    return str(website_key) if website_key else None
+
+
+def complete(envelope: dict[str, Any]) -> dict[str, Any]:
+    envelope = dict(envelope)
+    envelope.setdefault("message_id", str(uuid.uuid4()))
+    envelope.setdefault("occurred_at", datetime.now(UTC).isoformat())
+    return envelope
+
+
+def _load(path: str) -> list[dict[str, Any]]:
+    text = sys.stdin.read() if path == "-" else Path(path).read_text()
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise CliError(f"{path}: not JSON: {err}") from err
+    items = data if isinstance(data, list) else [data]
+    if not items or not all(isinstance(i, dict) for i in items):
+        raise CliError(f"{path}: expected an envelope object or a list of them")
+    return items
+
+
+def _producer() -> AIOKafkaProducer:
+    # Never idempotent: the embedded broker (Tansu) cannot hand out producer ids.
+    return AIOKafkaProducer(
+        bootstrap_servers=bootstrap_servers(), enable_idempotence=False, acks="all"
+    )
+
+
+def _consumer() -> AIOKafkaConsumer:
+    return AIOKafkaConsumer(
+        bootstrap_servers=bootstrap_servers(),
+        group_id=None,
+        enable_auto_commit=False,
+        fetch_max_wait_ms=20,
+        session_timeout_ms=2000,
+        heartbeat_interval_ms=500,
+    )
+
+
+async def publish(path: str, topic: str | None, key: str | None) -> int:
+    envelopes = [complete(e) for e in _load(path)]
+    plans: list[tuple[str, str | None, dict[str, Any]]] = []
+    for envelope in envelopes:
+        base = topic
+        if base is None:
+            type_name = str(envelope.get("type", ""))
+            base = topic_for_type(type_name)
+            if base is None:
+                raise CliError(f"no known topic for type {type_name!r}: pass --topic")
+        plans.append((topic_prefix() + base, key or message_key(envelope), envelope))
+    producer = _producer()
+    await producer.start()
+    try:
+        for full_topic, msg_key, envelope in plans:
+            meta = await producer.send_and_wait(
+                full_topic,
+                json.dumps(envelope).encode(),
+                key=msg_key.encode() if msg_key else None,
+            )
+            print(envelope["message_id"])
+            print(
+                f"  -> {full_topic}[{meta.partition}]@{meta.offset} key={msg_key}",
+                file=sys.stderr,
+            )
+    finally:
+        await producer.stop()
+    return 0
+
+
+def _decode(raw: bytes | None) -> Any:
+    if raw is None:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw.decode(errors="replace")
+
+
+async def tail(
+    topic: str,
+    *,
+    from_beginning: bool,
+    follow: bool,
+    type_filter: str | None,
+    website_key: str | None,
+) -> int:
+    full_topic = topic_prefix() + topic
+    consumer = _consumer()
+    await consumer.start()
+    try:
+        # Look first: a metadata lookup of a missing topic would create it (Tansu does).
+        if full_topic not in await consumer.topics():
+            raise CliError(f"no topic {full_topic!r} (cm topics lists them)")
+        partitions = consumer.partitions_for_topic(full_topic) or set()
+        tps = [TopicPartition(full_topic, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        if from_beginning:
+            await consumer.seek_to_beginning(*tps)
+        else:
+            await consumer.seek_to_end(*tps)
+        end = await consumer.end_offsets(tps)
+        while True:
+            if not follow and await _at_end(consumer, end):
+                return 0
+            batches = await consumer.getmany(*tps, timeout_ms=200, max_records=500)
+            for records in batches.values():
+                for record in records:
+                    value = _decode(record.value)
+                    if type_filter and not (
+                        isinstance(value, dict) and value.get("type") == type_filter
+                    ):
+                        continue
+                    if website_key and not (
+                        isinstance(value, dict) and value.get("website_key") == website_key
+                    ):
+                        continue
+                    line = {
+                        "topic": record.topic,
+                        "key": record.key.decode(errors="replace") if record.key else None,
+                        "partition": record.partition,
+                        "offset": record.offset,
+                        "value": value,
+                    }
+                    print(json.dumps(line, ensure_ascii=False), flush=True)
+    finally:
+        await consumer.stop()
+
+
+async def _at_end(consumer: AIOKafkaConsumer, end: dict[TopicPartition, int]) -> bool:
+    for tp, offset in end.items():
+        if int(await consumer.position(tp)) < offset:
+            return False
+    return True
+
+
+async def topics() -> int:
+    consumer = _consumer()
+    await consumer.start()
+    try:
+        names = sorted(await consumer.topics())
+        for name in names:
+            parts = consumer.partitions_for_topic(name) or set()
+            print(f"{name}\t{len(parts)}")
+    finally:
+        await consumer.stop()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="cm", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_pub = sub.add_parser("publish", help="publish one envelope or a JSON list of envelopes")
+    p_pub.add_argument("file", help="JSON file, or - for stdin")
+    p_pub.add_argument("--topic", help="base topic name (default: from the message type)")
+    p_pub.add_argument("--key", help="Kafka key (default: website_key[:invoice_number])")
+    p_tail = sub.add_parser("tail", help="print a topic's messages as JSON lines")
+    p_tail.add_argument("topic", help="base topic name, e.g. cm.invoice.events")
+    p_tail.add_argument("--from-beginning", action="store_true")
+    p_tail.add_argument("--follow", "-f", action="store_true", help="keep waiting for more")
+    p_tail.add_argument("--type", dest="type_filter", help="only messages of this type")
+    p_tail.add_argument("--website-key", help="only messages of this merchant")
+    sub.add_parser("topics", help="list topics and their partition counts")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "publish":
+            return asyncio.run(publish(args.file, args.topic, args.key))
+        if args.command == "tail":
+            return asyncio.run(
+                tail(
+                    args.topic,
+                    from_beginning=args.from_beginning,
+                    follow=args.follow,
+                    type_filter=args.type_filter,
+                    website_key=args.website_key,
+                )
+            )
+        return asyncio.run(topics())
+    except CliError as err:
+        print(f"cm: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except OSError as err:
+        print(f"cm: {err} (bootstrap {bootstrap_servers()})", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

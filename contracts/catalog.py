@@ -1,0 +1,313 @@
+"""Which message travels on which topic, with which Kafka key, from whom to whom.
+
+The table follows CONTRACTS.md (topics and keys) and ARCHITECTURE.md (who produces and
+consumes). Consumers use `types_for_topic` to decide which envelope types they accept on
+a topic (anything else is a parse error, `unknown_type`); producers use `key_for` to
+compute the Kafka key of an envelope. The AsyncAPI document is generated from it.
+
+Actors are the five services plus the outside world: `merchants` (the merchant's own
+systems, "other systems" in CONTRACTS.md), `payment-engine`, `agency-adapters` and
+`operators` (people, tooling and tests).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from contracts import collection, invoice, notifier, payments, results, scheduler, subscription
+from contracts import topics as t
+from contracts.envelope import Envelope, Message
+
+# --- actors ------------------------------------------------------------------------------
+
+INVOICE = "invoice"
+SCHEDULER = "scheduler"
+NOTIFIER = "notifier"
+SUBSCRIPTION = "subscription"
+COLLECTION = "collection"
+SERVICES: tuple[str, ...] = (INVOICE, SCHEDULER, NOTIFIER, SUBSCRIPTION, COLLECTION)
+
+MERCHANTS = "merchants"
+PAYMENT_ENGINE = "payment-engine"
+AGENCY_ADAPTERS = "agency-adapters"
+OPERATORS = "operators"
+EXTERNAL_ACTORS: tuple[str, ...] = (MERCHANTS, PAYMENT_ENGINE, AGENCY_ADAPTERS, OPERATORS)
+
+#: A key template that means "the key of the original message" (dead letters).
+ORIGINAL_KEY = "{original key}"
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """One topic: what it carries, how it is keyed, who writes and reads it.
+
+    `key` is the topic's key template, overridden per message type in `keys`; templates
+    name `{website_key}` (the envelope's) and `{payload.<field>}`. `producers` maps each
+    writer to the message types it writes. `enveloped` is False only for the push.
+    """
+
+    name: str
+    description: str
+    key: str
+    messages: tuple[type[Message], ...]
+    producers: Mapping[str, tuple[type[Message], ...]]
+    consumers: tuple[str, ...]
+    keys: Mapping[str, str] = field(default_factory=dict)
+    enveloped: bool = True
+
+    def key_template(self, type_name: str) -> str:
+        return self.keys.get(type_name, self.key)
+
+
+_INVOICE_KEY = "{website_key}:{payload.invoice_number}"
+
+_MERCHANT_INVOICE_COMMANDS: tuple[type[Message], ...] = (
+    invoice.CreateInvoice,
+    invoice.CreateCombinedInvoice,
+    invoice.CreateCreditNote,
+    invoice.AddOrUpdateDebtor,
+    invoice.CreatePaymentPlan,
+    invoice.TerminatePaymentPlan,
+    invoice.PauseInvoice,
+    invoice.UnpauseInvoice,
+    invoice.RegisterDispute,
+    invoice.ResolveDispute,
+    invoice.WriteOffInvoice,
+    invoice.CancelInvoice,
+    invoice.SetEmergency,
+    invoice.TriggerNextStep,
+    invoice.CreateCustomEvent,
+    invoice.UpsertScheme,
+)
+_TIMER_COMMANDS: tuple[type[Message], ...] = (scheduler.ScheduleTimer, scheduler.CancelTimer)
+_MERCHANT_COLLECTION_COMMANDS: tuple[type[Message], ...] = (
+    collection.UpsertDebtCollectorConfiguration,
+    collection.CreateCase,
+    collection.AttachDocument,
+    collection.MarkAsPrepared,
+    collection.ReviewCase,
+    collection.AddCollectedAmount,
+    collection.CloseCase,
+)
+_AGENCY_ANSWERS: tuple[type[Message], ...] = (
+    collection.AgencyAccepted,
+    collection.AgencyRefused,
+    collection.AgencyProcessed,
+    collection.AddCollectedAmount,
+)
+_SUBSCRIPTION_REQUESTS: tuple[type[Message], ...] = (
+    subscription.CreateSubscription,
+    subscription.CreateCombinedSubscription,
+    subscription.UpdateSubscription,
+    subscription.StopSubscription,
+)
+_RESULTS: tuple[type[Message], ...] = (results.CommandAccepted, results.CommandRejected)
+
+TOPICS: dict[str, TopicSpec] = {
+    spec.name: spec
+    for spec in (
+        TopicSpec(
+            name=t.INVOICE_COMMANDS,
+            description="Commands to the invoice service, the single writer of invoice state.",
+            key=_INVOICE_KEY,
+            keys={
+                "CreateCreditNote": "{website_key}:{payload.original_invoice_number}",
+                "AddOrUpdateDebtor": "{website_key}:debtor:{payload.debtor.code}",
+                "CreatePaymentPlan": "{website_key}:plan:{payload.dossier_number}",
+                "TerminatePaymentPlan": "{website_key}:plan:{payload.dossier_number}",
+                "UpsertScheme": "{website_key}:scheme:{payload.scheme_key}",
+            },
+            messages=(
+                *_MERCHANT_INVOICE_COMMANDS,
+                invoice.StepDue,
+                invoice.RecordMessageOutcome,
+                invoice.SetCollectionStatus,
+                invoice.RegisterCollectedAmount,
+            ),
+            producers={
+                MERCHANTS: _MERCHANT_INVOICE_COMMANDS,
+                SCHEDULER: (invoice.StepDue,),
+                NOTIFIER: (invoice.RecordMessageOutcome,),
+                COLLECTION: (invoice.SetCollectionStatus, invoice.RegisterCollectedAmount),
+                SUBSCRIPTION: (invoice.CreateInvoice,),
+            },
+            consumers=(INVOICE,),
+        ),
+        TopicSpec(
+            name=t.PAYMENT_TRANSACTIONS,
+            description="Transaction status changes reported by the payment engine.",
+            key=_INVOICE_KEY,
+            messages=(payments.TransactionStatusChanged,),
+            producers={PAYMENT_ENGINE: (payments.TransactionStatusChanged,)},
+            consumers=(INVOICE, SUBSCRIPTION),
+        ),
+        TopicSpec(
+            name=t.INVOICE_EVENTS,
+            description="Every change of every invoice, with the invoice's snapshot after it.",
+            key="{website_key}:{payload.invoice.invoice_number}",
+            messages=(invoice.InvoiceEvent,),
+            producers={INVOICE: (invoice.InvoiceEvent,)},
+            consumers=(NOTIFIER, SUBSCRIPTION, COLLECTION),
+        ),
+        TopicSpec(
+            name=t.SCHEDULER_COMMANDS,
+            description="Durable timers: schedule, cancel, and manual clock ticks.",
+            key="{payload.timer_id}",
+            keys={"Tick": scheduler.CLOCK_KEY},
+            messages=(*_TIMER_COMMANDS, scheduler.Tick),
+            producers={
+                INVOICE: _TIMER_COMMANDS,
+                NOTIFIER: _TIMER_COMMANDS,
+                SUBSCRIPTION: _TIMER_COMMANDS,
+                OPERATORS: (scheduler.Tick,),
+            },
+            consumers=(SCHEDULER,),
+        ),
+        TopicSpec(
+            name=t.SCHEDULER_EVENTS,
+            description="Timers that fired and completed manual clock ticks.",
+            key="{payload.timer_id}",
+            keys={"TickCompleted": scheduler.CLOCK_KEY},
+            messages=(scheduler.TimerFired, scheduler.TickCompleted),
+            producers={SCHEDULER: (scheduler.TimerFired, scheduler.TickCompleted)},
+            consumers=(OPERATORS,),
+        ),
+        TopicSpec(
+            name=t.NOTIFIER_COMMANDS,
+            description="Step messages to send, templates, webhook endpoints and retries.",
+            key=_INVOICE_KEY,
+            keys={
+                "UpsertTemplate": "{website_key}:template:{payload.template_key}",
+                "RegisterWebhook": "{website_key}:webhook",
+            },
+            messages=(
+                notifier.SendMessage,
+                notifier.UpsertTemplate,
+                notifier.RegisterWebhook,
+                notifier.RetryWebhookDelivery,
+            ),
+            producers={
+                INVOICE: (notifier.SendMessage,),
+                MERCHANTS: (notifier.UpsertTemplate, notifier.RegisterWebhook),
+                SCHEDULER: (notifier.RetryWebhookDelivery,),
+            },
+            consumers=(NOTIFIER,),
+        ),
+        TopicSpec(
+            name=t.PUSH_INVOICE,
+            description="The merchant invoice push (Buckaroo format), bare, not enveloped; "
+            "header `message-id` is the InvoiceEvent's message_id.",
+            key=_INVOICE_KEY,
+            messages=(),
+            producers={NOTIFIER: ()},
+            consumers=(MERCHANTS,),
+            enveloped=False,
+        ),
+        TopicSpec(
+            name=t.SUBSCRIPTION_COMMANDS,
+            description="Commands to the subscription service, including bill runs.",
+            key="{website_key}:{payload.subscription_key}",
+            messages=(*_SUBSCRIPTION_REQUESTS, subscription.RunBilling),
+            producers={
+                MERCHANTS: _SUBSCRIPTION_REQUESTS,
+                INVOICE: (subscription.StopSubscription,),
+                SCHEDULER: (subscription.RunBilling,),
+            },
+            consumers=(SUBSCRIPTION,),
+        ),
+        TopicSpec(
+            name=t.SUBSCRIPTION_EVENTS,
+            description="Every change of every subscription.",
+            key="{website_key}:{payload.subscription.subscription_key}",
+            messages=(subscription.SubscriptionEvent,),
+            producers={SUBSCRIPTION: (subscription.SubscriptionEvent,)},
+            consumers=(MERCHANTS,),
+        ),
+        TopicSpec(
+            name=t.COLLECTION_COMMANDS,
+            description="Debt collection: configurations, cases and the agencies' answers.",
+            key="{website_key}:{payload.case_key}",
+            keys={
+                "UpsertDebtCollectorConfiguration": (
+                    "{website_key}:collector:{payload.configuration_key}"
+                ),
+            },
+            messages=(
+                *_MERCHANT_COLLECTION_COMMANDS,
+                collection.AgencyAccepted,
+                collection.AgencyRefused,
+                collection.AgencyProcessed,
+            ),
+            producers={MERCHANTS: _MERCHANT_COLLECTION_COMMANDS, AGENCY_ADAPTERS: _AGENCY_ANSWERS},
+            consumers=(COLLECTION,),
+        ),
+        TopicSpec(
+            name=t.COLLECTION_EVENTS,
+            description="Every change of every collection case.",
+            key="{website_key}:{payload.case.case_key}",
+            messages=(collection.CaseEvent,),
+            producers={COLLECTION: (collection.CaseEvent,)},
+            consumers=(MERCHANTS,),
+        ),
+        TopicSpec(
+            name=t.AGENCY_REQUESTS,
+            description="Cases handed to a collection agency's adapter.",
+            key="{payload.agency_code}:{payload.case_key}",
+            messages=(collection.TransferCase,),
+            producers={COLLECTION: (collection.TransferCase,)},
+            consumers=(AGENCY_ADAPTERS,),
+        ),
+        TopicSpec(
+            name=t.COMMAND_RESULTS,
+            description="Exactly one result per command from outside; `command_id` is the "
+            "command's message_id.",
+            key="{website_key}",
+            messages=_RESULTS,
+            producers={service: _RESULTS for service in SERVICES},
+            consumers=(MERCHANTS, OPERATORS),
+        ),
+        TopicSpec(
+            name=t.DLQ,
+            description="Messages a service could not parse or handle.",
+            key=ORIGINAL_KEY,
+            messages=(results.DeadLetter,),
+            producers={service: (results.DeadLetter,) for service in SERVICES},
+            consumers=(OPERATORS,),
+        ),
+    )
+}
+
+
+def topic_spec(topic_base_name: str) -> TopicSpec:
+    """The spec of a topic by base name (without CM_TOPIC_PREFIX). Raises KeyError."""
+    return TOPICS[topic_base_name]
+
+
+def types_for_topic(topic_base_name: str) -> set[str]:
+    """The envelope `type`s a topic carries (empty for the bare push). Raises KeyError."""
+    return {cls.TYPE for cls in TOPICS[topic_base_name].messages}
+
+
+def topic_for_type(type_name: str) -> str:
+    """The base name of the topic a message type travels on. Raises KeyError."""
+    return _TOPIC_OF_TYPE[type_name]
+
+
+_TOPIC_OF_TYPE: dict[str, str] = {
+    cls.TYPE: spec.name for spec in TOPICS.values() for cls in spec.messages
+}
+
+
+def key_for(envelope: Envelope[Any]) -> str | None:
+    """The Kafka key of an envelope, per its topic's key template.
+
+    Dead letters keep the original message's key (None when it had none).
+    """
+    spec = TOPICS[topic_for_type(envelope.type)]
+    template = spec.key_template(envelope.type)
+    if template == ORIGINAL_KEY:
+        original: str | None = getattr(envelope.payload, "key", None)
+        return original
+    return template.format(website_key=envelope.website_key, payload=envelope.payload)

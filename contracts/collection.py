@@ -1,0 +1,255 @@
+"""Messages of the collection service (`cm.collection.commands`, `cm.collection.events`)
+and its request to agency adapters (`cm.agency.requests`).
+
+A case moves `preparing` → MarkAsPrepared → `reviewing` (when a condition says so) →
+`processing` (TransferCase sent; invoice 71) → the agency answers: AgencyAccepted (72),
+AgencyRefused (79, case `failed`), AgencyProcessed complete (73) or incomplete (74),
+case `closed`.
+
+Kafka keys: `{website_key}:{case_key}`; configurations
+`{website_key}:collector:{configuration_key}`; agency requests
+`{agency_code}:{case_key}`.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import Field
+
+from contracts.envelope import Command, Event, Money, register
+from contracts.fields import (
+    CountryCode,
+    Currency,
+    Email,
+    Identifier,
+    Part,
+    SnapshotPart,
+    Text,
+)
+from contracts.invoice import InvoiceLine
+
+#: A document's content, base64. Capped at 512,000 characters so a TransferCase with a
+#: document stays under Kafka's default 1 MB message size.
+ContentBase64 = Annotated[str, Field(max_length=512_000, pattern=r"^[A-Za-z0-9+/]*={0,2}$")]
+#: A MIME type such as `application/pdf`.
+ContentType = Annotated[str, Field(max_length=255, pattern=r"^[\w.+-]+/[\w.+-]+$")]
+#: A file name such as `invoice.pdf`.
+DocumentName = Annotated[str, Field(min_length=1, max_length=255)]
+
+
+class ConditionAction(StrEnum):
+    """What happens to a case that meets a condition."""
+
+    TRANSFER = "transfer"
+    REVIEW = "review"
+
+
+class CaseState(StrEnum):
+    """Where a case stands."""
+
+    PREPARING = "preparing"
+    REVIEWING = "reviewing"
+    PROCESSING = "processing"
+    FAILED = "failed"
+    CLOSED = "closed"
+
+
+class CaseEventName(StrEnum):
+    """What happened to a case."""
+
+    CREATED = "CaseCreated"
+    DOCUMENT_ATTACHED = "DocumentAttached"
+    PREPARED = "CasePrepared"
+    APPROVED = "CaseApproved"
+    REJECTED = "CaseRejected"
+    TRANSFERRED = "CaseTransferred"
+    ACCEPTED = "CaseAccepted"
+    REFUSED = "CaseRefused"
+    PROCESSED = "CaseProcessed"
+    COLLECTED_AMOUNT_ADDED = "CollectedAmountAdded"
+    CLOSED = "CaseClosed"
+
+
+class CollectorCondition(Part):
+    """A rule on the case amount: the highest `min_amount` the case reaches decides."""
+
+    min_amount: Money = Field(description="Applies to cases of at least this amount.")
+    action: ConditionAction = Field(description="`transfer` at once, or `review` first.")
+
+
+class BillingAddress(Part):
+    """Who the agency collects from."""
+
+    name: str = Field(min_length=1, max_length=200, description="Person or company name.")
+    street: str = Field(min_length=1, max_length=200, description="Street name.")
+    house_number: str | None = Field(default=None, max_length=20, description="House number.")
+    postal_code: str | None = Field(default=None, max_length=20, description="Postal code.")
+    city: str = Field(min_length=1, max_length=100, description="City.")
+    country: CountryCode = Field(description="ISO 3166-1 alpha-2 country code, e.g. `NL`.")
+    email: Email | None = Field(default=None, description="E-mail address.")
+
+
+class Document(Part):
+    """A file sent along with a case."""
+
+    name: DocumentName = Field(description="File name, e.g. `invoice.pdf`.")
+    content_type: ContentType = Field(description="MIME type, e.g. `application/pdf`.")
+    content_base64: ContentBase64 = Field(
+        description="The file's bytes, base64 (at most 512,000 characters)."
+    )
+
+
+class UpsertDebtCollectorConfiguration(Command):
+    """Name an agency and the conditions for sending cases to it.
+
+    With no matching condition a case waits for review. Kafka key:
+    `{website_key}:collector:{configuration_key}`.
+    """
+
+    configuration_key: Identifier = Field(description="The configuration's key.")
+    agency_code: Identifier = Field(description="The agency cases go to.")
+    conditions: list[CollectorCondition] = Field(
+        default_factory=list, description="Rules on the case amount."
+    )
+
+
+class CaseFields(Command):
+    """The fields CreateCase and TransferCase share (not a message itself)."""
+
+    case_key: Identifier = Field(description="The case's key.")
+    invoice_number: Identifier | None = Field(
+        default=None, description="The platform invoice the case is about, if any."
+    )
+    external_id: str = Field(
+        min_length=1, max_length=100, description="The merchant's reference for the case."
+    )
+    billing_address: BillingAddress = Field(description="Who owes the money.")
+    line_items: list[InvoiceLine] = Field(min_length=1, description="What is owed.")
+    currency: Currency = Field(description="ISO 4217 currency.")
+    due_date: date = Field(description="When the debt was due.")
+    amount: Money = Field(description="The amount to collect.")
+
+
+class CreateCase(CaseFields):
+    """Open a case by hand (cases for invoices reaching status 70 open by themselves)."""
+
+    configuration_key: Identifier | None = Field(
+        default=None, description="The configuration to use; the merchant's default if null."
+    )
+
+
+class AttachDocument(Command):
+    """Add a document to a case in `preparing`."""
+
+    case_key: Identifier = Field(description="The case.")
+    name: DocumentName = Field(description="File name, e.g. `invoice.pdf`.")
+    content_type: ContentType = Field(description="MIME type, e.g. `application/pdf`.")
+    content_base64: ContentBase64 = Field(
+        description="The file's bytes, base64 (at most 512,000 characters)."
+    )
+
+
+class MarkAsPrepared(Command):
+    """The case is complete: review it or transfer it per the configuration."""
+
+    case_key: Identifier = Field(description="The case.")
+
+
+class ReviewCase(Command):
+    """Approve (transfer) or reject a case in `reviewing`."""
+
+    case_key: Identifier = Field(description="The case.")
+    approve: bool = Field(description="True transfers the case; false fails it.")
+    reason: Text | None = Field(default=None, description="Why, for the event log.")
+
+
+class AgencyAccepted(Command):
+    """The agency took the case on (invoice 72). From the agency adapter."""
+
+    case_key: Identifier = Field(description="The case.")
+    agency_reference: str | None = Field(
+        default=None, max_length=100, description="The agency's own reference."
+    )
+
+
+class AgencyRefused(Command):
+    """The agency did not accept the case (invoice 79, case `failed`)."""
+
+    case_key: Identifier = Field(description="The case.")
+    reason: Text = Field(description="The agency's reason.")
+
+
+class AgencyProcessed(Command):
+    """The agency finished (invoice 73 when complete, else 74; case `closed`)."""
+
+    case_key: Identifier = Field(description="The case.")
+    complete: bool = Field(description="Whether everything was collected.")
+    collected_amount: Money = Field(description="Total the agency collected.")
+
+
+class AddCollectedAmount(Command):
+    """Money collected by the agency, registered on the invoice as a payment."""
+
+    case_key: Identifier = Field(description="The case.")
+    amount: Money = Field(description="The amount collected now.")
+
+
+class CloseCase(Command):
+    """Close a case by hand."""
+
+    case_key: Identifier = Field(description="The case.")
+    reason: Text = Field(description="Why the case is closed.")
+
+
+class TransferCase(CaseFields):
+    """Hand a case to an agency (collection → the agency's adapter).
+
+    Kafka key: `{agency_code}:{case_key}`; the envelope's `website_key` is the merchant.
+    The adapter answers with AgencyAccepted / AgencyRefused / AgencyProcessed.
+    """
+
+    agency_code: Identifier = Field(description="The agency.")
+    documents: list[Document] = Field(default_factory=list, description="Attached files.")
+
+
+class CaseSnapshot(SnapshotPart):
+    """A case as it stands after a change (documents by name only)."""
+
+    case_key: str = Field(description="The case's key.")
+    state: CaseState = Field(description="preparing, reviewing, processing, failed, closed.")
+    invoice_number: str | None = Field(default=None, description="The invoice, if any.")
+    external_id: str = Field(description="The merchant's reference.")
+    configuration_key: str | None = Field(default=None, description="The configuration.")
+    agency_code: str | None = Field(default=None, description="The agency, once chosen.")
+    currency: str = Field(description="ISO 4217 currency.")
+    due_date: date = Field(description="When the debt was due.")
+    amount: Money = Field(description="The amount to collect.")
+    collected_amount: Money = Field(description="What the agency collected so far.")
+    document_names: list[str] = Field(default_factory=list, description="Attached files.")
+
+
+class CaseEvent(Event):
+    """Something happened to a case; `case` is the state after it."""
+
+    event: CaseEventName = Field(description="What happened.")
+    case: CaseSnapshot = Field(description="The case after it.")
+    reason: str | None = Field(default=None, description="A reason given, if any.")
+
+
+register(
+    UpsertDebtCollectorConfiguration,
+    CreateCase,
+    AttachDocument,
+    MarkAsPrepared,
+    ReviewCase,
+    AgencyAccepted,
+    AgencyRefused,
+    AgencyProcessed,
+    AddCollectedAmount,
+    CloseCase,
+    TransferCase,
+    CaseEvent,
+)

@@ -1,0 +1,123 @@
+"""Messages of the scheduler: durable timers (`cm.scheduler.commands`,
+`cm.scheduler.events`).
+
+The scheduler knows nothing about dunning: a timer is "at `due_at`, publish `message` to
+`topic` with Kafka key `key`". When it fires, the message is published as given except
+that its `occurred_at` becomes the timer's `due_at` (business time is when the step was
+due). Its `message_id` is kept, so a timer that fires twice is deduplicated by the
+consumer's inbox.
+
+Kafka key: `timer_id`; Tick and TickCompleted use the key `clock`.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import AwareDatetime, Field, field_validator
+
+from contracts.envelope import Command, Envelope, Event, register
+from contracts.topics import ALL_TOPICS, PUSH_INVOICE
+
+#: The Kafka key of Tick and TickCompleted.
+CLOCK_KEY = "clock"
+
+#: The keys a timer's `message` must have to be an envelope (`occurred_at` is set when
+#: the timer fires; `correlation_id` and `causation_id` are optional).
+_ENVELOPE_KEYS = ("message_id", "type", "website_key", "payload")
+
+#: A timer's id, chosen by the caller so that scheduling again replaces the timer.
+TimerId = Annotated[str, Field(min_length=1, max_length=255)]
+
+
+class ScheduleTimer(Command):
+    """Publish `message` to `topic` at `due_at`; scheduling the same `timer_id` again
+    replaces the timer.
+
+    A timer due at or before the clock's now fires at once.
+    """
+
+    timer_id: TimerId = Field(
+        description="The caller's stable id, e.g. `invoice:shop-1:INV-1:step:2`."
+    )
+    due_at: AwareDatetime = Field(description="When the timer fires (business time).")
+    topic: str = Field(
+        description="Base topic name (without CM_TOPIC_PREFIX; the scheduler adds its own), "
+        "e.g. `cm.invoice.commands`."
+    )
+    key: str = Field(min_length=1, max_length=500, description="The Kafka key to publish with.")
+    message: dict[str, Any] = Field(
+        description="A full envelope (JSON object) to publish; its `occurred_at` is "
+        "replaced by `due_at` when the timer fires."
+    )
+
+    @classmethod
+    def for_envelope(
+        cls, timer_id: str, due_at: datetime, envelope: Envelope[Any]
+    ) -> ScheduleTimer:
+        """A timer that publishes `envelope` on its own topic with its own Kafka key."""
+        from contracts import catalog  # noqa: PLC0415 - catalog imports this module
+
+        return cls(
+            timer_id=timer_id,
+            due_at=due_at,
+            topic=catalog.topic_for_type(envelope.type),
+            key=catalog.key_for(envelope) or "",
+            message=json.loads(envelope.to_json()),
+        )
+
+    @field_validator("topic")
+    @classmethod
+    def _known_topic(cls, topic: str) -> str:
+        if topic not in ALL_TOPICS or topic == PUSH_INVOICE:
+            raise ValueError(
+                f"unknown topic {topic!r}: give the base name (without CM_TOPIC_PREFIX) "
+                "of an enveloped topic from contracts.topics"
+            )
+        return topic
+
+    @field_validator("message")
+    @classmethod
+    def _looks_like_an_envelope(cls, message: dict[str, Any]) -> dict[str, Any]:
+        missing = [key for key in _ENVELOPE_KEYS if key not in message]
+        if missing:
+            raise ValueError(f"the message is not an envelope: missing {', '.join(missing)}")
+        return message
+
+
+class CancelTimer(Command):
+    """Forget a timer; cancelling an unknown or fired timer changes nothing."""
+
+    timer_id: TimerId = Field(description="The timer to cancel.")
+
+
+class Tick(Command):
+    """Move the manual clock forward to `as_of` and fire every timer due by then.
+
+    Only honoured with `CM_CLOCK=manual`. The clock starts at 1970-01-01T00:00:00+00:00
+    and never moves back: a Tick to an earlier time changes nothing (but still answers
+    with TickCompleted). Kafka key: `clock`.
+    """
+
+    as_of: AwareDatetime = Field(description="The new time of the manual clock.")
+
+
+class TimerFired(Event):
+    """A timer's message was published."""
+
+    timer_id: TimerId = Field(description="The timer.")
+    due_at: AwareDatetime = Field(description="When it was due.")
+    fired_at: AwareDatetime = Field(description="The scheduler clock's time when it fired.")
+    topic: str = Field(description="The base topic its message went to.")
+
+
+class TickCompleted(Event):
+    """Every timer due by `as_of` has been published (not: handled). Kafka key: `clock`."""
+
+    as_of: AwareDatetime = Field(description="The manual clock's time after the Tick.")
+    fired: int = Field(ge=0, description="How many timers this Tick fired.")
+
+
+register(ScheduleTimer, CancelTimer, Tick, TimerFired, TickCompleted)

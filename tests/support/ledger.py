@@ -1,0 +1,72 @@
+"""A tiny service built on the runtime, used to prove the runtime's guarantees.
+
+It handles `RecordEntry` (insert a row, emit `EntryRecorded`), can be told to break a
+business rule (`reject`) or to fail like a bug (`explode`). Run it as a process with
+`python -m tests.support.ledger` (same environment variables as every service).
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+
+from contracts import topics
+from contracts.envelope import Command, Event, FieldError, Money, register
+from services.runtime.app import ServiceDefinition, run
+from services.runtime.consumer import ConsumerSpec, HandlerContext, HandlerSpec
+
+#: The ledger reads its commands from this (prefixed) topic and writes events to the other.
+COMMAND_TOPIC = topics.INVOICE_COMMANDS
+EVENT_TOPIC = topics.INVOICE_EVENTS
+
+
+class RecordEntry(Command):
+    entry_id: str = Field(min_length=1)
+    amount: Money
+    reject: bool = False
+    explode: bool = False
+
+
+class EntryRecorded(Event):
+    entry_id: str
+    amount: Money
+
+
+register(RecordEntry, EntryRecorded)
+
+
+async def record_entry(ctx: HandlerContext, cmd: RecordEntry) -> None:
+    if cmd.explode:
+        raise ValueError("a bug in the handler")
+    if cmd.reject or cmd.amount < Decimal(0):
+        ctx.reject([FieldError("payload.amount", "negative", "the amount must not be negative")])
+        return
+    await ctx.conn.execute(
+        "INSERT INTO entries (website_key, entry_id, amount, message_id) VALUES ($1, $2, $3, $4)",
+        ctx.website_key,
+        cmd.entry_id,
+        cmd.amount,
+        ctx.envelope.message_id,
+    )
+    ctx.emit(EVENT_TOPIC, f"{ctx.website_key}:{cmd.entry_id}",
+             EntryRecorded(entry_id=cmd.entry_id, amount=cmd.amount))
+    ctx.accept(entry_id=cmd.entry_id)
+
+
+def definition(schema: str = "ledger") -> ServiceDefinition:
+    handlers: dict[str, Any] = {"RecordEntry": HandlerSpec(record_entry)}
+    return ServiceDefinition(
+        name="ledger",
+        schema=schema,
+        migrations=Path(__file__).parent / "ledger_migrations",
+        consumers=[ConsumerSpec(name="commands", topic=COMMAND_TOPIC, handlers=handlers)],
+    )
+
+
+if __name__ == "__main__":
+    import os
+
+    run(definition(os.environ.get("LEDGER_SCHEMA", "ledger")))

@@ -371,6 +371,9 @@ async def run(
         base_env = dict(os.environ)
         base_env.setdefault("LOG_FORMAT", "console")
         base_env.setdefault("CM_CLOCK", "system")
+        # The embedded broker joins a group in max(1 s, session timeout / 2): keep it short.
+        base_env.setdefault("KAFKA_SESSION_TIMEOUT_MS", "2000")
+        base_env.setdefault("KAFKA_HEARTBEAT_INTERVAL_MS", "500")
         base_env["PYTHONUNBUFFERED"] = "1"
         base_env.update(env)
         names = list(only) if only else [name for name, _ in SERVICES]

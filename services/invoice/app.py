@@ -10,10 +10,23 @@ from services.runtime.consumer import ConsumerSpec
 from services.runtime.pending import ignore_internal, refuse_all
 
 EXTERNAL_COMMANDS = (
-    "CreateInvoice", "CreateCombinedInvoice", "CreateCreditNote", "AddOrUpdateDebtor",
-    "CreatePaymentPlan", "TerminatePaymentPlan", "PauseInvoice", "UnpauseInvoice",
-    "RegisterDispute", "ResolveDispute", "WriteOffInvoice", "CancelInvoice", "SetEmergency",
-    "TriggerNextStep", "CreateCustomEvent", "UpsertScheme", "SetCollectionStatus",
+    "CreateInvoice",
+    "CreateCombinedInvoice",
+    "CreateCreditNote",
+    "AddOrUpdateDebtor",
+    "CreatePaymentPlan",
+    "TerminatePaymentPlan",
+    "PauseInvoice",
+    "UnpauseInvoice",
+    "RegisterDispute",
+    "ResolveDispute",
+    "WriteOffInvoice",
+    "CancelInvoice",
+    "SetEmergency",
+    "TriggerNextStep",
+    "CreateCustomEvent",
+    "UpsertScheme",
+    "SetCollectionStatus",
     "RegisterCollectedAmount",
 )
 INTERNAL_MESSAGES = ("StepDue", "RecordMessageOutcome")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,7 +54,7 @@ class Runtime:
     relay: OutboxRelay | None
 
 
-BackgroundTask = Callable[[Runtime], Awaitable[None]]
+BackgroundTask = Callable[[Runtime], Coroutine[Any, Any, None]]
 
 
 @dataclass
@@ -125,7 +125,10 @@ def build_service(definition: ServiceDefinition, settings: Settings | None = Non
     service = definition.name
     topics = TopicNames(settings.cm_topic_prefix)
     configure_logging(service, fmt=settings.log_format, level=settings.log_level)
-    stdlib_logger = logging.getLogger(f"faststream.{service}")
+    # Not a child of faststream's own "faststream" logger, which has a handler of its own:
+    # these records go through our structlog chain. INFO from it is lifecycle noise.
+    stdlib_logger = logging.getLogger(f"cm.{service}.faststream")
+    stdlib_logger.setLevel(max(logging.WARNING, logging.getLogger().level))
     broker = KafkaBroker(
         settings.kafka_bootstrap_servers,
         logger=stdlib_logger,
@@ -204,8 +207,9 @@ def build_service(definition: ServiceDefinition, settings: Settings | None = Non
             and await broker.ping(timeout=2.0)
         )
         body = b'{"status":"ok"}' if ok else b'{"status":"starting"}'
-        return AsgiResponse(body, status_code=200 if ok else 503,
-                            headers={"content-type": "application/json"})
+        return AsgiResponse(
+            body, status_code=200 if ok else 503, headers={"content-type": "application/json"}
+        )
 
     app = AsgiFastStream(
         broker,
@@ -216,9 +220,6 @@ def build_service(definition: ServiceDefinition, settings: Settings | None = Non
         on_shutdown=[on_shutdown],
         after_shutdown=[after_shutdown],
     )
-    # faststream installs its own handler; route its records through our chain instead.
-    stdlib_logger.handlers.clear()
-    stdlib_logger.propagate = True
     return Service(app=app, broker=broker, state=state)
 
 
@@ -255,8 +256,12 @@ def _register_consumer(
             await consumer.handle_batch(batch)
         except Exception as exc:
             if is_infrastructure_error(exc):
-                log.warning("infrastructure failure; the batch will be redelivered",
-                            consumer=spec.name, error_type=type(exc).__name__, error=str(exc)[:300])
+                log.warning(
+                    "infrastructure failure; the batch will be redelivered",
+                    consumer=spec.name,
+                    error_type=type(exc).__name__,
+                    error=str(exc)[:300],
+                )
                 await backoff(settings.retry_backoff_ms / 1000)
             raise
 
@@ -268,6 +273,9 @@ def run(definition: ServiceDefinition) -> None:
     asyncio.run(
         app.run(
             log_level=logging.WARNING,
-            run_extra_options={"host": settings.http_host, "port": settings.port_for(definition.name)},
+            run_extra_options={
+                "host": settings.http_host,
+                "port": settings.port_for(definition.name),
+            },
         )
     )

@@ -39,6 +39,7 @@ from contracts.envelope import (
 )
 from contracts.results import CommandAccepted, CommandRejected, DeadLetter, ResultError
 from contracts.topics import COMMAND_RESULTS, DLQ, TopicNames
+from services.runtime.db import Connection
 from services.runtime.logs import get_logger
 from services.runtime.outbox import OutboxMessage, enqueue
 
@@ -93,7 +94,7 @@ class HandlerContext:
     """What a handler gets: its connection (inside the batch transaction), the message,
     and ways to emit messages and answer the command."""
 
-    conn: asyncpg.Connection
+    conn: Connection
     envelope: Envelope[Any]
     service: str
     topics: TopicNames
@@ -139,7 +140,9 @@ class HandlerContext:
         )
         return envelope
 
-    def emit_raw(self, topic: str, key: str | None, value: bytes, headers: Iterable[tuple[str, str]] = ()) -> None:
+    def emit_raw(
+        self, topic: str, key: str | None, value: bytes, headers: Iterable[tuple[str, str]] = ()
+    ) -> None:
         """Queue a non-enveloped body (the merchant push)."""
         self.outbox.append(
             OutboxMessage(topic=self.topics(topic), key=key, value=value, headers=tuple(headers))
@@ -244,8 +247,11 @@ class BatchConsumer:
         except Exception as exc:
             if is_infrastructure_error(exc):
                 raise
-            log.warning("batch failed on a message; replaying it message by message",
-                        consumer=self.spec.name, error_type=type(exc).__name__)
+            log.warning(
+                "batch failed on a message; replaying it message by message",
+                consumer=self.spec.name,
+                error_type=type(exc).__name__,
+            )
             outcome = await self._transact(records, careful=True)
         BATCH_SECONDS.labels(self.service, self.spec.name).observe(time.perf_counter() - started)
         self.on_commit()
@@ -285,14 +291,17 @@ class BatchConsumer:
                 await self._handle_one(conn, record, envelope, outbox, results, outcome, careful)
             if duplicates:
                 stored = await conn.fetch(
-                    "SELECT topic, key, value FROM command_results WHERE command_id = ANY($1::uuid[])",
+                    "SELECT topic, key, value FROM command_results"
+                    " WHERE command_id = ANY($1::uuid[])",
                     duplicates,
                 )
-                outbox.extend(OutboxMessage(r["topic"], r["key"], bytes(r["value"])) for r in stored)
+                outbox.extend(
+                    OutboxMessage(r["topic"], r["key"], bytes(r["value"])) for r in stored
+                )
             if results:
                 await conn.executemany(
-                    "INSERT INTO command_results (command_id, topic, key, value) VALUES ($1, $2, $3, $4)"
-                    " ON CONFLICT (command_id) DO NOTHING",
+                    "INSERT INTO command_results (command_id, topic, key, value)"
+                    " VALUES ($1, $2, $3, $4) ON CONFLICT (command_id) DO NOTHING",
                     [(cid, m.topic, m.key, m.value) for cid, m in results],
                 )
             await enqueue(conn, outbox, self.relay_shards)
@@ -300,7 +309,7 @@ class BatchConsumer:
 
     async def _handle_one(
         self,
-        conn: asyncpg.Connection,
+        conn: Connection,
         record: RawRecord,
         envelope: Envelope[Any],
         outbox: list[OutboxMessage],
@@ -319,8 +328,9 @@ class BatchConsumer:
             if spec is None:  # an ignored type: recorded in the inbox, no effect
                 HANDLED.labels(self.service, self.spec.name, envelope.type, "ignored").inc()
                 return
-            ctx = HandlerContext(conn=conn, envelope=envelope, service=self.service,
-                                 topics=self.topics, outbox=[])
+            ctx = HandlerContext(
+                conn=conn, envelope=envelope, service=self.service, topics=self.topics, outbox=[]
+            )
             if careful:
                 try:
                     async with conn.transaction():  # a savepoint
@@ -331,8 +341,13 @@ class BatchConsumer:
                     log.exception("handler failed; dead-lettering the message")
                     outcome.dead_lettered += 1
                     errors = [FieldError("$", "handler_error", f"{type(exc).__name__}: {exc}")]
-                    error = ParseError(errors, envelope.message_id, envelope.website_key,
-                                       envelope.type, envelope.correlation)
+                    error = ParseError(
+                        errors,
+                        envelope.message_id,
+                        envelope.website_key,
+                        envelope.type,
+                        envelope.correlation,
+                    )
                     self._dead_letter(outbox, results, record, error, errors)
                     HANDLED.labels(self.service, self.spec.name, envelope.type, "dead_letter").inc()
                     return
@@ -384,18 +399,30 @@ class BatchConsumer:
         website_key = error.website_key or "unknown"
         dead = new_envelope(letter, website_key=website_key, occurred_at=now)
         outbox.append(OutboxMessage(self.topics(DLQ), key, dead.to_json()))
-        log.warning("message dead-lettered", topic=record.topic, partition=record.partition,
-                    offset=record.offset, error=str(error)[:500])
+        log.warning(
+            "message dead-lettered",
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            error=str(error)[:500],
+        )
         if error.attributable and self._is_command(error.type):
             assert error.message_id is not None and error.website_key is not None
-            rejected = CommandRejected(command_type=error.type, command_id=error.message_id,
-                                       errors=result_errors)
-            answer = Envelope[CommandRejected](
-                message_id=uuid.uuid4(), type=CommandRejected.TYPE, website_key=error.website_key,
-                occurred_at=now, correlation_id=error.correlation_id or error.message_id,
-                causation_id=error.message_id, payload=rejected,
+            rejected = CommandRejected(
+                command_type=error.type, command_id=error.message_id, errors=result_errors
             )
-            message = OutboxMessage(self.topics(COMMAND_RESULTS), error.website_key, answer.to_json())
+            answer = Envelope[CommandRejected](
+                message_id=uuid.uuid4(),
+                type=CommandRejected.TYPE,
+                website_key=error.website_key,
+                occurred_at=now,
+                correlation_id=error.correlation_id or error.message_id,
+                causation_id=error.message_id,
+                payload=rejected,
+            )
+            message = OutboxMessage(
+                self.topics(COMMAND_RESULTS), error.website_key, answer.to_json()
+            )
             outbox.append(message)
             results.append((error.message_id, message))
 
@@ -406,7 +433,10 @@ class BatchConsumer:
         spec = self.spec.handlers.get(type_name)
         if spec is not None:
             return spec.answers
-        return any(h.answers for h in self.spec.handlers.values()) and type_name not in self.spec.ignored_types
+        return (
+            any(h.answers for h in self.spec.handlers.values())
+            and type_name not in self.spec.ignored_types
+        )
 
 
 async def backoff(seconds: float) -> None:

@@ -10,11 +10,15 @@ from __future__ import annotations
 import json
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 RUNTIME_MIGRATIONS = Path(__file__).parent / "migrations"
+
+#: A connection as handlers get it: plain or borrowed from the pool.
+Connection: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -43,10 +47,7 @@ def schema_lock_id(schema: str) -> int:
 
 
 def _migration_files(directory: Path, prefix: str) -> list[tuple[str, str]]:
-    return [
-        (f"{prefix}{path.stem}", path.read_text())
-        for path in sorted(directory.glob("*.sql"))
-    ]
+    return [(f"{prefix}{path.stem}", path.read_text()) for path in sorted(directory.glob("*.sql"))]
 
 
 async def migrate(pool: asyncpg.Pool, schema: str, service_migrations: Path | None) -> list[str]:
@@ -54,8 +55,9 @@ async def migrate(pool: asyncpg.Pool, schema: str, service_migrations: Path | No
 
     An advisory lock makes replicas that start together apply each migration once.
     """
+    # A few small files read once at start: blocking reads are fine here.
     files = _migration_files(RUNTIME_MIGRATIONS, "runtime:")
-    if service_migrations is not None and service_migrations.exists():
+    if service_migrations is not None and service_migrations.exists():  # noqa: ASYNC240
         files += _migration_files(service_migrations, "")
     applied: list[str] = []
     async with pool.acquire() as conn:

@@ -23,7 +23,7 @@ import asyncpg
 from aiokafka import AIOKafkaProducer
 from prometheus_client import Counter, Gauge, Histogram
 
-from services.runtime.db import schema_lock_id
+from services.runtime.db import Connection, schema_lock_id
 from services.runtime.logs import get_logger
 
 log = get_logger(__name__)
@@ -33,7 +33,9 @@ RELAY_BATCH_SECONDS = Histogram(
     "cm_outbox_relay_batch_seconds", "Time to publish and delete one relay batch", ["service"]
 )
 RELAY_LAG_SECONDS = Gauge(
-    "cm_outbox_oldest_age_seconds", "Age of the oldest message relayed in the last batch", ["service"]
+    "cm_outbox_oldest_age_seconds",
+    "Age of the oldest message relayed in the last batch",
+    ["service"],
 )
 
 
@@ -65,7 +67,7 @@ class PendingMessages:
         return len(self.messages)
 
 
-async def enqueue(conn: asyncpg.Connection, messages: Sequence[OutboxMessage], shards: int) -> None:
+async def enqueue(conn: Connection, messages: Sequence[OutboxMessage], shards: int) -> None:
     """Insert messages into the outbox inside the caller's transaction, in order."""
     if not messages:
         return
@@ -191,7 +193,9 @@ class OutboxRelay:
                 return 0
             started = time.perf_counter()
             await self._publish(rows)
-            await conn.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", [r["id"] for r in rows])
+            await conn.execute(
+                "DELETE FROM outbox WHERE id = ANY($1::bigint[])", [r["id"] for r in rows]
+            )
         RELAYED.labels(self._service).inc(len(rows))
         RELAY_BATCH_SECONDS.labels(self._service).observe(time.perf_counter() - started)
         RELAY_LAG_SECONDS.labels(self._service).set(
@@ -206,6 +210,8 @@ class OutboxRelay:
             headers = [(str(k), str(v).encode()) for k, v in row["headers"]]
             key = row["key"].encode() if row["key"] is not None else None
             futures.append(
-                await self._producer.send(row["topic"], value=row["value"], key=key, headers=headers)
+                await self._producer.send(
+                    row["topic"], value=row["value"], key=key, headers=headers
+                )
             )
         await asyncio.gather(*futures)

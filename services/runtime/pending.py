@@ -14,9 +14,7 @@ from services.runtime.consumer import HandlerContext, HandlerSpec
 
 
 async def _refuse(ctx: HandlerContext, payload: Any) -> None:
-    ctx.reject(
-        [FieldError("type", "not_implemented", f"{ctx.envelope.type} is not available yet")]
-    )
+    ctx.reject([FieldError("type", "not_implemented", f"{ctx.envelope.type} is not available yet")])
 
 
 async def _ignore(ctx: HandlerContext, payload: Any) -> None:

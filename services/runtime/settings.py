@@ -64,4 +64,6 @@ class Settings(BaseSettings):
     webhook_timeout_s: float = 10.0
 
     def port_for(self, service: str) -> int:
-        return self.http_port if self.http_port is not None else DEFAULT_HTTP_PORTS.get(service, 8080)
+        return (
+            self.http_port if self.http_port is not None else DEFAULT_HTTP_PORTS.get(service, 8080)
+        )

@@ -20,8 +20,10 @@ def definition() -> ServiceDefinition:
                 topic=topics.SUBSCRIPTION_COMMANDS,
                 handlers={
                     **refuse_all(
-                        "CreateSubscription", "CreateCombinedSubscription",
-                        "UpdateSubscription", "StopSubscription",
+                        "CreateSubscription",
+                        "CreateCombinedSubscription",
+                        "UpdateSubscription",
+                        "StopSubscription",
                     ),
                     **ignore_internal("RunBilling"),
                 },

@@ -39,7 +39,9 @@ def prefix() -> str:
     return f"t{uuid.uuid4().hex[:10]}."
 
 
-def make_settings(kafka_bootstrap: str, database_url: str, prefix: str, **overrides: object) -> Settings:
+def make_settings(
+    kafka_bootstrap: str, database_url: str, prefix: str, **overrides: object
+) -> Settings:
     values: dict[str, object] = {
         "kafka_bootstrap_servers": kafka_bootstrap,
         "database_url": database_url,
@@ -59,8 +61,9 @@ def schema_for(prefix: str) -> str:
 
 @pytest.fixture
 async def service(kafka_bootstrap: str, database_url: str, prefix: str) -> AsyncIterator[Service]:
-    svc = build_service(ledger.definition(schema_for(prefix)),
-                        make_settings(kafka_bootstrap, database_url, prefix))
+    svc = build_service(
+        ledger.definition(schema_for(prefix)), make_settings(kafka_bootstrap, database_url, prefix)
+    )
     async with svc.app:
         yield svc
 
@@ -74,10 +77,14 @@ def key_of(body: dict[str, object]) -> str:
 
 
 async def send(bootstrap: str, topic: str, *bodies: dict[str, object] | bytes) -> None:
-    await publish(bootstrap, topic, [
-        (None, body) if isinstance(body, bytes) else (key_of(body), json.dumps(body).encode())
-        for body in bodies
-    ])
+    await publish(
+        bootstrap,
+        topic,
+        [
+            (None, body) if isinstance(body, bytes) else (key_of(body), json.dumps(body).encode())
+            for body in bodies
+        ],
+    )
 
 
 async def results_for(bootstrap: str, prefix: str, command_id: str) -> list[dict[str, object]]:
@@ -90,6 +97,7 @@ async def entries(pool: asyncpg.Pool) -> list[asyncpg.Record]:
 
 
 # --- inbox ------------------------------------------------------------------------------
+
 
 async def test_the_same_message_delivered_twice_has_one_effect(
     service: Service, kafka_bootstrap: str, prefix: str
@@ -108,8 +116,9 @@ async def test_the_same_message_delivered_twice_has_one_effect(
     assert answers[0]["payload"]["keys"] == {"entry_id": "e-1"}  # type: ignore[index]
     rows = await entries(service.runtime.pool)
     assert [(r["entry_id"], str(r["amount"])) for r in rows] == [("e-1", "10.00")]
-    events = await poll_until(lambda: read_all(kafka_bootstrap, prefix + topics.INVOICE_EVENTS),
-                              what="the event")
+    events = await poll_until(
+        lambda: read_all(kafka_bootstrap, prefix + topics.INVOICE_EVENTS), what="the event"
+    )
     assert [e.json()["payload"]["entry_id"] for e in events] == ["e-1"]
 
 
@@ -120,6 +129,7 @@ async def _at_least(coro: object, n: int) -> list[dict[str, object]] | None:
 
 # --- dead letters and rejections ---------------------------------------------------------
 
+
 async def test_a_malformed_message_is_dead_lettered_and_the_next_is_handled(
     service: Service, kafka_bootstrap: str, prefix: str
 ) -> None:
@@ -128,17 +138,29 @@ async def test_a_malformed_message_is_dead_lettered_and_the_next_is_handled(
     typo["payload"]["amout"] = typo["payload"].pop("amount")  # type: ignore[attr-defined]
     await send(kafka_bootstrap, topic, b"{not json", typo, record_entry("e-after"))
 
-    await poll_until(lambda: _entry_ids(service.runtime.pool, {"e-after"}), what="the next message handled")
-    letters = [r.json() for r in await poll_until(
-        lambda: _at_least_records(kafka_bootstrap, prefix + topics.DLQ, 2), what="two dead letters")]
+    await poll_until(
+        lambda: _entry_ids(service.runtime.pool, {"e-after"}), what="the next message handled"
+    )
+    letters = [
+        r.json()
+        for r in await poll_until(
+            lambda: _at_least_records(kafka_bootstrap, prefix + topics.DLQ, 2),
+            what="two dead letters",
+        )
+    ]
     assert len(letters) == 2
     by_error = {letter["payload"]["errors"][0]["code"]: letter["payload"] for letter in letters}
     assert by_error["invalid_json"]["raw_value"] == "{not json"
     assert by_error["invalid_json"]["topic"] == topic
-    assert {e["field"] for e in by_error["missing"]["errors"]} == {"payload.amount", "payload.amout"}
+    assert {e["field"] for e in by_error["missing"]["errors"]} == {
+        "payload.amount",
+        "payload.amout",
+    }
 
-    answer = await poll_until(lambda: results_for(kafka_bootstrap, prefix, typo["message_id"]),  # type: ignore[arg-type]
-                              what="the rejection of the typo")
+    answer = await poll_until(
+        lambda: results_for(kafka_bootstrap, prefix, typo["message_id"]),  # type: ignore[arg-type]
+        what="the rejection of the typo",
+    )
     assert len(answer) == 1 and answer[0]["type"] == "CommandRejected"
     assert {e["code"] for e in answer[0]["payload"]["errors"]} == {"missing", "extra_forbidden"}  # type: ignore[index]
     assert await _entry_ids(service.runtime.pool, {"e-after"}) == {"e-after"}
@@ -149,11 +171,17 @@ async def test_a_broken_business_rule_is_rejected_with_field_errors_and_nothing_
 ) -> None:
     bad = record_entry("e-neg", "-1.00")
     await send(kafka_bootstrap, prefix + topics.INVOICE_COMMANDS, bad)
-    answers = await poll_until(lambda: results_for(kafka_bootstrap, prefix, bad["message_id"]),  # type: ignore[arg-type]
-                               what="the rejection")
+    answers = await poll_until(
+        lambda: results_for(kafka_bootstrap, prefix, bad["message_id"]),  # type: ignore[arg-type]
+        what="the rejection",
+    )
     assert answers[0]["type"] == "CommandRejected"
     assert answers[0]["payload"]["errors"] == [  # type: ignore[index]
-        {"field": "payload.amount", "code": "negative", "message": "the amount must not be negative"}
+        {
+            "field": "payload.amount",
+            "code": "negative",
+            "message": "the amount must not be negative",
+        }
     ]
     assert await entries(service.runtime.pool) == []
     assert await read_all(kafka_bootstrap, prefix + topics.INVOICE_EVENTS) == []
@@ -162,15 +190,27 @@ async def test_a_broken_business_rule_is_rejected_with_field_errors_and_nothing_
 async def test_a_handler_bug_dead_letters_only_that_message(
     service: Service, kafka_bootstrap: str, prefix: str
 ) -> None:
-    before, bug, after = record_entry("e-1"), record_entry("e-bug", explode=True), record_entry("e-2")
+    before, bug, after = (
+        record_entry("e-1"),
+        record_entry("e-bug", explode=True),
+        record_entry("e-2"),
+    )
     await send(kafka_bootstrap, prefix + topics.INVOICE_COMMANDS, before, bug, after)
-    await poll_until(lambda: _entry_ids(service.runtime.pool, {"e-1", "e-2"}), what="both good entries")
-    letters = [r.json()["payload"] for r in await poll_until(
-        lambda: read_all(kafka_bootstrap, prefix + topics.DLQ), what="the dead letter")]
+    await poll_until(
+        lambda: _entry_ids(service.runtime.pool, {"e-1", "e-2"}), what="both good entries"
+    )
+    letters = [
+        r.json()["payload"]
+        for r in await poll_until(
+            lambda: read_all(kafka_bootstrap, prefix + topics.DLQ), what="the dead letter"
+        )
+    ]
     assert [letter["errors"][0]["code"] for letter in letters] == ["handler_error"]
     assert "a bug in the handler" in letters[0]["error"]
-    answer = await poll_until(lambda: results_for(kafka_bootstrap, prefix, bug["message_id"]),  # type: ignore[arg-type]
-                              what="the answer to the failing command")
+    answer = await poll_until(
+        lambda: results_for(kafka_bootstrap, prefix, bug["message_id"]),  # type: ignore[arg-type]
+        what="the answer to the failing command",
+    )
     assert [a["type"] for a in answer] == ["CommandRejected"]
     assert answer[0]["payload"]["errors"][0]["code"] == "handler_error"  # type: ignore[index]
     assert {r["entry_id"] for r in await entries(service.runtime.pool)} == {"e-1", "e-2"}
@@ -183,6 +223,7 @@ async def _entry_ids(pool: asyncpg.Pool, expected: set[str]) -> set[str] | None:
 
 # --- outbox ------------------------------------------------------------------------------
 
+
 async def test_a_rolled_back_transaction_publishes_nothing(
     service: Service, kafka_bootstrap: str, prefix: str
 ) -> None:
@@ -190,14 +231,20 @@ async def test_a_rolled_back_transaction_publishes_nothing(
     topic = prefix + "rollback-proof"
     with pytest.raises(RuntimeError):
         async with runtime.pool.acquire() as conn, conn.transaction():
-            await enqueue(conn, [OutboxMessage(topic, "k", b"rolled back")], runtime.settings.relay_shards)
+            await enqueue(
+                conn, [OutboxMessage(topic, "k", b"rolled back")], runtime.settings.relay_shards
+            )
             raise RuntimeError("the handler failed after enqueueing")
     async with runtime.pool.acquire() as conn, conn.transaction():
-        await enqueue(conn, [OutboxMessage(topic, "k", b"committed")], runtime.settings.relay_shards)
+        await enqueue(
+            conn, [OutboxMessage(topic, "k", b"committed")], runtime.settings.relay_shards
+        )
     assert runtime.relay is not None
     runtime.relay.wake()
 
-    records = await poll_until(lambda: read_all(kafka_bootstrap, topic), what="the committed message")
+    records = await poll_until(
+        lambda: read_all(kafka_bootstrap, topic), what="the committed message"
+    )
     assert [r.value for r in records] == [b"committed"]
 
 
@@ -212,22 +259,34 @@ async def test_relay_keeps_per_key_order_for_1000_messages_over_10_keys(
         # 100 messages per key, written in small transactions interleaving the keys.
         for seq in range(0, 100, 5):
             async with runtime.pool.acquire() as conn, conn.transaction():
-                await enqueue(conn, [
-                    OutboxMessage(topic, key, json.dumps({"key": key, "seq": s}).encode())
-                    for s in range(seq, seq + 5) for key in my_keys
-                ], runtime.settings.relay_shards)
+                await enqueue(
+                    conn,
+                    [
+                        OutboxMessage(topic, key, json.dumps({"key": key, "seq": s}).encode())
+                        for s in range(seq, seq + 5)
+                        for key in my_keys
+                    ],
+                    runtime.settings.relay_shards,
+                )
             await asyncio.sleep(0)
 
     # A second relay on the same outbox races the service's own one.
     other_pool = await create_pool(database_url, runtime.schema)
-    rival = OutboxRelay(pool=other_pool, bootstrap_servers=kafka_bootstrap, schema=runtime.schema,
-                        service="rival", shards=runtime.settings.relay_shards, batch_size=7,
-                        poll_interval_s=0.01)
+    rival = OutboxRelay(
+        pool=other_pool,
+        bootstrap_servers=kafka_bootstrap,
+        schema=runtime.schema,
+        service="rival",
+        shards=runtime.settings.relay_shards,
+        batch_size=7,
+        poll_interval_s=0.01,
+    )
     await rival.start()
     try:
         await asyncio.gather(*(writer(keys[i::5]) for i in range(5)))
-        records = await poll_until(lambda: _at_least_records(kafka_bootstrap, topic, 1000),
-                                   what="1000 relayed messages")
+        records = await poll_until(
+            lambda: _at_least_records(kafka_bootstrap, topic, 1000), what="1000 relayed messages"
+        )
     finally:
         await rival.stop()
         await other_pool.close()
@@ -248,6 +307,7 @@ async def _at_least_records(bootstrap: str, topic: str, n: int) -> list | None: 
 
 
 # --- crashes -----------------------------------------------------------------------------
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -274,7 +334,9 @@ class LedgerProcess:
     async def start(self, *, relay: bool = True) -> None:
         port = free_port()
         env = {**self.env, "RELAY_ENABLED": "true" if relay else "false", "HTTP_PORT": str(port)}
-        self.proc = subprocess.Popen([sys.executable, "-m", "tests.support.ledger"], cwd=ROOT, env=env)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.support.ledger"], cwd=ROOT, env=env
+        )
 
         async def healthy() -> bool:
             assert self.proc is not None
@@ -354,7 +416,11 @@ async def test_sigkill_at_random_moments_loses_nothing_and_applies_nothing_twice
     bodies = [record_entry(f"e-{i:04d}", f"{i}.01") for i in range(400)]
     await ledger_process.start()
     for chunk in range(4):
-        await send(kafka_bootstrap, prefix + topics.INVOICE_COMMANDS, *bodies[chunk * 100:(chunk + 1) * 100])
+        await send(
+            kafka_bootstrap,
+            prefix + topics.INVOICE_COMMANDS,
+            *bodies[chunk * 100 : (chunk + 1) * 100],
+        )
         await asyncio.sleep(rng.uniform(0.0, 0.3))  # let the process get somewhere, then kill it
         ledger_process.kill()
         await ledger_process.start()
@@ -366,7 +432,8 @@ async def test_sigkill_at_random_moments_loses_nothing_and_applies_nothing_twice
     await poll_until(all_done, timeout=60, what="every command applied and relayed")
     rows = await entries(ledger_pool)
     assert [(r["entry_id"], str(r["amount"])) for r in rows] == [
-        (b["payload"]["entry_id"], b["payload"]["amount"]) for b in bodies  # type: ignore[index]
+        (b["payload"]["entry_id"], b["payload"]["amount"])
+        for b in bodies  # type: ignore[index]
     ]
     events = [e.json() for e in await read_all(kafka_bootstrap, prefix + topics.INVOICE_EVENTS)]
     # A crash between publish and delete may publish a message again, with the same

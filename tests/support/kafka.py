@@ -29,8 +29,14 @@ class Record:
         return json.loads(self.value)
 
 
-def envelope(type_: str, payload: dict[str, Any], *, website_key: str = "shop-1",
-             message_id: str | None = None, occurred_at: str | None = None) -> dict[str, Any]:
+def envelope(
+    type_: str,
+    payload: dict[str, Any],
+    *,
+    website_key: str = "shop-1",
+    message_id: str | None = None,
+    occurred_at: str | None = None,
+) -> dict[str, Any]:
     return {
         "message_id": message_id or str(uuid.uuid4()),
         "type": type_,
@@ -55,13 +61,14 @@ async def publish(bootstrap: str, topic: str, items: list[tuple[str | None, byte
 
 async def read_all(bootstrap: str, topic: str) -> list[Record]:
     """Every record currently in `topic`, from the beginning to the end offsets."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                fetch_max_wait_ms=20)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=20
+    )
     await consumer.start()
     try:
         partitions = consumer.partitions_for_topic(topic)
         if not partitions:
-            await consumer._client.force_metadata_update()  # noqa: SLF001
+            await consumer._client.force_metadata_update()
             partitions = consumer.partitions_for_topic(topic) or set()
         tps = [TopicPartition(topic, p) for p in sorted(partitions)]
         if not tps:
@@ -79,12 +86,16 @@ async def read_all(bootstrap: str, topic: str) -> list[Record]:
             batch = await consumer.getmany(*tps, timeout_ms=100)
             for msgs in batch.values():
                 for m in msgs:
-                    records.append(Record(
-                        m.topic, m.partition, m.offset,
-                        m.key.decode() if m.key is not None else None,
-                        m.value or b"",
-                        {k: v.decode() for k, v in (m.headers or [])},
-                    ))
+                    records.append(
+                        Record(
+                            m.topic,
+                            m.partition,
+                            m.offset,
+                            m.key.decode() if m.key is not None else None,
+                            m.value or b"",
+                            {k: v.decode() for k, v in (m.headers or [])},
+                        )
+                    )
                     if m.offset + 1 >= ends[TopicPartition(m.topic, m.partition)]:
                         remaining.discard(TopicPartition(m.topic, m.partition))
             if not batch and not remaining:
@@ -94,8 +105,13 @@ async def read_all(bootstrap: str, topic: str) -> list[Record]:
         await consumer.stop()
 
 
-async def poll_until(check: Callable[[], Awaitable[T]], *, timeout: float = 30.0,
-                     interval: float = 0.05, what: str = "condition") -> T:
+async def poll_until(
+    check: Callable[[], Awaitable[T]],
+    *,
+    timeout: float = 30.0,
+    interval: float = 0.05,
+    what: str = "condition",
+) -> T:
     """Call `check` until it returns something truthy, or fail after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     last: T | None = None

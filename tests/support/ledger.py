@@ -51,8 +51,11 @@ async def record_entry(ctx: HandlerContext, cmd: RecordEntry) -> None:
         cmd.amount,
         ctx.envelope.message_id,
     )
-    ctx.emit(EVENT_TOPIC, f"{ctx.website_key}:{cmd.entry_id}",
-             EntryRecorded(entry_id=cmd.entry_id, amount=cmd.amount))
+    ctx.emit(
+        EVENT_TOPIC,
+        f"{ctx.website_key}:{cmd.entry_id}",
+        EntryRecorded(entry_id=cmd.entry_id, amount=cmd.amount),
+    )
     ctx.accept(entry_id=cmd.entry_id)
 
 

@@ -1,0 +1,107 @@
+"""The bench service: the smallest useful service on the runtime.
+
+`bench.BenchRecord` (a command) → one `bench_state` row and one `bench.BenchRecorded`
+event. The type names carry a `bench.` prefix so they can never collide with a platform
+message type. The command carries the wall time it was produced at (`sent_at`) and the
+event echoes it, so the load generator can measure end-to-end latency per message.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import Field
+
+from contracts.envelope import Command, Event, Money, new_envelope, register
+from services.runtime.app import ServiceDefinition
+from services.runtime.consumer import ConsumerSpec, HandlerContext, HandlerSpec
+
+#: Base topic names (a per-run prefix goes in front).
+COMMAND_TOPIC = "bench.commands"
+EVENT_TOPIC = "bench.events"
+MIGRATIONS = Path(__file__).parent / "migrations"
+WEBSITE_KEY = "bench-shop"
+#: Filler so a command body has a realistic size (~450 bytes as JSON).
+NOTE = "x" * 120
+
+
+class BenchRecord(Command):
+    TYPE: ClassVar[str] = "bench.BenchRecord"
+
+    account: str = Field(min_length=1)
+    seq: int
+    amount: Money
+    sent_at: float
+    note: str = ""
+
+
+class BenchRecorded(Event):
+    TYPE: ClassVar[str] = "bench.BenchRecorded"
+
+    account: str
+    seq: int
+    amount: Money
+    sent_at: float
+
+
+register(BenchRecord, BenchRecorded)
+
+
+class Probe:
+    """When the first command reached a handler (the start of the processing window)."""
+
+    first_handled: float | None = None
+
+    @classmethod
+    def reset(cls) -> None:
+        cls.first_handled = None
+
+    @classmethod
+    def mark(cls) -> None:
+        if cls.first_handled is None:
+            cls.first_handled = time.time()
+
+
+def account_of(seq: int, keys: int) -> str:
+    return f"acct-{seq % keys:04d}"
+
+
+def command_body(seq: int, keys: int) -> tuple[str, bytes]:
+    """(Kafka key, enveloped BenchRecord) stamped with the current wall time."""
+    now = time.time()
+    account = account_of(seq, keys)
+    command = BenchRecord(account=account, seq=seq, amount="12.34", sent_at=now, note=NOTE)
+    envelope = new_envelope(
+        command, website_key=WEBSITE_KEY, occurred_at=datetime.fromtimestamp(now, UTC)
+    )
+    return account, envelope.to_json()
+
+
+STATE_INSERT = (
+    "INSERT INTO bench_state (account, seq, amount, message_id) VALUES ($1, $2, $3, $4)"
+)
+
+
+async def record(ctx: HandlerContext, cmd: BenchRecord) -> None:
+    Probe.mark()
+    await ctx.conn.execute(STATE_INSERT, cmd.account, cmd.seq, cmd.amount, ctx.envelope.message_id)
+    ctx.emit(
+        EVENT_TOPIC,
+        cmd.account,
+        BenchRecorded(account=cmd.account, seq=cmd.seq, amount=cmd.amount, sent_at=cmd.sent_at),
+    )
+
+
+def definition(schema: str, *, answers: bool = False) -> ServiceDefinition:
+    """The bench service on `schema`. `answers=False` skips the CommandAccepted result
+    (and its command_results row), so its I/O is exactly inbox + state + one outbox row."""
+    handlers: dict[str, Any] = {BenchRecord.TYPE: HandlerSpec(record, answers=answers)}
+    return ServiceDefinition(
+        name="bench",
+        schema=schema,
+        migrations=MIGRATIONS,
+        consumers=[ConsumerSpec(name="commands", topic=COMMAND_TOPIC, handlers=handlers)],
+    )

@@ -43,8 +43,10 @@ def infrastructure() -> Iterator[Infra]:
             directory = devstack_dir() / "bench"
             directory.mkdir(parents=True, exist_ok=True)
             for entry in reap_dir(directory):
-                print(f"stopped a leftover of a killed bench run: {entry.name} (pid {entry.pid})",
-                      file=sys.stderr)
+                print(
+                    f"stopped a leftover of a killed bench run: {entry.name} (pid {entry.pid})",
+                    file=sys.stderr,
+                )
             state = StateFile(directory / f"bench-{os.getpid()}.json")
             state.claim()
             stack.callback(state.stop_all)  # normally empty: each stops its own below
@@ -64,16 +66,19 @@ def infrastructure() -> Iterator[Infra]:
 
             stack.callback(stop_broker)
             kafka = broker.bootstrap_servers
-            description["kafka"] = {"kind": "embedded tansu (memory storage)",
-                                    "startup_s": round(broker.startup_s, 3)}
+            description["kafka"] = {
+                "kind": "embedded tansu (memory storage)",
+                "startup_s": round(broker.startup_s, 3),
+            }
         if database:
             description["postgres"] = {"kind": "external"}
         else:
             assert state is not None
             base = Path(tempfile.mkdtemp(prefix="cm-bench-pg-"))
             state.add_cleanup(base)
-            server = start_postgres(base / "pgdata", fast=False, delete_on_stop=True,
-                                    log_path=base / "postgres.log")
+            server = start_postgres(
+                base / "pgdata", fast=False, delete_on_stop=True, log_path=base / "postgres.log"
+            )
             state.record("postgres", server.pid, signal.SIGINT, 10.0)
 
             def stop_postgres() -> None:
@@ -83,6 +88,8 @@ def infrastructure() -> Iterator[Infra]:
 
             stack.callback(stop_postgres)
             database = server.dsn
-            description["postgres"] = {"kind": "embedded postgres 18, durable (fsync on)",
-                                       "startup_s": round(server.startup_s, 3)}
+            description["postgres"] = {
+                "kind": "embedded postgres 18, durable (fsync on)",
+                "startup_s": round(server.startup_s, 3),
+            }
         yield Infra(kafka, database, description)

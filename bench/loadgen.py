@@ -68,7 +68,7 @@ class _Collector:
         await self.consumer.start()
         partitions = self.consumer.partitions_for_topic(self.spec.out_topic)
         if not partitions:
-            await self.consumer._client.force_metadata_update()  # noqa: SLF001
+            await self.consumer._client.force_metadata_update()
             partitions = self.consumer.partitions_for_topic(self.spec.out_topic) or set()
         if not partitions:
             raise RuntimeError(f"output topic {self.spec.out_topic} has no partitions")
@@ -120,8 +120,10 @@ async def _run(spec: LoadSpec, conn: Connection) -> None:
     try:
         conn.send(("ready",))
         if spec.rate is not None:  # warm up: every key once, and wait for the outputs
-            warm = [await producer.send(spec.in_topic, value=body, key=key.encode())
-                    for key, body in (command_body(-1 - i, spec.keys) for i in range(spec.keys))]
+            warm = [
+                await producer.send(spec.in_topic, value=body, key=key.encode())
+                for key, body in (command_body(-1 - i, spec.keys) for i in range(spec.keys))
+            ]
             await asyncio.gather(*warm)
             warmed = await collector.wait_for(
                 range(-spec.keys, 0), time.monotonic() + spec.timeout_s
@@ -141,9 +143,7 @@ async def _run(spec: LoadSpec, conn: Connection) -> None:
                 due = min(spec.n, int((time.monotonic() - started) * spec.rate) + 1)
                 while seq < due:
                     key, body = command_body(seq, spec.keys)
-                    futures.append(
-                        await producer.send(spec.in_topic, value=body, key=key.encode())
-                    )
+                    futures.append(await producer.send(spec.in_topic, value=body, key=key.encode()))
                     seq += 1
                 await asyncio.sleep(0.001)
         await asyncio.gather(*futures)
@@ -151,19 +151,21 @@ async def _run(spec: LoadSpec, conn: Connection) -> None:
         conn.send(("produced", first_send, last_ack))
         complete = await collector.wait_for(range(spec.n), time.monotonic() + spec.timeout_s)
         measured = [t for s, t in collector.arrived.items() if s >= 0]
-        conn.send((
-            "done",
-            {
-                "complete": complete,
-                "seen": len(measured),
-                "duplicates": collector.duplicates,
-                "first_output": min(measured, default=None),
-                "last_output": max(measured, default=None),
-                "latencies": collector.latencies,
-                "first_send": first_send,
-                "last_ack": last_ack,
-            },
-        ))
+        conn.send(
+            (
+                "done",
+                {
+                    "complete": complete,
+                    "seen": len(measured),
+                    "duplicates": collector.duplicates,
+                    "first_output": min(measured, default=None),
+                    "last_output": max(measured, default=None),
+                    "latencies": collector.latencies,
+                    "first_send": first_send,
+                    "last_ack": last_ack,
+                },
+            )
+        )
     finally:
         reader.cancel()
         await asyncio.gather(reader, return_exceptions=True)

@@ -80,9 +80,7 @@ def command_body(seq: int, keys: int) -> tuple[str, bytes]:
     return account, envelope.to_json()
 
 
-STATE_INSERT = (
-    "INSERT INTO bench_state (account, seq, amount, message_id) VALUES ($1, $2, $3, $4)"
-)
+STATE_INSERT = "INSERT INTO bench_state (account, seq, amount, message_id) VALUES ($1, $2, $3, $4)"
 
 
 async def record(ctx: HandlerContext, cmd: BenchRecord) -> None:

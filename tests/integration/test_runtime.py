@@ -11,7 +11,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import uuid
@@ -30,6 +29,7 @@ from services.runtime.outbox import OutboxMessage, OutboxRelay, enqueue
 from services.runtime.settings import Settings
 from tests.support import ledger
 from tests.support.kafka import envelope, poll_until, publish, read_all
+from tests.support.net import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -307,12 +307,6 @@ async def _at_least_records(bootstrap: str, topic: str, n: int) -> list | None: 
 
 
 # --- crashes -----------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class LedgerProcess:

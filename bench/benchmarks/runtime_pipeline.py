@@ -31,6 +31,13 @@ from services.runtime.app import build_service
 from services.runtime.settings import Settings
 
 PARTITIONS = 8  # the runtime's default kafka_topic_partitions
+RUNS = (
+    "platform_batched",
+    "raw",
+    "platform_single",
+    "latency_platform_batched",
+    "latency_raw",
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser | Any) -> None:
@@ -55,6 +62,11 @@ def add_arguments(parser: argparse.ArgumentParser | Any) -> None:
         type=int,
         default=500,
         help="batch size of the batched and raw runs (default 500)",
+    )
+    parser.add_argument(
+        "--runs",
+        default=None,
+        help=f"comma-separated subset of the runs (default all: {','.join(RUNS)})",
     )
 
 
@@ -233,16 +245,24 @@ def _ratio(a: dict[str, Any], b: dict[str, Any]) -> float | None:
 async def run(ctx: BenchContext) -> dict[str, Any]:
     args = ctx.args
     n_single = args.n_single or args.n
-    throughput_runs = {
-        "platform_batched": await throughput(ctx, "pb", "platform", args.n, args.max_records),
-        "raw": await throughput(ctx, "raw", "raw", args.n, args.max_records),
-        "platform_single": await throughput(ctx, "ps", "platform", n_single, 1),
-    }
-    latency_runs = {
-        "platform_batched": await latency(ctx, "lpb", "platform", args.max_records),
-        "raw": await latency(ctx, "lraw", "raw", args.max_records),
-    }
-    raw = throughput_runs["raw"]
+    runs = set(args.runs.split(",")) if args.runs else set(RUNS)
+    if unknown := runs - set(RUNS):
+        raise SystemExit(f"unknown --runs {sorted(unknown)}; known: {', '.join(RUNS)}")
+    throughput_runs: dict[str, dict[str, Any]] = {}
+    if "platform_batched" in runs:
+        throughput_runs["platform_batched"] = await throughput(
+            ctx, "pb", "platform", args.n, args.max_records
+        )
+    if "raw" in runs:
+        throughput_runs["raw"] = await throughput(ctx, "raw", "raw", args.n, args.max_records)
+    if "platform_single" in runs:
+        throughput_runs["platform_single"] = await throughput(ctx, "ps", "platform", n_single, 1)
+    latency_runs: dict[str, dict[str, Any]] = {}
+    if "latency_platform_batched" in runs:
+        latency_runs["platform_batched"] = await latency(ctx, "lpb", "platform", args.max_records)
+    if "latency_raw" in runs:
+        latency_runs["raw"] = await latency(ctx, "lraw", "raw", args.max_records)
+    raw = throughput_runs.get("raw", {})
     return {
         "parameters": {
             "n": args.n,
@@ -266,8 +286,8 @@ async def run(ctx: BenchContext) -> dict[str, Any]:
         ),
         "throughput": throughput_runs,
         "ratios": {
-            "platform_batched/raw": _ratio(throughput_runs["platform_batched"], raw),
-            "platform_single/raw": _ratio(throughput_runs["platform_single"], raw),
+            "platform_batched/raw": _ratio(throughput_runs.get("platform_batched", {}), raw),
+            "platform_single/raw": _ratio(throughput_runs.get("platform_single", {}), raw),
         },
         "latency": latency_runs,
     }

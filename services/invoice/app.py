@@ -5,17 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from contracts import topics
+from services.invoice import handlers
 from services.runtime.app import ServiceDefinition
-from services.runtime.consumer import ConsumerSpec
+from services.runtime.consumer import ConsumerSpec, HandlerSpec
 from services.runtime.pending import ignore_internal, refuse_all
 
-EXTERNAL_COMMANDS = (
-    "CreateInvoice",
-    "CreateCombinedInvoice",
-    "CreateCreditNote",
-    "AddOrUpdateDebtor",
-    "CreatePaymentPlan",
-    "TerminatePaymentPlan",
+STATUS_COMMANDS = (
     "PauseInvoice",
     "UnpauseInvoice",
     "RegisterDispute",
@@ -23,29 +18,40 @@ EXTERNAL_COMMANDS = (
     "WriteOffInvoice",
     "CancelInvoice",
     "SetEmergency",
-    "TriggerNextStep",
-    "CreateCustomEvent",
-    "UpsertScheme",
-    "SetCollectionStatus",
-    "RegisterCollectedAmount",
 )
-INTERNAL_MESSAGES = ("StepDue", "RecordMessageOutcome")
+#: The dunning engine's messages (scheme steps) come with the dunning-engine issue.
+DUNNING_COMMANDS = ("TriggerNextStep", "UpsertScheme")
+DUNNING_INTERNAL = ("StepDue", "RecordMessageOutcome")
 
 
 def definition() -> ServiceDefinition:
+    commands: dict[str, HandlerSpec] = {
+        "CreateInvoice": HandlerSpec(handlers.create_invoice),
+        "CreateCombinedInvoice": HandlerSpec(handlers.create_invoice),
+        "CreateCreditNote": HandlerSpec(handlers.create_credit_note),
+        "AddOrUpdateDebtor": HandlerSpec(handlers.add_or_update_debtor),
+        "CreatePaymentPlan": HandlerSpec(handlers.create_payment_plan),
+        "TerminatePaymentPlan": HandlerSpec(handlers.terminate_payment_plan),
+        "CreateCustomEvent": HandlerSpec(handlers.create_custom_event),
+        "SetCollectionStatus": HandlerSpec(handlers.set_collection_status),
+        "RegisterCollectedAmount": HandlerSpec(handlers.register_collected_amount),
+        **{name: HandlerSpec(handlers.change_status) for name in STATUS_COMMANDS},
+        **refuse_all(*DUNNING_COMMANDS),
+        **ignore_internal(*DUNNING_INTERNAL),
+    }
     return ServiceDefinition(
         name="invoice",
         migrations=Path(__file__).parent / "migrations",
         consumers=[
-            ConsumerSpec(
-                name="commands",
-                topic=topics.INVOICE_COMMANDS,
-                handlers={**refuse_all(*EXTERNAL_COMMANDS), **ignore_internal(*INTERNAL_MESSAGES)},
-            ),
+            ConsumerSpec(name="commands", topic=topics.INVOICE_COMMANDS, handlers=commands),
             ConsumerSpec(
                 name="transactions",
                 topic=topics.PAYMENT_TRANSACTIONS,
-                handlers=ignore_internal("TransactionStatusChanged"),
+                handlers={
+                    "TransactionStatusChanged": HandlerSpec(
+                        handlers.transaction_status_changed, answers=False
+                    )
+                },
             ),
         ],
     )

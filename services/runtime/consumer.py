@@ -82,6 +82,15 @@ def is_infrastructure_error(exc: BaseException) -> bool:
     return module.startswith(("aiokafka", "kafka"))
 
 
+class Unprocessable(Exception):
+    """Raise from a handler of an event (no answer owed) that breaks a business rule:
+    the message is dead-lettered with these errors and nothing of it is applied."""
+
+    def __init__(self, errors: Sequence[FieldError]) -> None:
+        super().__init__("; ".join(f"{e.field}: {e.code}" for e in errors))
+        self.errors = list(errors)
+
+
 @dataclass
 class Rejection:
     """A broken business rule, as a value."""
@@ -247,7 +256,7 @@ class BatchConsumer:
         except Exception as exc:
             if is_infrastructure_error(exc):
                 raise
-            log.warning(
+            log.info(
                 "batch failed on a message; replaying it message by message",
                 consumer=self.spec.name,
                 error_type=type(exc).__name__,
@@ -338,9 +347,12 @@ class BatchConsumer:
                 except Exception as exc:
                     if is_infrastructure_error(exc):
                         raise
-                    log.exception("handler failed; dead-lettering the message")
                     outcome.dead_lettered += 1
-                    errors = [FieldError("$", "handler_error", f"{type(exc).__name__}: {exc}")]
+                    if isinstance(exc, Unprocessable):
+                        errors = exc.errors
+                    else:
+                        log.exception("handler failed; dead-lettering the message")
+                        errors = [FieldError("$", "handler_error", f"{type(exc).__name__}: {exc}")]
                     error = ParseError(
                         errors,
                         envelope.message_id,

@@ -26,10 +26,10 @@ from contracts import topics
 from services.runtime.app import Service, build_service
 from services.runtime.db import create_pool
 from services.runtime.outbox import OutboxMessage, OutboxRelay, enqueue
-from services.runtime.settings import Settings
 from tests.support import ledger
 from tests.support.kafka import envelope, poll_until, publish, read_all
 from tests.support.net import free_port
+from tests.support.services import make_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -37,22 +37,6 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture
 def prefix() -> str:
     return f"t{uuid.uuid4().hex[:10]}."
-
-
-def make_settings(
-    kafka_bootstrap: str, database_url: str, prefix: str, **overrides: object
-) -> Settings:
-    values: dict[str, object] = {
-        "kafka_bootstrap_servers": kafka_bootstrap,
-        "database_url": database_url,
-        "cm_topic_prefix": prefix,
-        "kafka_session_timeout_ms": 2000,
-        "kafka_heartbeat_interval_ms": 500,
-        "relay_poll_interval_ms": 50,
-        "log_level": "WARNING",
-    }
-    values.update(overrides)
-    return Settings(**values)  # type: ignore[arg-type]
 
 
 def schema_for(prefix: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
@@ -121,3 +122,53 @@ async def poll_until(
             return last
         await asyncio.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
+
+
+class TopicWatcher:
+    """Reads topics from the beginning in the background; tests poll what it collected."""
+
+    def __init__(self, bootstrap: str, *topics: str) -> None:
+        self.bootstrap = bootstrap
+        self.topics = topics
+        self.records: list[Record] = []
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap, enable_auto_commit=False, fetch_max_wait_ms=20
+        )
+        await self._consumer.start()
+        await self._consumer._client.force_metadata_update()
+        tps = [
+            TopicPartition(topic, p)
+            for topic in self.topics
+            for p in sorted(self._consumer.partitions_for_topic(topic) or ())
+        ]
+        self._consumer.assign(tps)
+        await self._consumer.seek_to_beginning(*tps)
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        assert self._consumer is not None
+        while True:
+            batch = await self._consumer.getmany(timeout_ms=100)
+            for msgs in batch.values():
+                for m in msgs:
+                    self.records.append(Record(
+                        m.topic, m.partition, m.offset,
+                        m.key.decode() if m.key is not None else None,
+                        m.value or b"",
+                        {k: v.decode() for k, v in (m.headers or [])},
+                    ))
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._consumer is not None:
+            await self._consumer.stop()
+
+    def on(self, topic: str) -> list[Record]:
+        return [r for r in self.records if r.topic == topic]

@@ -103,6 +103,7 @@ def _answer(ctx: HandlerContext, outcome: Outcome, invoice: Invoice) -> None:
 
 async def create_invoice(ctx: HandlerContext, cmd: CreateInvoice | CreateCombinedInvoice) -> None:
     repo = _repo(ctx)
+    await repo.lock_number(cmd.invoice_number)
     existing = await repo.get(cmd.invoice_number)
     if existing is not None:
         if existing.request_hash == domain.request_hash(cmd):
@@ -181,6 +182,7 @@ async def add_or_update_debtor(ctx: HandlerContext, cmd: AddOrUpdateDebtor) -> N
 
 async def transaction_status_changed(ctx: HandlerContext, evt: TransactionStatusChanged) -> None:
     repo = _repo(ctx)
+    await repo.lock_number(evt.invoice_number)
     invoice = await repo.get(evt.invoice_number)
     transaction = {
         "transaction_key": evt.transaction_key,

@@ -52,6 +52,13 @@ class InvoiceRepository:
 
     # --- invoices ---
 
+    async def lock_number(self, invoice_number: str) -> None:
+        """Serialize work on an invoice number that may not exist yet (creation against
+        an early transaction), for the rest of this transaction."""
+        await self.conn.execute(
+            "SELECT pg_advisory_xact_lock(hashtext($1))", f"{self.website_key}:{invoice_number}"
+        )
+
     async def get(self, invoice_number: str) -> Invoice | None:
         """The invoice, locked for this transaction."""
         state = await self.conn.fetchval(

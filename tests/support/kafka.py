@@ -155,12 +155,16 @@ class TopicWatcher:
             batch = await self._consumer.getmany(timeout_ms=100)
             for msgs in batch.values():
                 for m in msgs:
-                    self.records.append(Record(
-                        m.topic, m.partition, m.offset,
-                        m.key.decode() if m.key is not None else None,
-                        m.value or b"",
-                        {k: v.decode() for k, v in (m.headers or [])},
-                    ))
+                    self.records.append(
+                        Record(
+                            m.topic,
+                            m.partition,
+                            m.offset,
+                            m.key.decode() if m.key is not None else None,
+                            m.value or b"",
+                            {k: v.decode() for k, v in (m.headers or [])},
+                        )
+                    )
 
     async def stop(self) -> None:
         if self._task is not None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 from services.runtime.settings import Settings
 
 
-def make_settings(kafka_bootstrap: str, database_url: str, prefix: str, **overrides: object) -> Settings:
+def make_settings(
+    kafka_bootstrap: str, database_url: str, prefix: str, **overrides: object
+) -> Settings:
     values: dict[str, object] = {
         "kafka_bootstrap_servers": kafka_bootstrap,
         "database_url": database_url,

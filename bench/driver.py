@@ -4,21 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+from collections.abc import Callable
+from multiprocessing.connection import Connection
 from typing import Any
 
-from bench.loadgen import LoadSpec, main
+from bench.loadgen import main
 
 
 class LoadGenerator:
-    """Starts `bench.loadgen` in a spawned process and reads its reports."""
+    """Starts a load generator in a spawned process and reads its reports.
 
-    def __init__(self, spec: LoadSpec) -> None:
+    `target(spec, conn)` is the child's entry point: `bench.loadgen.main` (the bench
+    service's load) unless given; it must be importable (spawn pickles it by name) and
+    speak the same pipe protocol ("ready", "produced", "done" or "error").
+    """
+
+    def __init__(self, spec: Any, target: Callable[[Any, Connection], None] = main) -> None:
         self.spec = spec
         context = multiprocessing.get_context("spawn")
         self._conn, child = context.Pipe(duplex=False)
         self._child = child
         self._process = context.Process(
-            target=main, args=(spec, child), daemon=True, name="bench-loadgen"
+            target=target, args=(spec, child), daemon=True, name="bench-loadgen"
         )
 
     async def start(self) -> None:

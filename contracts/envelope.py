@@ -184,7 +184,8 @@ def parse_envelope(raw: bytes | str, allowed: set[str] | None = None) -> Envelop
     parse error (`unknown_type`). Raises `ParseError`.
     """
     try:
-        data = json.loads(raw)
+        # Parsed once; numbers with a fraction become Decimal, never float.
+        data = json.loads(raw, parse_float=Decimal)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ParseError([FieldError("$", "invalid_json", str(exc))]) from None
     if not isinstance(data, dict):
@@ -198,9 +199,20 @@ def parse_envelope(raw: bytes | str, allowed: set[str] | None = None) -> Envelop
             **header,
         )
     try:
-        return Envelope[cls].model_validate_json(raw)  # type: ignore[valid-type]
+        return envelope_class(cls).model_validate(data)
     except ValidationError as exc:
         raise ParseError(field_errors(exc), **header) from None
+
+
+_ENVELOPE_CLASSES: dict[type[Message], type[Envelope[Any]]] = {}
+
+
+def envelope_class(cls: type[Message]) -> type[Envelope[Any]]:
+    """`Envelope[cls]`, built once per payload class."""
+    found = _ENVELOPE_CLASSES.get(cls)
+    if found is None:
+        found = _ENVELOPE_CLASSES[cls] = Envelope[cls]  # type: ignore[valid-type]
+    return found
 
 
 def new_envelope(
@@ -213,7 +225,8 @@ def new_envelope(
 ) -> Envelope[P]:
     """Build an envelope for `payload`, chaining correlation from the causing message."""
     mid = message_id or uuid.uuid4()
-    return Envelope[type(payload)](  # type: ignore[misc,operator,no-any-return]
+    # Built from trusted values: skip re-validating the payload model.
+    return envelope_class(type(payload)).model_construct(  # type: ignore[return-value]
         message_id=mid,
         type=payload.TYPE,
         website_key=website_key,

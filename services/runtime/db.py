@@ -26,6 +26,12 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("json", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Skip asyncpg's reset query on release (one round trip per use): the runtime keeps
+    no session state (transaction-scoped locks, SET LOCAL only); an open transaction is
+    still rolled back by the pool before this runs."""
+
+
 async def create_pool(
     dsn: str, schema: str, *, min_size: int = 2, max_size: int = 10
 ) -> asyncpg.Pool:
@@ -35,6 +41,7 @@ async def create_pool(
         min_size=min_size,
         max_size=max_size,
         init=_init_connection,
+        reset=_keep_session,
         server_settings={"search_path": f"{schema},public", "application_name": f"cm-{schema}"},
     )
     assert pool is not None

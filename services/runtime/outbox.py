@@ -4,7 +4,8 @@ A handler adds `OutboxMessage`s to its unit of work; they are inserted in the sa
 transaction as its state. The relay publishes them to Kafka in id order per shard
 (shard = stable hash of the Kafka key) and deletes them once the broker confirmed.
 One relay at a time holds a shard (a transaction-scoped advisory lock), so several
-replicas can run relays without breaking per-key order. A crash between publish and
+replicas can run relays without breaking per-key order; a relay takes every shard that
+is free for one batch, in one transaction. A crash between publish and
 delete publishes a batch again; every consumer deduplicates by `message_id`.
 """
 
@@ -161,32 +162,29 @@ class OutboxRelay:
                     await asyncio.wait_for(self._wake.wait(), self._poll_interval_s)
 
     async def relay_all(self) -> int:
-        """Relay every shard until it is empty; returns how many messages went out."""
+        """Relay until the outbox is empty; returns how many messages went out."""
         total = 0
-        busy = set(range(self._shards))
-        while busy:
-            counts = await asyncio.gather(*(self.relay_shard(shard) for shard in sorted(busy)))
-            total += sum(counts)
-            busy = {
-                shard
-                for shard, count in zip(sorted(busy), counts, strict=True)
-                if count >= self._batch_size
-            }
-        return total
+        while True:
+            moved = await self.relay_batch()
+            total += moved
+            if moved < self._batch_size:
+                return total
 
-    async def relay_shard(self, shard: int) -> int:
-        """Publish the next batch of one shard; 0 when empty or held by another relay."""
+    async def relay_batch(self) -> int:
+        """Publish the next batch from every shard no other relay holds; 0 when empty.
+
+        One transaction: take the free shards (transaction-scoped advisory locks), read
+        their oldest rows in (shard, id) order, publish, wait for the acks, delete.
+        """
         assert self._producer is not None
         async with self._pool.acquire() as conn, conn.transaction():
-            locked = await conn.fetchval(
-                "SELECT pg_try_advisory_xact_lock($1, $2)", self._lock_ns, shard
-            )
-            if not locked:
-                return 0
             rows = await conn.fetch(
-                "SELECT id, topic, key, value, headers, created_at FROM outbox"
-                " WHERE shard = $1 ORDER BY id LIMIT $2",
-                shard,
+                "WITH mine AS MATERIALIZED (SELECT s FROM generate_series(0, $2::int - 1) AS s"
+                " WHERE pg_try_advisory_xact_lock($1, s))"
+                " SELECT id, topic, key, value, headers, created_at FROM outbox"
+                " WHERE shard IN (SELECT s FROM mine) ORDER BY shard, id LIMIT $3",
+                self._lock_ns,
+                self._shards,
                 self._batch_size,
             )
             if not rows:
@@ -199,7 +197,7 @@ class OutboxRelay:
         RELAYED.labels(self._service).inc(len(rows))
         RELAY_BATCH_SECONDS.labels(self._service).observe(time.perf_counter() - started)
         RELAY_LAG_SECONDS.labels(self._service).set(
-            max(0.0, time.time() - rows[0]["created_at"].timestamp())
+            max(0.0, time.time() - min(r["created_at"] for r in rows).timestamp())
         )
         return len(rows)
 

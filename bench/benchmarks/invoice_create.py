@@ -1,0 +1,312 @@
+"""invoice_create: CreateInvoice commands/s through the invoice service, end to end.
+
+A command published on `{prefix}cm.invoice.commands` (key `{website_key}:{invoice_number}`)
+→ the invoice service (in-process, `build_service(definition(), settings)`) → its
+`InvoiceEvent` (ChangedStatus, StatusCode 10) seen on `{prefix}cm.invoice.events`.
+Realistic payloads (a person debtor with contacts, two lines, custom parameters), unique
+invoice numbers, `--invoice-merchants` website keys and `--invoice-debtors` debtor codes.
+
+Runs (`--invoice-runs`):
+- throughput: `--invoice-n` commands pre-produced, then the service starts; the rate is
+  commands / (last event seen - first command reaching the CreateInvoice handler);
+- raw: runtime_pipeline's raw aiokafka+asyncpg pipeline (bench/raw.py) on the same n,
+  the I/O floor the ratio `invoice_create/raw` compares against;
+- latency: a started, warmed-up service at `--invoice-rate` commands/s for
+  `--invoice-rate-seconds`; p50/p99 of publish → event seen.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import replace
+from typing import Any
+
+import asyncpg
+
+from bench import kafka
+from bench.benchmarks import runtime_pipeline
+from bench.driver import LoadGenerator
+from bench.invoice_loadgen import InvoiceLoadSpec
+from bench.invoice_loadgen import main as loadgen_main
+from bench.loadgen import summary
+from bench.registry import BenchContext, benchmark
+from contracts import topics
+from services.invoice.app import definition
+from services.runtime.app import Service, ServiceDefinition, build_service
+from services.runtime.consumer import HandlerContext, HandlerSpec
+from services.runtime.settings import Settings
+
+PARTITIONS = 8  # the runtime's default kafka_topic_partitions
+TARGET_PER_S = 3000
+RUNS = ("throughput", "raw", "latency")
+
+
+def add_arguments(parser: argparse.ArgumentParser | Any) -> None:
+    parser.add_argument(
+        "--invoice-n",
+        type=int,
+        default=20_000,
+        help="CreateInvoice commands of the throughput and raw runs (default 20000)",
+    )
+    parser.add_argument(
+        "--invoice-merchants", type=int, default=100, help="website keys (default 100)"
+    )
+    parser.add_argument(
+        "--invoice-debtors",
+        type=int,
+        default=5_000,
+        help="debtor codes per merchant cycle (default 5000)",
+    )
+    parser.add_argument(
+        "--invoice-rate",
+        type=float,
+        default=500.0,
+        help="commands/s of the latency run (default 500)",
+    )
+    parser.add_argument(
+        "--invoice-rate-seconds",
+        type=float,
+        default=10.0,
+        help="duration of the latency run (default 10)",
+    )
+    parser.add_argument(
+        "--invoice-max-records",
+        type=int,
+        default=500,
+        help="kafka_max_records of the service, and the raw run's batch (default 500)",
+    )
+    parser.add_argument(
+        "--invoice-runs",
+        default=None,
+        help=f"comma-separated subset of the runs (default all: {','.join(RUNS)})",
+    )
+
+
+def _log(message: str) -> None:
+    print(f"[invoice_create] {message}", file=sys.stderr, flush=True)
+
+
+class _Probe:
+    """When the first command reached the CreateInvoice handler."""
+
+    first_handled: float | None = None
+
+
+def _probed(service_definition: ServiceDefinition) -> ServiceDefinition:
+    """The definition with CreateInvoice's handler wrapped to note the first call."""
+    consumers = []
+    for spec in service_definition.consumers:
+        original = spec.handlers.get("CreateInvoice")
+        if original is not None:
+            inner = original.handle
+
+            async def handle(ctx: HandlerContext, cmd: Any, inner: Any = inner) -> Any:
+                if _Probe.first_handled is None:
+                    _Probe.first_handled = time.time()
+                return await inner(ctx, cmd)
+
+            handlers = {**spec.handlers, "CreateInvoice": HandlerSpec(handle, original.answers)}
+            spec = replace(spec, handlers=handlers)
+        consumers.append(spec)
+    return replace(service_definition, consumers=consumers)
+
+
+class _InvoiceService:
+    """The invoice service on a schema and topic prefix of its own."""
+
+    def __init__(self, ctx: BenchContext, prefix: str) -> None:
+        self.ctx = ctx
+        self.prefix = prefix
+        self.schema = "bench_" + prefix.strip(".")
+        self._service: Service | None = None
+
+    async def start(self) -> None:
+        _Probe.first_handled = None
+        settings = Settings(
+            kafka_bootstrap_servers=self.ctx.bootstrap_servers,
+            database_url=self.ctx.database_url,
+            cm_topic_prefix=self.prefix,
+            kafka_session_timeout_ms=2000,
+            kafka_heartbeat_interval_ms=500,
+            kafka_max_records=self.ctx.args.invoice_max_records,
+            log_level="WARNING",
+        )
+        service_definition = replace(_probed(definition()), schema=self.schema)
+        self._service = build_service(service_definition, settings)
+        await self._service.app.__aenter__()
+
+    async def stop(self) -> None:
+        if self._service is not None:
+            await self._service.app.__aexit__(None, None, None)
+            self._service = None
+
+    async def cleanup(self) -> dict[str, Any]:
+        """Count what the run left in the database, then drop the schema and the topics."""
+        conn = await asyncpg.connect(self.ctx.database_url)
+        try:
+            schema = f'"{self.schema}"'
+            counts = {
+                "invoices_active": await conn.fetchval(
+                    f"SELECT count(*) FROM {schema}.invoices WHERE status = 10"
+                ),
+                "invoices_other": await conn.fetchval(
+                    f"SELECT count(*) FROM {schema}.invoices WHERE status <> 10"
+                ),
+                "debtors": await conn.fetchval(f"SELECT count(*) FROM {schema}.debtors"),
+                "outbox_rows_left": await conn.fetchval(f"SELECT count(*) FROM {schema}.outbox"),
+            }
+            await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        finally:
+            await conn.close()
+        await kafka.delete_topics_with_prefix(self.ctx.bootstrap_servers, self.prefix)
+        return counts
+
+
+async def _spec(ctx: BenchContext, prefix: str, n: int, rate: float | None) -> InvoiceLoadSpec:
+    in_topic = prefix + topics.INVOICE_COMMANDS
+    out_topic = prefix + topics.INVOICE_EVENTS
+    # Created here (with the service's partition count) so commands can be produced
+    # before the service starts; the service's ensure_topics creates the others.
+    await kafka.create_topics(ctx.bootstrap_servers, [in_topic, out_topic], PARTITIONS)
+    return InvoiceLoadSpec(
+        ctx.bootstrap_servers,
+        in_topic,
+        out_topic,
+        n,
+        ctx.args.invoice_merchants,
+        ctx.args.invoice_debtors,
+        rate=rate,
+        timeout_s=600.0 if rate is None else 120.0,
+    )
+
+
+def _checks(done: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "complete": done["complete"],
+        "events_seen": done["seen"],
+        "duplicates_seen": done["duplicates"],
+        "events_not_status_10": done["not_active"],
+    }
+
+
+async def throughput(ctx: BenchContext, n: int) -> dict[str, Any]:
+    prefix = ctx.prefix("ic")
+    spec = await _spec(ctx, prefix, n, rate=None)
+    generator = LoadGenerator(spec, loadgen_main)
+    service = _InvoiceService(ctx, prefix)
+    try:
+        await generator.start()
+        _, first_send, last_ack = await generator.expect("produced", 600.0)
+        _log(f"throughput: {n} commands pre-produced in {last_ack - first_send:.2f} s; starting")
+        started = time.time()
+        await service.start()
+        try:
+            _, done = await generator.expect("done", spec.timeout_s + 30)
+        finally:
+            await service.stop()
+    finally:
+        generator.stop()
+    counts = await service.cleanup()
+    first = _Probe.first_handled
+    last = done["last_output"]
+    seconds = (last - first) if (first is not None and last is not None) else None
+    result = {
+        "n": n,
+        **_checks(done),
+        "msgs_per_s": round(n / seconds, 1) if seconds else None,
+        "seconds": round(seconds, 3) if seconds else None,
+        "seconds_from_first_produce": round(last - first_send, 3) if last else None,
+        "produce_seconds": round(last_ack - first_send, 3),
+        "startup_seconds": round(first - started, 3) if first else None,
+        "latency_from_produce": summary(done["latencies"]),
+        **counts,
+    }
+    _log(f"throughput: {result['msgs_per_s']} commands/s over {result['seconds']} s")
+    return result
+
+
+async def latency(ctx: BenchContext) -> dict[str, Any]:
+    prefix = ctx.prefix("icl")
+    rate = ctx.args.invoice_rate
+    n = int(rate * ctx.args.invoice_rate_seconds)
+    spec = await _spec(ctx, prefix, n, rate=rate)
+    service = _InvoiceService(ctx, prefix)
+    generator = LoadGenerator(spec, loadgen_main)
+    await service.start()
+    try:
+        await generator.start()
+        _, first_send, last_ack = await generator.expect("produced", 300.0)
+        _, done = await generator.expect("done", spec.timeout_s + 30)
+    finally:
+        generator.stop()
+        await service.stop()
+    counts = await service.cleanup()
+    result = {
+        "rate_per_s": rate,
+        "n": n,
+        "warm_up_invoices": ctx.args.invoice_merchants,
+        "achieved_send_rate_per_s": round(n / (last_ack - first_send), 1),
+        **_checks(done),
+        **summary(done["latencies"]),
+        "invoices_active": counts["invoices_active"],
+    }
+    _log(f"latency: p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms at {rate}/s")
+    return result
+
+
+@benchmark(
+    "invoice_create",
+    "CreateInvoice commands/s and latency end to end (command topic → invoice service →"
+    " ChangedStatus 10 event), against the raw aiokafka+asyncpg I/O floor",
+    add_arguments,
+)
+async def run(ctx: BenchContext) -> dict[str, Any]:
+    args = ctx.args
+    runs = set(args.invoice_runs.split(",")) if args.invoice_runs else set(RUNS)
+    if unknown := runs - set(RUNS):
+        raise SystemExit(f"unknown --invoice-runs {sorted(unknown)}; known: {', '.join(RUNS)}")
+    results: dict[str, Any] = {}
+    if "throughput" in runs:
+        results["invoice_create"] = await throughput(ctx, args.invoice_n)
+    if "raw" in runs:
+        results["raw"] = await runtime_pipeline.throughput(
+            ctx, "icraw", "raw", args.invoice_n, args.invoice_max_records
+        )
+    latency_result = await latency(ctx) if "latency" in runs else None
+    rate = results.get("invoice_create", {}).get("msgs_per_s")
+    raw_rate = results.get("raw", {}).get("msgs_per_s")
+    return {
+        "parameters": {
+            "n": args.invoice_n,
+            "merchants": args.invoice_merchants,
+            "debtors": args.invoice_debtors,
+            "partitions": PARTITIONS,
+            "max_records": args.invoice_max_records,
+            "latency_rate_per_s": args.invoice_rate,
+            "latency_seconds": args.invoice_rate_seconds,
+            "raw_keys": args.keys,
+            "payload": "CreateInvoice: person debtor with e-mail, phone and address; 2 lines;"
+            " 3 custom parameters; ~1.2 kB enveloped",
+            "output_per_command": "InvoiceEvent ChangedStatus (StatusCode 10) on"
+            " cm.invoice.events, plus CommandAccepted on cm.command.results",
+        },
+        "method": (
+            "Throughput: all commands are pre-produced before the service starts;"
+            " msgs_per_s = n / seconds, seconds = last ChangedStatus event seen on the event"
+            " topic - first command reaching the CreateInvoice handler (excludes startup and"
+            " consumer-group join, reported as startup_seconds). raw: runtime_pipeline's raw"
+            " aiokafka+asyncpg pipeline (inbox, state and outbox rows per message) on the"
+            " same n, in the same run. Latency: a started service, warmed up with one"
+            " invoice per merchant, sent commands at a fixed rate; per command, publish →"
+            " its event read. The load generator runs in its own process."
+        ),
+        "target_per_s": TARGET_PER_S,
+        "target_met": (rate >= TARGET_PER_S) if rate else False,
+        "throughput": results,
+        "ratios": {
+            "invoice_create/raw": round(rate / raw_rate, 3) if rate and raw_rate else None,
+        },
+        "latency": latency_result,
+    }

@@ -223,7 +223,8 @@ async def _run(spec: InvoiceLoadSpec, conn: Connection) -> None:
     async def send(seq: int) -> asyncio.Future[Any]:
         key, body = command_body(seq, spec)
         collector.sent[seq] = time.time()
-        return await producer.send(spec.in_topic, value=body, key=key)
+        future: asyncio.Future[Any] = await producer.send(spec.in_topic, value=body, key=key)
+        return future
 
     try:
         conn.send(("ready",))

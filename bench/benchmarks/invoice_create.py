@@ -108,8 +108,9 @@ def _probed(service_definition: ServiceDefinition) -> ServiceDefinition:
                 return await inner(ctx, cmd)
 
             handlers = {**spec.handlers, "CreateInvoice": HandlerSpec(handle, original.answers)}
-            spec = replace(spec, handlers=handlers)
-        consumers.append(spec)
+            consumers.append(replace(spec, handlers=handlers))
+        else:
+            consumers.append(spec)
     return replace(service_definition, consumers=consumers)
 
 

@@ -25,7 +25,7 @@ from contracts.invoice import (
 from contracts.payments import TransactionStatus, TransactionStatusChanged
 from services.invoice import domain
 from services.invoice.domain import Invoice, Outcome
-from services.invoice.repository import InvoiceRepository
+from services.invoice.repository import DebtorRecord, InvoiceRepository
 from services.invoice.snapshot import debtor_snapshot, invoice_snapshot
 from services.runtime.consumer import HandlerContext, Unprocessable
 
@@ -37,6 +37,13 @@ class Changes:
         self.ctx = ctx
         self.repo = repo
         self._debtors: dict[str, tuple[DebtorSnapshot | None, str | None]] = {}
+
+    def know(self, record: DebtorRecord) -> None:
+        """A debtor just written: no need to read it back."""
+        self._debtors[record.code] = (
+            debtor_snapshot(record.data, record.unreachable),
+            str(record.guid),
+        )
 
     async def _debtor(self, code: str | None) -> tuple[DebtorSnapshot | None, str | None]:
         if code is None:
@@ -120,7 +127,7 @@ async def create_invoice(ctx: HandlerContext, cmd: CreateInvoice | CreateCombine
             )
         return
     scheme = await repo.scheme(cmd.scheme_key)
-    await repo.upsert_debtor(cmd.debtor)
+    debtor = await repo.upsert_debtor(cmd.debtor)
     outcome = domain.create_invoice(
         cmd,
         website_key=ctx.website_key,
@@ -129,6 +136,7 @@ async def create_invoice(ctx: HandlerContext, cmd: CreateInvoice | CreateCombine
         scheme_steps=scheme.step_states if scheme else [],
     )
     changes = Changes(ctx, repo)
+    changes.know(debtor)
     invoice = await changes.apply(outcome)
     assert invoice is not None
     pending = await repo.take_parked(cmd.invoice_number)

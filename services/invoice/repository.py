@@ -137,31 +137,24 @@ class InvoiceRepository:
 
     async def upsert_debtor(
         self, debtor: Debtor, unreachable: UnreachableFlags | None = None
-    ) -> None:
+    ) -> DebtorRecord:
         """Store the debtor's details; the unreachable flags change only when given."""
         data = debtor.model_dump(mode="json", exclude_none=True)
-        if unreachable is None:
-            await self.conn.execute(
-                "INSERT INTO debtors (website_key, debtor_code, debtor_guid, data)"
-                " VALUES ($1, $2, $3, $4) ON CONFLICT (website_key, debtor_code)"
-                " DO UPDATE SET data = EXCLUDED.data, updated_at = now()",
-                self.website_key,
-                debtor.code,
-                uuid.uuid4(),
-                data,
-            )
-        else:
-            await self.conn.execute(
-                "INSERT INTO debtors (website_key, debtor_code, debtor_guid, data, unreachable)"
-                " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (website_key, debtor_code)"
-                " DO UPDATE SET data = EXCLUDED.data, unreachable = EXCLUDED.unreachable,"
-                " updated_at = now()",
-                self.website_key,
-                debtor.code,
-                uuid.uuid4(),
-                data,
-                unreachable.model_dump(mode="json"),
-            )
+        flags = None if unreachable is None else unreachable.model_dump(mode="json")
+        row = await self.conn.fetchrow(
+            "INSERT INTO debtors (website_key, debtor_code, debtor_guid, data, unreachable)"
+            " VALUES ($1, $2, $3, $4, coalesce($5::jsonb, '{}'::jsonb))"
+            " ON CONFLICT (website_key, debtor_code) DO UPDATE SET data = EXCLUDED.data,"
+            " unreachable = coalesce($5::jsonb, debtors.unreachable), updated_at = now()"
+            " RETURNING debtor_guid, unreachable",
+            self.website_key,
+            debtor.code,
+            uuid.uuid4(),
+            data,
+            flags,
+        )
+        assert row is not None
+        return DebtorRecord(debtor.code, row["debtor_guid"], data, row["unreachable"])
 
     async def debtor(self, code: str | None) -> DebtorRecord | None:
         if code is None:

@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from pydantic import AwareDatetime, Field, field_validator
+from pydantic_core import PydanticCustomError
 
 from contracts.envelope import Command, Envelope, Event, register
 from contracts.topics import ALL_TOPICS, PUSH_INVOICE
@@ -72,9 +73,11 @@ class ScheduleTimer(Command):
     @classmethod
     def _known_topic(cls, topic: str) -> str:
         if topic not in ALL_TOPICS or topic == PUSH_INVOICE:
-            raise ValueError(
-                f"unknown topic {topic!r}: give the base name (without CM_TOPIC_PREFIX) "
-                "of an enveloped topic from contracts.topics"
+            raise PydanticCustomError(
+                "unknown_topic",
+                "unknown topic {topic!r}: give the base name (without CM_TOPIC_PREFIX) "
+                "of an enveloped topic from contracts.topics",
+                {"topic": topic},
             )
         return topic
 

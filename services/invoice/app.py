@@ -8,7 +8,6 @@ from contracts import topics
 from services.invoice import handlers
 from services.runtime.app import ServiceDefinition
 from services.runtime.consumer import ConsumerSpec, HandlerSpec
-from services.runtime.pending import ignore_internal, refuse_all
 
 STATUS_COMMANDS = (
     "PauseInvoice",
@@ -19,9 +18,6 @@ STATUS_COMMANDS = (
     "CancelInvoice",
     "SetEmergency",
 )
-#: The dunning engine's messages (scheme steps) come with the dunning-engine issue.
-DUNNING_COMMANDS = ("TriggerNextStep", "UpsertScheme")
-DUNNING_INTERNAL = ("StepDue", "RecordMessageOutcome")
 
 
 def definition() -> ServiceDefinition:
@@ -36,8 +32,11 @@ def definition() -> ServiceDefinition:
         "SetCollectionStatus": HandlerSpec(handlers.set_collection_status),
         "RegisterCollectedAmount": HandlerSpec(handlers.register_collected_amount),
         **{name: HandlerSpec(handlers.change_status) for name in STATUS_COMMANDS},
-        **refuse_all(*DUNNING_COMMANDS),
-        **ignore_internal(*DUNNING_INTERNAL),
+        "UpsertScheme": HandlerSpec(handlers.upsert_scheme),
+        "TriggerNextStep": HandlerSpec(handlers.trigger_next_step),
+        # Internal: the scheduler's timers and the notifier's outcomes (no answer owed).
+        "StepDue": HandlerSpec(handlers.step_due, answers=False),
+        "RecordMessageOutcome": HandlerSpec(handlers.record_message_outcome, answers=False),
     }
     return ServiceDefinition(
         name="invoice",

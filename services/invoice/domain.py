@@ -37,6 +37,8 @@ from contracts.payments import TransactionStatus
 
 ZERO = Decimal(0)
 S = InvoiceStatus
+#: Test invoices whose description starts with one of these run their scheme's steps.
+SCHEMA_TEST_PREFIXES = ("schema_test", "buckaroo_schema_test")
 
 _CURRENCIES = frozenset(list_currencies())
 
@@ -66,7 +68,7 @@ class CreditNote(BaseModel):
 
 
 class SchemeStepState(BaseModel):
-    """A scheme step as the invoice needs it to compute its schedule."""
+    """A scheme step as the invoice keeps it (its scheme version's copy)."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -74,6 +76,12 @@ class SchemeStepState(BaseModel):
     action: StepAction
     days: int
     admin_cost: str | None = None  # an amount as text, or "statutory"
+    channels: list[str] = Field(default_factory=list)
+    template_key: str | None = None
+    threshold_amount: str | None = None
+    agency_code: str | None = None
+    message: str | None = None
+    states_costs: bool = False
 
 
 class Invoice(BaseModel):
@@ -119,6 +127,18 @@ class Invoice(BaseModel):
     schedule_version: int = 0
     held_since: datetime | None = None
     held_seconds: int = 0
+    #: The step timer the scheduler holds for this invoice (None: no timer).
+    timer_step: int | None = None
+    timer_due_at: datetime | None = None
+    #: A statutory cost step waiting for the 14-day letter's term: not before this.
+    waiting_step: int | None = None
+    waiting_until: datetime | None = None
+    #: When and how the reminder that stated the costs (the 14-day letter) went out.
+    cost_letter_sent_at: datetime | None = None
+    cost_letter_channel: str | None = None
+    debtor_is_person: bool = True
+    #: Steps whose message outcome was recorded (a repeated outcome changes nothing).
+    outcomes_recorded: list[int] = Field(default_factory=list)
 
     sequence: int = 0
     created_at: datetime
@@ -189,11 +209,40 @@ class Invoice(BaseModel):
         return due + timedelta(seconds=self.held_seconds)
 
     @property
-    def next_step_due_at(self) -> datetime | None:
+    def runs_steps(self) -> bool:
+        """Test invoices run steps only when their description says `schema_test`."""
+        return not self.is_test or (self.description or "").startswith(SCHEMA_TEST_PREFIXES)
+
+    @property
+    def slow_payment_covers(self) -> bool:
+        """A pending slow payment covering what is open holds the scheme."""
+        open_amount = self.open_amount_incl_admin_costs
+        return open_amount > ZERO and self.amount_pending_slow >= open_amount
+
+    @property
+    def held(self) -> bool:
+        return self.status in HELD or self.slow_payment_covers
+
+    def desired_timer(self) -> tuple[int, datetime] | None:
+        """The step the invoice waits for and when it is due, or None."""
         step = self.next_step
-        if step is None or self.status != S.ACTIVE or self.is_paid:
+        if (
+            step is None
+            or self.status != S.ACTIVE
+            or self.is_paid
+            or not self.runs_steps
+            or self.slow_payment_covers
+        ):
             return None
-        return self.step_due_at(step)
+        due = self.step_due_at(step)
+        if self.waiting_step == step.index and self.waiting_until is not None:
+            due = max(due, self.waiting_until)
+        return step.index, due
+
+    @property
+    def next_step_due_at(self) -> datetime | None:
+        desired = self.desired_timer()
+        return desired[1] if desired else None
 
 
 @dataclass(frozen=True)
@@ -205,13 +254,33 @@ class EventOut:
     category: EventCategory | None = None
 
 
+@dataclass(frozen=True)
+class SendStepMessage:
+    """Ask the notifier to send a step's message (PaymentInvitation or Reminder)."""
+
+    step: SchemeStepState
+
+
+@dataclass(frozen=True)
+class StopSubscriptionRequest:
+    """Ask the subscription service to stop the invoice's subscription."""
+
+    subscription_key: str
+    step_index: int
+
+
+Request = SendStepMessage | StopSubscriptionRequest
+
+
 @dataclass
 class Outcome:
-    """What a command did: the new state (None: unchanged), events and errors."""
+    """What a command did: the new state (None: unchanged), events, requests to other
+    services and errors."""
 
     invoice: Invoice | None = None
     events: list[EventOut] = field(default_factory=list)
     errors: list[FieldError] = field(default_factory=list)
+    requests: list[Request] = field(default_factory=list)
 
     @property
     def rejected(self) -> bool:
@@ -383,6 +452,7 @@ def create_invoice(
         allowed_services=cmd.allowed_services,
         subscription_key=cmd.subscription_key,
         plan_dossier=plan_dossier,
+        debtor_is_person=cmd.debtor.person is not None,
         created_at=now,
         request_hash=request_hash(cmd),
         rejection=[{"field": e.field, "code": e.code, "message": e.message} for e in errors],
@@ -397,20 +467,17 @@ def create_invoice(
 
 # --- transactions --------------------------------------------------------------------------
 
-#: (status before, status now) → what the change books. Anything not listed changes
-#: only the recorded status (or nothing, when the status repeats).
-_BOOKINGS: dict[tuple[TransactionStatus | None, TransactionStatus], str] = {}
-for _before in (None, TransactionStatus.PENDING, TransactionStatus.FAILED):
-    _BOOKINGS[(_before, TransactionStatus.SUCCESS)] = "payment"
-for _before in (
-    None,
-    TransactionStatus.PENDING,
-    TransactionStatus.SUCCESS,
-    TransactionStatus.FAILED,
-):
-    _BOOKINGS[(_before, TransactionStatus.REFUNDED)] = "credit"
-    _BOOKINGS[(_before, TransactionStatus.CHARGEBACK)] = "credit"
-_BOOKINGS[(TransactionStatus.SUCCESS, TransactionStatus.FAILED)] = "reversal"
+#: A transaction's statuses in the order they can follow each other; a status that
+#: would move a transaction backwards (a late `pending`, `success` after a refund) is
+#: stale and ignored.
+_STAGE = {
+    TransactionStatus.PENDING: 0,
+    TransactionStatus.SUCCESS: 1,
+    TransactionStatus.FAILED: 1,
+    TransactionStatus.REFUNDED: 2,
+    TransactionStatus.CHARGEBACK: 2,
+}
+_CREDITS = (TransactionStatus.REFUNDED, TransactionStatus.CHARGEBACK)
 
 
 def apply_transaction(
@@ -423,35 +490,38 @@ def apply_transaction(
     is_slow: bool,
 ) -> Outcome:
     """A transaction changed status: book it (any invoice status; payments are never
-    dropped) and emit ChangedTransactionStatus (1). A repeated status is a no-op."""
+    dropped) and emit ChangedTransactionStatus (1). A repeated or stale status is a no-op.
+
+    One key is one transaction: `pending → success` books one payment, `success →
+    failed` reverses it, `refunded`/`chargeback` takes back at most what the
+    transaction paid (a new key with a refund status is a refund of its amount).
+    """
     if amount < ZERO:
         return reject("payload.amount", "negative", "a transaction amount is positive")
+    before = invoice.transactions.get(transaction_key)
+    if before is not None:
+        if before.status == status and (
+            status != TransactionStatus.PENDING or before.amount == amount
+        ):
+            return Outcome()
+        if _STAGE[status] < _STAGE[before.status] or before.status in _CREDITS:
+            return Outcome()
     updated = invoice.model_copy(deep=True)
-    before = updated.transactions.get(transaction_key)
-    previous_status = before.status if before else None
-    if before is not None and before.status == status and before.amount == amount:
-        return Outcome()
-    stale_pending = status == TransactionStatus.PENDING and previous_status not in (
-        None,
-        TransactionStatus.PENDING,
-    )
-    if stale_pending:
-        return Outcome()  # a late "pending" after the outcome is stale
-    booking = before or Booking(
+    booking = updated.transactions.get(transaction_key) or Booking(
         key=transaction_key, service=service, amount=amount, status=status, is_slow=is_slow
     )
-    kind = _BOOKINGS.get((previous_status, status))
-    if kind == "payment":
+    held = booking.paid - booking.credited  # what this transaction has paid and kept
+    if status == TransactionStatus.SUCCESS:
         book_payment(updated, amount)
         booking.paid += amount
-    elif kind == "credit":
-        book_credit(updated, amount)
-        booking.credited += amount
-    elif kind == "reversal":
-        book_credit(updated, booking.paid)
-        booking.credited += booking.paid
-    elif previous_status == status:
-        return Outcome()
+    elif status in _CREDITS:
+        credit = min(amount, held) if booking.paid > ZERO else amount
+        if credit > ZERO:
+            book_credit(updated, credit)
+            booking.credited += credit
+    elif status == TransactionStatus.FAILED and held > ZERO:
+        book_credit(updated, held)  # a payment that failed after all
+        booking.credited += held
     booking.status = status
     booking.amount = amount
     booking.is_slow = is_slow
@@ -588,15 +658,19 @@ def status_name(status: InvoiceStatus) -> str:
     return f"{int(status)} ({status.display_name})"
 
 
+def refresh_hold(invoice: Invoice, now: datetime) -> None:
+    """Start or stop counting held time (paused statuses, a covering slow payment)."""
+    if invoice.held and invoice.held_since is None:
+        invoice.held_since = now
+    elif not invoice.held and invoice.held_since is not None:
+        invoice.held_seconds += max(0, int((now - invoice.held_since).total_seconds()))
+        invoice.held_since = None
+
+
 def _move(invoice: Invoice, to: InvoiceStatus, now: datetime) -> Invoice:
     updated = invoice.model_copy(deep=True)
-    was_held, now_held = invoice.status in HELD, to in HELD
-    if was_held and not now_held and updated.held_since is not None:
-        updated.held_seconds += int((now - updated.held_since).total_seconds())
-        updated.held_since = None
-    elif now_held and not was_held:
-        updated.held_since = now
     updated.status = to
+    refresh_hold(updated, now)
     updated.schedule_version += 1
     return updated
 

@@ -6,9 +6,10 @@ from decimal import Decimal
 
 from contracts import topics
 from contracts.debtor import DebtorSnapshot
-from contracts.envelope import FieldError
+from contracts.envelope import FieldError, new_envelope
 from contracts.invoice import (
     AddOrUpdateDebtor,
+    Channel,
     CreateCombinedInvoice,
     CreateCreditNote,
     CreateCustomEvent,
@@ -18,12 +19,20 @@ from contracts.invoice import (
     InvoiceStateCommand,
     InvoiceStatus,
     InvoiceType,
+    RecordMessageOutcome,
     RegisterCollectedAmount,
     SetCollectionStatus,
+    StepAction,
+    StepDue,
     TerminatePaymentPlan,
+    TriggerNextStep,
+    UpsertScheme,
 )
+from contracts.notifier import SendMessage
 from contracts.payments import TransactionStatus, TransactionStatusChanged
-from services.invoice import domain
+from contracts.scheduler import CancelTimer, ScheduleTimer
+from contracts.subscription import StopSubscription
+from services.invoice import domain, dunning
 from services.invoice.domain import Invoice, Outcome
 from services.invoice.repository import DebtorRecord, InvoiceRepository
 from services.invoice.snapshot import debtor_snapshot, invoice_snapshot
@@ -62,6 +71,8 @@ class Changes:
         if invoice is None:
             return None
         debtor, guid = await self._debtor(invoice.debtor_code)
+        for request in outcome.requests:
+            self._request(invoice, request, debtor, guid)
         rows = []
         for event in outcome.events:
             invoice.sequence += 1
@@ -85,9 +96,70 @@ class Changes:
                     event.parameters,
                 )
             )
+        self._plan_timer(invoice)
         await self.repo.save(invoice)
         await self.repo.log_events(rows)
         return invoice
+
+    def _plan_timer(self, invoice: Invoice) -> None:
+        """Keep the scheduler's timer for the invoice's next step in line with its state."""
+        plan = dunning.plan_timer(invoice, self.ctx.now)
+        if plan is None:
+            return
+        timer_id = f"invoice-step:{invoice.website_key}:{invoice.invoice_number}"
+        if plan.step_index is None or plan.due_at is None:
+            self.ctx.emit(topics.SCHEDULER_COMMANDS, timer_id, CancelTimer(timer_id=timer_id))
+            return
+        step_due = new_envelope(
+            StepDue(
+                invoice_number=invoice.invoice_number,
+                step_index=plan.step_index,
+                scheme_version=invoice.scheme_version,
+                schedule_version=plan.schedule_version,
+            ),
+            website_key=invoice.website_key,
+            occurred_at=plan.due_at,
+            caused_by=self.ctx.envelope,
+        )
+        self.ctx.emit(
+            topics.SCHEDULER_COMMANDS,
+            timer_id,
+            ScheduleTimer.for_envelope(timer_id, plan.due_at, step_due),
+        )
+
+    def _request(
+        self,
+        invoice: Invoice,
+        request: domain.Request,
+        debtor: DebtorSnapshot | None,
+        guid: str | None,
+    ) -> None:
+        key = f"{invoice.website_key}:{invoice.invoice_number}"
+        if isinstance(request, domain.SendStepMessage):
+            step = request.step
+            self.ctx.emit(
+                topics.NOTIFIER_COMMANDS,
+                key,
+                SendMessage(
+                    invoice_number=invoice.invoice_number,
+                    step_index=step.index,
+                    action=StepAction(step.action),
+                    template_key=step.template_key,
+                    channels=[Channel(c) for c in step.channels],
+                    states_costs=step.states_costs,
+                    invoice=invoice_snapshot(invoice, debtor, guid),
+                ),
+            )
+        else:
+            self.ctx.emit(
+                topics.SUBSCRIPTION_COMMANDS,
+                f"{invoice.website_key}:{request.subscription_key}",
+                StopSubscription(
+                    subscription_key=request.subscription_key,
+                    invoice_number=invoice.invoice_number,
+                    reason=f"unpaid invoice, scheme step {request.step_index}",
+                ),
+            )
 
 
 def _repo(ctx: HandlerContext) -> InvoiceRepository:
@@ -449,3 +521,61 @@ async def terminate_payment_plan(ctx: HandlerContext, cmd: TerminatePaymentPlan)
     plan.status = "terminated"
     await repo.save_plan(plan)
     ctx.accept(dossier_number=plan.dossier_number)
+
+
+# --- schemes and steps (the dunning engine) ------------------------------------------------
+
+
+async def upsert_scheme(ctx: HandlerContext, cmd: UpsertScheme) -> None:
+    """A new version of the merchant's scheme; invoices keep the version they have."""
+    errors = dunning.scheme_errors(cmd.scheme_key, list(cmd.steps))
+    if errors:
+        ctx.reject(errors)
+        return
+    version = await _repo(ctx).add_scheme_version(
+        cmd.scheme_key, cmd.name, [step.model_dump(mode="json") for step in cmd.steps]
+    )
+    ctx.accept(scheme_key=cmd.scheme_key, scheme_version=str(version))
+
+
+async def step_due(ctx: HandlerContext, cmd: StepDue) -> None:
+    repo = _repo(ctx)
+    invoice = await repo.get(cmd.invoice_number)
+    if invoice is None:
+        return
+    outcome = dunning.step_due(
+        invoice,
+        step_index=cmd.step_index,
+        scheme_version=cmd.scheme_version,
+        schedule_version=cmd.schedule_version,
+        now=ctx.now,
+    )
+    await Changes(ctx, repo).apply(outcome)
+
+
+async def trigger_next_step(ctx: HandlerContext, cmd: TriggerNextStep) -> None:
+    repo = _repo(ctx)
+    invoice = await repo.get(cmd.invoice_number)
+    if invoice is None:
+        ctx.reject(_unknown("payload.invoice_number", cmd.invoice_number))
+        return
+    outcome = dunning.trigger_next_step(invoice, ctx.now)
+    await Changes(ctx, repo).apply(outcome)
+    _answer(ctx, outcome, invoice)
+
+
+async def record_message_outcome(ctx: HandlerContext, cmd: RecordMessageOutcome) -> None:
+    repo = _repo(ctx)
+    invoice = await repo.get(cmd.invoice_number)
+    if invoice is None:
+        raise Unprocessable(_unknown("payload.invoice_number", cmd.invoice_number))
+    outcome = dunning.record_message_outcome(
+        invoice,
+        step_index=cmd.step_index,
+        outcome=cmd.outcome,
+        channel=cmd.channel.value if cmd.channel else None,
+        now=ctx.now,
+    )
+    if outcome.errors:
+        raise Unprocessable(outcome.errors)
+    await Changes(ctx, repo).apply(outcome)

@@ -21,11 +21,14 @@ class SchemeVersion:
     @property
     def step_states(self) -> list[SchemeStepState]:
         return [
-            SchemeStepState(
-                index=s["index"],
-                action=s["action"],
-                days=s.get("days", 0),
-                admin_cost=None if s.get("admin_cost") is None else str(s["admin_cost"]),
+            SchemeStepState.model_validate(
+                {
+                    **s,
+                    "admin_cost": None if s.get("admin_cost") is None else str(s["admin_cost"]),
+                    "threshold_amount": None
+                    if s.get("threshold_amount") is None
+                    else str(s["threshold_amount"]),
+                }
             )
             for s in self.steps
         ]
@@ -182,6 +185,21 @@ class InvoiceRepository:
         if row is None:
             return None
         return SchemeVersion(row["scheme_key"], row["version"], row["steps"])
+
+    async def add_scheme_version(
+        self, scheme_key: str, name: str, steps: list[dict[str, Any]]
+    ) -> int:
+        """Store a new version of the merchant's scheme; returns its number."""
+        version: int = await self.conn.fetchval(
+            "INSERT INTO schemes (website_key, scheme_key, version, name, steps)"
+            " SELECT $1, $2, coalesce(max(version), 0) + 1, $3, $4 FROM schemes"
+            " WHERE website_key = $1 AND scheme_key = $2 RETURNING version",
+            self.website_key,
+            scheme_key,
+            name,
+            steps,
+        )
+        return version
 
     # --- payment plans ---
 

@@ -51,6 +51,10 @@ class Settings(BaseSettings):
     relay_batch_size: int = 1000
     relay_poll_interval_ms: int = 100
 
+    # Scheduler: how often the system clock looks for due timers; timers per firing batch.
+    scheduler_poll_interval_ms: int = 200
+    scheduler_batch_size: int = 1000
+
     # Redelivery back-off after an infrastructure failure.
     retry_backoff_ms: int = 500
 

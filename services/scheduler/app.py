@@ -1,24 +1,81 @@
-"""The scheduler service: generic durable timers and the clock."""
+"""The scheduler service: generic durable timers and the clock.
+
+"At T, publish M to topic X with key K": it knows nothing about what the messages mean.
+`cm.scheduler.commands` carries ScheduleTimer, CancelTimer and Tick (handlers.py). With
+`CM_CLOCK=system` a background task fires what is due every `SCHEDULER_POLL_INTERVAL_MS`;
+with `CM_CLOCK=manual` only Ticks move time (and fire). Replicas share the timers: each
+firing claims its batch with `FOR UPDATE SKIP LOCKED`.
+"""
 
 from __future__ import annotations
 
+import asyncio
+from datetime import UTC, datetime
 from pathlib import Path
 
 from contracts import topics
-from services.runtime.app import ServiceDefinition
-from services.runtime.consumer import ConsumerSpec
-from services.runtime.pending import refuse_all
+from services.runtime.app import Runtime, ServiceDefinition
+from services.runtime.consumer import ConsumerSpec, HandlerSpec
+from services.runtime.logs import get_logger
+from services.runtime.outbox import enqueue
+from services.scheduler.handlers import Handlers, SchedulerConfig, fire_batch
+
+log = get_logger(__name__)
 
 
-def definition() -> ServiceDefinition:
+async def fire_due(runtime: Runtime, batch_size: int) -> int:
+    """Fire everything due by the system clock, one transaction per batch; how many."""
+    total = 0
+    while True:
+        now = datetime.now(UTC)
+        async with runtime.pool.acquire() as conn, conn.transaction():
+            count, messages = await fire_batch(
+                conn, now=now, limit=batch_size, topic_names=runtime.topics
+            )
+            await enqueue(conn, messages, runtime.settings.relay_shards)
+        if count and runtime.relay is not None:
+            runtime.relay.wake()
+        total += count
+        if count < batch_size:
+            return total
+
+
+def definition(schema: str | None = None) -> ServiceDefinition:
+    """The scheduler; `schema` (default `scheduler`) lets tests and benchmarks run
+    schedulers of their own on one database."""
+    config = SchedulerConfig()
+    handlers = Handlers(config)
+
+    async def scheduler_clock(runtime: Runtime) -> None:
+        config.clock = runtime.settings.cm_clock
+        config.batch_size = runtime.settings.scheduler_batch_size
+        if config.clock != "system":
+            return  # the manual clock moves only with Ticks
+        interval = runtime.settings.scheduler_poll_interval_ms / 1000
+        while True:
+            try:
+                await fire_due(runtime, config.batch_size)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("firing due timers failed; retrying")
+                await asyncio.sleep(1.0)
+            await asyncio.sleep(interval)
+
     return ServiceDefinition(
         name="scheduler",
+        schema=schema,
         migrations=Path(__file__).parent / "migrations",
         consumers=[
             ConsumerSpec(
                 name="commands",
                 topic=topics.SCHEDULER_COMMANDS,
-                handlers=refuse_all("ScheduleTimer", "CancelTimer", "Tick"),
+                handlers={
+                    "ScheduleTimer": HandlerSpec(handlers.schedule_timer),
+                    "CancelTimer": HandlerSpec(handlers.cancel_timer),
+                    "Tick": HandlerSpec(handlers.tick),
+                },
             ),
         ],
+        background_tasks=(scheduler_clock,),
     )

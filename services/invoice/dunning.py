@@ -1,0 +1,417 @@
+"""Schemes and scheme steps executed on invoices (pure: no I/O, no clock).
+
+After every change the invoice's step timer is planned again (`plan_timer`): the
+scheduler holds at most one timer per invoice, for its next step. A fired timer comes
+back as StepDue carrying the scheme and schedule versions it was set for; a stale or
+repeated one is ignored, so late or duplicated timers are harmless.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from decimal import ROUND_HALF_EVEN, Decimal
+
+from contracts.envelope import FieldError
+from contracts.fields import minor_unit
+from contracts.invoice import (
+    DEFAULT_SCHEME_KEY,
+    NO_STEPS_SCHEME_KEY,
+    InvoiceEventName,
+    MessageOutcome,
+    SchemeStep,
+    StepAction,
+)
+from services.invoice.domain import (
+    ZERO,
+    EventOut,
+    Invoice,
+    Outcome,
+    S,
+    SchemeStepState,
+    SendStepMessage,
+    StopSubscriptionRequest,
+    _move,
+    add_admin_costs,
+    fill_tags,
+    refresh_hold,
+    reject,
+)
+
+BUILT_IN_SCHEME_KEYS = frozenset({DEFAULT_SCHEME_KEY, NO_STEPS_SCHEME_KEY})
+
+# --- the Dutch statutory collection costs (art. 6:96 BW, Besluit vergoeding BIK) ---------
+
+#: (band width, rate): 15% of the first 2,500, 10% of the next 2,500, 5% of the next
+#: 5,000, 1% of the next 190,000, 0.5% above.
+STATUTORY_BANDS: tuple[tuple[Decimal | None, Decimal], ...] = (
+    (Decimal(2500), Decimal("0.15")),
+    (Decimal(2500), Decimal("0.10")),
+    (Decimal(5000), Decimal("0.05")),
+    (Decimal(190000), Decimal("0.01")),
+    (None, Decimal("0.005")),
+)
+STATUTORY_MINIMUM = Decimal(40)
+STATUTORY_MAXIMUM = Decimal(6775)
+#: The 14-day term counts from the day after receipt: the costs may be charged from this
+#: many days after the day the letter went out (e-mail/SMS arrive the same day, a letter
+#: is taken to arrive two days later).
+LETTER_TERM_DAYS = {"email": 15, "sms": 15, "letter": 17}
+#: A scheme's statutory step must be at least this many days after its 14-day letter.
+STATUTORY_MIN_GAP_DAYS = 17
+
+
+def statutory_costs(principal: Decimal, currency: str) -> Decimal:
+    """The statutory scale on `principal`, at least 40 and at most 6,775."""
+    remaining = max(ZERO, principal)
+    total = ZERO
+    for width, rate in STATUTORY_BANDS:
+        part = remaining if width is None else min(remaining, width)
+        total += part * rate
+        remaining -= part
+        if remaining <= ZERO:
+            break
+    total = min(max(total, STATUTORY_MINIMUM), STATUTORY_MAXIMUM)
+    return total.quantize(Decimal(1).scaleb(-minor_unit(currency)), rounding=ROUND_HALF_EVEN)
+
+
+# --- schemes -------------------------------------------------------------------------------
+
+_MESSAGE_ACTIONS = (StepAction.PAYMENT_INVITATION, StepAction.REMINDER)
+
+
+def scheme_errors(scheme_key: str, steps: list[SchemeStep]) -> list[FieldError]:
+    """Why a scheme cannot be saved, per field (empty when it can)."""
+    errors: list[FieldError] = []
+    if scheme_key in BUILT_IN_SCHEME_KEYS:
+        errors.append(
+            FieldError(
+                "payload.scheme_key",
+                "built_in_scheme",
+                f"{scheme_key} is built in and cannot be changed",
+            )
+        )
+    last_days: int | None = None
+    for i, step in enumerate(steps):
+        at = f"payload.steps.{i}"
+        if step.index != i + 1:
+            errors.append(
+                FieldError(
+                    f"{at}.index",
+                    "step_order",
+                    f"steps are numbered 1..n in order; expected {i + 1}",
+                )
+            )
+        if step.action == StepAction.PAYMENT_INVITATION:
+            if step.days < 0:
+                errors.append(
+                    FieldError(
+                        f"{at}.days",
+                        "negative",
+                        "an invitation cannot go out before the invoice date",
+                    )
+                )
+        else:
+            if last_days is not None and step.days < last_days:
+                errors.append(
+                    FieldError(
+                        f"{at}.days",
+                        "offset_order",
+                        "a step cannot be due before the step before it",
+                    )
+                )
+            last_days = step.days
+        if step.action in _MESSAGE_ACTIONS:
+            if not step.channels:
+                errors.append(
+                    FieldError(
+                        f"{at}.channels",
+                        "channels_required",
+                        f"a {step.action.value} needs at least one channel",
+                    )
+                )
+            elif len(set(step.channels)) != len(step.channels):
+                errors.append(
+                    FieldError(f"{at}.channels", "duplicate_channel", "a channel is listed twice")
+                )
+        elif step.channels:
+            errors.append(
+                FieldError(
+                    f"{at}.channels", "not_a_message", f"a {step.action.value} sends no message"
+                )
+            )
+        if step.states_costs and step.action != StepAction.REMINDER:
+            errors.append(
+                FieldError(
+                    f"{at}.states_costs",
+                    "not_a_reminder",
+                    "only a Reminder can be the 14-day letter",
+                )
+            )
+        if step.action == StepAction.ADMIN_COST_INCREASE:
+            if step.admin_cost is None:
+                errors.append(
+                    FieldError(
+                        f"{at}.admin_cost",
+                        "required",
+                        "an AdminCostIncrease needs an amount or `statutory`",
+                    )
+                )
+            elif step.admin_cost != "statutory" and Decimal(step.admin_cost) <= ZERO:
+                errors.append(
+                    FieldError(f"{at}.admin_cost", "not_positive", "admin costs must be positive")
+                )
+            elif step.admin_cost == "statutory":
+                letters = [
+                    s for s in steps[:i] if s.action == StepAction.REMINDER and s.states_costs
+                ]
+                if not any(step.days - s.days >= STATUTORY_MIN_GAP_DAYS for s in letters):
+                    errors.append(
+                        FieldError(
+                            f"{at}.admin_cost",
+                            "statutory_without_14_day_letter",
+                            "statutory costs need an earlier Reminder with states_costs at least "
+                            f"{STATUTORY_MIN_GAP_DAYS} days before (art. 6:96 lid 6 BW)",
+                        )
+                    )
+        elif step.admin_cost is not None:
+            errors.append(
+                FieldError(
+                    f"{at}.admin_cost", "not_a_cost_step", "only an AdminCostIncrease adds costs"
+                )
+            )
+        if step.action == StepAction.THRESHOLD and step.threshold_amount is None:
+            errors.append(
+                FieldError(
+                    f"{at}.threshold_amount", "required", "a Threshold needs threshold_amount"
+                )
+            )
+        if step.action == StepAction.CUSTOM_EVENT and not step.message:
+            errors.append(FieldError(f"{at}.message", "required", "a CustomEvent needs a message"))
+    return errors
+
+
+# --- the step timer ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TimerPlan:
+    """What to tell the scheduler: set the timer for a step, or cancel it."""
+
+    step_index: int | None  # None: cancel
+    due_at: datetime | None
+    schedule_version: int
+
+
+def plan_timer(invoice: Invoice, now: datetime) -> TimerPlan | None:
+    """After a change: the timer the invoice needs now, if it differs from the one set.
+
+    Mutates `invoice` (held time, timer fields, schedule version).
+    """
+    refresh_hold(invoice, now)
+    desired = invoice.desired_timer()
+    current = (invoice.timer_step, invoice.timer_due_at) if invoice.timer_step else None
+    if desired == current:
+        return None
+    if desired is None:
+        invoice.timer_step = invoice.timer_due_at = None
+        invoice.schedule_version += 1
+        return TimerPlan(None, None, invoice.schedule_version)
+    invoice.schedule_version += 1
+    invoice.timer_step, invoice.timer_due_at = desired
+    return TimerPlan(desired[0], desired[1], invoice.schedule_version)
+
+
+# --- steps ---------------------------------------------------------------------------------
+
+
+def step_due(
+    invoice: Invoice, *, step_index: int, scheme_version: int, schedule_version: int, now: datetime
+) -> Outcome:
+    """A timer fired. Ignored when stale (versions), when the invoice no longer runs
+    steps (paid, paused, past its max_step_index, a test invoice) or already ran it."""
+    if (
+        scheme_version != invoice.scheme_version
+        or schedule_version != invoice.schedule_version
+        or invoice.timer_step != step_index
+    ):
+        return Outcome()
+    updated = invoice.model_copy(deep=True)
+    updated.timer_step = updated.timer_due_at = None  # the timer is spent
+    step = updated.next_step
+    if (
+        step is None
+        or step.index != step_index
+        or updated.status != S.ACTIVE
+        or updated.is_paid
+        or not updated.runs_steps
+        or updated.slow_payment_covers
+    ):
+        return Outcome(invoice=updated)
+    return run_step(updated, step, now)
+
+
+def trigger_next_step(invoice: Invoice, now: datetime) -> Outcome:
+    """TriggerNextStep: a test invoice runs its next step at once."""
+    if not invoice.is_test:
+        return reject(
+            "payload.invoice_number",
+            "not_a_test_invoice",
+            "only test invoices can be moved on by hand",
+        )
+    if invoice.status != S.ACTIVE:
+        return reject(
+            "payload.invoice_number",
+            "invalid_status",
+            f"the invoice is not active (status {int(invoice.status)})",
+        )
+    step = invoice.next_step
+    if step is None:
+        return reject("payload.invoice_number", "no_next_step", "the scheme has no step left")
+    return run_step(invoice.model_copy(deep=True), step, now, forced=True)
+
+
+def _done(invoice: Invoice, step: SchemeStepState, now: datetime) -> None:
+    invoice.previous_step_index = step.index
+    invoice.previous_step_date_time = now
+    invoice.waiting_step = invoice.waiting_until = None
+
+
+def run_step(
+    invoice: Invoice, step: SchemeStepState, now: datetime, forced: bool = False
+) -> Outcome:
+    """Execute one step on `invoice` (a copy the caller owns)."""
+    index = {"StepIndex": str(step.index)}
+    if step.action in (StepAction.PAYMENT_INVITATION, StepAction.REMINDER):
+        _done(invoice, step, now)
+        return Outcome(invoice=invoice, requests=[SendStepMessage(step)])
+    if step.action == StepAction.ADMIN_COST_INCREASE:
+        return _admin_costs(invoice, step, now, forced)
+    if step.action == StepAction.TRANSFER_TO_COLLECTION_AGENCY:
+        moved = _move(invoice, S.PENDING_TRANSFER_TO_COLLECTION_AGENCY, now)
+        _done(moved, step, now)
+        parameters = {**index, "StatusCode": str(int(moved.status))}
+        if step.agency_code:
+            parameters["AgencyCode"] = step.agency_code
+        return Outcome(
+            invoice=moved,
+            events=[EventOut(InvoiceEventName.TRANSFERRED_TO_COLLECTION_AGENCY, parameters)],
+        )
+    if step.action == StepAction.THRESHOLD:
+        _done(invoice, step, now)
+        if invoice.open_amount_incl_admin_costs < Decimal(step.threshold_amount or "0"):
+            # Below the threshold: the scheme ends here.
+            last = invoice.effective_steps[-1]
+            invoice.previous_step_index = last.index
+        return Outcome(invoice=invoice)
+    if step.action == StepAction.STOP_SUBSCRIPTION:
+        _done(invoice, step, now)
+        requests = (
+            [StopSubscriptionRequest(invoice.subscription_key, step.index)]
+            if invoice.subscription_key
+            else []
+        )
+        return Outcome(invoice=invoice, requests=list(requests))
+    # CustomEvent
+    _done(invoice, step, now)
+    message = fill_tags(step.message or "", invoice)
+    return Outcome(
+        invoice=invoice,
+        events=[EventOut(InvoiceEventName.CUSTOM_EVENT, {"CustomEventMessage": message, **index})],
+    )
+
+
+def letter_term_ends(invoice: Invoice) -> datetime | None:
+    """When statutory costs may be charged after the 14-day letter, or None if none went out."""
+    if invoice.cost_letter_sent_at is None:
+        return None
+    days = LETTER_TERM_DAYS.get(invoice.cost_letter_channel or "letter", 17)
+    sent_day: date = invoice.cost_letter_sent_at.astimezone(UTC).date()
+    return datetime.combine(sent_day + timedelta(days=days), time(0), tzinfo=UTC)
+
+
+def _admin_costs(invoice: Invoice, step: SchemeStepState, now: datetime, forced: bool) -> Outcome:
+    if step.admin_cost == "statutory":
+        if invoice.debtor_is_person:
+            term_ends = letter_term_ends(invoice)
+            if term_ends is None:
+                # No 14-day letter went out: the costs may never be charged; go on.
+                _done(invoice, step, now)
+                return Outcome(invoice=invoice)
+            if now < term_ends and not forced:
+                invoice.waiting_step, invoice.waiting_until = step.index, term_ends
+                return Outcome(invoice=invoice)
+        principal = max(ZERO, invoice.open_amount)
+        amount = statutory_costs(principal, invoice.currency)
+    else:
+        amount = Decimal(step.admin_cost or "0")
+    add_admin_costs(invoice, amount)
+    _done(invoice, step, now)
+    return Outcome(
+        invoice=invoice,
+        events=[
+            EventOut(
+                InvoiceEventName.INCREASED_ADMIN_FEE,
+                {"StepIndex": str(step.index), "Amount": str(amount)},
+            )
+        ],
+    )
+
+
+# --- message outcomes ----------------------------------------------------------------------
+
+#: (action, outcome) → the event it becomes.
+OUTCOME_EVENTS: dict[tuple[StepAction, MessageOutcome], InvoiceEventName] = {
+    (
+        StepAction.PAYMENT_INVITATION,
+        MessageOutcome.SENT,
+    ): InvoiceEventName.SENT_PAYMENT_INVITATION_MESSAGE,
+    (
+        StepAction.PAYMENT_INVITATION,
+        MessageOutcome.SENT_BACKUP,
+    ): InvoiceEventName.SENT_BACKUP_PAYMENT_INVITATION_MESSAGE,
+    (
+        StepAction.PAYMENT_INVITATION,
+        MessageOutcome.SKIPPED_NO_METHODS,
+    ): InvoiceEventName.SKIPPED_REMINDER_BECAUSE_NO_METHODS_REMAIN,
+    (StepAction.REMINDER, MessageOutcome.SENT): InvoiceEventName.SENT_REMINDER_MESSAGE,
+    (
+        StepAction.REMINDER,
+        MessageOutcome.SENT_BACKUP,
+    ): InvoiceEventName.SENT_BACKUP_REMINDER_MESSAGE,
+    (
+        StepAction.REMINDER,
+        MessageOutcome.SKIPPED_NO_METHODS,
+    ): InvoiceEventName.SKIPPED_REMINDER_BECAUSE_NO_METHODS_REMAIN,
+}
+
+
+def record_message_outcome(
+    invoice: Invoice,
+    *,
+    step_index: int,
+    outcome: MessageOutcome,
+    channel: str | None,
+    now: datetime,
+) -> Outcome:
+    """The notifier's answer to a step's message becomes event 10, 11, 4, 5 or 6."""
+    if step_index in invoice.outcomes_recorded:
+        return Outcome()
+    step = next((s for s in invoice.scheme_steps if s.index == step_index), None)
+    if step is None or step.action not in (StepAction.PAYMENT_INVITATION, StepAction.REMINDER):
+        return reject(
+            "payload.step_index",
+            "not_a_message_step",
+            f"step {step_index} of the invoice's scheme sends no message",
+        )
+    updated = invoice.model_copy(deep=True)
+    updated.outcomes_recorded.append(step_index)
+    if step.states_costs and outcome != MessageOutcome.SKIPPED_NO_METHODS:
+        updated.cost_letter_sent_at = now
+        updated.cost_letter_channel = channel
+    parameters = {"StepIndex": str(step_index)}
+    if channel:
+        parameters["Channel"] = channel
+    return Outcome(
+        invoice=updated, events=[EventOut(OUTCOME_EVENTS[(step.action, outcome)], parameters)]
+    )

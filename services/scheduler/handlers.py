@@ -1,0 +1,245 @@
+"""The scheduler's commands and the firing of timers.
+
+A timer fires by enqueueing, in the transaction that deletes it, its message (to the
+prefixed topic, with its key, `occurred_at` = `due_at`, everything else as given) and a
+`TimerFired` event. The clock is the wall clock (`CM_CLOCK=system`: a background task
+fires what is due, see app.py) or the manual clock row moved by `Tick`
+(`CM_CLOCK=manual`). With the manual clock every ScheduleTimer and CancelTimer takes a
+share lock on the clock row and a Tick updates it, so a Tick waits for the commands in
+flight and they wait for the Tick: a timer is never scheduled "before" a Tick it missed.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from prometheus_client import Counter, Histogram
+
+from contracts import catalog, topics
+from contracts.envelope import Envelope, FieldError, ParseError, envelope_class, parse_envelope
+from contracts.scheduler import (
+    CLOCK_KEY,
+    CancelTimer,
+    ScheduleTimer,
+    Tick,
+    TickCompleted,
+    TimerFired,
+)
+from contracts.topics import ALL_TOPICS, PUSH_INVOICE, TopicNames
+from services.runtime.consumer import HandlerContext, InfrastructureError
+from services.runtime.db import Connection
+from services.runtime.outbox import OutboxMessage
+from services.scheduler.repository import DueTimer, TimerRepository
+
+TIMERS_FIRED = Counter("cm_scheduler_timers_fired_total", "Timers fired")
+FIRE_LAG_SECONDS = Histogram(
+    "cm_scheduler_fire_lag_seconds",
+    "Due-to-fired lag: the scheduler clock's time at firing minus the timer's due_at",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600, 86400),
+)
+
+
+@dataclass
+class SchedulerConfig:
+    """What the handlers need from the settings; filled in when the service starts."""
+
+    clock: str | None = None  # "system" or "manual"
+    batch_size: int = 1000
+
+    @property
+    def manual(self) -> bool:
+        if self.clock is None:  # a message before startup finished: redeliver it
+            raise InfrastructureError("the scheduler has not started yet")
+        return self.clock == "manual"
+
+
+def _json_default(value: Any) -> Any:
+    # Bodies are parsed with parse_float=Decimal: write numbers back as numbers when a
+    # float holds them exactly, else as strings (what Money accepts either way).
+    if isinstance(value, Decimal):
+        as_float = float(value)
+        return as_float if Decimal(repr(as_float)) == value else str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, default=_json_default, separators=(",", ":"))
+
+
+def iso(moment: datetime) -> str:
+    """`occurred_at` of a fired message: the due time in UTC (as the SQL path writes it)."""
+    return moment.astimezone(UTC).isoformat()
+
+
+def _uuid(text: str | None) -> uuid.UUID | None:
+    if not text:
+        return None
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        return None
+
+
+def fired_messages(
+    timers: list[DueTimer],
+    *,
+    topic_names: TopicNames,
+    fired_at: datetime,
+    caused_by: Envelope[Any] | None = None,
+) -> list[OutboxMessage]:
+    """Per timer, in the given (due) order: its message, then its TimerFired event."""
+    messages: list[OutboxMessage] = []
+    events_topic = topic_names(topics.SCHEDULER_EVENTS)
+    fired_envelope = envelope_class(TimerFired)
+    for timer in timers:
+        messages.append(OutboxMessage(topic_names(timer.topic), timer.key, timer.body.encode()))
+        event_id = uuid.uuid4()
+        # The chain of the timer's message goes on: same correlation id.
+        correlation = _uuid(timer.correlation_id) or _uuid(timer.message_id) or event_id
+        event = fired_envelope.model_construct(
+            message_id=event_id,
+            type=TimerFired.TYPE,
+            website_key=timer.website_key,
+            occurred_at=timer.due_at,
+            correlation_id=correlation,
+            causation_id=caused_by.message_id if caused_by is not None else None,
+            payload=TimerFired.model_construct(
+                timer_id=timer.timer_id, due_at=timer.due_at, fired_at=fired_at, topic=timer.topic
+            ),
+        )
+        messages.append(OutboxMessage(events_topic, timer.timer_id, event.to_json()))
+        FIRE_LAG_SECONDS.observe(max(0.0, (fired_at - timer.due_at).total_seconds()))
+    TIMERS_FIRED.inc(len(timers))
+    return messages
+
+
+async def fire_batch(
+    conn: Connection,
+    *,
+    now: datetime,
+    limit: int,
+    topic_names: TopicNames,
+    caused_by: Envelope[Any] | None = None,
+) -> tuple[int, list[OutboxMessage]]:
+    """Claim (delete) up to `limit` timers due at or before `now`; their messages."""
+    timers = await TimerRepository(conn).claim_due(now, limit)
+    return len(timers), fired_messages(
+        timers, topic_names=topic_names, fired_at=now, caused_by=caused_by
+    )
+
+
+class Handlers:
+    """The three commands of `cm.scheduler.commands`."""
+
+    def __init__(self, config: SchedulerConfig) -> None:
+        self.config = config
+
+    async def _now(self, repo: TimerRepository) -> datetime:
+        if self.config.manual:
+            return await repo.clock(lock=True)
+        return datetime.now(UTC)  # the system clock: the scheduler alone reads it
+
+    async def schedule_timer(self, ctx: HandlerContext, cmd: ScheduleTimer) -> None:
+        errors = _validate(ctx, cmd)
+        if errors:
+            ctx.reject(errors)
+            return
+        repo = TimerRepository(ctx.conn)
+        now = await self._now(repo)
+        if cmd.due_at <= now:
+            # Due already: fire at once (replacing any earlier timer of that id).
+            await repo.delete(ctx.website_key, cmd.timer_id)
+            body = _dumps({**cmd.message, "occurred_at": iso(cmd.due_at)})
+            timer = DueTimer(
+                website_key=ctx.website_key,
+                timer_id=cmd.timer_id,
+                due_at=cmd.due_at,
+                topic=cmd.topic,
+                key=cmd.key,
+                body=body,
+                correlation_id=_str_or_none(cmd.message.get("correlation_id")),
+                message_id=_str_or_none(cmd.message.get("message_id")),
+            )
+            ctx.outbox.extend(
+                fired_messages(
+                    [timer], topic_names=ctx.topics, fired_at=now, caused_by=ctx.envelope
+                )
+            )
+        else:
+            await repo.upsert(
+                ctx.website_key, cmd.timer_id, cmd.due_at, cmd.topic, cmd.key, _dumps(cmd.message)
+            )
+        ctx.accept(timer_id=cmd.timer_id)
+
+    async def cancel_timer(self, ctx: HandlerContext, cmd: CancelTimer) -> None:
+        repo = TimerRepository(ctx.conn)
+        if self.config.manual:
+            await repo.clock(lock=True)
+        await repo.delete(ctx.website_key, cmd.timer_id)  # unknown or fired: a no-op
+        ctx.accept(timer_id=cmd.timer_id)
+
+    async def tick(self, ctx: HandlerContext, cmd: Tick) -> None:
+        if not self.config.manual:
+            ctx.reject(
+                [
+                    FieldError(
+                        "type",
+                        "manual_clock_only",
+                        "Tick needs CM_CLOCK=manual; this scheduler runs on the system clock",
+                    )
+                ]
+            )
+            return
+        repo = TimerRepository(ctx.conn)
+        now = await repo.advance_clock(cmd.as_of)
+        fired = 0
+        while True:
+            count, messages = await fire_batch(
+                ctx.conn,
+                now=now,
+                limit=self.config.batch_size,
+                topic_names=ctx.topics,
+                caused_by=ctx.envelope,
+            )
+            fired += count
+            ctx.outbox.extend(messages)
+            if count < self.config.batch_size:
+                break
+        ctx.emit(topics.SCHEDULER_EVENTS, CLOCK_KEY, TickCompleted(as_of=now, fired=fired))
+        ctx.accept(clock=iso(now))
+
+
+def _str_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _validate(ctx: HandlerContext, cmd: ScheduleTimer) -> list[FieldError]:
+    if cmd.topic not in ALL_TOPICS or cmd.topic == PUSH_INVOICE:  # the contract checks too
+        return [FieldError("payload.topic", "unknown_topic", f"unknown topic {cmd.topic!r}")]
+    # Validated as it will be published: with occurred_at = due_at.
+    raw = _dumps({**cmd.message, "occurred_at": iso(cmd.due_at)})
+    try:
+        envelope = parse_envelope(raw, catalog.types_for_topic(cmd.topic))
+    except ParseError as error:
+        return [
+            FieldError(
+                "payload.message" if e.field == "$" else f"payload.message.{e.field}",
+                e.code,
+                e.message,
+            )
+            for e in error.errors
+        ]
+    if envelope.website_key != ctx.website_key:
+        return [
+            FieldError(
+                "payload.message.website_key",
+                "website_key_mismatch",
+                "a timer's message must belong to the merchant that schedules it",
+            )
+        ]
+    return []

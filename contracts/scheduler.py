@@ -75,7 +75,7 @@ class ScheduleTimer(Command):
         if topic not in ALL_TOPICS or topic == PUSH_INVOICE:
             raise PydanticCustomError(
                 "unknown_topic",
-                "unknown topic {topic!r}: give the base name (without CM_TOPIC_PREFIX) "
+                "unknown topic '{topic}': give the base name (without CM_TOPIC_PREFIX) "
                 "of an enveloped topic from contracts.topics",
                 {"topic": topic},
             )

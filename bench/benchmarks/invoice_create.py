@@ -249,6 +249,11 @@ async def latency(ctx: BenchContext) -> dict[str, Any]:
         "n": n,
         "warm_up_invoices": ctx.args.invoice_merchants,
         "achieved_send_rate_per_s": round(n / (last_ack - first_send), 1),
+        # Below the send rate when the service cannot keep up: the latencies then measure
+        # a growing queue, not the service at that rate.
+        "output_rate_per_s": (
+            round(n / (done["last_output"] - first_send), 1) if done["last_output"] else None
+        ),
         **_checks(done),
         **summary(done["latencies"]),
         "invoices_active": counts["invoices_active"],

@@ -137,6 +137,8 @@ class Invoice(BaseModel):
     cost_letter_sent_at: datetime | None = None
     cost_letter_channel: str | None = None
     debtor_is_person: bool = True
+    #: A Threshold step ended the scheme early.
+    scheme_ended: bool = False
     #: Steps whose message outcome was recorded (a repeated outcome changes nothing).
     outcomes_recorded: list[int] = Field(default_factory=list)
 
@@ -199,6 +201,8 @@ class Invoice(BaseModel):
 
     @property
     def next_step(self) -> SchemeStepState | None:
+        if self.scheme_ended:
+            return None
         done = self.previous_step_index or 0
         return next((s for s in self.effective_steps if s.index > done), None)
 

@@ -219,7 +219,8 @@ def plan_timer(invoice: Invoice, now: datetime) -> TimerPlan | None:
         return TimerPlan(None, None, invoice.schedule_version)
     invoice.schedule_version += 1
     invoice.timer_step, invoice.timer_due_at = desired
-    return TimerPlan(desired[0], desired[1], invoice.schedule_version)
+    # A step already due runs now (after the change that scheduled it), dated now.
+    return TimerPlan(desired[0], max(desired[1], now), invoice.schedule_version)
 
 
 # --- steps ---------------------------------------------------------------------------------
@@ -265,6 +266,12 @@ def trigger_next_step(invoice: Invoice, now: datetime) -> Outcome:
             "invalid_status",
             f"the invoice is not active (status {int(invoice.status)})",
         )
+    if invoice.is_paid or invoice.slow_payment_covers:
+        return reject(
+            "payload.invoice_number",
+            "nothing_open",
+            "a paid invoice (or one a pending payment covers) runs no steps",
+        )
     step = invoice.next_step
     if step is None:
         return reject("payload.invoice_number", "no_next_step", "the scheme has no step left")
@@ -300,9 +307,7 @@ def run_step(
     if step.action == StepAction.THRESHOLD:
         _done(invoice, step, now)
         if invoice.open_amount_incl_admin_costs < Decimal(step.threshold_amount or "0"):
-            # Below the threshold: the scheme ends here.
-            last = invoice.effective_steps[-1]
-            invoice.previous_step_index = last.index
+            invoice.scheme_ended = True  # below the threshold: no further step runs
         return Outcome(invoice=invoice)
     if step.action == StepAction.STOP_SUBSCRIPTION:
         _done(invoice, step, now)

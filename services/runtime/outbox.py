@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import time
 import zlib
@@ -68,6 +69,16 @@ class PendingMessages:
         return len(self.messages)
 
 
+@functools.lru_cache(maxsize=256)
+def _headers_json(headers: tuple[tuple[str, str], ...]) -> str:
+    return json.dumps(headers)
+
+
+@functools.lru_cache(maxsize=256)
+def _headers_from_json(text: str) -> tuple[tuple[str, bytes], ...]:
+    return tuple((str(k), str(v).encode()) for k, v in json.loads(text))
+
+
 async def enqueue(conn: Connection, messages: Sequence[OutboxMessage], shards: int) -> None:
     """Insert messages into the outbox inside the caller's transaction, in order."""
     if not messages:
@@ -80,7 +91,7 @@ async def enqueue(conn: Connection, messages: Sequence[OutboxMessage], shards: i
         [m.topic for m in messages],
         [m.key for m in messages],
         [m.value for m in messages],
-        [json.dumps(m.headers) for m in messages],
+        [_headers_json(m.headers) for m in messages],
     )
 
 
@@ -178,13 +189,22 @@ class OutboxRelay:
         """
         assert self._producer is not None
         async with self._pool.acquire() as conn, conn.transaction():
-            rows = await conn.fetch(
-                "WITH mine AS MATERIALIZED (SELECT s FROM generate_series(0, $2::int - 1) AS s"
-                " WHERE pg_try_advisory_xact_lock($1, s))"
-                " SELECT id, topic, key, value, headers, created_at FROM outbox"
-                " WHERE shard IN (SELECT s FROM mine) ORDER BY shard, id LIMIT $3",
+            # Two statements, not one: a statement reads with the snapshot taken when it
+            # starts, so rows read in the statement that takes the locks could still show
+            # what the previous holder of a shard has just published and deleted (it
+            # committed between our snapshot and our lock): they would go out twice.
+            mine = await conn.fetchval(
+                "SELECT array_agg(s) FROM generate_series(0, $2::int - 1) AS s"
+                " WHERE pg_try_advisory_xact_lock($1, s)",
                 self._lock_ns,
                 self._shards,
+            )
+            if not mine:
+                return 0
+            rows = await conn.fetch(
+                "SELECT id, topic, key, value, headers::text AS headers, created_at FROM outbox"
+                " WHERE shard = ANY($1::int[]) ORDER BY shard, id LIMIT $2",
+                mine,
                 self._batch_size,
             )
             if not rows:
@@ -205,7 +225,7 @@ class OutboxRelay:
         assert self._producer is not None
         futures = []
         for row in rows:
-            headers = [(str(k), str(v).encode()) for k, v in row["headers"]]
+            headers = list(_headers_from_json(row["headers"]))  # a few distinct values
             key = row["key"].encode() if row["key"] is not None else None
             futures.append(
                 await self._producer.send(

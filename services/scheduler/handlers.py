@@ -76,43 +76,43 @@ def iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat()
 
 
-def _uuid(text: str | None) -> uuid.UUID | None:
-    if not text:
-        return None
-    try:
-        return uuid.UUID(text)
-    except ValueError:
-        return None
+def fired_event(
+    *,
+    website_key: str,
+    timer_id: str,
+    due_at: datetime,
+    topic: str,
+    message: dict[str, Any],
+    fired_at: datetime,
+    caused_by: Envelope[Any] | None,
+) -> str:
+    """The TimerFired envelope of one timer, as the firing SQL builds it (repository.FIRE):
+    the chain of the timer's message goes on (its correlation id)."""
+    event = TimerFired.model_construct(
+        timer_id=timer_id, due_at=due_at, fired_at=fired_at, topic=topic
+    )
+    correlation = message.get("correlation_id") or message["message_id"]
+    envelope = envelope_class(TimerFired).model_construct(
+        message_id=uuid.uuid4(),
+        type=TimerFired.TYPE,
+        website_key=website_key,
+        occurred_at=due_at,
+        correlation_id=uuid.UUID(str(correlation)),
+        causation_id=caused_by.message_id if caused_by is not None else None,
+        payload=event,
+    )
+    return envelope.model_dump_json()
 
 
 def fired_messages(
-    timers: list[DueTimer],
-    *,
-    topic_names: TopicNames,
-    fired_at: datetime,
-    caused_by: Envelope[Any] | None = None,
+    timers: list[DueTimer], *, topic_names: TopicNames, fired_at: datetime
 ) -> list[OutboxMessage]:
     """Per timer, in the given (due) order: its message, then its TimerFired event."""
     messages: list[OutboxMessage] = []
     events_topic = topic_names(topics.SCHEDULER_EVENTS)
-    fired_envelope = envelope_class(TimerFired)
     for timer in timers:
         messages.append(OutboxMessage(topic_names(timer.topic), timer.key, timer.body.encode()))
-        event_id = uuid.uuid4()
-        # The chain of the timer's message goes on: same correlation id.
-        correlation = _uuid(timer.correlation_id) or _uuid(timer.message_id) or event_id
-        event = fired_envelope.model_construct(
-            message_id=event_id,
-            type=TimerFired.TYPE,
-            website_key=timer.website_key,
-            occurred_at=timer.due_at,
-            correlation_id=correlation,
-            causation_id=caused_by.message_id if caused_by is not None else None,
-            payload=TimerFired.model_construct(
-                timer_id=timer.timer_id, due_at=timer.due_at, fired_at=fired_at, topic=timer.topic
-            ),
-        )
-        messages.append(OutboxMessage(events_topic, timer.timer_id, event.to_json()))
+        messages.append(OutboxMessage(events_topic, timer.timer_id, timer.event.encode()))
         FIRE_LAG_SECONDS.observe(max(0.0, (fired_at - timer.due_at).total_seconds()))
     TIMERS_FIRED.inc(len(timers))
     return messages
@@ -127,10 +127,9 @@ async def fire_batch(
     caused_by: Envelope[Any] | None = None,
 ) -> tuple[int, list[OutboxMessage]]:
     """Claim (delete) up to `limit` timers due at or before `now`; their messages."""
-    timers = await TimerRepository(conn).claim_due(now, limit)
-    return len(timers), fired_messages(
-        timers, topic_names=topic_names, fired_at=now, caused_by=caused_by
-    )
+    causation = caused_by.message_id if caused_by is not None else None
+    timers = await TimerRepository(conn).claim_due(now, limit, iso(now), causation)
+    return len(timers), fired_messages(timers, topic_names=topic_names, fired_at=now)
 
 
 class Handlers:
@@ -155,21 +154,19 @@ class Handlers:
             # Due already: fire at once (replacing any earlier timer of that id).
             await repo.delete(ctx.website_key, cmd.timer_id)
             body = _dumps({**cmd.message, "occurred_at": iso(cmd.due_at)})
-            timer = DueTimer(
+            event = fired_event(
                 website_key=ctx.website_key,
                 timer_id=cmd.timer_id,
                 due_at=cmd.due_at,
                 topic=cmd.topic,
-                key=cmd.key,
-                body=body,
-                correlation_id=_str_or_none(cmd.message.get("correlation_id")),
-                message_id=_str_or_none(cmd.message.get("message_id")),
+                message=cmd.message,
+                fired_at=now,
+                caused_by=ctx.envelope,
             )
-            ctx.outbox.extend(
-                fired_messages(
-                    [timer], topic_names=ctx.topics, fired_at=now, caused_by=ctx.envelope
-                )
+            timer = DueTimer(
+                ctx.website_key, cmd.timer_id, cmd.due_at, cmd.topic, cmd.key, body, event
             )
+            ctx.outbox.extend(fired_messages([timer], topic_names=ctx.topics, fired_at=now))
         else:
             await repo.upsert(
                 ctx.website_key, cmd.timer_id, cmd.due_at, cmd.topic, cmd.key, _dumps(cmd.message)
@@ -212,10 +209,6 @@ class Handlers:
                 break
         ctx.emit(topics.SCHEDULER_EVENTS, CLOCK_KEY, TickCompleted(as_of=now, fired=fired))
         ctx.accept(clock=iso(now))
-
-
-def _str_or_none(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
 
 
 def _validate(ctx: HandlerContext, cmd: ScheduleTimer) -> list[FieldError]:

@@ -8,15 +8,25 @@ The caller enqueues the messages in the same transaction.
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
 from services.runtime.db import Connection
 
-#: Due order, then id: a stable order for timers due at the same instant.
-FIRE = """
+#: `due_at` as `occurred_at` text, UTC, like Python's isoformat (microseconds when any).
+_ISO = """(to_char({col} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS')
+    || CASE WHEN extract(microseconds FROM {col})::bigint % 1000000 = 0 THEN ''
+       ELSE to_char({col} AT TIME ZONE 'UTC', '.US') END
+    || '+00:00')"""
+
+#: Claim in due order (then id: a stable order for equal due times), delete, and build
+#: both bodies in the database: the message with `occurred_at` = `due_at`, and its
+#: TimerFired envelope ($3 = fired_at text, $4 = causation id or NULL). The timer's
+#: message was validated as an envelope when it was scheduled.
+FIRE = f"""
 WITH due AS (
-    SELECT website_key, timer_id FROM timers
+    SELECT website_key, timer_id, {_ISO.format(col="due_at")} AS due_iso FROM timers
     WHERE due_at <= $1
     ORDER BY due_at, timer_id
     LIMIT $2
@@ -25,14 +35,18 @@ WITH due AS (
 DELETE FROM timers t USING due
 WHERE t.website_key = due.website_key AND t.timer_id = due.timer_id
 RETURNING t.website_key, t.timer_id, t.due_at, t.topic, t.key,
-    jsonb_set(t.message, '{occurred_at}', to_jsonb(
-        to_char(t.due_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS')
-        || CASE WHEN extract(microseconds FROM t.due_at)::bigint % 1000000 = 0 THEN ''
-           ELSE to_char(t.due_at AT TIME ZONE 'UTC', '.US') END
-        || '+00:00'
-    ))::text AS body,
-    t.message ->> 'correlation_id' AS correlation_id,
-    t.message ->> 'message_id' AS message_id
+    jsonb_set(t.message, '{{occurred_at}}', to_jsonb(due.due_iso))::text AS body,
+    jsonb_build_object(
+        'message_id', gen_random_uuid(),
+        'type', 'TimerFired',
+        'website_key', t.website_key,
+        'occurred_at', due.due_iso,
+        'correlation_id', coalesce(t.message ->> 'correlation_id', t.message ->> 'message_id'),
+        'causation_id', $4::uuid,
+        'payload', jsonb_build_object(
+            'timer_id', t.timer_id, 'due_at', due.due_iso, 'fired_at', $3::text, 'topic', t.topic
+        )
+    )::text AS event
 """
 
 
@@ -45,9 +59,8 @@ class DueTimer:
     due_at: datetime
     topic: str
     key: str
-    body: str
-    correlation_id: str | None
-    message_id: str | None
+    body: str  # the message to publish
+    event: str  # its TimerFired envelope
 
 
 class TimerRepository:
@@ -100,9 +113,11 @@ class TimerRepository:
         )
         return status != "DELETE 0"
 
-    async def claim_due(self, now: datetime, limit: int) -> list[DueTimer]:
+    async def claim_due(
+        self, now: datetime, limit: int, fired_at: str, causation_id: uuid.UUID | None
+    ) -> list[DueTimer]:
         """Delete and return up to `limit` timers due at or before `now`, in due order."""
-        rows = await self.conn.fetch(FIRE, now, limit)
-        timers = [DueTimer(**dict(row)) for row in rows]
+        rows = await self.conn.fetch(FIRE, now, limit, fired_at, causation_id)
+        timers = [DueTimer(*row) for row in rows]
         timers.sort(key=lambda t: (t.due_at, t.timer_id))  # RETURNING has no order
         return timers

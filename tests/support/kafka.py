@@ -83,8 +83,10 @@ async def read_all(bootstrap: str, topic: str) -> list[Record]:
         # Tansu reports the end offset of a partition as the base offset of its last
         # record batch + 1, so reaching the reported end is not the end: read on until
         # a fetch comes back empty.
+        empty_fetches = 0
         while time.monotonic() < deadline:
             batch = await consumer.getmany(*tps, timeout_ms=100)
+            empty_fetches = 0 if batch else empty_fetches + 1
             for msgs in batch.values():
                 for m in msgs:
                     records.append(
@@ -99,7 +101,7 @@ async def read_all(bootstrap: str, topic: str) -> list[Record]:
                     )
                     if m.offset + 1 >= ends[TopicPartition(m.topic, m.partition)]:
                         remaining.discard(TopicPartition(m.topic, m.partition))
-            if not batch and not remaining:
+            if empty_fetches >= 3 and not remaining:
                 break
         return records
     finally:

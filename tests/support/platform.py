@@ -1,0 +1,167 @@
+"""Several platform services in-process on one topic prefix, with the manual clock.
+
+`Platform` starts the services a test names, watches their output topics, moves the
+manual clock (`tick`) and can stand in for the notifier (answering every SendMessage
+with a RecordMessageOutcome, as the notifier will).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import json
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import replace
+from datetime import datetime, timedelta
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer
+
+from contracts import topics
+from services.runtime.app import Service, build_service
+from tests.support.invoices import InvoiceClient
+from tests.support.kafka import TopicWatcher, envelope, poll_until, publish
+from tests.support.services import make_settings
+
+#: How the stand-in notifier answers: (SendMessage payload) → (outcome, channel, delay).
+OutcomeRule = Callable[[dict[str, Any]], tuple[str, str | None, timedelta]]
+
+
+def always_sent(message: dict[str, Any]) -> tuple[str, str | None, timedelta]:
+    return "sent", message["channels"][0], timedelta(0)
+
+
+class StandInNotifier:
+    """Answers SendMessage commands with RecordMessageOutcome (no real messages)."""
+
+    def __init__(self, bootstrap: str, prefix: str, rule: OutcomeRule = always_sent) -> None:
+        self.bootstrap = bootstrap
+        self.prefix = prefix
+        self.rule = rule
+        self.received: list[dict[str, Any]] = []
+        self._task: asyncio.Task[None] | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+
+    async def start(self) -> None:
+        self._consumer = AIOKafkaConsumer(
+            self.prefix + topics.NOTIFIER_COMMANDS,
+            bootstrap_servers=self.bootstrap,
+            group_id=f"{self.prefix}stand-in-notifier",
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=20,
+            session_timeout_ms=2000,
+            heartbeat_interval_ms=500,
+        )
+        await self._consumer.start()
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        assert self._consumer is not None
+        while True:
+            batch = await self._consumer.getmany(timeout_ms=100)
+            for records in batch.values():
+                for record in records:
+                    body = json.loads(record.value or b"{}")
+                    if body.get("type") != "SendMessage":
+                        continue
+                    self.received.append(body)
+                    outcome, channel, delay = self.rule(body["payload"])
+                    sent_at = datetime.fromisoformat(body["occurred_at"]) + delay
+                    answer = envelope(
+                        "RecordMessageOutcome",
+                        {
+                            "invoice_number": body["payload"]["invoice_number"],
+                            "step_index": body["payload"]["step_index"],
+                            "outcome": outcome,
+                            "channel": channel,
+                        },
+                        website_key=body["website_key"],
+                        occurred_at=sent_at.isoformat(),
+                    )
+                    await publish(
+                        self.bootstrap,
+                        self.prefix + topics.INVOICE_COMMANDS,
+                        [
+                            (
+                                record.key.decode() if record.key else None,
+                                json.dumps(answer).encode(),
+                            )
+                        ],
+                    )
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._consumer is not None:
+            await self._consumer.stop()
+
+
+class Platform:
+    """Services on one prefix; a client for invoices; the manual clock."""
+
+    def __init__(self, bootstrap: str, prefix: str, services: dict[str, Service]) -> None:
+        self.bootstrap = bootstrap
+        self.prefix = prefix
+        self.services = services
+        self.invoices = InvoiceClient(bootstrap, prefix, services.get("invoice"))  # type: ignore[arg-type]
+        self.scheduler_events = TopicWatcher(bootstrap, prefix + topics.SCHEDULER_EVENTS)
+
+    async def tick(self, as_of: datetime) -> dict[str, Any]:
+        """Move the manual clock and wait until its timers are out (TickCompleted)."""
+        body = envelope(
+            "Tick",
+            {"as_of": as_of.isoformat()},
+            website_key="operator",
+            occurred_at=as_of.isoformat(),
+        )
+        await publish(
+            self.bootstrap,
+            self.prefix + topics.SCHEDULER_COMMANDS,
+            [("clock", json.dumps(body).encode())],
+        )
+
+        async def completed() -> dict[str, Any] | None:
+            for record in self.scheduler_events.on(self.prefix + topics.SCHEDULER_EVENTS):
+                event = record.json()
+                if event["type"] == "TickCompleted" and event["causation_id"] == body["message_id"]:
+                    return event  # type: ignore[no-any-return]
+            return None
+
+        return await poll_until(completed, what=f"TickCompleted for {as_of}")
+
+
+@asynccontextmanager
+async def platform(
+    kafka_bootstrap: str, database_url: str, *names: str, **settings: Any
+) -> AsyncIterator[Platform]:
+    """Start the named services (e.g. "invoice", "scheduler") with the manual clock."""
+    prefix = f"p{uuid.uuid4().hex[:10]}."
+    async with AsyncExitStack() as stack:
+        services: dict[str, Service] = {}
+        for name in names:
+            module = importlib.import_module(f"services.{name}.app")
+            definition = module.definition()
+            if name == "scheduler":
+                # The manual clock and the timers live in the schema: one per test.
+                definition = replace(definition, schema=f"scheduler_{prefix.strip('.')}")
+            service = build_service(
+                definition,
+                make_settings(kafka_bootstrap, database_url, prefix, cm_clock="manual", **settings),
+            )
+            await stack.enter_async_context(service.app)
+            services[name] = service
+        running = Platform(kafka_bootstrap, prefix, services)
+        await running.invoices.watcher.start()
+        stack.push_async_callback(running.invoices.watcher.stop)
+        await running.scheduler_events.start()
+        stack.push_async_callback(running.scheduler_events.stop)
+        yield running
+
+
+def days(n: int) -> timedelta:
+    return timedelta(days=n)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from contracts import topics
 from services.invoice import handlers
+from services.invoice.batch import InvoiceBatchHooks
 from services.runtime.app import ServiceDefinition
 from services.runtime.consumer import ConsumerSpec, HandlerSpec
 
@@ -42,7 +43,12 @@ def definition() -> ServiceDefinition:
         name="invoice",
         migrations=Path(__file__).parent / "migrations",
         consumers=[
-            ConsumerSpec(name="commands", topic=topics.INVOICE_COMMANDS, handlers=commands),
+            ConsumerSpec(
+                name="commands",
+                topic=topics.INVOICE_COMMANDS,
+                handlers=commands,
+                batch_hooks=InvoiceBatchHooks(),
+            ),
             ConsumerSpec(
                 name="transactions",
                 topic=topics.PAYMENT_TRANSACTIONS,
@@ -51,6 +57,7 @@ def definition() -> ServiceDefinition:
                         handlers.transaction_status_changed, answers=False
                     )
                 },
+                batch_hooks=InvoiceBatchHooks(),
             ),
         ],
     )

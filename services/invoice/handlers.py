@@ -163,7 +163,7 @@ class Changes:
 
 
 def _repo(ctx: HandlerContext) -> InvoiceRepository:
-    return InvoiceRepository(ctx.conn, ctx.website_key)
+    return InvoiceRepository(ctx.conn, ctx.website_key, ctx.batch)
 
 
 def _unknown(field: str, number: str) -> list[FieldError]:

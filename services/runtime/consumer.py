@@ -23,7 +23,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import asyncpg
 import structlog
@@ -110,6 +110,9 @@ class HandlerContext:
     outbox: list[OutboxMessage]
     result: Envelope[Any] | None = None
     keys: dict[str, str] = field(default_factory=dict)
+    #: What the consumer's `BatchHooks.begin` prepared for the batch (None when replaying
+    #: message by message): prefetched rows, writes to make once at the end.
+    batch: Any = None
 
     @property
     def now(self) -> datetime:
@@ -197,6 +200,18 @@ class HandlerSpec:
     answers: bool = True
 
 
+class BatchHooks(Protocol):
+    """Set-based work around a batch, so a hot path costs round trips per batch, not per
+    message: `begin` reads (and locks) what the batch's messages will need, handlers work
+    on that state, `finish` writes what they changed. Both run inside the batch's
+    transaction. When a batch is replayed message by message (after a handler failed),
+    the hooks are not used and handlers fall back to per-message queries."""
+
+    async def begin(self, conn: Connection, envelopes: Sequence[Envelope[Any]]) -> Any: ...
+
+    async def finish(self, conn: Connection, state: Any) -> None: ...
+
+
 @dataclass
 class ConsumerSpec:
     """One subscription of a service: a topic, its group and the handlers by `type`."""
@@ -206,6 +221,7 @@ class ConsumerSpec:
     handlers: dict[str, HandlerSpec]
     #: types that may appear on the topic but that this consumer ignores (no effect).
     ignored_types: frozenset[str] = frozenset()
+    batch_hooks: BatchHooks | None = None
 
 
 @dataclass(frozen=True)
@@ -290,6 +306,12 @@ class BatchConsumer:
                     ids,
                 )
                 fresh = {row["message_id"] for row in rows}
+            hooks = None if careful else self.spec.batch_hooks
+            state = None
+            if hooks is not None and fresh:
+                state = await hooks.begin(
+                    conn, [envelope for _, envelope in parsed if envelope.message_id in fresh]
+                )
             duplicates: list[uuid.UUID] = []
             for record, envelope in parsed:
                 if envelope.message_id not in fresh:
@@ -297,7 +319,11 @@ class BatchConsumer:
                     outcome.duplicates += 1
                     continue
                 fresh.discard(envelope.message_id)  # a repeat inside the batch is a duplicate
-                await self._handle_one(conn, record, envelope, outbox, results, outcome, careful)
+                await self._handle_one(
+                    conn, record, envelope, outbox, results, outcome, careful, state
+                )
+            if hooks is not None and state is not None:
+                await hooks.finish(conn, state)
             if duplicates:
                 stored = await conn.fetch(
                     "SELECT topic, key, value FROM command_results"
@@ -325,6 +351,7 @@ class BatchConsumer:
         results: list[tuple[uuid.UUID, OutboxMessage]],
         outcome: BatchOutcome,
         careful: bool,
+        batch: Any = None,
     ) -> None:
         spec = self.spec.handlers.get(envelope.type)
         structlog.contextvars.bind_contextvars(
@@ -338,7 +365,12 @@ class BatchConsumer:
                 HANDLED.labels(self.service, self.spec.name, envelope.type, "ignored").inc()
                 return
             ctx = HandlerContext(
-                conn=conn, envelope=envelope, service=self.service, topics=self.topics, outbox=[]
+                conn=conn,
+                envelope=envelope,
+                service=self.service,
+                topics=self.topics,
+                outbox=[],
+                batch=batch,
             )
             if careful:
                 try:

@@ -12,7 +12,6 @@ Kafka key: `timer_id`; Tick and TickCompleted use the key `clock`.
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -66,7 +65,7 @@ class ScheduleTimer(Command):
             due_at=due_at,
             topic=catalog.topic_for_type(envelope.type),
             key=catalog.key_for(envelope) or "",
-            message=json.loads(envelope.to_json()),
+            message=envelope.model_dump(mode="json"),
         )
 
     @field_validator("topic")

@@ -12,7 +12,6 @@ chargeback takes back from the principal first, then from the admin costs.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import uuid
 from dataclasses import dataclass, field
@@ -399,8 +398,8 @@ def invoice_errors(cmd: InvoiceFields, scheme_known: bool) -> list[FieldError]:
 
 def request_hash(payload: BaseModel) -> str:
     """A fingerprint of a request's content, to tell a repeat from a conflict."""
-    canonical = json.dumps(payload.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    # The model's own JSON is canonical: fields in declaration order, values normalised.
+    return hashlib.sha256(payload.model_dump_json().encode()).hexdigest()
 
 
 def new_invoice_key() -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from contracts.debtor import DebtorSnapshot
-from contracts.fields import KeyValueSnapshot
+from contracts.fields import KeyValueSnapshot, with_minor_unit
 from contracts.invoice import InvoiceLineSnapshot, InvoiceSnapshot
 from services.invoice.domain import Invoice
 
@@ -18,7 +18,7 @@ def debtor_snapshot(
     return DebtorSnapshot.model_validate({**data, "unreachable": unreachable or {}})
 
 
-def invoice_snapshot(
+def invoice_snapshot_validated(
     invoice: Invoice, debtor: DebtorSnapshot | None, debtor_guid: str | None
 ) -> InvoiceSnapshot:
     next_step = invoice.next_step
@@ -61,3 +61,63 @@ def invoice_snapshot(
         subscription_key=invoice.subscription_key,
         lines=[InvoiceLineSnapshot.model_validate(line) for line in invoice.lines],
     )
+
+
+def invoice_snapshot(
+    invoice: Invoice, debtor: DebtorSnapshot | None, debtor_guid: str | None
+) -> InvoiceSnapshot:
+    """The snapshot, built without re-validating what the service itself computed (the
+    hot path: one per event). Amounts are padded to the currency's digits as the
+    validated model would pad them; `invoice_snapshot_validated` is the reference."""
+    currency = invoice.currency
+    desired = invoice.desired_timer()
+    next_step = invoice.next_step
+    values: dict[str, Any] = {
+        "invoice_key": invoice.invoice_key,
+        "invoice_number": invoice.invoice_number,
+        "website_key": invoice.website_key,
+        "type": invoice.type,
+        "status_code": invoice.status,
+        "is_test": invoice.is_test,
+        "culture": invoice.culture,
+        "invoice_date": invoice.invoice_date,
+        "due_date": invoice.due_date,
+        "description": invoice.description,
+        "pay_link": invoice.pay_link,
+        "debtor_code": invoice.debtor_code,
+        "debtor_guid": debtor_guid,
+        "debtor": debtor,
+        "scheme_key": invoice.scheme_key,
+        "scheme_version": invoice.scheme_version,
+        "previous_step_index": invoice.previous_step_index,
+        "previous_step_date_time": invoice.previous_step_date_time,
+        "next_step_index": next_step.index if next_step is not None and desired else None,
+        "next_step_due_at": desired[1] if desired else None,
+        "currency": currency,
+        "is_paid": invoice.is_paid,
+        "custom_parameters": [
+            KeyValueSnapshot.model_construct(key=p["key"], value=p["value"])
+            for p in invoice.custom_parameters
+        ],
+        "additional_parameters": [
+            KeyValueSnapshot.model_construct(key=p["key"], value=p["value"])
+            for p in invoice.additional_parameters
+        ],
+        "subscription_key": invoice.subscription_key,
+        "lines": [InvoiceLineSnapshot.model_validate(line) for line in invoice.lines],
+    }
+    amounts = {
+        "amount_debit": invoice.amount_debit,
+        "amount_credit": invoice.amount_credit,
+        "amount_admin_costs": invoice.amount_admin_costs,
+        "amount_credit_notes": invoice.amount_credit_notes,
+        "amount_paid": invoice.amount_paid,
+        "amount_admin_costs_paid": invoice.amount_admin_costs_paid,
+        "amount_pending_slow": invoice.amount_pending_slow,
+        "open_amount": invoice.open_amount,
+        "open_amount_admin_costs": invoice.open_amount_admin_costs,
+        "open_amount_incl_admin_costs": invoice.open_amount_incl_admin_costs,
+    }
+    for name, amount in amounts.items():
+        values[name] = with_minor_unit(amount, currency)
+    return InvoiceSnapshot.model_construct(**values)

@@ -238,7 +238,9 @@ class Invoice(BaseModel):
         ):
             return None
         due = self.step_due_at(step)
-        if self.waiting_step == step.index and self.waiting_until is not None:
+        if self.waiting_step == step.index:
+            if self.waiting_until is None:
+                return None  # waiting for the 14-day letter's outcome
             due = max(due, self.waiting_until)
         return step.index, due
 

@@ -335,10 +335,28 @@ def letter_term_ends(invoice: Invoice) -> datetime | None:
     return datetime.combine(sent_day + timedelta(days=days), time(0), tzinfo=UTC)
 
 
+def _letter_outcome_pending(invoice: Invoice, step: SchemeStepState) -> bool:
+    """A 14-day letter before `step` ran, and its outcome has not been recorded yet."""
+    ran = invoice.previous_step_index or 0
+    return any(
+        s.action == StepAction.REMINDER
+        and s.states_costs
+        and s.index < step.index
+        and s.index <= ran
+        and s.index not in invoice.outcomes_recorded
+        for s in invoice.effective_steps
+    )
+
+
 def _admin_costs(invoice: Invoice, step: SchemeStepState, now: datetime, forced: bool) -> Outcome:
     if step.admin_cost == "statutory":
         if invoice.debtor_is_person:
             term_ends = letter_term_ends(invoice)
+            if term_ends is None and _letter_outcome_pending(invoice, step):
+                # The 14-day letter ran but the notifier has not said how it went: wait
+                # for its outcome (the timer is set again when it arrives).
+                invoice.waiting_step, invoice.waiting_until = step.index, None
+                return Outcome(invoice=invoice)
             if term_ends is None:
                 # No 14-day letter went out: the costs may never be charged; go on.
                 _done(invoice, step, now)
@@ -414,6 +432,10 @@ def record_message_outcome(
     if step.states_costs and outcome != MessageOutcome.SKIPPED_NO_METHODS:
         updated.cost_letter_sent_at = now
         updated.cost_letter_channel = channel
+    if step.states_costs and updated.waiting_step is not None and updated.waiting_until is None:
+        # A cost step was waiting for this outcome: it may run from the letter's term
+        # end (or at once, to be skipped, when no letter went out).
+        updated.waiting_until = letter_term_ends(updated) or now
     parameters = {"StepIndex": str(step_index)}
     if channel:
         parameters["Channel"] = channel

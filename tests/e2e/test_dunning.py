@@ -289,3 +289,21 @@ async def test_test_invoices_run_steps_only_with_the_schema_test_prefix(
 
 async def _count(notifier: StandInNotifier, number: str, n: int) -> bool:
     return len([m for m in notifier.received if m["payload"]["invoice_number"] == number]) >= n
+
+
+async def test_one_jump_of_60_days_plays_out_every_step(
+    cm: Platform, notifier: StandInNotifier
+) -> None:
+    await cm.tick(CREATED)
+    await create(cm, "INV-1")
+    await cm.invoices.events("INV-1", 2)
+    await cm.tick(DUE + days(60))
+    await cm.invoices.events("INV-1", 6)
+    events = await settle(cm, "INV-1")
+    assert summary(events) == [
+        (10, "2026-11-01", 10),
+        (4, "2026-11-22", 10),
+        (4, "2026-12-06", 10),
+        (7, "2026-12-23", 10),
+        (8, "2027-01-06", 70),
+    ]

@@ -783,7 +783,8 @@ def test_statutory_costs_are_computed_on_the_open_principal() -> None:
 
 
 def test_statutory_costs_for_a_person_without_a_letter_are_skipped() -> None:
-    invoice = at_statutory_step(debtor_is_person=True)
+    # The 14-day letter's outcome came back: no method was left, nothing went out.
+    invoice = at_statutory_step(debtor_is_person=True, outcomes_recorded=[1, 2, 3])
     outcome, after = fire(invoice)
     assert outcome.events == []
     assert outcome.requests == []
@@ -1198,7 +1199,7 @@ def test_forced_statutory_step_ends_a_wait_already_begun() -> None:
 
 
 def test_forced_statutory_step_without_a_letter_is_still_skipped() -> None:
-    invoice = make_invoice(is_test=True, previous_step_index=3)
+    invoice = make_invoice(is_test=True, previous_step_index=3, outcomes_recorded=[1, 2, 3])
     outcome = dunning.trigger_next_step(invoice, at(2026, 12, 7))
     assert outcome.errors == outcome.events == []
     assert outcome.invoice is not None
@@ -1222,3 +1223,18 @@ def test_trigger_refuses_a_paid_test_invoice() -> None:
     assert outcome.events == []
     assert outcome.rejected
     assert outcome.invoice is None
+
+
+def test_a_cost_step_waits_for_the_outcome_of_its_14_day_letter() -> None:
+    # Step 3 ran but the notifier has not answered yet (a 60-day jump of the clock).
+    invoice = at_statutory_step(debtor_is_person=True, outcomes_recorded=[1, 2])
+    outcome, after = fire(invoice)
+    assert outcome.events == []
+    assert after.previous_step_index == 3
+    assert (after.waiting_step, after.waiting_until) == (4, None)
+    assert after.desired_timer() is None
+    recorded = dunning.record_message_outcome(
+        after, step_index=3, outcome=MessageOutcome.SENT, channel="email", now=at(2026, 12, 6)
+    )
+    assert recorded.invoice is not None
+    assert recorded.invoice.desired_timer() == (4, CM1_DUE[4])  # 12-06 + 15 = 12-21 < 12-23

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import traceback
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -72,6 +73,16 @@ _INFRA_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.LockNotAvailableError,
     asyncpg.exceptions.QueryCanceledError,
 )
+
+
+def failure_site(exc: BaseException) -> str:
+    """`file:line in function` of the innermost frame of the project's own code."""
+    site = "?"
+    for frame in traceback.extract_tb(exc.__traceback__):
+        if "/services/" in frame.filename or "/contracts/" in frame.filename:
+            site = f"{frame.filename.rsplit('/', 2)[-2]}/{frame.filename.rsplit('/', 1)[-1]}"
+            site += f":{frame.lineno} in {frame.name}"
+    return site
 
 
 def is_infrastructure_error(exc: BaseException) -> bool:
@@ -383,7 +394,13 @@ class BatchConsumer:
                     if isinstance(exc, Unprocessable):
                         errors = exc.errors
                     else:
-                        log.exception("handler failed; dead-lettering the message")
+                        # The message itself may hold personal data: the log names the
+                        # failure and where it happened; the dead letter has the rest.
+                        log.error(
+                            "handler failed; dead-lettering the message",
+                            error_type=type(exc).__name__,
+                            at=failure_site(exc),
+                        )
                         errors = [FieldError("$", "handler_error", f"{type(exc).__name__}: {exc}")]
                     error = ParseError(
                         errors,

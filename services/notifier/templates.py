@@ -271,8 +271,7 @@ _EN_TEXTS: dict[str, tuple[str, str, str]] = {
         "unpaid. It was due on [DueDate]. The amount open is [OpenAmountInclAdminCosts].\n\n"
         "Please pay as soon as possible at [PayLink]. If you have already paid, please "
         "disregard this reminder." + _EN_SIGNATURE,
-        "Reminder: invoice [InvoiceNumber] is unpaid, [OpenAmountInclAdminCosts]. "
-        "Pay at [PayLink]",
+        "Reminder: invoice [InvoiceNumber] is unpaid, [OpenAmountInclAdminCosts]. Pay at [PayLink]",
     ),
     "reminder_2": (
         "Final reminder: invoice [InvoiceNumber] (14-day notice)",

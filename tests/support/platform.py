@@ -146,9 +146,10 @@ async def platform(
         for name in names:
             module = importlib.import_module(f"services.{name}.app")
             definition = module.definition()
-            if name == "scheduler":
-                # The manual clock and the timers live in the schema: one per test.
-                definition = replace(definition, schema=f"scheduler_{prefix.strip('.')}")
+            if name in ("scheduler", "notifier"):
+                # The manual clock and the timers (the notifier's open deliveries and
+                # message jobs) live in the schema: one per test.
+                definition = replace(definition, schema=f"{name}_{prefix.strip('.')}")
             service = build_service(
                 definition,
                 make_settings(kafka_bootstrap, database_url, prefix, cm_clock="manual", **settings),

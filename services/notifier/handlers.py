@@ -1,0 +1,91 @@
+"""One function per notifier message. Nothing here talks to SMTP or HTTP: a handler runs in
+the consumer's batch transaction, so it records work (a delivery, a message job) that a
+background task carries out after commit (webhooks.py, messages.py)."""
+
+from __future__ import annotations
+
+import json
+
+from contracts import topics
+from contracts.invoice import InvoiceEvent
+from contracts.notifier import RegisterWebhook, RetryWebhookDelivery, SendMessage, UpsertTemplate
+from contracts.push import MESSAGE_ID_HEADER, push_from_event
+from services.notifier.repository import NotifierRepository
+from services.notifier.templates import template_errors
+from services.runtime.consumer import HandlerContext
+from services.runtime.logs import get_logger
+
+log = get_logger(__name__)
+
+
+async def invoice_event(ctx: HandlerContext, event: InvoiceEvent) -> None:
+    """Every InvoiceEvent becomes one push on `cm.push.invoice` and, when the merchant has
+    a webhook, one delivery to it."""
+    invoice = event.invoice
+    body = push_from_event(ctx.envelope).to_json()
+    key = f"{ctx.website_key}:{invoice.invoice_number}"
+    ctx.emit_raw(
+        topics.PUSH_INVOICE,
+        key,
+        body,
+        headers=(
+            ("content-type", "application/json"),
+            (MESSAGE_ID_HEADER, str(ctx.envelope.message_id)),
+        ),
+    )
+    await NotifierRepository(ctx.conn).add_delivery(
+        ctx.website_key,
+        invoice.invoice_number,
+        event.sequence,
+        ctx.envelope.message_id,
+        ctx.envelope.correlation,
+        body,
+        ctx.now,
+    )
+
+
+async def register_webhook(ctx: HandlerContext, cmd: RegisterWebhook) -> None:
+    """Set (replace) the merchant's endpoint; open deliveries go to the new one."""
+    await NotifierRepository(ctx.conn).upsert_webhook(
+        ctx.website_key, cmd.url, cmd.secret, cmd.enabled
+    )
+    ctx.accept(webhook=f"{ctx.website_key}:webhook")
+
+
+async def upsert_template(ctx: HandlerContext, cmd: UpsertTemplate) -> None:
+    errors = [
+        *template_errors("payload.subject", cmd.subject),
+        *template_errors("payload.body", cmd.body),
+    ]
+    if errors:
+        ctx.reject(errors)
+        return
+    await NotifierRepository(ctx.conn).upsert_template(
+        ctx.website_key, cmd.template_key, cmd.culture, cmd.channel, cmd.subject, cmd.body
+    )
+    ctx.accept(template_key=cmd.template_key)
+
+
+async def send_message(ctx: HandlerContext, cmd: SendMessage) -> None:
+    """Record the message job with the inbox row; messages.py sends it and answers."""
+    await NotifierRepository(ctx.conn).add_message_job(
+        ctx.envelope.message_id,
+        ctx.website_key,
+        cmd.invoice_number,
+        cmd.step_index,
+        json.loads(ctx.envelope.to_json()),
+    )
+
+
+async def retry_webhook_delivery(ctx: HandlerContext, cmd: RetryWebhookDelivery) -> None:
+    """A retry timer fired: the delivery is due again, timed from this message."""
+    try:
+        delivery_id = int(cmd.delivery_id)
+    except ValueError:
+        log.warning("retry for an unknown delivery id", invoice_number=cmd.invoice_number)
+        return
+    due = await NotifierRepository(ctx.conn).make_due_again(
+        ctx.website_key, delivery_id, cmd.attempt, ctx.now
+    )
+    if not due:  # delivered, given up, or a repeated timer: nothing to do
+        log.info("stale webhook retry ignored", delivery_id=delivery_id, attempt=cmd.attempt)

@@ -1,0 +1,228 @@
+"""Merchant webhooks: signed (Standard Webhooks), per invoice in sequence order, retried on
+the scheduler's manual clock, given up after the last retry."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from standardwebhooks import Webhook
+from standardwebhooks.webhooks import WebhookVerificationError
+
+from tests.support.invoices import InvoiceClient, invoice_payload
+from tests.support.kafka import poll_until
+from tests.support.notifier import HttpSink, Request, new_secret, notifier_command
+from tests.support.platform import Platform, platform
+
+
+@pytest.fixture(scope="module")
+def endpoint() -> Iterator[HttpSink]:
+    sink = HttpSink()
+    sink.start()
+    yield sink
+    sink.stop()
+
+
+@pytest.fixture(scope="module")
+async def cm(kafka_bootstrap: str, database_url: str) -> AsyncIterator[Platform]:
+    async with platform(
+        kafka_bootstrap, database_url, "invoice", "scheduler", "notifier", webhook_timeout_s=2.0
+    ) as running:
+        yield running
+
+
+@pytest.fixture
+async def inv(cm: Platform, endpoint: HttpSink) -> AsyncIterator[InvoiceClient]:
+    """A merchant of its own; the endpoint answers 200 unless the test says otherwise."""
+    endpoint.responder = lambda request: 200
+    client = InvoiceClient(cm.bootstrap, cm.prefix, cm.services["invoice"])
+    await client.watcher.start()
+    yield client
+    await client.watcher.stop()
+
+
+async def register(cm: Platform, inv: InvoiceClient, url: str, secret: str) -> None:
+    mid = await notifier_command(
+        cm.bootstrap,
+        cm.prefix,
+        "RegisterWebhook",
+        {"url": url, "secret": secret},
+        website_key=inv.website_key,
+        key=f"{inv.website_key}:webhook",
+    )
+    answer = await inv.answer(mid)
+    assert answer["type"] == "CommandAccepted", answer
+
+
+async def invoice_with_events(inv: InvoiceClient, number: str, count: int, at: datetime) -> None:
+    """An invoice without steps and `count` events in all (creation + custom events)."""
+    payload = invoice_payload(number, scheme_key="DefaultNone")
+    answer = await inv.answer(
+        await inv.command("CreateInvoice", payload, occurred_at=at.isoformat())
+    )
+    assert answer["type"] == "CommandAccepted", answer
+    for i in range(count - 1):
+        await inv.command(
+            "CreateCustomEvent",
+            {"invoice_number": number, "message": f"event {i + 2}"},
+            occurred_at=at.isoformat(),
+        )
+    await inv.events(number, count)
+
+
+def mine(requests: list[Request], inv: InvoiceClient) -> list[Request]:
+    return [r for r in requests if r.json()["Invoice"]["WebsiteKey"] == inv.website_key]
+
+
+async def accepted_for(endpoint: HttpSink, inv: InvoiceClient, count: int) -> list[Request]:
+    async def enough() -> list[Request] | None:
+        found = mine(endpoint.accepted(), inv)
+        return found if len(found) >= count else None
+
+    return await poll_until(enough, what=f"{count} accepted pushes")
+
+
+def sequences(requests: list[Request]) -> list[int]:
+    return [r.json()["Invoice"]["EventSequence"] for r in requests]
+
+
+def event_ids(inv: InvoiceClient, number: str) -> list[str]:
+    bodies = [
+        r.json()
+        for r in inv.watcher.on(inv.prefix + "cm.invoice.events")
+        if r.key == f"{inv.website_key}:{number}"
+    ]
+    return [b["message_id"] for b in sorted(bodies, key=lambda b: b["payload"]["sequence"])]
+
+
+async def test_pushes_arrive_signed_and_verify_with_standardwebhooks(
+    cm: Platform, inv: InvoiceClient, endpoint: HttpSink
+) -> None:
+    secret = new_secret()
+    await register(cm, inv, endpoint.url, secret)
+    await invoice_with_events(inv, "W-1", 2, datetime(2026, 11, 1, 9, tzinfo=UTC))
+    received = await accepted_for(endpoint, inv, 2)
+    assert sequences(received) == [1, 2]
+    assert [r.headers["webhook-id"] for r in received] == event_ids(inv, "W-1")
+    for request in received:
+        payload: dict[str, Any] = Webhook(secret).verify(request.body, request.headers)
+        assert payload["Invoice"]["InvoiceNumber"] == "W-1"
+        assert request.headers["content-type"] == "application/json"
+
+    tampered = received[0].body.replace(b'"AmountDebit":121.00', b'"AmountDebit":1.00')
+    assert tampered != received[0].body
+    with pytest.raises(WebhookVerificationError):
+        Webhook(secret).verify(tampered, received[0].headers)
+    with pytest.raises(WebhookVerificationError):
+        Webhook(new_secret()).verify(received[0].body, received[0].headers)
+
+
+async def test_an_endpoint_that_fails_twice_gets_every_push_once_in_order(
+    cm: Platform, inv: InvoiceClient, endpoint: HttpSink
+) -> None:
+    failures = {"left": 2}
+
+    def flaky(request: Request) -> int:
+        if request.json()["Invoice"]["WebsiteKey"] != inv.website_key:
+            return 200
+        if failures["left"] > 0:
+            failures["left"] -= 1
+            return 503
+        return 200
+
+    endpoint.responder = flaky
+    await register(cm, inv, endpoint.url, new_secret())
+    at = datetime(2027, 1, 4, 9, tzinfo=UTC)
+    await invoice_with_events(inv, "W-2", 3, at)
+
+    async def attempts(count: int) -> None:
+        async def enough() -> bool:
+            return len(mine(endpoint.requests, inv)) >= count
+
+        await poll_until(enough, what=f"{count} attempts")
+
+    await attempts(1)
+    await cm.tick(at + timedelta(seconds=5))  # the first retry
+    await attempts(2)
+    await cm.tick(at + timedelta(seconds=5) + timedelta(minutes=5))  # the second retry
+    await accepted_for(endpoint, inv, 3)
+    all_requests = mine(endpoint.requests, inv)
+    accepted = [r for r in all_requests if r.status == 200]
+    assert [r.status for r in all_requests] == [503, 503, 200, 200, 200]
+    assert sequences(all_requests) == [1, 1, 1, 2, 3]  # later pushes waited for the first
+    assert [r.headers["webhook-id"] for r in accepted] == event_ids(inv, "W-2")
+
+    pool = cm.services["notifier"].runtime.pool
+    async with pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT d.sequence, d.status, d.attempts, l.outcome, l.status_code, l.latency_ms"
+            " FROM webhook_deliveries d JOIN webhook_delivery_log l ON l.delivery_id = d.id"
+            " WHERE d.website_key = $1 ORDER BY d.sequence, l.id",
+            inv.website_key,
+        )
+    assert [(r["sequence"], r["outcome"], r["status_code"]) for r in rows] == [
+        (1, "attempt_failed", 503),
+        (1, "attempt_failed", 503),
+        (1, "delivered", 200),
+        (2, "delivered", 200),
+        (3, "delivered", 200),
+    ]
+    assert all(r["status"] == "delivered" and r["latency_ms"] is not None for r in rows)
+
+
+async def test_a_push_is_given_up_after_the_last_retry_and_the_next_one_goes(
+    cm: Platform, inv: InvoiceClient, endpoint: HttpSink
+) -> None:
+    def first_always_fails(request: Request) -> int:
+        body = request.json()["Invoice"]
+        return 500 if body["WebsiteKey"] == inv.website_key and body["EventSequence"] == 1 else 200
+
+    endpoint.responder = first_always_fails
+    await register(cm, inv, endpoint.url, new_secret())
+    at = datetime(2027, 3, 1, 9, tzinfo=UTC)
+    await invoice_with_events(inv, "W-3", 2, at)
+    due = at
+    for delay in (
+        timedelta(seconds=5),
+        timedelta(minutes=5),
+        timedelta(minutes=30),
+        timedelta(hours=2),
+        timedelta(hours=5),
+        timedelta(hours=10),
+        timedelta(hours=10),
+    ):
+        count = len(mine(endpoint.requests, inv))
+
+        async def attempted(count: int = count) -> bool:
+            return len(mine(endpoint.requests, inv)) > count
+
+        if count == 0:
+            await poll_until(attempted, what="the first attempt")
+        due += delay
+        await cm.tick(due)
+        await poll_until(attempted, what=f"the attempt after {delay}")
+
+    async def all_nine() -> bool:
+        return len(mine(endpoint.requests, inv)) >= 9
+
+    await poll_until(all_nine, what="the second push")
+    requests = mine(endpoint.requests, inv)
+    assert sequences(requests) == [1] * 8 + [2]
+    assert [r.status for r in requests] == [500] * 8 + [200]
+    pool = cm.services["notifier"].runtime.pool
+    async with pool.acquire() as conn:
+        statuses = await conn.fetch(
+            "SELECT sequence, status, attempts FROM webhook_deliveries"
+            " WHERE website_key = $1 ORDER BY sequence",
+            inv.website_key,
+        )
+        outcomes = await conn.fetchval(
+            "SELECT array_agg(l.outcome ORDER BY l.id) FROM webhook_delivery_log l"
+            " JOIN webhook_deliveries d ON d.id = l.delivery_id"
+            " WHERE d.website_key = $1 AND d.sequence = 1",
+            inv.website_key,
+        )
+    assert [tuple(r) for r in statuses] == [(1, "failed", 8), (2, "delivered", 1)]
+    assert outcomes == ["attempt_failed"] * 8 + ["WebhookDeliveryFailed"]

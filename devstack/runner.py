@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from devstack.broker import BrokerHandle, start_broker
+from devstack.mailbox import LocalMailbox
 from devstack.postgres import PostgresHandle, start_postgres
 from devstack.procs import die_with_parent, port_is_free
 from devstack.state import REPO_ROOT, StackAlreadyRunning, StateFile, devstack_dir
@@ -133,6 +134,7 @@ class Stack:
         self.console = console
         self.state = state
         self.broker: BrokerHandle | None = None
+        self.mailbox: LocalMailbox | None = None
         self.postgres: PostgresHandle | None = None
         self.services: list[Service] = []
         self.stop_requested = asyncio.Event()
@@ -270,6 +272,8 @@ class Stack:
     async def shutdown(self) -> None:
         self.stopping = True
         await self.stop_services()
+        if self.mailbox is not None:
+            self.mailbox.stop()
         if self.postgres is not None:
             self.postgres.stop()
             self.state.forget(self.postgres.pid)
@@ -376,6 +380,12 @@ async def run(
         base_env.setdefault("KAFKA_HEARTBEAT_INTERVAL_MS", "500")
         base_env["PYTHONUNBUFFERED"] = "1"
         base_env.update(env)
+        if "SMTP_HOST" not in os.environ:
+            mailbox = LocalMailbox(devstack_dir() / "mail")
+            mailbox.start()
+            stack.mailbox = mailbox
+            base_env |= {"SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(mailbox.port)}
+        base_env.setdefault("LETTER_SPOOL_DIR", str(devstack_dir() / "letters"))
         names = list(only) if only else [name for name, _ in SERVICES]
         known = {name for name, _ in SERVICES}
         unknown = sorted(set(names) - known)
@@ -410,6 +420,9 @@ async def run(
         ]
         lines.append(f"  kafka     {env['KAFKA_BOOTSTRAP_SERVERS']}")
         lines.append(f"  postgres  {env['DATABASE_URL']}")
+        if stack.mailbox is not None:
+            lines.append(f"  e-mail    {stack.mailbox.directory} (Maildir)")
+        lines.append(f"  letters   {base_env['LETTER_SPOOL_DIR']}")
         for service in stack.services:
             lines.append(f"  {service.name:<12}  {service.health_url}")
         lines += ["", "  cm topics | cm tail cm.invoice.events --follow | Ctrl-C stops all"]

@@ -30,6 +30,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -140,7 +141,10 @@ class SchedulerProcess:
             "from services.runtime.app import run; from services.scheduler.app import definition;"
             f" run(definition({self.schema!r}))"
         )
-        self.proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=self.env)
+        # Popen returns at once (the child runs on its own): nothing blocks the loop.
+        self.proc = subprocess.Popen(  # noqa: ASYNC220
+            [sys.executable, "-c", code], cwd=ROOT, env=self.env
+        )
         deadline = time.monotonic() + 60
         async with httpx.AsyncClient() as client:
             while time.monotonic() < deadline:
@@ -173,6 +177,8 @@ class Reader:
         self.arrivals: list[float] = []
         self.seen: set[int] = set()
         self.duplicates = 0
+        self.expected = 0
+        self._enough = asyncio.Event()
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -204,11 +210,13 @@ class Reader:
                         continue
                     self.seen.add(digest)
                     self.arrivals.append(now)
+            if self.expected and len(self.arrivals) >= self.expected:
+                self._enough.set()
 
     async def wait_for(self, n: int, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while len(self.arrivals) < n and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        self.expected = n
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._enough.wait(), timeout)
         await asyncio.sleep(0.5)  # a moment for stragglers (repeats) to show up
         return len(self.arrivals) >= n
 
@@ -228,17 +236,19 @@ async def _copy_timers(
     conn = await asyncpg.connect(database_url)  # no jsonb codec: COPY takes the text
     try:
         started = time.time()
-        await conn.copy_records_to_table("timers", schema_name=schema, columns=COLUMNS, records=rows)
+        await conn.copy_records_to_table(
+            "timers", schema_name=schema, columns=COLUMNS, records=rows
+        )
         return started, time.time()
     finally:
         await conn.close()
 
 
 async def _scheduler_run(
-    ctx: BenchContext, label: str, dues: list[datetime], build_s: float
+    ctx: BenchContext, label: str, n: int, due_times: Callable[[datetime], list[datetime]]
 ) -> dict[str, Any]:
-    """Start a scheduler, COPY one timer per due time, read until all fired."""
-    n = len(dues)
+    """Start a scheduler, COPY n timers (due per `due_times(start)`, where `start` is a
+    moment after the COPY has surely committed), read until all fired."""
     prefix = ctx.prefix(label)
     schema = "bench_" + prefix.strip(".")
     scheduler = SchedulerProcess(ctx, prefix, schema, ctx.args.timers_batch_size)
@@ -246,11 +256,17 @@ async def _scheduler_run(
     reader = Reader(ctx.bootstrap_servers, prefix + TARGET)
     try:
         await reader.start()
-        _log(f"{label}: copying {n} timers")
+        built = time.time()
+        messages = [_message(i) for i in range(n)]
+        build_s = time.time() - built
+        # Due once the COPY has committed (~50-100k rows/s here, with the indexes).
+        dues = due_times(datetime.now(UTC) + timedelta(seconds=2 + n / 40_000))
         rows = [
-            (WEBSITE_KEY, f"t-{i:07d}", due, TARGET, f"{WEBSITE_KEY}:INV-{i:07d}", _message(i))
-            for i, due in enumerate(dues)
+            (WEBSITE_KEY, f"t-{i:07d}", due, TARGET, f"{WEBSITE_KEY}:INV-{i:07d}", message)
+            for i, (due, message) in enumerate(zip(dues, messages, strict=True))
         ]
+        del messages
+        _log(f"{label}: copying {n} timers")
         copy_started, committed = await _copy_timers(ctx.database_url, schema, rows)
         del rows
         first_due = dues[0].timestamp()
@@ -260,7 +276,9 @@ async def _scheduler_run(
         await reader.stop()
         scheduler.stop()
     arrivals = reader.arrivals
-    lags = [max(0.0, arrival - due.timestamp()) for arrival, due in zip(arrivals, dues, strict=False)]
+    lags = [
+        max(0.0, arrival - due.timestamp()) for arrival, due in zip(arrivals, dues, strict=False)
+    ]
     # Arrivals are in arrival order, dues sorted: the k-th arrival against the k-th due
     # time is exact for the drain (one due time) and a fair pairing for the steady run.
     conn = await asyncpg.connect(ctx.database_url)
@@ -282,7 +300,7 @@ async def _scheduler_run(
         "timers_left": left,
         "outbox_left": outbox_left,
         "copy_seconds": round(committed - copy_started, 3),
-        "build_rows_seconds": round(build_s, 3),
+        "build_messages_seconds": round(build_s, 3),
         "copy_committed_before_due": committed <= first_due,
         "fired_per_s": round(n / span, 1) if span else None,
         "seconds_due_to_last": round(span, 3) if span else None,
@@ -293,11 +311,7 @@ async def _scheduler_run(
 
 async def drain(ctx: BenchContext) -> dict[str, Any]:
     n = ctx.args.timers_n
-    started = time.time()
-    # Due once the COPY has surely committed (~150k rows/s here, with the index).
-    due = datetime.now(UTC) + timedelta(seconds=3 + n / 100_000)
-    dues = [due] * n
-    result = await _scheduler_run(ctx, "td", dues, time.time() - started)
+    result = await _scheduler_run(ctx, "td", n, lambda start: [start] * n)
     _log(f"drain: {result['fired_per_s']} timers/s, lag {result['lag_due_to_kafka']}")
     return result
 
@@ -305,16 +319,16 @@ async def drain(ctx: BenchContext) -> dict[str, Any]:
 async def steady(ctx: BenchContext) -> dict[str, Any]:
     rate, seconds = ctx.args.timers_steady_rate, ctx.args.timers_steady_seconds
     n = int(rate * seconds)
-    start = datetime.now(UTC) + timedelta(seconds=3)
-    dues = [start + timedelta(seconds=i / rate) for i in range(n)]
-    result = await _scheduler_run(ctx, "ts", dues, 0.0)
+    result = await _scheduler_run(
+        ctx, "ts", n, lambda start: [start + timedelta(seconds=i / rate) for i in range(n)]
+    )
     result["rate_per_s"] = rate
     _log(f"steady: lag {result['lag_due_to_kafka']} at {rate}/s")
     return result
 
 
 async def pgqueuer_run(ctx: BenchContext) -> dict[str, Any]:
-    from pgqueuer import AsyncpgDriver, QueueManager, Queries  # noqa: PLC0415
+    from pgqueuer import AsyncpgDriver, Queries, QueueManager  # noqa: PLC0415
     from pgqueuer.domain.types import QueueExecutionMode  # noqa: PLC0415
 
     n = ctx.args.timers_n

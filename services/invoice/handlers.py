@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from decimal import Decimal
 
 from contracts import topics
@@ -343,83 +344,82 @@ async def _forward_to_originals(
     await repo.save_plan(plan)
 
 
-# --- credit notes and custom events --------------------------------------------------------
+# --- commands on one existing invoice -----------------------------------------------------
+
+
+async def _on_invoice(
+    ctx: HandlerContext,
+    number: str,
+    change: Callable[[Invoice], Outcome],
+    field: str = "payload.invoice_number",
+) -> None:
+    """Load the merchant's invoice, apply `change`, save and emit, answer the command."""
+    repo = _repo(ctx)
+    invoice = await repo.get(number)
+    if invoice is None:
+        ctx.reject(_unknown(field, number))
+        return
+    outcome = change(invoice)
+    await Changes(ctx, repo).apply(outcome)
+    _answer(ctx, outcome, invoice)
 
 
 async def create_credit_note(ctx: HandlerContext, cmd: CreateCreditNote) -> None:
-    repo = _repo(ctx)
-    invoice = await repo.get(cmd.original_invoice_number)
-    if invoice is None:
-        ctx.reject(_unknown("payload.original_invoice_number", cmd.original_invoice_number))
-        return
-    outcome = domain.create_credit_note(
-        invoice, number=cmd.credit_note_number, amount=cmd.amount, description=cmd.description
+    await _on_invoice(
+        ctx,
+        cmd.original_invoice_number,
+        lambda invoice: domain.create_credit_note(
+            invoice, number=cmd.credit_note_number, amount=cmd.amount, description=cmd.description
+        ),
+        field="payload.original_invoice_number",
     )
-    await Changes(ctx, repo).apply(outcome)
-    _answer(ctx, outcome, invoice)
 
 
 async def create_custom_event(ctx: HandlerContext, cmd: CreateCustomEvent) -> None:
-    repo = _repo(ctx)
-    invoice = await repo.get(cmd.invoice_number)
-    if invoice is None:
-        ctx.reject(_unknown("payload.invoice_number", cmd.invoice_number))
-        return
-    outcome = domain.custom_event(invoice, cmd.message)
-    await Changes(ctx, repo).apply(outcome)
-    _answer(ctx, outcome, invoice)
-
-
-# --- status --------------------------------------------------------------------------------
+    await _on_invoice(
+        ctx, cmd.invoice_number, lambda invoice: domain.custom_event(invoice, cmd.message)
+    )
 
 
 async def change_status(ctx: HandlerContext, cmd: InvoiceStateCommand) -> None:
     """PauseInvoice, UnpauseInvoice, RegisterDispute, ResolveDispute, WriteOffInvoice,
     CancelInvoice and SetEmergency, through the transition table."""
-    repo = _repo(ctx)
-    invoice = await repo.get(cmd.invoice_number)
-    if invoice is None:
-        ctx.reject(_unknown("payload.invoice_number", cmd.invoice_number))
-        return
-    outcome = domain.change_status(invoice, ctx.envelope.type, ctx.now, cmd.reason)
-    await Changes(ctx, repo).apply(outcome)
-    _answer(ctx, outcome, invoice)
+    await _on_invoice(
+        ctx,
+        cmd.invoice_number,
+        lambda invoice: domain.change_status(invoice, ctx.envelope.type, ctx.now, cmd.reason),
+    )
 
 
 async def set_collection_status(ctx: HandlerContext, cmd: SetCollectionStatus) -> None:
-    repo = _repo(ctx)
-    invoice = await repo.get(cmd.invoice_number)
-    if invoice is None:
-        ctx.reject(_unknown("payload.invoice_number", cmd.invoice_number))
-        return
-    outcome = domain.set_collection_status(
-        invoice, cmd.status_code.invoice_status, cmd.case_key, ctx.now
+    await _on_invoice(
+        ctx,
+        cmd.invoice_number,
+        lambda invoice: domain.set_collection_status(
+            invoice, cmd.status_code.invoice_status, cmd.case_key, ctx.now
+        ),
     )
-    await Changes(ctx, repo).apply(outcome)
-    _answer(ctx, outcome, invoice)
 
 
 async def register_collected_amount(ctx: HandlerContext, cmd: RegisterCollectedAmount) -> None:
     """Money the agency collected counts as a payment on the invoice."""
-    repo = _repo(ctx)
-    invoice = await repo.get(cmd.invoice_number)
-    if invoice is None:
-        ctx.reject(_unknown("payload.invoice_number", cmd.invoice_number))
-        return
-    errors = domain.money_errors("payload.amount", cmd.amount, invoice.currency, allow_zero=False)
-    if errors:
-        ctx.reject(errors)
-        return
-    outcome = domain.apply_transaction(
-        invoice,
-        transaction_key=f"collection:{cmd.case_key}:{ctx.envelope.message_id}",
-        service="collection",
-        amount=cmd.amount,
-        status=TransactionStatus.SUCCESS,
-        is_slow=False,
-    )
-    await Changes(ctx, repo).apply(outcome)
-    _answer(ctx, outcome, invoice)
+
+    def collect(invoice: Invoice) -> Outcome:
+        errors = domain.money_errors(
+            "payload.amount", cmd.amount, invoice.currency, allow_zero=False
+        )
+        if errors:
+            return Outcome(errors=errors)
+        return domain.apply_transaction(
+            invoice,
+            transaction_key=f"collection:{cmd.case_key}:{ctx.envelope.message_id}",
+            service="collection",
+            amount=cmd.amount,
+            status=TransactionStatus.SUCCESS,
+            is_slow=False,
+        )
+
+    await _on_invoice(ctx, cmd.invoice_number, collect)
 
 
 # --- payment plans -------------------------------------------------------------------------
@@ -554,14 +554,9 @@ async def step_due(ctx: HandlerContext, cmd: StepDue) -> None:
 
 
 async def trigger_next_step(ctx: HandlerContext, cmd: TriggerNextStep) -> None:
-    repo = _repo(ctx)
-    invoice = await repo.get(cmd.invoice_number)
-    if invoice is None:
-        ctx.reject(_unknown("payload.invoice_number", cmd.invoice_number))
-        return
-    outcome = dunning.trigger_next_step(invoice, ctx.now)
-    await Changes(ctx, repo).apply(outcome)
-    _answer(ctx, outcome, invoice)
+    await _on_invoice(
+        ctx, cmd.invoice_number, lambda invoice: dunning.trigger_next_step(invoice, ctx.now)
+    )
 
 
 async def record_message_outcome(ctx: HandlerContext, cmd: RecordMessageOutcome) -> None:

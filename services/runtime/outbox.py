@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import functools
 import json
+import random
 import time
 import zlib
 from collections.abc import Sequence
@@ -122,6 +123,7 @@ class OutboxRelay:
         self._task: asyncio.Task[None] | None = None
         self._producer: AIOKafkaProducer | None = None
         self._stopping = False
+        self._key_partitions: dict[tuple[str, int, bytes], int] = {}
 
     async def start(self) -> None:
         self._producer = AIOKafkaProducer(
@@ -222,14 +224,44 @@ class OutboxRelay:
         return len(rows)
 
     async def _publish(self, rows: Sequence[Any]) -> None:
-        assert self._producer is not None
-        futures = []
+        """Publish rows as one record batch per partition, in id order within each
+        (keys map to partitions with the producer's own partitioner, murmur2 like every
+        Kafka client, so a key lands where other producers put it)."""
+        producer = self._producer
+        assert producer is not None
+        by_partition: dict[tuple[str, int], list[Any]] = {}
+        partitions_of: dict[str, list[int]] = {}
         for row in rows:
-            headers = list(_headers_from_json(row["headers"]))  # a few distinct values
+            topic = row["topic"]
             key = row["key"].encode() if row["key"] is not None else None
-            futures.append(
-                await self._producer.send(
-                    row["topic"], value=row["value"], key=key, headers=headers
-                )
-            )
+            if topic not in partitions_of:  # once per batch: a topic may grow partitions
+                partitions_of[topic] = sorted(await producer.client._wait_on_metadata(topic))
+            partition = self._partition_for(topic, key, partitions_of[topic])
+            by_partition.setdefault((topic, partition), []).append((key, row))
+        futures = []
+        for (topic, partition), items in by_partition.items():
+            batch = producer.create_batch()
+            for key, row in items:
+                headers = list(_headers_from_json(row["headers"]))  # a few distinct values
+                if (
+                    batch.append(key=key, value=row["value"], timestamp=None, headers=headers)
+                    is None
+                ):
+                    futures.append(await producer.send_batch(batch, topic, partition=partition))
+                    batch = producer.create_batch()
+                    batch.append(key=key, value=row["value"], timestamp=None, headers=headers)
+            futures.append(await producer.send_batch(batch, topic, partition=partition))
         await asyncio.gather(*futures)
+
+    def _partition_for(self, topic: str, key: bytes | None, partitions: list[int]) -> int:
+        if key is None:
+            return random.choice(partitions)
+        slot = (topic, len(partitions), key)
+        cached = self._key_partitions.get(slot)
+        if cached is None:
+            assert self._producer is not None
+            cached = int(self._producer._partitioner(key, partitions, partitions))
+            if len(self._key_partitions) > 100_000:
+                self._key_partitions.clear()
+            self._key_partitions[slot] = cached
+        return cached

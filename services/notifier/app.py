@@ -48,7 +48,11 @@ async def _work_loop(name: str, step: Callable[[], Awaitable[int]]) -> None:
 async def webhook_deliveries(runtime: Runtime) -> None:
     """Post due pushes to merchants' webhooks."""
     timeout = httpx.Timeout(runtime.settings.webhook_timeout_s)
-    async with httpx.AsyncClient(timeout=timeout, follow_redirects=False) as client:
+    limits = httpx.Limits(
+        max_connections=WebhookDispatcher.MAX_IN_FLIGHT,
+        max_keepalive_connections=WebhookDispatcher.MAX_IN_FLIGHT,
+    )
+    async with httpx.AsyncClient(timeout=timeout, follow_redirects=False, limits=limits) as client:
         dispatcher = WebhookDispatcher(runtime, client)
         await asyncio.gather(
             *(

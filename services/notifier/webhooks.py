@@ -152,9 +152,19 @@ def retry_timer(delivery: ClaimedDelivery, failed_attempt: int, prefix: str) -> 
 class WebhookDispatcher:
     """Claims, posts and records deliveries; one transaction per batch."""
 
+    #: Requests in flight per dispatcher (shared by its workers).
+    MAX_IN_FLIGHT = 16
+
     def __init__(self, runtime: Runtime, client: httpx.AsyncClient) -> None:
         self.runtime = runtime
         self.client = client
+        self._in_flight = asyncio.Semaphore(self.MAX_IN_FLIGHT)
+
+    async def _post(self, delivery: ClaimedDelivery) -> PostResult:
+        # A few requests in flight at a time: httpx's pool slows down sharply with
+        # hundreds of requests waiting in it.
+        async with self._in_flight:
+            return await post(self.client, delivery)
 
     async def dispatch_batch(self, limit: int = BATCH_SIZE) -> int:
         """Deliver what is due now; returns how many deliveries were attempted."""
@@ -164,7 +174,7 @@ class WebhookDispatcher:
             claimed = await repo.claim_deliveries(limit)
             if not claimed:
                 return 0
-            results = await asyncio.gather(*(post(self.client, d) for d in claimed))
+            results = await asyncio.gather(*(self._post(d) for d in claimed))
             for delivery, result in zip(claimed, results, strict=True):
                 outbox.extend(await self._record(repo, delivery, result))
             await enqueue(conn, outbox, self.runtime.settings.relay_shards)

@@ -1,0 +1,441 @@
+"""notifier: pushes/s onto cm.push.invoice and signed webhook deliveries/s (issue 5).
+
+The notifier service runs in-process (`build_service(definition(), settings)`, on a schema
+and topic prefix of its own, durable PostgreSQL); the load generator
+(`bench/notifier_loadgen.py`) runs in its own process: it builds and produces realistic
+`InvoiceEvent` envelopes on `cm.invoice.events` and either reads `cm.push.invoice` or
+serves the merchants' webhook endpoint.
+
+Runs (`--notifier-runs`):
+- pushes: `--notifier-n` events pre-produced, then the service starts; the rate is
+  events / (last push seen - first InvoiceEvent reaching the handler); every push must
+  come once, with its `message-id` header;
+- webhooks: a started service with a webhook registered for every website key, sent
+  `--notifier-webhook-n` events as fast as the producer goes; deliveries/s until the
+  endpoint has accepted all of them, and produced → received latency (mostly queueing);
+- webhook_latency: the same at `--notifier-webhook-rate` events/s for
+  `--notifier-webhook-seconds`: produced → received latency of a service keeping up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import importlib.util
+import os
+import socket
+import sys
+import time
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+from aiokafka import AIOKafkaProducer
+
+from bench import kafka
+from bench.driver import LoadGenerator
+from bench.loadgen import summary
+from bench.notifier_loadgen import NotifierLoadSpec, invoice_count, website_key
+from bench.notifier_loadgen import main as loadgen_main
+from bench.registry import BenchContext, benchmark
+from contracts import topics
+from contracts.envelope import new_envelope
+from contracts.notifier import RegisterWebhook
+from services.notifier.app import definition
+from services.runtime.app import Service, ServiceDefinition, build_service
+from services.runtime.consumer import HandlerContext, HandlerSpec
+from services.runtime.settings import Settings
+
+PARTITIONS = 8  # the runtime's default kafka_topic_partitions
+RUNS = ("pushes", "webhooks", "webhook_latency")
+
+
+def add_arguments(parser: argparse.ArgumentParser | Any) -> None:
+    parser.add_argument(
+        "--notifier-n",
+        type=int,
+        default=20_000,
+        help="InvoiceEvents of the pushes run (default 20000)",
+    )
+    parser.add_argument(
+        "--notifier-webhook-n",
+        type=int,
+        default=5_000,
+        help="InvoiceEvents of the webhooks run (default 5000)",
+    )
+    parser.add_argument(
+        "--notifier-websites", type=int, default=100, help="website keys (default 100)"
+    )
+    parser.add_argument(
+        "--notifier-events-per-invoice",
+        type=int,
+        default=4,
+        help="events (sequences 1..k) per invoice (default 4: 20000 events = 5000 invoices)",
+    )
+    parser.add_argument(
+        "--notifier-verify-every",
+        type=int,
+        default=10,
+        help="the endpoint verifies every n-th signature with standardwebhooks (default 10)",
+    )
+    parser.add_argument(
+        "--notifier-webhook-rate",
+        type=float,
+        default=100.0,
+        help="events/s of the webhook_latency run (default 100)",
+    )
+    parser.add_argument(
+        "--notifier-webhook-seconds",
+        type=float,
+        default=3.0,
+        help="duration of the webhook_latency run (default 3)",
+    )
+    parser.add_argument(
+        "--notifier-max-records",
+        type=int,
+        default=500,
+        help="kafka_max_records of the service (default 500)",
+    )
+    parser.add_argument(
+        "--notifier-runs",
+        default=None,
+        help=f"comma-separated subset of the runs (default all: {','.join(RUNS)})",
+    )
+
+
+def _log(message: str) -> None:
+    print(f"[notifier] {message}", file=sys.stderr, flush=True)
+
+
+class _Probe:
+    """When the first InvoiceEvent reached the notifier's handler."""
+
+    first_handled: float | None = None
+
+
+def _probed(service_definition: ServiceDefinition) -> ServiceDefinition:
+    """The definition with the InvoiceEvent handler wrapped to note the first call."""
+    consumers = []
+    for spec in service_definition.consumers:
+        original = spec.handlers.get("InvoiceEvent")
+        if original is None:
+            consumers.append(spec)
+            continue
+        inner = original.handle
+
+        async def handle(ctx: HandlerContext, event: Any, inner: Any = inner) -> Any:
+            if _Probe.first_handled is None:
+                _Probe.first_handled = time.time()
+            return await inner(ctx, event)
+
+        handlers = {**spec.handlers, "InvoiceEvent": HandlerSpec(handle, original.answers)}
+        consumers.append(replace(spec, handlers=handlers))
+    return replace(service_definition, consumers=consumers)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _secret() -> str:
+    return "whsec_" + base64.b64encode(os.urandom(24)).decode()
+
+
+class _Notifier:
+    """The notifier service on a schema and topic prefix of its own."""
+
+    def __init__(self, ctx: BenchContext, prefix: str) -> None:
+        self.ctx = ctx
+        self.prefix = prefix
+        self.schema = "bench_" + prefix.strip(".")
+        self._service: Service | None = None
+
+    async def create_topics(self) -> tuple[str, str]:
+        """The event and push topics, created before the service (and the load) starts
+        with the service's partition count; the service's ensure_topics does the rest."""
+        events, pushes = self.prefix + topics.INVOICE_EVENTS, self.prefix + topics.PUSH_INVOICE
+        await kafka.create_topics(self.ctx.bootstrap_servers, [events, pushes], PARTITIONS)
+        return events, pushes
+
+    async def start(self) -> None:
+        _Probe.first_handled = None
+        settings = Settings(
+            kafka_bootstrap_servers=self.ctx.bootstrap_servers,
+            database_url=self.ctx.database_url,
+            cm_topic_prefix=self.prefix,
+            kafka_session_timeout_ms=2000,
+            kafka_heartbeat_interval_ms=500,
+            kafka_max_records=self.ctx.args.notifier_max_records,
+            log_level="WARNING",
+        )
+        service_definition = replace(_probed(definition()), schema=self.schema)
+        self._service = build_service(service_definition, settings)
+        await self._service.app.__aenter__()
+
+    @property
+    def service(self) -> Service:
+        assert self._service is not None
+        return self._service
+
+    async def stop(self) -> None:
+        if self._service is not None:
+            await self._service.app.__aexit__(None, None, None)
+            self._service = None
+
+    async def register_webhooks(self, url: str, secrets: dict[str, str]) -> float:
+        """RegisterWebhook for every website key, waited for in the webhooks table."""
+        started = time.monotonic()
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self.ctx.bootstrap_servers, enable_idempotence=False
+        )
+        await producer.start()
+        try:
+            futures = []
+            for site, secret in secrets.items():
+                envelope = new_envelope(
+                    RegisterWebhook(url=url, secret=secret),
+                    website_key=site,
+                    occurred_at=datetime.now(UTC),
+                )
+                futures.append(
+                    await producer.send(
+                        self.prefix + topics.NOTIFIER_COMMANDS,
+                        key=f"{site}:webhook".encode(),
+                        value=envelope.to_json(),
+                    )
+                )
+            await asyncio.gather(*futures)
+        finally:
+            await producer.stop()
+        pool = self.service.runtime.pool
+        while time.monotonic() - started < 60:
+            async with pool.acquire() as conn:
+                count = await conn.fetchval("SELECT count(*) FROM webhooks WHERE enabled")
+            if count >= len(secrets):
+                return time.monotonic() - started
+            await asyncio.sleep(0.05)
+        raise RuntimeError(f"only {count} of {len(secrets)} webhooks registered within 60 s")
+
+    async def cleanup(self) -> dict[str, Any]:
+        """Count what the run left in the database, then drop the schema and the topics."""
+        conn = await asyncpg.connect(self.ctx.database_url)
+        try:
+            schema = f'"{self.schema}"'
+            statuses = await conn.fetch(
+                f"SELECT status, count(*) AS n FROM {schema}.webhook_deliveries GROUP BY status"
+            )
+            attempt_ms = await conn.fetchrow(
+                "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY latency_ms) AS p50,"
+                " percentile_cont(0.99) WITHIN GROUP (ORDER BY latency_ms) AS p99"
+                f" FROM {schema}.webhook_delivery_log WHERE latency_ms IS NOT NULL"
+            )
+            counts = {
+                "deliveries_by_status": {r["status"]: r["n"] for r in statuses},
+                "delivery_log_rows": await conn.fetchval(
+                    f"SELECT count(*) FROM {schema}.webhook_delivery_log"
+                ),
+                # The notifier's own POST → answer time (cm_notifier_webhook_latency_seconds).
+                "post_latency_ms": {
+                    "p50": round(attempt_ms["p50"], 1) if attempt_ms["p50"] is not None else None,
+                    "p99": round(attempt_ms["p99"], 1) if attempt_ms["p99"] is not None else None,
+                },
+                "outbox_rows_left": await conn.fetchval(f"SELECT count(*) FROM {schema}.outbox"),
+            }
+            await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        finally:
+            await conn.close()
+        await kafka.delete_topics_with_prefix(self.ctx.bootstrap_servers, self.prefix)
+        return counts
+
+
+def _spec(ctx: BenchContext, events_topic: str, n: int, **extra: Any) -> NotifierLoadSpec:
+    return NotifierLoadSpec(
+        bootstrap=ctx.bootstrap_servers,
+        events_topic=events_topic,
+        n=n,
+        websites=ctx.args.notifier_websites,
+        events_per_invoice=ctx.args.notifier_events_per_invoice,
+        verify_every=ctx.args.notifier_verify_every,
+        **extra,
+    )
+
+
+def _checks(done: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "complete": done["complete"],
+        "seen": done["seen"],
+        "duplicates_seen": done["duplicates"],
+        "unknown_ids_seen": done["unknown_ids"],
+    }
+
+
+async def pushes(ctx: BenchContext, n: int) -> dict[str, Any]:
+    prefix = ctx.prefix("nfp")
+    notifier = _Notifier(ctx, prefix)
+    events_topic, push_topic = await notifier.create_topics()
+    spec = _spec(ctx, events_topic, n, mode="pushes", push_topic=push_topic, timeout_s=300.0)
+    generator = LoadGenerator(spec, loadgen_main)
+    try:
+        await generator.start()
+        _, first_send, last_ack = await generator.expect("produced", 300.0)
+        _log(f"pushes: {n} events pre-produced in {last_ack - first_send:.2f} s; starting")
+        started = time.time()
+        await notifier.start()
+        try:
+            _, done = await generator.expect("done", spec.timeout_s + 30)
+        finally:
+            await notifier.stop()
+    finally:
+        generator.stop()
+    counts = await notifier.cleanup()
+    first = _Probe.first_handled
+    last = done["last_output"]
+    seconds = (last - first) if (first is not None and last is not None) else None
+    result = {
+        "n": n,
+        "invoices": invoice_count(spec),
+        "event_bytes_avg": done["event_bytes_avg"],
+        **_checks(done),
+        "pushes_without_message_id": done["pushes_without_message_id"],
+        "pushes_without_content_type": done["pushes_without_content_type"],
+        "pushes_with_wrong_key": done["pushes_with_wrong_key"],
+        "bodies_checked": done["bodies_checked"],
+        "bodies_not_matching": done["bodies_not_matching"],
+        "pushes_per_s": round(n / seconds, 1) if seconds else None,
+        "seconds": round(seconds, 3) if seconds else None,
+        "seconds_from_first_produce": round(last - first_send, 3) if last else None,
+        "produce_seconds": round(last_ack - first_send, 3),
+        "startup_seconds": round(first - started, 3) if first else None,
+        "latency_from_produce": summary(done["latencies"]),
+        "webhook_deliveries": sum(counts["deliveries_by_status"].values()),
+        "outbox_rows_left": counts["outbox_rows_left"],
+    }
+    _log(f"pushes: {result['pushes_per_s']} pushes/s over {result['seconds']} s")
+    return result
+
+
+async def webhooks(ctx: BenchContext, label: str, n: int, rate: float | None) -> dict[str, Any]:
+    prefix = ctx.prefix(label)
+    notifier = _Notifier(ctx, prefix)
+    events_topic, _ = await notifier.create_topics()
+    port = _free_port()
+    secrets = {website_key(i): _secret() for i in range(ctx.args.notifier_websites)}
+    spec = _spec(
+        ctx,
+        events_topic,
+        n,
+        mode="webhooks",
+        endpoint_port=port,
+        secrets=secrets,
+        rate=rate,
+        timeout_s=180.0,
+    )
+    await notifier.start()
+    try:
+        registered_in = await notifier.register_webhooks(f"http://127.0.0.1:{port}/hook", secrets)
+        _log(f"{label}: {len(secrets)} webhooks registered in {registered_in:.2f} s; sending")
+        generator = LoadGenerator(spec, loadgen_main)
+        try:
+            await generator.start()
+            _, first_send, last_ack = await generator.expect("produced", 300.0)
+            _, done = await generator.expect("done", spec.timeout_s + 30)
+        finally:
+            generator.stop()
+    finally:
+        await notifier.stop()
+    counts = await notifier.cleanup()
+    first, last = done["first_received"], done["last_received"]
+    drain = (last - first) if (first is not None and last is not None) else None
+    from_produce = (last - first_send) if last is not None else None
+    result = {
+        "n": n,
+        "invoices": invoice_count(spec),
+        "rate_per_s": rate,
+        "achieved_send_rate_per_s": round(n / (last_ack - first_send), 1),
+        **_checks(done),
+        "requests": done["requests"],
+        "signatures_verified": done["signatures_verified"],
+        "signatures_failed": done["signatures_failed"],
+        "out_of_order": done["out_of_order"],
+        "tcp_connections_seen": done["tcp_connections_seen"],
+        # n / (last accepted - first event produced): consume, record, claim, sign, POST.
+        "deliveries_per_s": round(n / from_produce, 1) if from_produce else None,
+        # n / (last accepted - first accepted): the dispatcher's drain alone.
+        "deliveries_per_s_first_to_last": round(n / drain, 1) if drain else None,
+        "seconds_from_first_produce": round(from_produce, 3) if from_produce else None,
+        "produce_seconds": round(last_ack - first_send, 3),
+        "latency_produced_to_received": summary(done["latencies"]),
+        **counts,
+    }
+    _log(
+        f"{label}: {result['deliveries_per_s']} deliveries/s; produced → received p50"
+        f" {result['latency_produced_to_received']['p50_ms']} ms, p99"
+        f" {result['latency_produced_to_received']['p99_ms']} ms"
+    )
+    return result
+
+
+@benchmark(
+    "notifier",
+    "InvoiceEvents → pushes/s on cm.push.invoice, and signed webhook deliveries/s and"
+    " latency to a local Standard Webhooks endpoint",
+    add_arguments,
+)
+async def run(ctx: BenchContext) -> dict[str, Any]:
+    args = ctx.args
+    runs = set(args.notifier_runs.split(",")) if args.notifier_runs else set(RUNS)
+    if unknown := runs - set(RUNS):
+        raise SystemExit(f"unknown --notifier-runs {sorted(unknown)}; known: {', '.join(RUNS)}")
+    results: dict[str, Any] = {}
+    if "pushes" in runs:
+        results["pushes"] = await pushes(ctx, args.notifier_n)
+    if "webhooks" in runs:
+        results["webhooks"] = await webhooks(ctx, "nfw", args.notifier_webhook_n, rate=None)
+    if "webhook_latency" in runs:
+        n = int(args.notifier_webhook_rate * args.notifier_webhook_seconds)
+        results["webhook_latency"] = await webhooks(ctx, "nfl", n, rate=args.notifier_webhook_rate)
+    return {
+        "parameters": {
+            "n": args.notifier_n,
+            "webhook_n": args.notifier_webhook_n,
+            "websites": args.notifier_websites,
+            "events_per_invoice": args.notifier_events_per_invoice,
+            "verify_every": args.notifier_verify_every,
+            "webhook_latency_rate_per_s": args.notifier_webhook_rate,
+            "webhook_latency_seconds": args.notifier_webhook_seconds,
+            "partitions": PARTITIONS,
+            "max_records": args.notifier_max_records,
+            # httpcore 1.0 imports sniffio on every pool operation; without it (anyio 4.16
+            # no longer depends on it) each call is a failed import that scans sys.path.
+            "sniffio_importable": importlib.util.find_spec("sniffio") is not None,
+            "payload": "InvoiceEvent envelopes (InvoiceEvent.of + InvoiceSnapshot: person"
+            " debtor with contacts, 2 lines, 3 custom parameters; ~2 kB), produced in rounds"
+            " (sequence 1 of every invoice, then 2, ...)",
+            "output_per_event": "one push on cm.push.invoice (headers message-id,"
+            " content-type) and, with a webhook registered, one signed POST",
+        },
+        "method": (
+            "pushes: all events are pre-produced before the service starts; pushes_per_s ="
+            " n / (last push seen on cm.push.invoice - first InvoiceEvent reaching the"
+            " handler); startup (migrations, topics, group join) is startup_seconds."
+            " webhooks: a started service with a webhook per website key, sent n events as"
+            " fast as the producer goes; deliveries_per_s = n / (last delivery accepted by"
+            " the endpoint - first event produced); latency = event produced → POST"
+            " received (under a burst, mostly time queued). webhook_latency: the same at a"
+            " fixed rate. The load generator and the endpoint (uvicorn, h11, uvloop) run in"
+            " a process of their own."
+        ),
+        "ordering": (
+            "Deliveries of one invoice are sequential: the claim takes only the lowest open"
+            " push per invoice, so an invoice's next push can only be claimed after the"
+            " transaction that delivered the previous one commits (at most one in flight"
+            " per invoice). The rate therefore depends on how many invoices have pushes"
+            " waiting: use many invoices (--notifier-events-per-invoice)."
+        ),
+        "throughput": results,
+    }

@@ -1,0 +1,541 @@
+"""The notifier benchmark's load generator (a child process, like `bench.loadgen`).
+
+It builds realistic `InvoiceEvent` envelopes (`InvoiceEvent.of` + an `InvoiceSnapshot`
+with a person debtor, two lines and custom parameters; ~2.5 kB enveloped) for
+`invoices` invoices spread over `websites` website keys, sequences 1..k per invoice,
+and produces them on the invoice event topic (key `{website_key}:{invoice_number}`) in
+rounds: sequence 1 of every invoice, then sequence 2 of every invoice, and so on, so the
+events of one invoice are spread over the run as they are in real life. The produce wall
+time of each event is kept by its `message_id`.
+
+Two ways of seeing the notifier's output:
+
+- `mode="pushes"`: reads every partition of `cm.push.invoice` and matches each push to
+  its event by the `message-id` header (counting pushes without it, duplicates and ids
+  it never sent, and checking a sample of bodies against the event);
+- `mode="webhooks"`: serves a Standard Webhooks endpoint on `endpoint_port` (uvicorn on
+  uvloop, a bare ASGI app) that answers 2xx, matches each POST to its event by
+  `webhook-id`, verifies every `verify_every`-th signature with the standardwebhooks
+  library (a bad one is answered 400), and checks that the pushes of each invoice arrive
+  in sequence order.
+
+`rate=None` produces all events as fast as possible; `rate=R` sends R events/s.
+Pipe protocol as in `bench.loadgen`: ("ready",) → ("produced", first_send, last_ack) →
+("done", results) or ("error", text).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import time
+import traceback
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from multiprocessing.connection import Connection
+from typing import Any
+
+import uvicorn
+import uvloop
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from standardwebhooks import Webhook
+from standardwebhooks.webhooks import WebhookVerificationError
+
+from bench.invoice_loadgen import payload as create_invoice_payload
+from contracts.debtor import DebtorSnapshot
+from contracts.envelope import new_envelope
+from contracts.fields import KeyValueSnapshot
+from contracts.invoice import (
+    EventCategory,
+    InvoiceEvent,
+    InvoiceEventName,
+    InvoiceLineSnapshot,
+    InvoiceSnapshot,
+    InvoiceStatus,
+    InvoiceType,
+)
+from contracts.push import MESSAGE_ID_HEADER
+
+D = Decimal
+CREATED_AT = datetime(2026, 11, 1, 9, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class NotifierLoadSpec:
+    bootstrap: str
+    events_topic: str
+    n: int  # events
+    websites: int
+    events_per_invoice: int
+    mode: str  # "pushes" | "webhooks"
+    push_topic: str = ""  # pushes mode: read here
+    endpoint_port: int = 0  # webhooks mode: serve here
+    secrets: dict[str, str] = field(default_factory=dict)  # webhooks mode: per website
+    verify_every: int = 10
+    rate: float | None = None
+    timeout_s: float = 300.0
+    collector_fetch_max_wait_ms: int = 5
+    label: str = "NB"  # invoice numbers are f"{label}-{index:07d}"
+
+
+def website_key(index: int) -> str:
+    return f"bench-shop-{index:03d}"
+
+
+def invoice_count(spec: NotifierLoadSpec) -> int:
+    return math.ceil(spec.n / spec.events_per_invoice)
+
+
+@dataclass(frozen=True)
+class Sent:
+    """What the generator knows about one event it produced."""
+
+    index: int  # order of production
+    invoice: int
+    sequence: int
+    website_key: str
+
+
+def _snapshot(spec: NotifierLoadSpec, invoice: int) -> InvoiceSnapshot:
+    """The invoice as created: active, the payment invitation (step 0) next."""
+    site = website_key(invoice % spec.websites)
+    number = f"{spec.label}-{invoice:07d}"
+    data = create_invoice_payload(invoice, invoice % 5_000)
+    return InvoiceSnapshot(
+        invoice_key=uuid.uuid5(uuid.NAMESPACE_OID, f"{site}:{number}").hex[:13].upper(),
+        invoice_number=number,
+        website_key=site,
+        type=InvoiceType.REGULAR_INVOICE,
+        status_code=InvoiceStatus.ACTIVE,
+        is_test=False,
+        culture="nl-NL",
+        invoice_date=date(2026, 11, 1),
+        due_date=date(2026, 11, 15),
+        description=f"Order {number}",
+        pay_link=f"https://pay.example.test/{number}",
+        debtor_code=data["debtor"]["code"],
+        debtor_guid=str(uuid.uuid5(uuid.NAMESPACE_OID, f"{site}:{data['debtor']['code']}")),
+        debtor=DebtorSnapshot.model_validate(data["debtor"]),
+        scheme_key="DefaultCM1",
+        scheme_version=1,
+        next_step_index=0,
+        next_step_due_at=CREATED_AT,
+        currency="EUR",
+        amount_debit=D("121.00"),
+        amount_credit=D(0),
+        amount_admin_costs=D(0),
+        amount_credit_notes=D(0),
+        amount_paid=D(0),
+        amount_admin_costs_paid=D(0),
+        amount_pending_slow=D(0),
+        open_amount=D("121.00"),
+        open_amount_admin_costs=D(0),
+        open_amount_incl_admin_costs=D("121.00"),
+        is_paid=False,
+        custom_parameters=[KeyValueSnapshot(**p) for p in data["custom_parameters"]],
+        lines=[
+            InvoiceLineSnapshot(
+                sku=line["sku"],
+                description=line["description"],
+                quantity=D(line["quantity"]),
+                unit_price=D(line["unit_price"]),
+                vat_percentage=D(line["vat_percentage"]),
+            )
+            for line in data["lines"]
+        ],
+    )
+
+
+def _after(created: InvoiceSnapshot, sequence: int) -> InvoiceSnapshot:
+    """The invoice after its `sequence`-th event: created, invited (step 0), reminded
+    (step 1), then paid; later events change nothing."""
+    if sequence == 1:
+        return created
+    step = min(sequence - 2, 1)
+    update: dict[str, Any] = {
+        "previous_step_index": step,
+        "previous_step_date_time": CREATED_AT + timedelta(days=7 * step),
+        "next_step_index": step + 1,
+        "next_step_due_at": CREATED_AT + timedelta(days=7 * (step + 1)),
+    }
+    if sequence >= 4:
+        update |= {
+            "next_step_index": None,
+            "next_step_due_at": None,
+            "amount_paid": D("121.00"),
+            "open_amount": D("0.00"),
+            "open_amount_incl_admin_costs": D("0.00"),
+            "is_paid": True,
+        }
+    return created.model_copy(update=update)
+
+
+def _event(created: InvoiceSnapshot, invoice: int, sequence: int) -> InvoiceEvent:
+    snapshot = _after(created, sequence)
+    if sequence == 1:
+        return InvoiceEvent.of(
+            InvoiceEventName.CHANGED_STATUS,
+            invoice=snapshot,
+            sequence=1,
+            parameters={"StatusCode": "10"},
+            category=EventCategory.FINANCIAL_CHANGE,
+        )
+    if sequence == 2:
+        return InvoiceEvent.of(
+            InvoiceEventName.SENT_PAYMENT_INVITATION_MESSAGE,
+            invoice=snapshot,
+            sequence=2,
+            parameters={"StepIndex": "0"},
+        )
+    if sequence == 3:
+        return InvoiceEvent.of(
+            InvoiceEventName.SENT_REMINDER_MESSAGE,
+            invoice=snapshot,
+            sequence=3,
+            parameters={"StepIndex": "1"},
+        )
+    if sequence == 4:
+        return InvoiceEvent.of(
+            InvoiceEventName.CHANGED_TRANSACTION_STATUS,
+            invoice=snapshot,
+            sequence=4,
+            parameters={"TransactionKey": f"T-{invoice}", "Status": "Success"},
+        )
+    return InvoiceEvent.of(
+        InvoiceEventName.CUSTOM_EVENT,
+        invoice=snapshot,
+        sequence=sequence,
+        parameters={"CustomEventMessage": f"note {sequence}"},
+    )
+
+
+def build_events(spec: NotifierLoadSpec) -> list[tuple[bytes, bytes, str, Sent]]:
+    """(key, enveloped InvoiceEvent, message_id, what was sent), in production order."""
+    created = [_snapshot(spec, invoice) for invoice in range(invoice_count(spec))]
+    out: list[tuple[bytes, bytes, str, Sent]] = []
+    for sequence in range(1, spec.events_per_invoice + 1):
+        for invoice, snapshot in enumerate(created):
+            if len(out) == spec.n:
+                return out
+            event = _event(snapshot, invoice, sequence)
+            site = event.invoice.website_key
+            envelope = new_envelope(
+                event,
+                website_key=site,
+                occurred_at=CREATED_AT + timedelta(days=7 * (sequence - 1)),
+            )
+            key = f"{site}:{event.invoice.invoice_number}".encode()
+            sent = Sent(len(out), invoice, sequence, site)
+            out.append((key, envelope.to_json(), str(envelope.message_id), sent))
+    return out
+
+
+def main(spec: NotifierLoadSpec, conn: Connection) -> None:
+    """Entry point of the child process."""
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(_run(spec, conn))
+    except BaseException:
+        conn.send(("error", traceback.format_exc()))
+        raise
+    finally:
+        conn.close()
+
+
+class _Sink:
+    """What arrived, by message id (shared by both modes)."""
+
+    def __init__(self, spec: NotifierLoadSpec) -> None:
+        self.spec = spec
+        self.sent: dict[str, Sent] = {}
+        self.sent_at: dict[str, float] = {}
+        self.arrived: dict[str, float] = {}
+        self.latencies: list[float] = []
+        self.duplicates = 0
+        self.unknown_ids = 0
+        self.changed = asyncio.Event()
+
+    def arrive(self, message_id: str, now: float) -> Sent | None:
+        sent = self.sent.get(message_id)
+        if sent is None:
+            self.unknown_ids += 1
+            return None
+        if message_id in self.arrived:
+            self.duplicates += 1
+            return None
+        self.arrived[message_id] = now
+        self.latencies.append(now - self.sent_at[message_id])
+        if len(self.arrived) == len(self.sent):
+            self.changed.set()
+        return sent
+
+    async def wait_all(self, deadline: float, stall_s: float = 20.0) -> bool:
+        """Until everything arrived, the deadline, or `stall_s` without anything new (a
+        failed delivery waits for a scheduler retry that never comes here)."""
+        count, progress = -1, time.monotonic()
+        while len(self.arrived) < self.spec.n and time.monotonic() < deadline:
+            if len(self.arrived) != count:
+                count, progress = len(self.arrived), time.monotonic()
+            elif time.monotonic() - progress > stall_s:
+                break
+            self.changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.changed.wait(), min(0.2, deadline - time.monotonic()))
+        return len(self.arrived) >= self.spec.n
+
+
+class _PushCollector:
+    """Reads `cm.push.invoice` from the beginning of every partition."""
+
+    def __init__(self, spec: NotifierLoadSpec, sink: _Sink) -> None:
+        self.spec = spec
+        self.sink = sink
+        self.missing_header = 0
+        self.checked_bodies = 0
+        self.bad_bodies = 0
+        self.bad_keys = 0
+        self.content_type_missing = 0
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=spec.bootstrap,
+            enable_auto_commit=False,
+            fetch_max_wait_ms=spec.collector_fetch_max_wait_ms,
+            max_partition_fetch_bytes=8 * 1024 * 1024,
+        )
+
+    async def start(self) -> None:
+        await self.consumer.start()
+        partitions = self.consumer.partitions_for_topic(self.spec.push_topic)
+        if not partitions:
+            await self.consumer._client.force_metadata_update()
+            partitions = self.consumer.partitions_for_topic(self.spec.push_topic) or set()
+        if not partitions:
+            raise RuntimeError(f"push topic {self.spec.push_topic} has no partitions")
+        tps = [TopicPartition(self.spec.push_topic, p) for p in sorted(partitions)]
+        self.consumer.assign(tps)
+        await self.consumer.seek_to_beginning(*tps)
+
+    async def run(self) -> None:
+        while True:
+            batch = await self.consumer.getmany(timeout_ms=100, max_records=10_000)
+            now = time.time()
+            for records in batch.values():
+                for record in records:
+                    self._record(record.key, record.value, dict(record.headers), now)
+
+    def _record(
+        self, key: bytes | None, value: bytes, headers: dict[str, bytes], now: float
+    ) -> None:
+        if headers.get("content-type") != b"application/json":
+            self.content_type_missing += 1
+        message_id = headers.get(MESSAGE_ID_HEADER)
+        if message_id is None:
+            self.missing_header += 1
+            return
+        sent = self.sink.arrive(message_id.decode(), now)
+        if sent is None:
+            return
+        number = f"{self.spec.label}-{sent.invoice:07d}"
+        if key != f"{sent.website_key}:{number}".encode():
+            self.bad_keys += 1
+        if sent.index % 100 == 0:  # a sample of bodies: the push of this very event
+            self.checked_bodies += 1
+            invoice = json.loads(value)["Invoice"]
+            if (invoice["InvoiceNumber"], invoice["EventSequence"], invoice["WebsiteKey"]) != (
+                number,
+                sent.sequence,
+                sent.website_key,
+            ):
+                self.bad_bodies += 1
+
+    def results(self) -> dict[str, Any]:
+        return {
+            "pushes_without_message_id": self.missing_header,
+            "pushes_without_content_type": self.content_type_missing,
+            "pushes_with_wrong_key": self.bad_keys,
+            "bodies_checked": self.checked_bodies,
+            "bodies_not_matching": self.bad_bodies,
+        }
+
+
+class _Endpoint:
+    """The merchant's webhook endpoint: a bare ASGI app served by uvicorn."""
+
+    def __init__(self, spec: NotifierLoadSpec, sink: _Sink) -> None:
+        self.spec = spec
+        self.sink = sink
+        self.webhooks = {site: Webhook(secret) for site, secret in spec.secrets.items()}
+        self.requests = 0
+        self.verified = 0
+        self.verify_failed = 0
+        self.out_of_order = 0
+        self.connections: set[tuple[str, int]] = set()
+        self.last_sequence: dict[int, int] = {}
+        self.first_received: float | None = None
+        self.last_received: float | None = None
+        config = uvicorn.Config(
+            self.app,
+            host="127.0.0.1",
+            port=spec.endpoint_port,
+            loop="none",
+            http="h11",
+            interface="asgi3",
+            proxy_headers=False,
+            lifespan="off",
+            access_log=False,
+            log_level="warning",
+            backlog=4096,
+            timeout_keep_alive=30,
+        )
+        self.server = uvicorn.Server(config)
+        self.task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self.task = asyncio.create_task(self.server.serve())
+        while not self.server.started:
+            if self.task.done():
+                await self.task  # raises what stopped it
+                raise RuntimeError("the webhook endpoint did not start")
+            await asyncio.sleep(0.01)
+
+    async def stop(self) -> None:
+        self.server.should_exit = True
+        if self.task is not None:
+            await asyncio.wait_for(self.task, 10)
+
+    async def app(
+        self,
+        scope: dict[str, Any],
+        receive: Callable[[], Awaitable[dict[str, Any]]],
+        send: Callable[[dict[str, Any]], Awaitable[None]],
+    ) -> None:
+        if scope["type"] != "http":
+            return
+        chunks = []
+        while True:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        status = self.handle(b"".join(chunks), scope)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(b"content-length", b"0")],
+            }
+        )
+        await send({"type": "http.response.body", "body": b""})
+
+    def handle(self, body: bytes, scope: dict[str, Any]) -> int:
+        now = time.time()
+        self.requests += 1
+        if scope.get("client"):
+            self.connections.add(tuple(scope["client"]))
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        message_id = headers.get("webhook-id", "")
+        sent = self.sink.sent.get(message_id)
+        if sent is None:
+            self.sink.unknown_ids += 1
+            return 400
+        if sent.index % self.spec.verify_every == 0:
+            try:
+                self.webhooks[sent.website_key].verify(body, headers)
+                self.verified += 1
+            except WebhookVerificationError:
+                self.verify_failed += 1
+                return 400
+        if message_id not in self.sink.arrived:
+            if self.last_sequence.get(sent.invoice, 0) != sent.sequence - 1:
+                self.out_of_order += 1
+            self.last_sequence[sent.invoice] = sent.sequence
+        if self.sink.arrive(message_id, now) is not None:
+            self.first_received = self.first_received or now
+            self.last_received = now
+        return 200
+
+    def results(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "signatures_verified": self.verified,
+            "signatures_failed": self.verify_failed,
+            "out_of_order": self.out_of_order,
+            "tcp_connections_seen": len(self.connections),
+            "first_received": self.first_received,
+            "last_received": self.last_received,
+        }
+
+
+async def _run(spec: NotifierLoadSpec, conn: Connection) -> None:
+    built = time.perf_counter()
+    events = build_events(spec)
+    build_seconds = time.perf_counter() - built
+    sink = _Sink(spec)
+    for _, _, message_id, sent in events:
+        sink.sent[message_id] = sent
+    collector = _PushCollector(spec, sink) if spec.mode == "pushes" else None
+    endpoint = _Endpoint(spec, sink) if spec.mode == "webhooks" else None
+    reader: asyncio.Task[None] | None = None
+    if collector is not None:
+        await collector.start()
+        reader = asyncio.create_task(collector.run())
+    if endpoint is not None:
+        await endpoint.start()
+    producer = AIOKafkaProducer(
+        bootstrap_servers=spec.bootstrap,
+        enable_idempotence=False,
+        linger_ms=2,
+        max_batch_size=256 * 1024,
+    )
+    await producer.start()
+    try:
+        conn.send(("ready",))
+        futures = []
+        first_send = time.time()
+        started = time.monotonic()
+        for i, (key, body, message_id, _) in enumerate(events):
+            if spec.rate is not None:
+                due = started + i / spec.rate
+                if (wait := due - time.monotonic()) > 0.001:
+                    await asyncio.sleep(wait)
+            sink.sent_at[message_id] = time.time()
+            futures.append(await producer.send(spec.events_topic, value=body, key=key))
+        await asyncio.gather(*futures)
+        last_ack = time.time()
+        conn.send(("produced", first_send, last_ack))
+        complete = await sink.wait_all(time.monotonic() + spec.timeout_s)
+        await asyncio.sleep(0.5)  # anything arriving twice shortly after the last one
+        arrived = list(sink.arrived.values())
+        conn.send(
+            (
+                "done",
+                {
+                    "complete": complete,
+                    "seen": len(arrived),
+                    "duplicates": sink.duplicates,
+                    "unknown_ids": sink.unknown_ids,
+                    "first_output": min(arrived, default=None),
+                    "last_output": max(arrived, default=None),
+                    "latencies": sink.latencies,
+                    "first_send": first_send,
+                    "last_ack": last_ack,
+                    "build_seconds": build_seconds,
+                    "event_bytes_avg": round(sum(len(e[1]) for e in events) / len(events)),
+                    **(collector.results() if collector else {}),
+                    **(endpoint.results() if endpoint else {}),
+                },
+            )
+        )
+    finally:
+        if reader is not None:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+        await producer.stop()
+        if collector is not None:
+            await collector.consumer.stop()
+        if endpoint is not None:
+            await endpoint.stop()

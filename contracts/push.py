@@ -22,11 +22,13 @@ Use `InvoicePush.to_json()` for the body: pydantic's `model_dump_json()` cannot 
 from __future__ import annotations
 
 import json
+import re
 from datetime import date, datetime
 from decimal import Decimal
 from enum import Enum
 from typing import Annotated, Any, ClassVar
 
+import pydantic_core
 from pydantic import (
     AwareDatetime,
     BaseModel,
@@ -153,20 +155,28 @@ class InvoicePush(PushModel):
 
     def to_json(self) -> bytes:
         """The push body: compact UTF-8 JSON, amounts as exact JSON numbers."""
-        return _encode(self.model_dump(mode="python")).encode()
+        # pydantic-core writes each Decimal as a string; the amounts (and only they are
+        # Decimals here) then lose their quotes, so no digit passes through a float.
+        text = pydantic_core.to_json(self.model_dump(mode="python"))
+        return _QUOTED_AMOUNT.sub(rb'"\1":\2', text)
 
 
-def _encode(value: Any) -> str:
-    """JSON text of a python-mode dump, writing `Decimal` as an exact number."""
+#: `"AmountDebit":"121.00"` → `"AmountDebit":121.00` (the push's amount fields).
+_QUOTED_AMOUNT = re.compile(rb'"((?:Open)?Amount[A-Za-z]*)":"(-?[0-9]+(?:\.[0-9]+)?)"')
+
+
+def encode_reference(value: Any) -> str:
+    """JSON text of a python-mode dump, writing `Decimal` as an exact number (the slow,
+    obviously right encoder that `to_json` is tested against)."""
     if isinstance(value, dict):
-        items = (f"{json.dumps(str(key))}:{_encode(item)}" for key, item in value.items())
+        items = (f"{json.dumps(str(key))}:{encode_reference(item)}" for key, item in value.items())
         return "{" + ",".join(items) + "}"
     if isinstance(value, list | tuple):
-        return "[" + ",".join(_encode(item) for item in value) + "]"
+        return "[" + ",".join(encode_reference(item) for item in value) + "]"
     if isinstance(value, Decimal):
         return format(value, "f")
     if isinstance(value, Enum):
-        return _encode(value.value)
+        return encode_reference(value.value)
     if isinstance(value, datetime | date):  # not reached: the serializers write strings
         return json.dumps(value.isoformat())
     return json.dumps(value, ensure_ascii=False)

@@ -11,7 +11,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
@@ -30,7 +30,7 @@ from contracts.debtor import (
 )
 from contracts.envelope import Message, ParseError, new_envelope, parse_envelope, registered_types
 from contracts.fields import KeyValue, KeyValueSnapshot, minor_unit, with_minor_unit
-from contracts.push import InvoicePush, push_from_event
+from contracts.push import InvoicePush, encode_reference, push_from_event
 from contracts.results import CommandAccepted, CommandRejected, DeadLetter, ResultError
 from contracts.topics import ALL_TOPICS, PUSH_INVOICE
 
@@ -871,3 +871,27 @@ def test_the_asyncapi_document_is_deterministic_json() -> None:
     assert json.loads(text)["info"]["title"] == "Credit management platform"
     push_schema = json.loads(text)["components"]["schemas"]["PushInvoice"]
     assert push_schema["properties"]["AmountDebit"]["type"] == "number"
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.decimals(min_value=-100_000, max_value=100_000, places=2),
+    st.text(max_size=20),
+    st.sampled_from(["EUR", "JPY", "KWD"]),
+)
+def test_the_fast_push_encoder_writes_what_the_reference_encoder_writes(
+    amount: Decimal, text: str, currency: str
+) -> None:
+    snapshot = REMINDER.invoice.model_copy(
+        update={
+            "open_amount": amount,
+            "amount_paid": abs(amount),
+            "currency": currency,
+            "description": text,
+            "custom_parameters": [KeyValueSnapshot(key="AmountX", value=text)],
+        }
+    )
+    event = REMINDER.model_copy(update={"invoice": snapshot})
+    envelope = parse_envelope(new_envelope(event, website_key="shop-1", occurred_at=NOW).to_json())
+    push = push_from_event(envelope)
+    assert push.to_json() == encode_reference(push.model_dump(mode="python")).encode()

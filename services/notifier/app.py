@@ -91,6 +91,7 @@ def definition() -> ServiceDefinition:
                 name="invoice-events",
                 topic=topics.INVOICE_EVENTS,
                 handlers={"InvoiceEvent": HandlerSpec(handlers.invoice_event, answers=False)},
+                batch_hooks=handlers.PushBatchHooks(),
             ),
         ],
         background_tasks=(webhook_deliveries, debtor_messages),

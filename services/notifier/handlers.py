@@ -5,14 +5,18 @@ background task carries out after commit (webhooks.py, messages.py)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 from contracts import topics
 from contracts.invoice import InvoiceEvent
 from contracts.notifier import RegisterWebhook, RetryWebhookDelivery, SendMessage, UpsertTemplate
 from contracts.push import MESSAGE_ID_HEADER, push_from_event
-from services.notifier.repository import NotifierRepository
+from services.notifier.repository import DeliveryRow, NotifierRepository
 from services.notifier.templates import template_errors
 from services.runtime.consumer import HandlerContext
+from services.runtime.db import Connection
 from services.runtime.logs import get_logger
 
 log = get_logger(__name__)
@@ -33,7 +37,7 @@ async def invoice_event(ctx: HandlerContext, event: InvoiceEvent) -> None:
             (MESSAGE_ID_HEADER, str(ctx.envelope.message_id)),
         ),
     )
-    await NotifierRepository(ctx.conn).add_delivery(
+    row: DeliveryRow = (
         ctx.website_key,
         invoice.invoice_number,
         event.sequence,
@@ -42,6 +46,26 @@ async def invoice_event(ctx: HandlerContext, event: InvoiceEvent) -> None:
         body,
         ctx.now,
     )
+    if isinstance(ctx.batch, PushBatch):
+        ctx.batch.deliveries.append(row)  # written once for the batch (PushBatchHooks)
+    else:
+        await NotifierRepository(ctx.conn).add_delivery(*row)
+
+
+@dataclass
+class PushBatch:
+    deliveries: list[DeliveryRow] = field(default_factory=list)
+
+
+class PushBatchHooks:
+    """Webhook deliveries of a batch of invoice events, inserted in one statement."""
+
+    async def begin(self, conn: Connection, envelopes: Sequence[Any]) -> PushBatch:
+        return PushBatch()
+
+    async def finish(self, conn: Connection, state: PushBatch) -> None:
+        if state.deliveries:
+            await NotifierRepository(conn).add_deliveries(state.deliveries)
 
 
 async def register_webhook(ctx: HandlerContext, cmd: RegisterWebhook) -> None:

@@ -54,6 +54,10 @@ SELECT d.id, d.website_key, d.invoice_number, d.sequence, d.push_message_id,
 """
 
 
+#: (website_key, invoice_number, sequence, push message id, correlation id, body, time)
+DeliveryRow = tuple[str, str, int, uuid.UUID, uuid.UUID, bytes, datetime]
+
+
 class NotifierRepository:
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
@@ -108,6 +112,19 @@ class NotifierRepository:
             url,
             secret,
             enabled,
+        )
+
+    async def add_deliveries(self, rows: list[DeliveryRow]) -> None:
+        """`add_delivery` for a whole batch, in one statement."""
+        await self.conn.execute(
+            "INSERT INTO webhook_deliveries (website_key, invoice_number, sequence,"
+            " push_message_id, correlation_id, body, business_time)"
+            " SELECT d.w, d.n, d.s, d.m, d.c, d.b, d.t FROM unnest($1::text[], $2::text[],"
+            " $3::int[], $4::uuid[], $5::uuid[], $6::bytea[], $7::timestamptz[])"
+            " WITH ORDINALITY AS d(w, n, s, m, c, b, t, o)"
+            " JOIN webhooks h ON h.website_key = d.w AND h.enabled ORDER BY d.o"
+            " ON CONFLICT (push_message_id) DO NOTHING",
+            *(list(column) for column in zip(*rows, strict=True)),
         )
 
     async def add_delivery(

@@ -237,7 +237,7 @@ def step_due(
         or invoice.timer_step != step_index
     ):
         return Outcome()
-    updated = invoice.model_copy(deep=True)
+    updated = invoice.changed()
     updated.timer_step = updated.timer_due_at = None  # the timer is spent
     step = updated.next_step
     if (
@@ -275,7 +275,7 @@ def trigger_next_step(invoice: Invoice, now: datetime) -> Outcome:
     step = invoice.next_step
     if step is None:
         return reject("payload.invoice_number", "no_next_step", "the scheme has no step left")
-    return run_step(invoice.model_copy(deep=True), step, now, forced=True)
+    return run_step(invoice.changed(), step, now, forced=True)
 
 
 def _done(invoice: Invoice, step: SchemeStepState, now: datetime) -> None:
@@ -427,7 +427,7 @@ def record_message_outcome(
             "not_a_message_step",
             f"step {step_index} of the invoice's scheme sends no message",
         )
-    updated = invoice.model_copy(deep=True)
+    updated = invoice.changed()
     updated.outcomes_recorded.append(step_index)
     if step.states_costs and outcome != MessageOutcome.SKIPPED_NO_METHODS:
         updated.cost_letter_sent_at = now

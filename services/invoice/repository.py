@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -19,7 +20,7 @@ class SchemeVersion:
     version: int
     steps: list[dict[str, Any]]
 
-    @property
+    @functools.cached_property
     def step_states(self) -> list[SchemeStepState]:
         return [
             SchemeStepState.model_validate(

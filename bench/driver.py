@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, Protocol
 
 from bench.loadgen import main
 
@@ -53,3 +55,61 @@ class LoadGenerator:
             self._process.kill()
             self._process.join(timeout=5)
         self._conn.close()
+
+
+class SystemUnderTest(Protocol):
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Load:
+    """What a load generator reported: wall times and its "done" results."""
+
+    first_send: float
+    last_ack: float
+    done: dict[str, Any]
+    started: float = 0.0  # pre-produced runs: when the system under test was started
+
+
+async def run_load(
+    spec: Any, target: Callable[[Any, Connection], None] = main, produced_timeout: float = 300.0
+) -> Load:
+    """Run a generator against a system that is already running, until it is done."""
+    generator = LoadGenerator(spec, target)
+    try:
+        await generator.start()
+        _, first_send, last_ack = await generator.expect("produced", produced_timeout)
+        _, done = await generator.expect("done", spec.timeout_s + 30)
+    finally:
+        generator.stop()
+    return Load(first_send, last_ack, done)
+
+
+async def run_backlog(
+    spec: Any,
+    system: SystemUnderTest,
+    log: Callable[[str], None],
+    label: str,
+    *,
+    target: Callable[[Any, Connection], None] = main,
+    produced_timeout: float = 300.0,
+    what: str = "commands",
+) -> Load:
+    """Pre-produce the generator's `spec.n` messages, then start `system` (stopped when
+    the generator is done): the system drains a backlog."""
+    generator = LoadGenerator(spec, target)
+    try:
+        await generator.start()
+        _, first_send, last_ack = await generator.expect("produced", produced_timeout)
+        log(f"{label}: {spec.n} {what} pre-produced in {last_ack - first_send:.2f} s; starting")
+        started = time.time()
+        await system.start()
+        try:
+            _, done = await generator.expect("done", spec.timeout_s + 30)
+        finally:
+            await system.stop()
+    finally:
+        generator.stop()
+    return Load(first_send, last_ack, done, started)

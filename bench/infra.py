@@ -1,4 +1,5 @@
-"""The broker and PostgreSQL a bench run uses: given by the environment, or started here.
+"""The broker and PostgreSQL a bench run uses: given by the environment, or started here;
+and `drop_run`, which cleans up what one run left in them.
 
 `KAFKA_BOOTSTRAP_SERVERS` / `DATABASE_URL` are used as they are when set. Otherwise the
 embedded Tansu broker and a *durable* PostgreSQL (`fast=False`: fsync and synchronous
@@ -13,13 +14,18 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import asyncpg
+
+from bench import kafka
+from bench.registry import BenchContext
 from devstack.broker import start_broker
 from devstack.postgres import start_postgres
 from devstack.state import StateFile, devstack_dir, reap_dir
@@ -93,3 +99,38 @@ def infrastructure() -> Iterator[Infra]:
                 "startup_s": round(server.startup_s, 3),
             }
         yield Infra(kafka, database, description)
+
+
+#: A count taken before a run's schema is dropped: SQL (`{schema}` is the quoted schema,
+#: the first column of the first row is the value) or `await count(conn, schema)`.
+Count = str | Callable[[asyncpg.Connection, str], Awaitable[Any]]
+
+
+async def drop_run(
+    ctx: BenchContext, schema: str, counts: Mapping[str, Count], *, prefix: str | None = None
+) -> dict[str, Any]:
+    """Take `counts` in `schema`, drop it and, given the run's topic `prefix`, delete the
+    run's topics (frees the embedded broker's memory)."""
+    conn = await asyncpg.connect(ctx.database_url)
+    try:
+        quoted = f'"{schema}"'
+        values = {
+            name: await conn.fetchval(count.format(schema=quoted))
+            if isinstance(count, str)
+            else await count(conn, quoted)
+            for name, count in counts.items()
+        }
+        await conn.execute(f"DROP SCHEMA IF EXISTS {quoted} CASCADE")
+    finally:
+        await conn.close()
+    if prefix is not None:
+        await kafka.delete_topics_with_prefix(ctx.bootstrap_servers, prefix)
+    return values
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port

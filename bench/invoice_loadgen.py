@@ -14,17 +14,17 @@ Modes and pipe protocol as in `bench.loadgen`: `rate=None` pre-produces all comm
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
-import traceback
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.structs import ConsumerRecord
+
+from bench.loadcore import SeqCollector, SeqLoadSpec, child_main, run_seq_load
 
 FIRST_NAMES = ("Jan", "Anna", "Pieter", "Sanne", "Daan", "Emma", "Lucas", "Julia")
 LAST_NAMES = ("Jansen", "de Vries", "Bakker", "Visser", "Smit", "Meijer", "de Boer", "Mulder")
@@ -32,16 +32,10 @@ CITIES = ("Utrecht", "Amsterdam", "Rotterdam", "Den Haag", "Eindhoven", "Groning
 
 
 @dataclass(frozen=True)
-class InvoiceLoadSpec:
-    bootstrap: str
-    in_topic: str
-    out_topic: str
-    n: int
+class InvoiceLoadSpec(SeqLoadSpec):
     merchants: int
     debtors: int
-    rate: float | None = None
-    timeout_s: float = 300.0
-    collector_fetch_max_wait_ms: int = 5
+    timeout_s: float = field(default=300.0, kw_only=True)
 
 
 def website_key(index: int) -> str:
@@ -131,149 +125,52 @@ def command_body(seq: int, spec: InvoiceLoadSpec) -> tuple[bytes, bytes]:
 
 def main(spec: InvoiceLoadSpec, conn: Connection) -> None:
     """Entry point of the child process."""
-    try:
-        asyncio.run(_run(spec, conn))
-    except BaseException:
-        conn.send(("error", traceback.format_exc()))
-        raise
-    finally:
-        conn.close()
+    child_main(lambda: _run(spec, conn), conn)
 
 
-class _Collector:
+class _Collector(SeqCollector):
+    """ChangedStatus events, matched to their command by the invoice number in the key."""
+
     def __init__(self, spec: InvoiceLoadSpec) -> None:
-        self.spec = spec
-        self.sent: dict[int, float] = {}  # seq -> wall time just before the send
-        self.arrived: dict[int, float] = {}  # seq -> wall time its event was read
-        self.latencies: list[float] = []
-        self.duplicates = 0
-        self.not_active = 0  # ChangedStatus events with another StatusCode (Rejected)
-        self.other_events = 0
-        self.changed = asyncio.Event()
-        self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=spec.bootstrap,
-            enable_auto_commit=False,
+        super().__init__(
+            spec.bootstrap,
+            spec.out_topic,
             fetch_max_wait_ms=spec.collector_fetch_max_wait_ms,
             max_partition_fetch_bytes=8 * 1024 * 1024,
         )
+        self.sent: dict[int, float] = {}  # seq -> wall time just before the send
+        self.not_active = 0  # ChangedStatus events with another StatusCode (Rejected)
+        self.other_events = 0
 
-    async def start(self) -> None:
-        await self.consumer.start()
-        partitions = self.consumer.partitions_for_topic(self.spec.out_topic)
-        if not partitions:
-            await self.consumer._client.force_metadata_update()
-            partitions = self.consumer.partitions_for_topic(self.spec.out_topic) or set()
-        if not partitions:
-            raise RuntimeError(f"output topic {self.spec.out_topic} has no partitions")
-        tps = [TopicPartition(self.spec.out_topic, p) for p in sorted(partitions)]
-        self.consumer.assign(tps)
-        await self.consumer.seek_to_beginning(*tps)
-
-    async def run(self) -> None:
-        while True:
-            batch = await self.consumer.getmany(timeout_ms=100, max_records=10_000)
-            if not batch:
-                continue
-            now = time.time()
-            for records in batch.values():
-                for record in records:
-                    self._record(record.key, record.value, now)
-            self.changed.set()
-
-    def _record(self, key: bytes | None, value: bytes, now: float) -> None:
-        number = (key or b"").decode().partition(":")[2]
+    def record(self, record: ConsumerRecord[Any, Any], now: float) -> None:
+        number = (record.key or b"").decode().partition(":")[2]
         seq = seq_of(number)
-        event = json.loads(value)["payload"]
+        event = json.loads(record.value)["payload"]
         if seq is None or event.get("event") != "ChangedStatus":
             self.other_events += 1
             return
         if {"key": "StatusCode", "value": "10"} not in event.get("event_parameters", []):
             self.not_active += 1
-        if seq in self.arrived:
-            self.duplicates += 1
-            return
-        self.arrived[seq] = now
-        if seq >= 0 and seq in self.sent:
-            self.latencies.append(now - self.sent[seq])
-
-    async def wait_for(self, seqs: range, deadline: float) -> bool:
-        while time.monotonic() < deadline:
-            if all(s in self.arrived for s in seqs):
-                return True
-            self.changed.clear()
-            try:
-                await asyncio.wait_for(self.changed.wait(), max(0.0, deadline - time.monotonic()))
-            except TimeoutError:
-                break
-        return all(s in self.arrived for s in seqs)
+        self.arrive(seq, now, self.sent.get(seq))
 
 
 async def _run(spec: InvoiceLoadSpec, conn: Connection) -> None:
     collector = _Collector(spec)
-    await collector.start()
-    reader = asyncio.create_task(collector.run())
-    producer = AIOKafkaProducer(
-        bootstrap_servers=spec.bootstrap,
-        enable_idempotence=False,
-        linger_ms=2,
-        max_batch_size=256 * 1024,
-    )
-    await producer.start()
 
-    async def send(seq: int) -> asyncio.Future[Any]:
+    def message(seq: int) -> tuple[bytes, bytes]:
         key, body = command_body(seq, spec)
         collector.sent[seq] = time.time()
-        future: asyncio.Future[Any] = await producer.send(spec.in_topic, value=body, key=key)
-        return future
+        return key, body
 
-    try:
-        conn.send(("ready",))
-        if spec.rate is not None:  # warm up: one invoice per merchant, waited for
-            warm = [await send(-1 - i) for i in range(spec.merchants)]
-            await asyncio.gather(*warm)
-            warmed = await collector.wait_for(
-                range(-spec.merchants, 0), time.monotonic() + spec.timeout_s
-            )
-            if not warmed:
-                raise RuntimeError("the warm-up invoices did not come out within the timeout")
-        futures = []
-        first_send = time.time()
-        if spec.rate is None:
-            for seq in range(spec.n):
-                futures.append(await send(seq))
-        else:
-            started = time.monotonic()
-            seq = 0
-            while seq < spec.n:
-                due = min(spec.n, int((time.monotonic() - started) * spec.rate) + 1)
-                while seq < due:
-                    futures.append(await send(seq))
-                    seq += 1
-                await asyncio.sleep(0.001)
-        await asyncio.gather(*futures)
-        last_ack = time.time()
-        conn.send(("produced", first_send, last_ack))
-        complete = await collector.wait_for(range(spec.n), time.monotonic() + spec.timeout_s)
-        measured = [t for s, t in collector.arrived.items() if s >= 0]
-        conn.send(
-            (
-                "done",
-                {
-                    "complete": complete,
-                    "seen": len(measured),
-                    "duplicates": collector.duplicates,
-                    "not_active": collector.not_active,
-                    "other_events": collector.other_events,
-                    "first_output": min(measured, default=None),
-                    "last_output": max(measured, default=None),
-                    "latencies": collector.latencies,
-                    "first_send": first_send,
-                    "last_ack": last_ack,
-                },
-            )
-        )
-    finally:
-        reader.cancel()
-        await asyncio.gather(reader, return_exceptions=True)
-        await producer.stop()
-        await collector.consumer.stop()
+    await run_seq_load(
+        conn,
+        spec,
+        collector,
+        message,
+        warm_up=spec.merchants,  # one invoice per merchant
+        what="invoices",
+        counters=lambda: {
+            "not_active": collector.not_active,
+            "other_events": collector.other_events,
+        },
+    )

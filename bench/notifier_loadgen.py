@@ -31,7 +31,6 @@ import contextlib
 import json
 import math
 import time
-import traceback
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -42,11 +41,13 @@ from typing import Any
 
 import uvicorn
 import uvloop
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.structs import ConsumerRecord
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
 from bench.invoice_loadgen import payload as create_invoice_payload
+from bench.invoice_loadgen import website_key
+from bench.loadcore import TopicReader, child_main, outputs, send_all, start_producer
 from contracts.debtor import DebtorSnapshot
 from contracts.envelope import new_envelope
 from contracts.fields import KeyValueSnapshot
@@ -81,10 +82,6 @@ class NotifierLoadSpec:
     timeout_s: float = 300.0
     collector_fetch_max_wait_ms: int = 5
     label: str = "NB"  # invoice numbers are f"{label}-{index:07d}"
-
-
-def website_key(index: int) -> str:
-    return f"bench-shop-{index:03d}"
 
 
 def invoice_count(spec: NotifierLoadSpec) -> int:
@@ -176,41 +173,23 @@ def _after(created: InvoiceSnapshot, sequence: int) -> InvoiceSnapshot:
 
 
 def _event(created: InvoiceSnapshot, invoice: int, sequence: int) -> InvoiceEvent:
-    snapshot = _after(created, sequence)
-    if sequence == 1:
-        return InvoiceEvent.of(
-            InvoiceEventName.CHANGED_STATUS,
-            invoice=snapshot,
-            sequence=1,
-            parameters={"StatusCode": "10"},
-            category=EventCategory.FINANCIAL_CHANGE,
-        )
-    if sequence == 2:
-        return InvoiceEvent.of(
-            InvoiceEventName.SENT_PAYMENT_INVITATION_MESSAGE,
-            invoice=snapshot,
-            sequence=2,
-            parameters={"StepIndex": "0"},
-        )
-    if sequence == 3:
-        return InvoiceEvent.of(
-            InvoiceEventName.SENT_REMINDER_MESSAGE,
-            invoice=snapshot,
-            sequence=3,
-            parameters={"StepIndex": "1"},
-        )
-    if sequence == 4:
-        return InvoiceEvent.of(
+    """Event 1 creates the invoice, 2 and 3 are the invitation and reminder, 4 the
+    payment; later ones are custom events."""
+    name, parameters = {
+        1: (InvoiceEventName.CHANGED_STATUS, {"StatusCode": "10"}),
+        2: (InvoiceEventName.SENT_PAYMENT_INVITATION_MESSAGE, {"StepIndex": "0"}),
+        3: (InvoiceEventName.SENT_REMINDER_MESSAGE, {"StepIndex": "1"}),
+        4: (
             InvoiceEventName.CHANGED_TRANSACTION_STATUS,
-            invoice=snapshot,
-            sequence=4,
-            parameters={"TransactionKey": f"T-{invoice}", "Status": "Success"},
-        )
+            {"TransactionKey": f"T-{invoice}", "Status": "Success"},
+        ),
+    }.get(sequence, (InvoiceEventName.CUSTOM_EVENT, {"CustomEventMessage": f"note {sequence}"}))
     return InvoiceEvent.of(
-        InvoiceEventName.CUSTOM_EVENT,
-        invoice=snapshot,
+        name,
+        invoice=_after(created, sequence),
         sequence=sequence,
-        parameters={"CustomEventMessage": f"note {sequence}"},
+        parameters=parameters,
+        category=EventCategory.FINANCIAL_CHANGE if sequence == 1 else None,
     )
 
 
@@ -237,14 +216,7 @@ def build_events(spec: NotifierLoadSpec) -> list[tuple[bytes, bytes, str, Sent]]
 
 def main(spec: NotifierLoadSpec, conn: Connection) -> None:
     """Entry point of the child process."""
-    try:
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            runner.run(_run(spec, conn))
-    except BaseException:
-        conn.send(("error", traceback.format_exc()))
-        raise
-    finally:
-        conn.close()
+    child_main(lambda: _run(spec, conn), conn, loop_factory=uvloop.new_event_loop)
 
 
 class _Sink:
@@ -289,10 +261,17 @@ class _Sink:
         return len(self.arrived) >= self.spec.n
 
 
-class _PushCollector:
+class _PushCollector(TopicReader):
     """Reads `cm.push.invoice` from the beginning of every partition."""
 
     def __init__(self, spec: NotifierLoadSpec, sink: _Sink) -> None:
+        super().__init__(
+            spec.bootstrap,
+            spec.push_topic,
+            fetch_max_wait_ms=spec.collector_fetch_max_wait_ms,
+            max_partition_fetch_bytes=8 * 1024 * 1024,
+            what="push topic",
+        )
         self.spec = spec
         self.sink = sink
         self.missing_header = 0
@@ -300,32 +279,9 @@ class _PushCollector:
         self.bad_bodies = 0
         self.bad_keys = 0
         self.content_type_missing = 0
-        self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=spec.bootstrap,
-            enable_auto_commit=False,
-            fetch_max_wait_ms=spec.collector_fetch_max_wait_ms,
-            max_partition_fetch_bytes=8 * 1024 * 1024,
-        )
 
-    async def start(self) -> None:
-        await self.consumer.start()
-        partitions = self.consumer.partitions_for_topic(self.spec.push_topic)
-        if not partitions:
-            await self.consumer._client.force_metadata_update()
-            partitions = self.consumer.partitions_for_topic(self.spec.push_topic) or set()
-        if not partitions:
-            raise RuntimeError(f"push topic {self.spec.push_topic} has no partitions")
-        tps = [TopicPartition(self.spec.push_topic, p) for p in sorted(partitions)]
-        self.consumer.assign(tps)
-        await self.consumer.seek_to_beginning(*tps)
-
-    async def run(self) -> None:
-        while True:
-            batch = await self.consumer.getmany(timeout_ms=100, max_records=10_000)
-            now = time.time()
-            for records in batch.values():
-                for record in records:
-                    self._record(record.key, record.value, dict(record.headers), now)
+    def record(self, record: ConsumerRecord[Any, Any], now: float) -> None:
+        self._record(record.key, record.value, dict(record.headers), now)
 
     def _record(
         self, key: bytes | None, value: bytes, headers: dict[str, bytes], now: float
@@ -479,50 +435,38 @@ async def _run(spec: NotifierLoadSpec, conn: Connection) -> None:
         sink.sent[message_id] = sent
     collector = _PushCollector(spec, sink) if spec.mode == "pushes" else None
     endpoint = _Endpoint(spec, sink) if spec.mode == "webhooks" else None
-    reader: asyncio.Task[None] | None = None
     if collector is not None:
         await collector.start()
-        reader = asyncio.create_task(collector.run())
     if endpoint is not None:
         await endpoint.start()
-    producer = AIOKafkaProducer(
-        bootstrap_servers=spec.bootstrap,
-        enable_idempotence=False,
-        linger_ms=2,
-        max_batch_size=256 * 1024,
-    )
-    await producer.start()
+    producer = await start_producer(spec.bootstrap)
+
+    async def send(i: int) -> asyncio.Future[Any]:
+        key, body, message_id, _ = events[i]
+        sink.sent_at[message_id] = time.time()
+        future: asyncio.Future[Any] = await producer.send(spec.events_topic, value=body, key=key)
+        return future
+
     try:
         conn.send(("ready",))
-        futures = []
-        first_send = time.time()
-        started = time.monotonic()
-        for i, (key, body, message_id, _) in enumerate(events):
-            if spec.rate is not None:
-                due = started + i / spec.rate
-                if (wait := due - time.monotonic()) > 0.001:
-                    await asyncio.sleep(wait)
-            sink.sent_at[message_id] = time.time()
-            futures.append(await producer.send(spec.events_topic, value=body, key=key))
-        await asyncio.gather(*futures)
-        last_ack = time.time()
+        first_send, last_ack = await send_all(send, len(events), spec.rate, per_message=True)
         conn.send(("produced", first_send, last_ack))
         complete = await sink.wait_all(time.monotonic() + spec.timeout_s)
         await asyncio.sleep(0.5)  # anything arriving twice shortly after the last one
-        arrived = list(sink.arrived.values())
+        report = outputs(
+            complete,
+            sink.arrived.values(),
+            sink.duplicates,
+            sink.latencies,
+            first_send,
+            last_ack,
+            unknown_ids=sink.unknown_ids,
+        )
         conn.send(
             (
                 "done",
                 {
-                    "complete": complete,
-                    "seen": len(arrived),
-                    "duplicates": sink.duplicates,
-                    "unknown_ids": sink.unknown_ids,
-                    "first_output": min(arrived, default=None),
-                    "last_output": max(arrived, default=None),
-                    "latencies": sink.latencies,
-                    "first_send": first_send,
-                    "last_ack": last_ack,
+                    **report,
                     "build_seconds": build_seconds,
                     "event_bytes_avg": round(sum(len(e[1]) for e in events) / len(events)),
                     **(collector.results() if collector else {}),
@@ -531,11 +475,8 @@ async def _run(spec: NotifierLoadSpec, conn: Connection) -> None:
             )
         )
     finally:
-        if reader is not None:
-            reader.cancel()
-            await asyncio.gather(reader, return_exceptions=True)
-        await producer.stop()
         if collector is not None:
-            await collector.consumer.stop()
+            await collector.stop()
+        await producer.stop()
         if endpoint is not None:
             await endpoint.stop()

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 from pydantic import Field
 
+from bench.inprocess import Probe
 from contracts.envelope import Command, Event, Money, new_envelope, register
 from services.runtime.app import ServiceDefinition
 from services.runtime.consumer import ConsumerSpec, HandlerContext, HandlerSpec
@@ -48,21 +49,6 @@ class BenchRecorded(Event):
 
 
 register(BenchRecord, BenchRecorded)
-
-
-class Probe:
-    """When the first command reached a handler (the start of the processing window)."""
-
-    first_handled: float | None = None
-
-    @classmethod
-    def reset(cls) -> None:
-        cls.first_handled = None
-
-    @classmethod
-    def mark(cls) -> None:
-        if cls.first_handled is None:
-            cls.first_handled = time.time()
 
 
 def account_of(seq: int, keys: int) -> str:

@@ -18,27 +18,20 @@ Runs (`--invoice-runs`):
 from __future__ import annotations
 
 import argparse
-import sys
-import time
-from dataclasses import replace
 from typing import Any
-
-import asyncpg
 
 from bench import kafka
 from bench.benchmarks import runtime_pipeline
-from bench.driver import LoadGenerator
+from bench.driver import run_backlog, run_load
+from bench.inprocess import InProcessService
 from bench.invoice_loadgen import InvoiceLoadSpec
 from bench.invoice_loadgen import main as loadgen_main
-from bench.loadgen import summary
-from bench.registry import BenchContext, benchmark
+from bench.kafka import PARTITIONS
+from bench.registry import BenchContext, add_runs_argument, benchmark, logger, selected_runs
+from bench.stats import backlog_figures, summary
 from contracts import topics
 from services.invoice.app import definition
-from services.runtime.app import Service, ServiceDefinition, build_service
-from services.runtime.consumer import HandlerContext, HandlerSpec
-from services.runtime.settings import Settings
 
-PARTITIONS = 8  # the runtime's default kafka_topic_partitions
 TARGET_PER_S = 3000
 RUNS = ("throughput", "raw", "latency")
 
@@ -77,92 +70,29 @@ def add_arguments(parser: argparse.ArgumentParser | Any) -> None:
         default=500,
         help="kafka_max_records of the service, and the raw run's batch (default 500)",
     )
-    parser.add_argument(
-        "--invoice-runs",
-        default=None,
-        help=f"comma-separated subset of the runs (default all: {','.join(RUNS)})",
+    add_runs_argument(parser, "--invoice-runs", RUNS)
+
+
+_log = logger("invoice_create")
+
+#: What an invoice run leaves in its schema, counted before it is dropped.
+COUNTS = {
+    "invoices_active": "SELECT count(*) FROM {schema}.invoices WHERE status = 10",
+    "invoices_other": "SELECT count(*) FROM {schema}.invoices WHERE status <> 10",
+    "debtors": "SELECT count(*) FROM {schema}.debtors",
+    "outbox_rows_left": "SELECT count(*) FROM {schema}.outbox",
+}
+
+
+def _invoice_service(ctx: BenchContext, prefix: str) -> InProcessService:
+    """The invoice service, its CreateInvoice handler probed."""
+    return InProcessService(
+        ctx,
+        prefix,
+        definition(),
+        max_records=ctx.args.invoice_max_records,
+        probe="CreateInvoice",
     )
-
-
-def _log(message: str) -> None:
-    print(f"[invoice_create] {message}", file=sys.stderr, flush=True)
-
-
-class _Probe:
-    """When the first command reached the CreateInvoice handler."""
-
-    first_handled: float | None = None
-
-
-def _probed(service_definition: ServiceDefinition) -> ServiceDefinition:
-    """The definition with CreateInvoice's handler wrapped to note the first call."""
-    consumers = []
-    for spec in service_definition.consumers:
-        original = spec.handlers.get("CreateInvoice")
-        if original is not None:
-            inner = original.handle
-
-            async def handle(ctx: HandlerContext, cmd: Any, inner: Any = inner) -> Any:
-                if _Probe.first_handled is None:
-                    _Probe.first_handled = time.time()
-                return await inner(ctx, cmd)
-
-            handlers = {**spec.handlers, "CreateInvoice": HandlerSpec(handle, original.answers)}
-            consumers.append(replace(spec, handlers=handlers))
-        else:
-            consumers.append(spec)
-    return replace(service_definition, consumers=consumers)
-
-
-class _InvoiceService:
-    """The invoice service on a schema and topic prefix of its own."""
-
-    def __init__(self, ctx: BenchContext, prefix: str) -> None:
-        self.ctx = ctx
-        self.prefix = prefix
-        self.schema = "bench_" + prefix.strip(".")
-        self._service: Service | None = None
-
-    async def start(self) -> None:
-        _Probe.first_handled = None
-        settings = Settings(
-            kafka_bootstrap_servers=self.ctx.bootstrap_servers,
-            database_url=self.ctx.database_url,
-            cm_topic_prefix=self.prefix,
-            kafka_session_timeout_ms=2000,
-            kafka_heartbeat_interval_ms=500,
-            kafka_max_records=self.ctx.args.invoice_max_records,
-            log_level="WARNING",
-        )
-        service_definition = replace(_probed(definition()), schema=self.schema)
-        self._service = build_service(service_definition, settings)
-        await self._service.app.__aenter__()
-
-    async def stop(self) -> None:
-        if self._service is not None:
-            await self._service.app.__aexit__(None, None, None)
-            self._service = None
-
-    async def cleanup(self) -> dict[str, Any]:
-        """Count what the run left in the database, then drop the schema and the topics."""
-        conn = await asyncpg.connect(self.ctx.database_url)
-        try:
-            schema = f'"{self.schema}"'
-            counts = {
-                "invoices_active": await conn.fetchval(
-                    f"SELECT count(*) FROM {schema}.invoices WHERE status = 10"
-                ),
-                "invoices_other": await conn.fetchval(
-                    f"SELECT count(*) FROM {schema}.invoices WHERE status <> 10"
-                ),
-                "debtors": await conn.fetchval(f"SELECT count(*) FROM {schema}.debtors"),
-                "outbox_rows_left": await conn.fetchval(f"SELECT count(*) FROM {schema}.outbox"),
-            }
-            await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-        finally:
-            await conn.close()
-        await kafka.delete_topics_with_prefix(self.ctx.bootstrap_servers, self.prefix)
-        return counts
 
 
 async def _spec(ctx: BenchContext, prefix: str, n: int, rate: float | None) -> InvoiceLoadSpec:
@@ -195,33 +125,22 @@ def _checks(done: dict[str, Any]) -> dict[str, Any]:
 async def throughput(ctx: BenchContext, n: int) -> dict[str, Any]:
     prefix = ctx.prefix("ic")
     spec = await _spec(ctx, prefix, n, rate=None)
-    generator = LoadGenerator(spec, loadgen_main)
-    service = _InvoiceService(ctx, prefix)
-    try:
-        await generator.start()
-        _, first_send, last_ack = await generator.expect("produced", 600.0)
-        _log(f"throughput: {n} commands pre-produced in {last_ack - first_send:.2f} s; starting")
-        started = time.time()
-        await service.start()
-        try:
-            _, done = await generator.expect("done", spec.timeout_s + 30)
-        finally:
-            await service.stop()
-    finally:
-        generator.stop()
-    counts = await service.cleanup()
-    first = _Probe.first_handled
-    last = done["last_output"]
-    seconds = (last - first) if (first is not None and last is not None) else None
+    service = _invoice_service(ctx, prefix)
+    load = await run_backlog(
+        spec, service, _log, "throughput", target=loadgen_main, produced_timeout=600.0
+    )
+    counts = await service.cleanup(COUNTS)
     result = {
         "n": n,
-        **_checks(done),
-        "msgs_per_s": round(n / seconds, 1) if seconds else None,
-        "seconds": round(seconds, 3) if seconds else None,
-        "seconds_from_first_produce": round(last - first_send, 3) if last else None,
-        "produce_seconds": round(last_ack - first_send, 3),
-        "startup_seconds": round(first - started, 3) if first else None,
-        "latency_from_produce": summary(done["latencies"]),
+        **_checks(load.done),
+        **backlog_figures(
+            n,
+            load.done,
+            first_handled=service.first_handled,
+            started=load.started,
+            first_send=load.first_send,
+            last_ack=load.last_ack,
+        ),
         **counts,
     }
     _log(f"throughput: {result['msgs_per_s']} commands/s over {result['seconds']} s")
@@ -233,26 +152,23 @@ async def latency(ctx: BenchContext) -> dict[str, Any]:
     rate = ctx.args.invoice_rate
     n = int(rate * ctx.args.invoice_rate_seconds)
     spec = await _spec(ctx, prefix, n, rate=rate)
-    service = _InvoiceService(ctx, prefix)
-    generator = LoadGenerator(spec, loadgen_main)
+    service = _invoice_service(ctx, prefix)
     await service.start()
     try:
-        await generator.start()
-        _, first_send, last_ack = await generator.expect("produced", 300.0)
-        _, done = await generator.expect("done", spec.timeout_s + 30)
+        load = await run_load(spec, loadgen_main)
     finally:
-        generator.stop()
         await service.stop()
-    counts = await service.cleanup()
+    counts = await service.cleanup(COUNTS)
+    done = load.done
     result = {
         "rate_per_s": rate,
         "n": n,
         "warm_up_invoices": ctx.args.invoice_merchants,
-        "achieved_send_rate_per_s": round(n / (last_ack - first_send), 1),
+        "achieved_send_rate_per_s": round(n / (load.last_ack - load.first_send), 1),
         # Below the send rate when the service cannot keep up: the latencies then measure
         # a growing queue, not the service at that rate.
         "output_rate_per_s": (
-            round(n / (done["last_output"] - first_send), 1) if done["last_output"] else None
+            round(n / (done["last_output"] - load.first_send), 1) if done["last_output"] else None
         ),
         **_checks(done),
         **summary(done["latencies"]),
@@ -270,9 +186,7 @@ async def latency(ctx: BenchContext) -> dict[str, Any]:
 )
 async def run(ctx: BenchContext) -> dict[str, Any]:
     args = ctx.args
-    runs = set(args.invoice_runs.split(",")) if args.invoice_runs else set(RUNS)
-    if unknown := runs - set(RUNS):
-        raise SystemExit(f"unknown --invoice-runs {sorted(unknown)}; known: {', '.join(RUNS)}")
+    runs = selected_runs(args.invoice_runs, "--invoice-runs", RUNS)
     results: dict[str, Any] = {}
     if "throughput" in runs:
         results["invoice_create"] = await throughput(ctx, args.invoice_n)

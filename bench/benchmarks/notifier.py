@@ -24,10 +24,7 @@ import asyncio
 import base64
 import importlib.util
 import os
-import socket
-import sys
 import time
-from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -35,20 +32,20 @@ import asyncpg
 from aiokafka import AIOKafkaProducer
 
 from bench import kafka
-from bench.driver import LoadGenerator
-from bench.loadgen import summary
-from bench.notifier_loadgen import NotifierLoadSpec, invoice_count, website_key
+from bench.driver import run_backlog, run_load
+from bench.infra import Count, free_port
+from bench.inprocess import InProcessService
+from bench.invoice_loadgen import website_key
+from bench.kafka import PARTITIONS
+from bench.notifier_loadgen import NotifierLoadSpec, invoice_count
 from bench.notifier_loadgen import main as loadgen_main
-from bench.registry import BenchContext, benchmark
+from bench.registry import BenchContext, add_runs_argument, benchmark, logger, selected_runs
+from bench.stats import backlog_figures, summary
 from contracts import topics
 from contracts.envelope import new_envelope
 from contracts.notifier import RegisterWebhook
 from services.notifier.app import definition
-from services.runtime.app import Service, ServiceDefinition, build_service
-from services.runtime.consumer import HandlerContext, HandlerSpec
-from services.runtime.settings import Settings
 
-PARTITIONS = 8  # the runtime's default kafka_topic_partitions
 RUNS = ("pushes", "webhooks", "webhook_latency")
 
 
@@ -98,62 +95,54 @@ def add_arguments(parser: argparse.ArgumentParser | Any) -> None:
         default=500,
         help="kafka_max_records of the service (default 500)",
     )
-    parser.add_argument(
-        "--notifier-runs",
-        default=None,
-        help=f"comma-separated subset of the runs (default all: {','.join(RUNS)})",
-    )
+    add_runs_argument(parser, "--notifier-runs", RUNS)
 
 
-def _log(message: str) -> None:
-    print(f"[notifier] {message}", file=sys.stderr, flush=True)
-
-
-class _Probe:
-    """When the first InvoiceEvent reached the notifier's handler."""
-
-    first_handled: float | None = None
-
-
-def _probed(service_definition: ServiceDefinition) -> ServiceDefinition:
-    """The definition with the InvoiceEvent handler wrapped to note the first call."""
-    consumers = []
-    for spec in service_definition.consumers:
-        original = spec.handlers.get("InvoiceEvent")
-        if original is None:
-            consumers.append(spec)
-            continue
-        inner = original.handle
-
-        async def handle(ctx: HandlerContext, event: Any, inner: Any = inner) -> Any:
-            if _Probe.first_handled is None:
-                _Probe.first_handled = time.time()
-            return await inner(ctx, event)
-
-        handlers = {**spec.handlers, "InvoiceEvent": HandlerSpec(handle, original.answers)}
-        consumers.append(replace(spec, handlers=handlers))
-    return replace(service_definition, consumers=consumers)
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+_log = logger("notifier")
 
 
 def _secret() -> str:
     return "whsec_" + base64.b64encode(os.urandom(24)).decode()
 
 
-class _Notifier:
-    """The notifier service on a schema and topic prefix of its own."""
+async def _post_latency_ms(conn: asyncpg.Connection, schema: str) -> dict[str, Any]:
+    """The notifier's own POST → answer time (cm_notifier_webhook_latency_seconds)."""
+    row = await conn.fetchrow(
+        "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY latency_ms) AS p50,"
+        " percentile_cont(0.99) WITHIN GROUP (ORDER BY latency_ms) AS p99"
+        f" FROM {schema}.webhook_delivery_log WHERE latency_ms IS NOT NULL"
+    )
+    assert row is not None
+    return {key: round(row[key], 1) if row[key] is not None else None for key in ("p50", "p99")}
+
+
+async def _deliveries_by_status(conn: asyncpg.Connection, schema: str) -> dict[str, int]:
+    rows = await conn.fetch(
+        f"SELECT status, count(*) AS n FROM {schema}.webhook_deliveries GROUP BY status"
+    )
+    return {r["status"]: r["n"] for r in rows}
+
+
+#: What a notifier run leaves in its schema, counted before it is dropped.
+COUNTS: dict[str, Count] = {
+    "deliveries_by_status": _deliveries_by_status,
+    "delivery_log_rows": "SELECT count(*) FROM {schema}.webhook_delivery_log",
+    "post_latency_ms": _post_latency_ms,
+    "outbox_rows_left": "SELECT count(*) FROM {schema}.outbox",
+}
+
+
+class _Notifier(InProcessService):
+    """The notifier service, its InvoiceEvent handler probed."""
 
     def __init__(self, ctx: BenchContext, prefix: str) -> None:
-        self.ctx = ctx
-        self.prefix = prefix
-        self.schema = "bench_" + prefix.strip(".")
-        self._service: Service | None = None
+        super().__init__(
+            ctx,
+            prefix,
+            definition(),
+            max_records=ctx.args.notifier_max_records,
+            probe="InvoiceEvent",
+        )
 
     async def create_topics(self) -> tuple[str, str]:
         """The event and push topics, created before the service (and the load) starts
@@ -161,31 +150,6 @@ class _Notifier:
         events, pushes = self.prefix + topics.INVOICE_EVENTS, self.prefix + topics.PUSH_INVOICE
         await kafka.create_topics(self.ctx.bootstrap_servers, [events, pushes], PARTITIONS)
         return events, pushes
-
-    async def start(self) -> None:
-        _Probe.first_handled = None
-        settings = Settings(
-            kafka_bootstrap_servers=self.ctx.bootstrap_servers,
-            database_url=self.ctx.database_url,
-            cm_topic_prefix=self.prefix,
-            kafka_session_timeout_ms=2000,
-            kafka_heartbeat_interval_ms=500,
-            kafka_max_records=self.ctx.args.notifier_max_records,
-            log_level="WARNING",
-        )
-        service_definition = replace(_probed(definition()), schema=self.schema)
-        self._service = build_service(service_definition, settings)
-        await self._service.app.__aenter__()
-
-    @property
-    def service(self) -> Service:
-        assert self._service is not None
-        return self._service
-
-    async def stop(self) -> None:
-        if self._service is not None:
-            await self._service.app.__aexit__(None, None, None)
-            self._service = None
 
     async def register_webhooks(self, url: str, secrets: dict[str, str]) -> float:
         """RegisterWebhook for every website key, waited for in the webhooks table."""
@@ -221,37 +185,6 @@ class _Notifier:
             await asyncio.sleep(0.05)
         raise RuntimeError(f"only {count} of {len(secrets)} webhooks registered within 60 s")
 
-    async def cleanup(self) -> dict[str, Any]:
-        """Count what the run left in the database, then drop the schema and the topics."""
-        conn = await asyncpg.connect(self.ctx.database_url)
-        try:
-            schema = f'"{self.schema}"'
-            statuses = await conn.fetch(
-                f"SELECT status, count(*) AS n FROM {schema}.webhook_deliveries GROUP BY status"
-            )
-            attempt_ms = await conn.fetchrow(
-                "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY latency_ms) AS p50,"
-                " percentile_cont(0.99) WITHIN GROUP (ORDER BY latency_ms) AS p99"
-                f" FROM {schema}.webhook_delivery_log WHERE latency_ms IS NOT NULL"
-            )
-            counts = {
-                "deliveries_by_status": {r["status"]: r["n"] for r in statuses},
-                "delivery_log_rows": await conn.fetchval(
-                    f"SELECT count(*) FROM {schema}.webhook_delivery_log"
-                ),
-                # The notifier's own POST → answer time (cm_notifier_webhook_latency_seconds).
-                "post_latency_ms": {
-                    "p50": round(attempt_ms["p50"], 1) if attempt_ms["p50"] is not None else None,
-                    "p99": round(attempt_ms["p99"], 1) if attempt_ms["p99"] is not None else None,
-                },
-                "outbox_rows_left": await conn.fetchval(f"SELECT count(*) FROM {schema}.outbox"),
-            }
-            await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-        finally:
-            await conn.close()
-        await kafka.delete_topics_with_prefix(self.ctx.bootstrap_servers, self.prefix)
-        return counts
-
 
 def _spec(ctx: BenchContext, events_topic: str, n: int, **extra: Any) -> NotifierLoadSpec:
     return NotifierLoadSpec(
@@ -279,23 +212,9 @@ async def pushes(ctx: BenchContext, n: int) -> dict[str, Any]:
     notifier = _Notifier(ctx, prefix)
     events_topic, push_topic = await notifier.create_topics()
     spec = _spec(ctx, events_topic, n, mode="pushes", push_topic=push_topic, timeout_s=300.0)
-    generator = LoadGenerator(spec, loadgen_main)
-    try:
-        await generator.start()
-        _, first_send, last_ack = await generator.expect("produced", 300.0)
-        _log(f"pushes: {n} events pre-produced in {last_ack - first_send:.2f} s; starting")
-        started = time.time()
-        await notifier.start()
-        try:
-            _, done = await generator.expect("done", spec.timeout_s + 30)
-        finally:
-            await notifier.stop()
-    finally:
-        generator.stop()
-    counts = await notifier.cleanup()
-    first = _Probe.first_handled
-    last = done["last_output"]
-    seconds = (last - first) if (first is not None and last is not None) else None
+    load = await run_backlog(spec, notifier, _log, "pushes", target=loadgen_main, what="events")
+    counts = await notifier.cleanup(COUNTS)
+    done = load.done
     result = {
         "n": n,
         "invoices": invoice_count(spec),
@@ -306,12 +225,15 @@ async def pushes(ctx: BenchContext, n: int) -> dict[str, Any]:
         "pushes_with_wrong_key": done["pushes_with_wrong_key"],
         "bodies_checked": done["bodies_checked"],
         "bodies_not_matching": done["bodies_not_matching"],
-        "pushes_per_s": round(n / seconds, 1) if seconds else None,
-        "seconds": round(seconds, 3) if seconds else None,
-        "seconds_from_first_produce": round(last - first_send, 3) if last else None,
-        "produce_seconds": round(last_ack - first_send, 3),
-        "startup_seconds": round(first - started, 3) if first else None,
-        "latency_from_produce": summary(done["latencies"]),
+        **backlog_figures(
+            n,
+            done,
+            first_handled=notifier.first_handled,
+            started=load.started,
+            first_send=load.first_send,
+            last_ack=load.last_ack,
+            rate_key="pushes_per_s",
+        ),
         "webhook_deliveries": sum(counts["deliveries_by_status"].values()),
         "outbox_rows_left": counts["outbox_rows_left"],
     }
@@ -323,7 +245,7 @@ async def webhooks(ctx: BenchContext, label: str, n: int, rate: float | None) ->
     prefix = ctx.prefix(label)
     notifier = _Notifier(ctx, prefix)
     events_topic, _ = await notifier.create_topics()
-    port = _free_port()
+    port = free_port()
     secrets = {website_key(i): _secret() for i in range(ctx.args.notifier_websites)}
     spec = _spec(
         ctx,
@@ -339,16 +261,11 @@ async def webhooks(ctx: BenchContext, label: str, n: int, rate: float | None) ->
     try:
         registered_in = await notifier.register_webhooks(f"http://127.0.0.1:{port}/hook", secrets)
         _log(f"{label}: {len(secrets)} webhooks registered in {registered_in:.2f} s; sending")
-        generator = LoadGenerator(spec, loadgen_main)
-        try:
-            await generator.start()
-            _, first_send, last_ack = await generator.expect("produced", 300.0)
-            _, done = await generator.expect("done", spec.timeout_s + 30)
-        finally:
-            generator.stop()
+        load = await run_load(spec, loadgen_main)
     finally:
         await notifier.stop()
-    counts = await notifier.cleanup()
+    counts = await notifier.cleanup(COUNTS)
+    first_send, last_ack, done = load.first_send, load.last_ack, load.done
     first, last = done["first_received"], done["last_received"]
     drain = (last - first) if (first is not None and last is not None) else None
     from_produce = (last - first_send) if last is not None else None
@@ -388,9 +305,7 @@ async def webhooks(ctx: BenchContext, label: str, n: int, rate: float | None) ->
 )
 async def run(ctx: BenchContext) -> dict[str, Any]:
     args = ctx.args
-    runs = set(args.notifier_runs.split(",")) if args.notifier_runs else set(RUNS)
-    if unknown := runs - set(RUNS):
-        raise SystemExit(f"unknown --notifier-runs {sorted(unknown)}; known: {', '.join(RUNS)}")
+    runs = selected_runs(args.notifier_runs, "--notifier-runs", RUNS)
     results: dict[str, Any] = {}
     if "pushes" in runs:
         results["pushes"] = await pushes(ctx, args.notifier_n)

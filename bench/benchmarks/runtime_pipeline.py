@@ -15,22 +15,19 @@ a fixed rate to a running, warmed-up pipeline.
 from __future__ import annotations
 
 import argparse
-import sys
-import time
 from typing import Any
 
-import asyncpg
-
 from bench import kafka
-from bench.driver import LoadGenerator
-from bench.loadgen import LoadSpec, summary
+from bench.driver import run_backlog, run_load
+from bench.infra import drop_run
+from bench.inprocess import InProcessService, schema_of
+from bench.kafka import PARTITIONS
+from bench.loadgen import LoadSpec
 from bench.raw import RawPipeline
-from bench.registry import BenchContext, benchmark
-from bench.service import COMMAND_TOPIC, EVENT_TOPIC, Probe, definition
-from services.runtime.app import build_service
-from services.runtime.settings import Settings
+from bench.registry import BenchContext, add_runs_argument, benchmark, logger, selected_runs
+from bench.service import COMMAND_TOPIC, EVENT_TOPIC, definition
+from bench.stats import backlog_figures, summary
 
-PARTITIONS = 8  # the runtime's default kafka_topic_partitions
 RUNS = (
     "platform_batched",
     "raw",
@@ -64,15 +61,10 @@ def add_arguments(parser: argparse.ArgumentParser | Any) -> None:
         default=500,
         help="batch size of the batched and raw runs (default 500)",
     )
-    parser.add_argument(
-        "--runs",
-        default=None,
-        help=f"comma-separated subset of the runs (default all: {','.join(RUNS)})",
-    )
+    add_runs_argument(parser, "--runs", RUNS)
 
 
-def _log(message: str) -> None:
-    print(f"[runtime_pipeline] {message}", file=sys.stderr, flush=True)
+_log = logger("runtime_pipeline")
 
 
 class _Pipeline:
@@ -82,63 +74,45 @@ class _Pipeline:
         self.ctx = ctx
         self.kind = kind
         self.prefix = prefix
-        self.schema = "bench_" + prefix.strip(".")
+        self.schema = schema_of(prefix)
         self.max_records = max_records
-        self._service: Any = None
+        # The bench service's handler marks the probe itself.
+        self._service = InProcessService(
+            ctx, prefix, definition(self.schema), max_records=max_records
+        )
         self._raw: RawPipeline | None = None
 
     async def start(self) -> None:
-        Probe.reset()
-        if self.kind == "raw":
-            self._raw = RawPipeline(
-                bootstrap=self.ctx.bootstrap_servers,
-                dsn=self.ctx.database_url,
-                schema=self.schema,
-                in_topic=self.prefix + COMMAND_TOPIC,
-                out_topic=self.prefix + EVENT_TOPIC,
-                max_records=self.max_records,
-            )
-            await self._raw.start()
+        if self.kind != "raw":
+            await self._service.start()
             return
-        settings = Settings(
-            kafka_bootstrap_servers=self.ctx.bootstrap_servers,
-            database_url=self.ctx.database_url,
-            cm_topic_prefix=self.prefix,
-            kafka_session_timeout_ms=2000,
-            kafka_heartbeat_interval_ms=500,
-            kafka_max_records=self.max_records,
-            log_level="WARNING",
+        self._raw = RawPipeline(
+            bootstrap=self.ctx.bootstrap_servers,
+            dsn=self.ctx.database_url,
+            schema=self.schema,
+            in_topic=self.prefix + COMMAND_TOPIC,
+            out_topic=self.prefix + EVENT_TOPIC,
+            max_records=self.max_records,
         )
-        self._service = build_service(definition(self.schema), settings)
-        await self._service.app.__aenter__()
+        await self._raw.start()
 
     @property
     def first_consumed(self) -> float | None:
-        return self._raw.first_consumed if self._raw is not None else Probe.first_handled
+        return self._raw.first_consumed if self._raw is not None else self._service.first_handled
 
     async def stop(self) -> None:
         if self._raw is not None:
             await self._raw.stop()
-        elif self._service is not None:
-            await self._service.app.__aexit__(None, None, None)
+        else:
+            await self._service.stop()
 
-    async def cleanup(self) -> dict[str, int]:
+    async def cleanup(self) -> dict[str, Any]:
         """Count what is left in the database, then drop the schema and the topics."""
-        conn = await asyncpg.connect(self.ctx.database_url)
-        try:
-            counts = {
-                "state_rows": await conn.fetchval(
-                    f'SELECT count(*) FROM "{self.schema}".bench_state'
-                ),
-                "outbox_rows_left": await conn.fetchval(
-                    f'SELECT count(*) FROM "{self.schema}".outbox'
-                ),
-            }
-            await conn.execute(f'DROP SCHEMA IF EXISTS "{self.schema}" CASCADE')
-        finally:
-            await conn.close()
-        await kafka.delete_topics_with_prefix(self.ctx.bootstrap_servers, self.prefix)
-        return counts
+        counts = {
+            "state_rows": "SELECT count(*) FROM {schema}.bench_state",
+            "outbox_rows_left": "SELECT count(*) FROM {schema}.outbox",
+        }
+        return await drop_run(self.ctx, self.schema, counts, prefix=self.prefix)
 
 
 async def _topics(ctx: BenchContext, prefix: str) -> tuple[str, str]:
@@ -155,24 +129,10 @@ async def throughput(
     spec = LoadSpec(
         ctx.bootstrap_servers, in_topic, out_topic, n, ctx.args.keys, rate=None, timeout_s=300.0
     )
-    generator = LoadGenerator(spec)
     pipeline = _Pipeline(ctx, kind, prefix, max_records)
-    try:
-        await generator.start()
-        _, first_send, last_ack = await generator.expect("produced", 300.0)
-        _log(f"{label}: {n} commands pre-produced in {last_ack - first_send:.2f} s; starting")
-        started = time.time()
-        await pipeline.start()
-        try:
-            _, done = await generator.expect("done", spec.timeout_s + 30)
-        finally:
-            await pipeline.stop()
-    finally:
-        generator.stop()
+    load = await run_backlog(spec, pipeline, _log, label)
     counts = await pipeline.cleanup()
-    first = pipeline.first_consumed
-    last = done["last_output"]
-    seconds = (last - first) if (first is not None and last is not None) else None
+    done = load.done
     result = {
         "kind": kind,
         "kafka_max_records": max_records,
@@ -180,12 +140,14 @@ async def throughput(
         "complete": done["complete"],
         "outputs_seen": done["seen"],
         "duplicates_seen": done["duplicates"],
-        "msgs_per_s": round(n / seconds, 1) if seconds else None,
-        "seconds": round(seconds, 3) if seconds else None,
-        "seconds_from_first_produce": round(last - first_send, 3) if last else None,
-        "produce_seconds": round(last_ack - first_send, 3),
-        "startup_seconds": round(first - started, 3) if first else None,
-        "latency_from_produce": summary(done["latencies"]),
+        **backlog_figures(
+            n,
+            done,
+            first_handled=pipeline.first_consumed,
+            started=load.started,
+            first_send=load.first_send,
+            last_ack=load.last_ack,
+        ),
         **counts,
     }
     _log(f"{label}: {result['msgs_per_s']} msg/s over {result['seconds']} s")
@@ -206,22 +168,19 @@ async def latency(ctx: BenchContext, label: str, kind: str, max_records: int) ->
         timeout_s=120.0,
     )
     pipeline = _Pipeline(ctx, kind, prefix, max_records)
-    generator = LoadGenerator(spec)
     await pipeline.start()
     try:
-        await generator.start()
-        _, first_send, last_ack = await generator.expect("produced", 300.0)
-        _, done = await generator.expect("done", spec.timeout_s + 30)
+        load = await run_load(spec)
     finally:
-        generator.stop()
         await pipeline.stop()
     counts = await pipeline.cleanup()
+    done = load.done
     result = {
         "kind": kind,
         "kafka_max_records": max_records,
         "rate_per_s": ctx.args.rate,
         "n": n,
-        "achieved_send_rate_per_s": round(n / (last_ack - first_send), 1),
+        "achieved_send_rate_per_s": round(n / (load.last_ack - load.first_send), 1),
         "complete": done["complete"],
         "outputs_seen": done["seen"],
         **summary(done["latencies"]),
@@ -246,9 +205,7 @@ def _ratio(a: dict[str, Any], b: dict[str, Any]) -> float | None:
 async def run(ctx: BenchContext) -> dict[str, Any]:
     args = ctx.args
     n_single = min(args.n_single, args.n)
-    runs = set(args.runs.split(",")) if args.runs else set(RUNS)
-    if unknown := runs - set(RUNS):
-        raise SystemExit(f"unknown --runs {sorted(unknown)}; known: {', '.join(RUNS)}")
+    runs = selected_runs(args.runs, "--runs", RUNS)
     throughput_runs: dict[str, dict[str, Any]] = {}
     if "platform_batched" in runs:
         throughput_runs["platform_batched"] = await throughput(

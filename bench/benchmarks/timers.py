@@ -25,7 +25,6 @@ import asyncio
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -37,11 +36,14 @@ from typing import Any
 
 import asyncpg
 import httpx
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.structs import ConsumerRecord
 
-from bench import kafka
-from bench.loadgen import summary
-from bench.registry import BenchContext, benchmark
+from bench.infra import drop_run, free_port
+from bench.inprocess import schema_of
+from bench.kafka import PARTITIONS
+from bench.loadcore import TopicReader
+from bench.registry import BenchContext, add_runs_argument, benchmark, logger, selected_runs
+from bench.stats import per_s, summary
 from contracts import topics
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -76,22 +78,10 @@ def add_arguments(parser: argparse.ArgumentParser | Any) -> None:
         default=100,
         help="pgqueuer dequeue batch size (default 100)",
     )
-    parser.add_argument(
-        "--timers-runs",
-        default=None,
-        help=f"comma-separated subset of the runs (default all: {','.join(RUNS)})",
-    )
+    add_runs_argument(parser, "--timers-runs", RUNS)
 
 
-def _log(message: str) -> None:
-    print(f"[timers] {message}", file=sys.stderr, flush=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+_log = logger("timers")
 
 
 def _message(i: int) -> str:
@@ -120,7 +110,7 @@ class SchedulerProcess:
     def __init__(self, ctx: BenchContext, prefix: str, schema: str, batch_size: int) -> None:
         self.prefix = prefix
         self.schema = schema
-        self.port = _free_port()
+        self.port = free_port()
         self.env = {
             **os.environ,
             "KAFKA_BOOTSTRAP_SERVERS": ctx.bootstrap_servers,
@@ -168,50 +158,28 @@ class SchedulerProcess:
             self.proc.wait(5)
 
 
-class Reader:
+class Reader(TopicReader):
     """Reads the target topic from the beginning and notes when each message arrived."""
 
     def __init__(self, bootstrap: str, topic: str) -> None:
-        self.bootstrap = bootstrap
-        self.topic = topic
+        super().__init__(bootstrap, topic, poll_ms=50, what="target topic")
         self.arrivals: list[float] = []
         self.seen: set[int] = set()
         self.duplicates = 0
         self.expected = 0
         self._enough = asyncio.Event()
-        self._consumer: AIOKafkaConsumer | None = None
-        self._task: asyncio.Task[None] | None = None
 
-    async def start(self) -> None:
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap,
-            enable_auto_commit=False,
-            fetch_max_wait_ms=5,
-            max_partition_fetch_bytes=4 * 1024 * 1024,
-        )
-        await self._consumer.start()
-        await self._consumer._client.force_metadata_update()
-        partitions = self._consumer.partitions_for_topic(self.topic) or set()
-        tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
-        self._consumer.assign(tps)
-        await self._consumer.seek_to_beginning(*tps)
-        self._task = asyncio.create_task(self._run())
+    def record(self, record: ConsumerRecord[Any, Any], now: float) -> None:
+        digest = hash(record.value)  # a re-publish has the same body
+        if digest in self.seen:
+            self.duplicates += 1
+            return
+        self.seen.add(digest)
+        self.arrivals.append(now)
 
-    async def _run(self) -> None:
-        assert self._consumer is not None
-        while True:
-            batch = await self._consumer.getmany(timeout_ms=50, max_records=10_000)
-            now = time.time()
-            for records in batch.values():
-                for record in records:
-                    digest = hash(record.value)  # a re-publish has the same body
-                    if digest in self.seen:
-                        self.duplicates += 1
-                        continue
-                    self.seen.add(digest)
-                    self.arrivals.append(now)
-            if self.expected and len(self.arrivals) >= self.expected:
-                self._enough.set()
+    def polled(self, anything: bool) -> None:
+        if self.expected and len(self.arrivals) >= self.expected:
+            self._enough.set()
 
     async def wait_for(self, n: int, timeout: float) -> bool:
         self.expected = n
@@ -219,14 +187,6 @@ class Reader:
             await asyncio.wait_for(self._enough.wait(), timeout)
         await asyncio.sleep(0.5)  # a moment for stragglers (repeats) to show up
         return len(self.arrivals) >= n
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        if self._consumer is not None:
-            await self._consumer.stop()
 
 
 async def _copy_timers(
@@ -250,7 +210,7 @@ async def _scheduler_run(
     """Start a scheduler, COPY n timers (due per `due_times(start)`, where `start` is a
     moment after the COPY has surely committed), read until all fired."""
     prefix = ctx.prefix(label)
-    schema = "bench_" + prefix.strip(".")
+    schema = schema_of(prefix)
     scheduler = SchedulerProcess(ctx, prefix, schema, ctx.args.timers_batch_size)
     await scheduler.start()
     reader = Reader(ctx.bootstrap_servers, prefix + TARGET)
@@ -281,14 +241,15 @@ async def _scheduler_run(
     ]
     # Arrivals are in arrival order, dues sorted: the k-th arrival against the k-th due
     # time is exact for the drain (one due time) and a fair pairing for the steady run.
-    conn = await asyncpg.connect(ctx.database_url)
-    try:
-        left = await conn.fetchval(f'SELECT count(*) FROM "{schema}".timers')
-        outbox_left = await conn.fetchval(f'SELECT count(*) FROM "{schema}".outbox')
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-    finally:
-        await conn.close()
-    await kafka.delete_topics_with_prefix(ctx.bootstrap_servers, prefix)
+    left = await drop_run(
+        ctx,
+        schema,
+        {
+            "timers_left": "SELECT count(*) FROM {schema}.timers",
+            "outbox_left": "SELECT count(*) FROM {schema}.outbox",
+        },
+        prefix=prefix,
+    )
     last = arrivals[-1] if arrivals else None
     first = arrivals[0] if arrivals else None
     span = (last - max(first_due, committed)) if last else None
@@ -297,12 +258,11 @@ async def _scheduler_run(
         "complete": complete,
         "messages_seen": len(arrivals),
         "duplicates_seen": reader.duplicates,
-        "timers_left": left,
-        "outbox_left": outbox_left,
+        **left,
         "copy_seconds": round(committed - copy_started, 3),
         "build_messages_seconds": round(build_s, 3),
         "copy_committed_before_due": committed <= first_due,
-        "fired_per_s": round(n / span, 1) if span else None,
+        "fired_per_s": per_s(n, span),
         "seconds_due_to_last": round(span, 3) if span else None,
         "first_message_after_due_ms": round((first - first_due) * 1000, 1) if first else None,
         "lag_due_to_kafka": summary(lags),
@@ -374,20 +334,15 @@ async def pgqueuer_run(ctx: BenchContext) -> dict[str, Any]:
         finished = time.time()
     finally:
         await worker.close()
-    admin = await asyncpg.connect(ctx.database_url)
-    try:
-        left = await admin.fetchval(f'SELECT count(*) FROM "{schema}".pgqueuer')
-        await admin.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-    finally:
-        await admin.close()
+    left = await drop_run(ctx, schema, {"jobs_left": "SELECT count(*) FROM {schema}.pgqueuer"})
     span = (done[-1] - started) if done else None
     result = {
         "n": n,
         "batch_size": batch_size,
         "handled": len(done),
-        "jobs_left": left,
+        **left,
         "enqueue_seconds": round(enqueued - enqueue_started, 3),
-        "jobs_per_s": round(len(done) / span, 1) if span else None,
+        "jobs_per_s": per_s(len(done), span),
         "seconds": round(span, 3) if span else None,
         "run_seconds": round(finished - started, 3),
         "lag_start_to_handled": summary([t - started for t in done]),
@@ -404,9 +359,7 @@ async def pgqueuer_run(ctx: BenchContext) -> dict[str, Any]:
 )
 async def run(ctx: BenchContext) -> dict[str, Any]:
     args = ctx.args
-    runs = set(args.timers_runs.split(",")) if args.timers_runs else set(RUNS)
-    if unknown := runs - set(RUNS):
-        raise SystemExit(f"unknown --timers-runs {sorted(unknown)}; known: {', '.join(RUNS)}")
+    runs = selected_runs(args.timers_runs, "--timers-runs", RUNS)
     results: dict[str, Any] = {}
     if "drain" in runs:
         results["drain"] = await drain(ctx)
@@ -423,7 +376,7 @@ async def run(ctx: BenchContext) -> dict[str, Any]:
             "steady_rate_per_s": args.timers_steady_rate,
             "steady_seconds": args.timers_steady_seconds,
             "pgqueuer_batch_size": args.timers_pgqueuer_batch_size,
-            "partitions": 8,
+            "partitions": PARTITIONS,
             "scheduler_poll_interval_ms": 200,
         },
         "method": (

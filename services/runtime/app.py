@@ -14,6 +14,7 @@ import contextlib
 import logging
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ from services.runtime.consumer import (
 from services.runtime.db import create_pool, migrate
 from services.runtime.logs import configure_logging, get_logger
 from services.runtime.outbox import OutboxRelay
+from services.runtime.retention import prune_forever
 from services.runtime.settings import Settings
 
 log = get_logger(__name__)
@@ -178,6 +180,16 @@ def build_service(definition: ServiceDefinition, settings: Settings | None = Non
             )
         for task in definition.background_tasks:
             state["tasks"].append(asyncio.create_task(task(runtime), name=task.__name__))
+        state["tasks"].append(
+            asyncio.create_task(
+                prune_forever(
+                    pool,
+                    timedelta(days=settings.inbox_retention_days),
+                    timedelta(seconds=settings.inbox_prune_interval_s),
+                ),
+                name="inbox-retention",
+            )
+        )
 
     async def after_startup() -> None:
         log.info("service started", topics=[topics(c.topic) for c in definition.consumers])

@@ -55,6 +55,10 @@ class Settings(BaseSettings):
     scheduler_poll_interval_ms: int = 200
     scheduler_batch_size: int = 1000
 
+    # Deduplication window: inbox ids and stored answers older than this are deleted.
+    inbox_retention_days: float = 7.0
+    inbox_prune_interval_s: float = 3600.0
+
     # Redelivery back-off after an infrastructure failure.
     retry_backoff_ms: int = 500
 

@@ -16,6 +16,7 @@ import sys
 import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import asyncpg
@@ -26,6 +27,7 @@ from contracts import topics
 from services.runtime.app import Service, build_service
 from services.runtime.db import create_pool
 from services.runtime.outbox import OutboxMessage, OutboxRelay, enqueue
+from services.runtime.retention import prune
 from tests.support import ledger
 from tests.support.kafka import envelope, poll_until, publish, read_all
 from tests.support.net import free_port
@@ -424,3 +426,23 @@ async def test_sigkill_at_random_moments_loses_nothing_and_applies_nothing_twice
     answers = [r.json() for r in await read_all(kafka_bootstrap, prefix + topics.COMMAND_RESULTS)]
     assert {a["payload"]["command_id"] for a in answers} == {b["message_id"] for b in bodies}
     assert {a["type"] for a in answers} == {"CommandAccepted"}
+
+
+async def test_inbox_ids_and_answers_past_the_retention_window_are_pruned(
+    service: Service, kafka_bootstrap: str, prefix: str
+) -> None:
+    old, recent = record_entry("e-old"), record_entry("e-new")
+    await send(kafka_bootstrap, prefix + topics.INVOICE_COMMANDS, old, recent)
+    pool = service.runtime.pool
+    await poll_until(lambda: _entry_ids(pool, {"e-old", "e-new"}), what="both handled")
+    await pool.execute(
+        "UPDATE inbox SET received_at = now() - interval '8 days' WHERE message_id = $1",
+        uuid.UUID(old["message_id"]),  # type: ignore[arg-type]
+    )
+    await pool.execute(
+        "UPDATE command_results SET created_at = now() - interval '8 days' WHERE command_id = $1",
+        uuid.UUID(old["message_id"]),  # type: ignore[arg-type]
+    )
+    assert await prune(pool, timedelta(days=7)) == 2
+    kept = {r["message_id"] for r in await pool.fetch("SELECT message_id FROM inbox")}
+    assert kept == {uuid.UUID(recent["message_id"])}  # type: ignore[arg-type]

@@ -1,0 +1,42 @@
+"""Keeping the inbox and stored answers bounded.
+
+Deduplication needs a message's id only as long as it can be delivered again: Kafka
+redelivers within a consumer-group rebalance or a restart, not weeks later. Ids and
+stored answers older than `INBOX_RETENTION_DAYS` are deleted by a background task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import asyncpg
+
+from services.runtime.logs import get_logger
+
+log = get_logger(__name__)
+
+
+async def prune(pool: asyncpg.Pool, older_than: timedelta) -> int:
+    """Delete inbox rows and stored command answers older than `older_than`."""
+    async with pool.acquire() as conn, conn.transaction():
+        inbox = await conn.execute(
+            "DELETE FROM inbox WHERE received_at < now() - $1::interval", older_than
+        )
+        answers = await conn.execute(
+            "DELETE FROM command_results WHERE created_at < now() - $1::interval", older_than
+        )
+    return int(inbox.split()[-1]) + int(answers.split()[-1])
+
+
+async def prune_forever(pool: asyncpg.Pool, older_than: timedelta, every: timedelta) -> None:
+    while True:
+        try:
+            removed = await prune(pool, older_than)
+            if removed:
+                log.info("pruned old inbox rows and answers", removed=removed)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("pruning the inbox failed; trying again later")
+        await asyncio.sleep(every.total_seconds())

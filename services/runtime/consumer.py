@@ -51,6 +51,12 @@ HANDLED = Counter(
     "Messages handled, by outcome",
     ["service", "consumer", "type", "outcome"],
 )
+BATCH_RECORDS = Histogram(
+    "cm_consumer_batch_records",
+    "Records per consumed batch",
+    ["service", "consumer"],
+    buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000),
+)
 BATCH_SECONDS = Histogram(
     "cm_consumer_batch_seconds", "Time to handle and commit one batch", ["service", "consumer"]
 )
@@ -278,6 +284,7 @@ class BatchConsumer:
 
     async def handle_batch(self, records: Sequence[RawRecord]) -> BatchOutcome:
         started = time.perf_counter()
+        BATCH_RECORDS.labels(self.service, self.spec.name).observe(len(records))
         try:
             outcome = await self._transact(records, careful=False)
         except Exception as exc:

@@ -111,8 +111,9 @@ class Changes:
         if plan.step_index is None or plan.due_at is None:
             self.ctx.emit(topics.SCHEDULER_COMMANDS, timer_id, CancelTimer(timer_id=timer_id))
             return
+        # Built from the service's own values: no re-validation on this hot path.
         step_due = new_envelope(
-            StepDue(
+            StepDue.model_construct(
                 invoice_number=invoice.invoice_number,
                 step_index=plan.step_index,
                 scheme_version=invoice.scheme_version,
@@ -122,11 +123,14 @@ class Changes:
             occurred_at=plan.due_at,
             caused_by=self.ctx.envelope,
         )
-        self.ctx.emit(
-            topics.SCHEDULER_COMMANDS,
-            timer_id,
-            ScheduleTimer.for_envelope(timer_id, plan.due_at, step_due),
+        timer = ScheduleTimer.model_construct(
+            timer_id=timer_id,
+            due_at=plan.due_at,
+            topic=topics.INVOICE_COMMANDS,
+            key=f"{invoice.website_key}:{invoice.invoice_number}",
+            message=step_due.model_dump(mode="json"),
         )
+        self.ctx.emit(topics.SCHEDULER_COMMANDS, timer_id, timer)
 
     def _request(
         self,

@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -95,6 +95,32 @@ async def ensure_topics(settings: Settings, topics: TopicNames) -> None:
                 )
     finally:
         await admin.close()
+
+
+async def _tolerant_parser(records: Any, original: Callable[[Any], Awaitable[Any]]) -> Any:
+    """faststream decodes every header as UTF-8 before our code sees the message: a
+    header that is not UTF-8 would fail there and, with NACK_ON_ERROR, come back forever.
+    Such headers are dropped (the platform reads none it did not write)."""
+    batch = records if isinstance(records, tuple) else (records,)
+    if all(_utf8_headers(record) for record in batch):
+        return await original(records)
+    cleaned = tuple(
+        replace(record, headers=[(k, v) for k, v in record.headers if _is_utf8(v)])
+        for record in batch
+    )
+    return await original(cleaned if isinstance(records, tuple) else cleaned[0])
+
+
+def _is_utf8(value: bytes | None) -> bool:
+    try:
+        (value or b"").decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _utf8_headers(record: Any) -> bool:
+    return all(_is_utf8(value) for _, value in (record.headers or ()))
 
 
 def _raw_decoder(msg: Any) -> Any:
@@ -255,6 +281,7 @@ def _register_consumer(
         auto_offset_reset="earliest",
         ack_policy=AckPolicy.NACK_ON_ERROR,
         decoder=_raw_decoder,
+        parser=_tolerant_parser,
         title=f"{service}.{spec.name}",
     )
 

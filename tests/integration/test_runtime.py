@@ -22,6 +22,7 @@ from pathlib import Path
 import asyncpg
 import httpx
 import pytest
+from aiokafka import AIOKafkaProducer
 
 from contracts import topics
 from services.runtime.app import Service, build_service
@@ -446,3 +447,25 @@ async def test_inbox_ids_and_answers_past_the_retention_window_are_pruned(
     assert await prune(pool, timedelta(days=7)) == 2
     kept = {r["message_id"] for r in await pool.fetch("SELECT message_id FROM inbox")}
     assert kept == {uuid.UUID(recent["message_id"])}  # type: ignore[arg-type]
+
+
+async def test_a_header_that_is_not_utf8_does_not_stop_the_consumer(
+    service: Service, kafka_bootstrap: str, prefix: str
+) -> None:
+    body = record_entry("e-binary-header")
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, enable_idempotence=False)
+    await producer.start()
+    try:
+        await producer.send_and_wait(
+            prefix + topics.INVOICE_COMMANDS,
+            json.dumps(body).encode(),
+            key=key_of(body).encode(),
+            headers=[("trace", b"\xff\xfe\x00binary")],
+        )
+    finally:
+        await producer.stop()
+    await send(kafka_bootstrap, prefix + topics.INVOICE_COMMANDS, record_entry("e-after-it"))
+    await poll_until(
+        lambda: _entry_ids(service.runtime.pool, {"e-binary-header", "e-after-it"}),
+        what="both messages handled",
+    )

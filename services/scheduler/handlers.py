@@ -59,11 +59,10 @@ class SchedulerConfig:
 
 
 def _json_default(value: Any) -> Any:
-    # Bodies are parsed with parse_float=Decimal: write numbers back as numbers when a
-    # float holds them exactly, else as strings (what Money accepts either way).
+    # Bodies are parsed with parse_float=Decimal: a fraction is written back as a string
+    # with every digit (Money and the other decimal fields accept strings); never a float.
     if isinstance(value, Decimal):
-        as_float = float(value)
-        return as_float if Decimal(repr(as_float)) == value else str(value)
+        return format(value, "f")
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 

@@ -120,10 +120,6 @@ async def flush(conn: Connection, batch: InvoiceBatch) -> None:
         batch.events = []
 
 
-def _dump(model: Invoice | PaymentPlan) -> str:
-    return model.model_dump_json()
-
-
 class InvoiceRepository:
     """Loads and saves one merchant's invoices, debtors, schemes and plans."""
 
@@ -183,37 +179,21 @@ class InvoiceRepository:
         return [Invoice.model_validate(row["state"]) for row in rows]
 
     async def save(self, invoice: Invoice) -> None:
+        """Keep the change for the batch's end, or write it now (the same statement)."""
+        key = self._key(invoice.invoice_number)
         if self.batch is not None:
-            key = self._key(invoice.invoice_number)
             self.batch.invoices[key] = self.batch.dirty[key] = invoice
             return
-        await self.conn.execute(
-            "INSERT INTO invoices (website_key, invoice_number, invoice_key, status, debtor_code,"
-            " plan_dossier, state, updated_at)"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7::text::jsonb, now())"
-            " ON CONFLICT (website_key, invoice_number) DO UPDATE SET status = EXCLUDED.status,"
-            " debtor_code = EXCLUDED.debtor_code, plan_dossier = EXCLUDED.plan_dossier,"
-            " state = EXCLUDED.state, updated_at = now()",
-            self.website_key,
-            invoice.invoice_number,
-            invoice.invoice_key,
-            int(invoice.status),
-            invoice.debtor_code,
-            invoice.plan_dossier,
-            _dump(invoice),
-        )
+        await flush(self.conn, InvoiceBatch(dirty={key: invoice}))
 
     async def log_events(
         self, rows: list[tuple[str, int, uuid.UUID, datetime, str, dict[str, str]]]
     ) -> None:
-        if rows and self.batch is not None:
-            self.batch.events.extend((self.website_key, *row) for row in rows)
-        elif rows:
-            await self.conn.executemany(
-                "INSERT INTO invoice_events (website_key, invoice_number, sequence, message_id,"
-                " occurred_at, event, parameters) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                [(self.website_key, *row) for row in rows],
-            )
+        events = [(self.website_key, *row) for row in rows]
+        if self.batch is not None:
+            self.batch.events.extend(events)
+        elif events:
+            await flush(self.conn, InvoiceBatch(events=events))
 
     # --- early transactions ---
 
@@ -352,5 +332,5 @@ class InvoiceRepository:
             " DO UPDATE SET state = EXCLUDED.state",
             self.website_key,
             plan.dossier_number,
-            _dump(plan),
+            plan.model_dump_json(),
         )

@@ -111,7 +111,7 @@ async def read_all(bootstrap: str, topic: str) -> list[Record]:
 async def poll_until(
     check: Callable[[], Awaitable[T]],
     *,
-    timeout: float = 30.0,
+    timeout: float = 60.0,  # a deadline, not a wait: a loaded CI box may need it
     interval: float = 0.05,
     what: str = "condition",
 ) -> T:

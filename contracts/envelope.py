@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -34,6 +35,8 @@ Money = Annotated[
 
 #: A merchant (tenant) key as it appears in every message and every Kafka key.
 WebsiteKey = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")]
+#: The same rule, for reading the header of a message that does not parse.
+_WEBSITE_KEY = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 
 
 class Message(BaseModel):
@@ -170,7 +173,7 @@ def _readable_header(data: dict[str, Any]) -> dict[str, Any]:
         with contextlib.suppress(ValueError):
             found[key] = uuid.UUID(str(data.get(key)))
     website_key = data.get("website_key")
-    if isinstance(website_key, str) and website_key:
+    if isinstance(website_key, str) and _WEBSITE_KEY.fullmatch(website_key):
         found["website_key"] = website_key
     if isinstance(data.get("type"), str):
         found["type"] = data["type"]

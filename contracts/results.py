@@ -43,8 +43,24 @@ class DeadLetter(Event):
     topic: str
     partition: int
     offset: int
-    key: str | None = Field(default=None, description="The original Kafka key.")
-    raw_value: str = Field(description="The original body, decoded as UTF-8 with replacement.")
+    key: str | None = Field(
+        default=None,
+        description="The original Kafka key, decoded as UTF-8 with replacement, without NUL"
+        " characters, at most 256 characters.",
+    )
+    raw_value: str = Field(
+        description="The start of the original body (at most `DLQ_MAX_VALUE_BYTES`),"
+        " decoded as UTF-8 with replacement; NUL characters become U+FFFD."
+    )
+    raw_length: int | None = Field(
+        default=None, description="The original body's length in bytes."
+    )
+    raw_sha256: str | None = Field(
+        default=None, description="SHA-256 (hex) of the whole original body."
+    )
+    raw_truncated: bool = Field(
+        default=False, description="Whether `raw_value` is only the start of the body."
+    )
     error: str = Field(description="Why the message could not be handled.")
     errors: list[ResultError] = Field(default_factory=list)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
@@ -30,18 +30,27 @@ from prometheus_client import make_asgi_app
 from contracts.topics import TopicNames
 from services.runtime.consumer import (
     BatchConsumer,
+    ConsumerLimits,
     ConsumerSpec,
     RawRecord,
     backoff,
     is_infrastructure_error,
 )
-from services.runtime.db import create_pool, migrate
+from services.runtime.db import Connection, create_pool, migrate
 from services.runtime.logs import configure_logging, get_logger
-from services.runtime.outbox import OutboxRelay
+from services.runtime.outbox import OutboxMessage, OutboxRelay, enqueue
 from services.runtime.retention import prune_forever
 from services.runtime.settings import Settings
 
 log = get_logger(__name__)
+
+
+@dataclass
+class UnitOfWork:
+    """One transaction of background work: its connection and the messages it sends."""
+
+    conn: Connection
+    outbox: list[OutboxMessage] = field(default_factory=list)
 
 
 @dataclass
@@ -54,6 +63,17 @@ class Runtime:
     topics: TopicNames
     pool: asyncpg.Pool
     relay: OutboxRelay | None
+
+    @contextlib.asynccontextmanager
+    async def unit_of_work(self) -> AsyncIterator[UnitOfWork]:
+        """Transaction, enqueue, wake the relay: what background work writes commits with
+        the messages it sends (`uow.outbox`), and the relay looks at once afterwards."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            work = UnitOfWork(conn)
+            yield work
+            await enqueue(conn, work.outbox, self.settings.relay_shards)
+        if work.outbox and self.relay is not None:
+            self.relay.wake()
 
 
 BackgroundTask = Callable[[Runtime], Coroutine[Any, Any, None]]
@@ -191,6 +211,7 @@ def build_service(definition: ServiceDefinition, settings: Settings | None = Non
                 batch_size=settings.relay_batch_size,
                 poll_interval_s=settings.relay_poll_interval_ms / 1000,
                 linger_ms=settings.kafka_linger_ms,
+                max_message_bytes=settings.kafka_max_message_bytes,
             )
             await relay.start()
         runtime = Runtime(settings, service, definition.schema_name, topics, pool, relay)
@@ -203,6 +224,12 @@ def build_service(definition: ServiceDefinition, settings: Settings | None = Non
                 topics=topics,
                 relay_shards=settings.relay_shards,
                 on_commit=relay.wake if relay else (lambda: None),
+                limits=ConsumerLimits(
+                    max_message_bytes=settings.kafka_max_message_bytes,
+                    dlq_max_value_bytes=settings.dlq_max_value_bytes,
+                    handler_retry_attempts=settings.handler_retry_attempts,
+                    handler_retry_backoff_s=settings.handler_retry_backoff_ms / 1000,
+                ),
             )
         for task in definition.background_tasks:
             state["tasks"].append(asyncio.create_task(task(runtime), name=task.__name__))

@@ -18,8 +18,8 @@ messages) commits in one transaction; the offsets are committed only afterwards.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
-import traceback
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -35,14 +35,16 @@ from contracts.envelope import (
     FieldError,
     Message,
     ParseError,
+    envelope_class,
     new_envelope,
     parse_envelope,
+    registered_types,
 )
 from contracts.results import CommandAccepted, CommandRejected, DeadLetter, ResultError
 from contracts.topics import COMMAND_RESULTS, DLQ, TopicNames
 from services.runtime.db import Connection
-from services.runtime.logs import get_logger
-from services.runtime.outbox import OutboxMessage, enqueue
+from services.runtime.logs import failure_site, get_logger
+from services.runtime.outbox import OutboxMessage, OutboxMessageTooLarge, check_sizes, enqueue
 
 log = get_logger(__name__)
 
@@ -79,16 +81,6 @@ _INFRA_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.LockNotAvailableError,
     asyncpg.exceptions.QueryCanceledError,
 )
-
-
-def failure_site(exc: BaseException) -> str:
-    """`file:line in function` of the innermost frame of the project's own code."""
-    site = "?"
-    for frame in traceback.extract_tb(exc.__traceback__):
-        if "/services/" in frame.filename or "/contracts/" in frame.filename:
-            site = f"{frame.filename.rsplit('/', 2)[-2]}/{frame.filename.rsplit('/', 1)[-1]}"
-            site += f":{frame.lineno} in {frame.name}"
-    return site
 
 
 def is_infrastructure_error(exc: BaseException) -> bool:
@@ -258,10 +250,76 @@ class BatchOutcome:
     duplicates: int = 0
     dead_lettered: int = 0
     rejected: int = 0
+    dropped: int = 0
+
+
+@dataclass(frozen=True)
+class ConsumerLimits:
+    """The bounds a consumer works within (from `Settings`)."""
+
+    max_message_bytes: int = 1_048_576
+    dlq_max_value_bytes: int = 16_384
+    handler_retry_attempts: int = 3
+    handler_retry_backoff_s: float = 0.1
+
+
+#: At most this many field errors go into one answer or dead letter (plus a marker).
+MAX_RESULT_ERRORS = 50
+#: Field paths and messages of errors are cut to these lengths (hostile keys are paths).
+MAX_ERROR_FIELD_CHARS = 200
+MAX_ERROR_MESSAGE_CHARS = 500
+#: A dead letter's copy of the Kafka key is cut to this many characters.
+MAX_DLQ_KEY_CHARS = 256
+
+
+def _clean(text: str, limit: int) -> str:
+    """Text that Postgres and every JSON reader take: no NUL, at most `limit` characters."""
+    text = text[:limit]
+    return text.replace("\x00", "\ufffd") if "\x00" in text else text
+
+
+def result_errors(errors: Sequence[FieldError]) -> list[ResultError]:
+    """Field errors as they go on the wire: bounded in number and size."""
+    shown = [
+        ResultError.model_construct(
+            field=_clean(e.field, MAX_ERROR_FIELD_CHARS),
+            code=_clean(e.code, MAX_ERROR_FIELD_CHARS),
+            message=_clean(e.message, MAX_ERROR_MESSAGE_CHARS),
+        )
+        for e in errors[:MAX_RESULT_ERRORS]
+    ]
+    if len(errors) > MAX_RESULT_ERRORS:
+        shown.append(
+            ResultError.model_construct(
+                field="$",
+                code="too_many_errors",
+                message=f"{len(errors) - MAX_RESULT_ERRORS} more errors not shown",
+            )
+        )
+    return shown
+
+
+_KNOWN_TYPES: frozenset[str] | None = None
+
+
+def type_label(type_name: str | None) -> str:
+    """A metrics label for a message type: a catalog type, else `unknown` (labels from
+    the wire would let a hostile producer create unbounded time series)."""
+    global _KNOWN_TYPES  # noqa: PLW0603 - filled once, after every contract module registered
+    if _KNOWN_TYPES is None:
+        _KNOWN_TYPES = frozenset(registered_types())
+    return type_name if type_name in _KNOWN_TYPES else "unknown"
 
 
 class BatchConsumer:
-    """Handles batches of records for one `ConsumerSpec` of one service."""
+    """Handles batches of records for one `ConsumerSpec` of one service.
+
+    The fast path handles a whole batch in one transaction. When anything in it fails for
+    a reason other than infrastructure, the batch is rolled back and replayed record by
+    record (`_careful_one`), each record inside its own savepoint and its own guard:
+    whatever its bytes, a record ends as handled, answered, or dead-lettered, and the
+    records around it are not touched.
+    """
 
     def __init__(
         self,
@@ -272,6 +330,7 @@ class BatchConsumer:
         topics: TopicNames,
         relay_shards: int,
         on_commit: Callable[[], None] = lambda: None,
+        limits: ConsumerLimits | None = None,
     ) -> None:
         self.spec = spec
         self.service = service
@@ -279,6 +338,7 @@ class BatchConsumer:
         self.topics = topics
         self.relay_shards = relay_shards
         self.on_commit = on_commit
+        self.limits = limits or ConsumerLimits()
         self.inbox_name = f"{service}.{spec.name}"
         self.allowed = set(spec.handlers) | set(spec.ignored_types)
 
@@ -286,7 +346,7 @@ class BatchConsumer:
         started = time.perf_counter()
         BATCH_RECORDS.labels(self.service, self.spec.name).observe(len(records))
         try:
-            outcome = await self._transact(records, careful=False)
+            outcome = await self._transact(records)
         except Exception as exc:
             if is_infrastructure_error(exc):
                 raise
@@ -294,24 +354,58 @@ class BatchConsumer:
                 "batch failed on a message; replaying it message by message",
                 consumer=self.spec.name,
                 error_type=type(exc).__name__,
+                at=failure_site(exc),
             )
-            outcome = await self._transact(records, careful=True)
+            outcome = await self._transact_careful(records)
         BATCH_SECONDS.labels(self.service, self.spec.name).observe(time.perf_counter() - started)
         self.on_commit()
         return outcome
 
-    async def _transact(self, records: Sequence[RawRecord], *, careful: bool) -> BatchOutcome:
+    def _parse(self, record: RawRecord) -> Envelope[Any]:
+        """The record's envelope, or `ParseError` whatever is wrong with its bytes."""
+        value = record.value or b""
+        if len(value) > self.limits.max_message_bytes:
+            raise ParseError(
+                [
+                    FieldError(
+                        "$",
+                        "too_large",
+                        f"the body has {len(value)} bytes; at most"
+                        f" {self.limits.max_message_bytes} are read",
+                    )
+                ]
+            )
+        try:
+            return parse_envelope(value, self.allowed)
+        except ParseError:
+            raise
+        except RecursionError:
+            raise ParseError(
+                [FieldError("$", "too_deep", "the body is nested too deeply")]
+            ) from None
+        except Exception as exc:  # a parser failure is still this record's alone
+            raise ParseError(
+                [
+                    FieldError(
+                        "$", "unparseable", f"the body could not be read ({type(exc).__name__})"
+                    )
+                ]
+            ) from None
+
+    async def _transact(self, records: Sequence[RawRecord]) -> BatchOutcome:
+        """The fast path: the whole batch in one transaction, set-based where it can."""
         outcome = BatchOutcome()
         outbox: list[OutboxMessage] = []
         results: list[tuple[uuid.UUID, OutboxMessage]] = []
         parsed: list[tuple[RawRecord, Envelope[Any]]] = []
+        counts: list[tuple[str, str]] = []
         for record in records:
             try:
-                parsed.append((record, parse_envelope(record.value or b"", self.allowed)))
+                parsed.append((record, self._parse(record)))
             except ParseError as error:
                 outcome.dead_lettered += 1
                 self._dead_letter(outbox, results, record, error, error.errors)
-                HANDLED.labels(self.service, self.spec.name, error.type or "?", "dead_letter").inc()
+                counts.append((type_label(error.type), "dead_letter"))
 
         async with self.pool.acquire() as conn, conn.transaction():
             ids = [envelope.message_id for _, envelope in parsed]
@@ -324,54 +418,217 @@ class BatchConsumer:
                     ids,
                 )
                 fresh = {row["message_id"] for row in rows}
-            hooks = None if careful else self.spec.batch_hooks
+            hooks = self.spec.batch_hooks
             state = None
             if hooks is not None and fresh:
                 state = await hooks.begin(
                     conn, [envelope for _, envelope in parsed if envelope.message_id in fresh]
                 )
             duplicates: list[uuid.UUID] = []
-            for record, envelope in parsed:
+            for _, envelope in parsed:
                 if envelope.message_id not in fresh:
                     duplicates.append(envelope.message_id)
                     outcome.duplicates += 1
                     continue
                 fresh.discard(envelope.message_id)  # a repeat inside the batch is a duplicate
-                await self._handle_one(
-                    conn, record, envelope, outbox, results, outcome, careful, state
-                )
+                kind = await self._handle_one(conn, envelope, outbox, results, state)
+                self._count(outcome, kind)
+                counts.append((type_label(envelope.type), kind))
             if hooks is not None and state is not None:
                 await hooks.finish(conn, state)
             if duplicates:
-                stored = await conn.fetch(
-                    "SELECT topic, key, value FROM command_results"
-                    " WHERE command_id = ANY($1::uuid[])",
-                    duplicates,
-                )
-                outbox.extend(
-                    OutboxMessage(r["topic"], r["key"], bytes(r["value"])) for r in stored
-                )
-            if results:
-                await conn.executemany(
-                    "INSERT INTO command_results (command_id, topic, key, value)"
-                    " VALUES ($1, $2, $3, $4) ON CONFLICT (command_id) DO NOTHING",
-                    [(cid, m.topic, m.key, m.value) for cid, m in results],
-                )
-            await enqueue(conn, outbox, self.relay_shards)
+                outbox.extend(await self._stored_answers(conn, duplicates))
+            await self._write(conn, outbox, results)
+        for label, kind in counts:
+            HANDLED.labels(self.service, self.spec.name, label, kind).inc()
         return outcome
+
+    async def _transact_careful(self, records: Sequence[RawRecord]) -> BatchOutcome:
+        """The replay: one transaction, one savepoint and one guard per record."""
+        outcome = BatchOutcome()
+        async with self.pool.acquire() as conn, conn.transaction():
+            for record in records:
+                await self._careful_one(conn, record, outcome)
+        return outcome
+
+    async def _careful_one(
+        self, conn: Connection, record: RawRecord, outcome: BatchOutcome
+    ) -> None:
+        try:
+            envelope = self._parse(record)
+        except ParseError as error:
+            await self._dead_letter_now(conn, record, error, error.errors, outcome)
+            return
+        label = type_label(envelope.type)
+        limits = self.limits
+        errors: list[FieldError] = []
+        for attempt in range(1, max(1, limits.handler_retry_attempts) + 1):
+            outbox: list[OutboxMessage] = []
+            results: list[tuple[uuid.UUID, OutboxMessage]] = []
+            try:
+                async with conn.transaction():  # a savepoint: all of this record or none
+                    fresh = await conn.fetchval(
+                        "INSERT INTO inbox (consumer, message_id) VALUES ($1, $2)"
+                        " ON CONFLICT DO NOTHING RETURNING message_id",
+                        self.inbox_name,
+                        envelope.message_id,
+                    )
+                    if fresh is None:
+                        kind = "duplicate"
+                        outbox.extend(await self._stored_answers(conn, [envelope.message_id]))
+                    else:
+                        kind = await self._handle_one(conn, envelope, outbox, results, None)
+                    await self._write(conn, outbox, results)
+            except Exception as exc:
+                if is_infrastructure_error(exc):
+                    raise
+                if isinstance(exc, Unprocessable):
+                    errors = exc.errors
+                    break
+                if isinstance(exc, OutboxMessageTooLarge):
+                    errors = [FieldError("$", "effect_too_large", str(exc))]
+                    break
+                # An unexpected error: perhaps passing (a lock, a race), perhaps a bug.
+                # The message itself may hold personal data: the log names the failure
+                # and where it happened; the dead letter has the rest.
+                site = failure_site(exc)
+                if attempt < limits.handler_retry_attempts:
+                    delay = limits.handler_retry_backoff_s * 2 ** (attempt - 1)
+                    log.warning(
+                        "handler failed; retrying the message after a pause",
+                        consumer=self.spec.name,
+                        message_type=label,
+                        error_type=type(exc).__name__,
+                        at=site,
+                        attempt=attempt,
+                        retry_in_s=delay,
+                    )
+                    await backoff(delay)
+                    continue
+                log.error(
+                    "handler failed; dead-lettering the message",
+                    consumer=self.spec.name,
+                    message_type=label,
+                    error_type=type(exc).__name__,
+                    at=site,
+                    attempts=attempt,
+                )
+                errors = [FieldError("$", "handler_error", f"{type(exc).__name__}: {exc}")]
+                break
+            else:
+                if kind == "duplicate":
+                    outcome.duplicates += 1
+                else:
+                    self._count(outcome, kind)
+                    HANDLED.labels(self.service, self.spec.name, label, kind).inc()
+                return
+        failed = ParseError(
+            errors,
+            envelope.message_id,
+            envelope.website_key,
+            envelope.type,
+            envelope.correlation,
+        )
+        await self._dead_letter_now(conn, record, failed, errors, outcome, envelope.message_id)
+
+    async def _dead_letter_now(
+        self,
+        conn: Connection,
+        record: RawRecord,
+        error: ParseError,
+        errors: Sequence[FieldError],
+        outcome: BatchOutcome,
+        inbox_id: uuid.UUID | None = None,
+    ) -> None:
+        """Write one record's dead letter in its own savepoint; if even that fails, a bare
+        one (no answer, no attribution); if that fails too, count it dropped and go on."""
+        label = type_label(error.type)
+        try:
+            async with conn.transaction():
+                outbox: list[OutboxMessage] = []
+                results: list[tuple[uuid.UUID, OutboxMessage]] = []
+                self._dead_letter(outbox, results, record, error, errors)
+                if inbox_id is not None:  # a redelivery gets the same answer, not a retry
+                    await conn.execute(
+                        "INSERT INTO inbox (consumer, message_id) VALUES ($1, $2)"
+                        " ON CONFLICT DO NOTHING",
+                        self.inbox_name,
+                        inbox_id,
+                    )
+                await self._write(conn, outbox, results)
+        except Exception as exc:
+            if is_infrastructure_error(exc):
+                raise
+            log.error(
+                "the dead letter could not be written; writing a bare one",
+                error_type=type(exc).__name__,
+                at=failure_site(exc),
+            )
+            try:
+                async with conn.transaction():
+                    bare = self._bare_dead_letter(record, f"{type(exc).__name__}")
+                    await enqueue(conn, [bare], self.relay_shards)
+            except Exception as inner:
+                if is_infrastructure_error(inner):
+                    raise
+                outcome.dropped += 1
+                HANDLED.labels(self.service, self.spec.name, label, "dropped").inc()
+                log.error(
+                    "message dropped: not even a bare dead letter could be written",
+                    topic=record.topic,
+                    partition=record.partition,
+                    offset=record.offset,
+                    error_type=type(inner).__name__,
+                )
+                return
+        outcome.dead_lettered += 1
+        HANDLED.labels(self.service, self.spec.name, label, "dead_letter").inc()
+
+    async def _stored_answers(
+        self, conn: Connection, command_ids: list[uuid.UUID]
+    ) -> list[OutboxMessage]:
+        stored = await conn.fetch(
+            "SELECT topic, key, value FROM command_results WHERE command_id = ANY($1::uuid[])",
+            command_ids,
+        )
+        return [OutboxMessage(r["topic"], r["key"], bytes(r["value"])) for r in stored]
+
+    async def _write(
+        self,
+        conn: Connection,
+        outbox: list[OutboxMessage],
+        results: list[tuple[uuid.UUID, OutboxMessage]],
+    ) -> None:
+        """Store the answers and enqueue everything (sizes checked before any write)."""
+        check_sizes(outbox, self.limits.max_message_bytes)
+        if results:
+            await conn.executemany(
+                "INSERT INTO command_results (command_id, topic, key, value)"
+                " VALUES ($1, $2, $3, $4) ON CONFLICT (command_id) DO NOTHING",
+                [(cid, m.topic, m.key, m.value) for cid, m in results],
+            )
+        await enqueue(conn, outbox, self.relay_shards)
+
+    @staticmethod
+    def _count(outcome: BatchOutcome, kind: str) -> None:
+        if kind == "rejected":
+            outcome.rejected += 1
+        if kind != "ignored":
+            outcome.handled += 1
 
     async def _handle_one(
         self,
         conn: Connection,
-        record: RawRecord,
         envelope: Envelope[Any],
         outbox: list[OutboxMessage],
         results: list[tuple[uuid.UUID, OutboxMessage]],
-        outcome: BatchOutcome,
-        careful: bool,
-        batch: Any = None,
-    ) -> None:
+        batch: Any,
+    ) -> str:
+        """Run the message's handler and build its answer; returns what happened
+        (`accepted`, `rejected`, `handled`, `ignored`). Raises what the handler raises."""
         spec = self.spec.handlers.get(envelope.type)
+        if spec is None:  # an ignored type: recorded in the inbox, no effect
+            return "ignored"
         structlog.contextvars.bind_contextvars(
             message_id=str(envelope.message_id),
             correlation_id=str(envelope.correlation),
@@ -379,9 +636,6 @@ class BatchConsumer:
             message_type=envelope.type,
         )
         try:
-            if spec is None:  # an ignored type: recorded in the inbox, no effect
-                HANDLED.labels(self.service, self.spec.name, envelope.type, "ignored").inc()
-                return
             ctx = HandlerContext(
                 conn=conn,
                 envelope=envelope,
@@ -390,58 +644,57 @@ class BatchConsumer:
                 outbox=[],
                 batch=batch,
             )
-            if careful:
-                try:
-                    async with conn.transaction():  # a savepoint
-                        await spec.handle(ctx, envelope.payload)
-                except Exception as exc:
-                    if is_infrastructure_error(exc):
-                        raise
-                    outcome.dead_lettered += 1
-                    if isinstance(exc, Unprocessable):
-                        errors = exc.errors
-                    else:
-                        # The message itself may hold personal data: the log names the
-                        # failure and where it happened; the dead letter has the rest.
-                        log.error(
-                            "handler failed; dead-lettering the message",
-                            error_type=type(exc).__name__,
-                            at=failure_site(exc),
-                        )
-                        errors = [FieldError("$", "handler_error", f"{type(exc).__name__}: {exc}")]
-                    error = ParseError(
-                        errors,
-                        envelope.message_id,
-                        envelope.website_key,
-                        envelope.type,
-                        envelope.correlation,
-                    )
-                    self._dead_letter(outbox, results, record, error, errors)
-                    HANDLED.labels(self.service, self.spec.name, envelope.type, "dead_letter").inc()
-                    return
-            else:
-                await spec.handle(ctx, envelope.payload)
+            await spec.handle(ctx, envelope.payload)
             outbox.extend(ctx.outbox)
-            if spec.answers:
-                if ctx.result is None:
-                    ctx.accept()
-                assert ctx.result is not None
-                result = OutboxMessage(
-                    self.topics(COMMAND_RESULTS), envelope.website_key, ctx.result.to_json()
-                )
-                outbox.append(result)
-                results.append((envelope.message_id, result))
-                rejected = isinstance(ctx.result.payload, CommandRejected)
-                outcome.rejected += rejected
-                kind = "rejected" if rejected else "accepted"
-            else:
-                kind = "handled"
-            outcome.handled += 1
-            HANDLED.labels(self.service, self.spec.name, envelope.type, kind).inc()
+            if not spec.answers:
+                return "handled"
+            if ctx.result is None:
+                ctx.accept()
+            assert ctx.result is not None
+            result = OutboxMessage(
+                self.topics(COMMAND_RESULTS), envelope.website_key, ctx.result.to_json()
+            )
+            outbox.append(result)
+            results.append((envelope.message_id, result))
+            return "rejected" if isinstance(ctx.result.payload, CommandRejected) else "accepted"
         finally:
             structlog.contextvars.unbind_contextvars(
                 "message_id", "correlation_id", "website_key", "message_type"
             )
+
+    def _raw_parts(self, record: RawRecord) -> dict[str, Any]:
+        """What a dead letter says of the record's bytes: a bounded slice, length, hash."""
+        value = record.value or b""
+        cut = value[: self.limits.dlq_max_value_bytes]
+        key = None
+        if record.key is not None:
+            key = _clean(record.key.decode("utf-8", "replace"), MAX_DLQ_KEY_CHARS)
+        return {
+            "service": self.service,
+            "topic": record.topic,
+            "partition": record.partition,
+            "offset": record.offset,
+            "key": key,
+            "raw_value": _clean(cut.decode("utf-8", "replace"), len(cut)),
+            "raw_length": len(value),
+            "raw_sha256": hashlib.sha256(value).hexdigest(),
+            "raw_truncated": len(cut) < len(value),
+        }
+
+    def _bare_dead_letter(self, record: RawRecord, why: str) -> OutboxMessage:
+        parts = self._raw_parts(record)
+        letter = DeadLetter.model_construct(
+            **parts,
+            error=f"dead_letter_failed: {why}",
+            errors=[
+                ResultError.model_construct(
+                    field="$", code="dead_letter_failed", message=_clean(why, 200)
+                )
+            ],
+        )
+        now = datetime.now().astimezone()
+        dead = new_envelope(letter, website_key="unknown", occurred_at=now)
+        return OutboxMessage(self.topics(DLQ), parts["key"], dead.to_json())
 
     def _dead_letter(
         self,
@@ -451,35 +704,32 @@ class BatchConsumer:
         error: ParseError,
         errors: Sequence[FieldError],
     ) -> None:
-        key = record.key.decode("utf-8", "replace") if record.key is not None else None
-        result_errors = [ResultError(field=e.field, code=e.code, message=e.message) for e in errors]
-        letter = DeadLetter(
-            service=self.service,
-            topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-            key=key,
-            raw_value=(record.value or b"").decode("utf-8", "replace"),
-            error=str(error),
-            errors=result_errors,
+        parts = self._raw_parts(record)
+        shown = result_errors(errors)
+        letter = DeadLetter.model_construct(
+            **parts,
+            error=_clean(str(error), MAX_ERROR_MESSAGE_CHARS * 4),
+            errors=shown,
         )
         now = datetime.now().astimezone()  # transport time: the message has no readable time
         website_key = error.website_key or "unknown"
         dead = new_envelope(letter, website_key=website_key, occurred_at=now)
-        outbox.append(OutboxMessage(self.topics(DLQ), key, dead.to_json()))
+        outbox.append(OutboxMessage(self.topics(DLQ), parts["key"], dead.to_json()))
         log.warning(
             "message dead-lettered",
             topic=record.topic,
             partition=record.partition,
             offset=record.offset,
-            error=str(error)[:500],
+            codes=sorted({e.code for e in shown})[:10],
         )
         if error.attributable and self._is_command(error.type):
             assert error.message_id is not None and error.website_key is not None
-            rejected = CommandRejected(
-                command_type=error.type, command_id=error.message_id, errors=result_errors
+            rejected = CommandRejected.model_construct(
+                command_type=_clean(error.type or "", MAX_ERROR_FIELD_CHARS),
+                command_id=error.message_id,
+                errors=shown,
             )
-            answer = Envelope[CommandRejected](
+            answer = envelope_class(CommandRejected).model_construct(
                 message_id=uuid.uuid4(),
                 type=CommandRejected.TYPE,
                 website_key=error.website_key,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import traceback
 from typing import Any
 
 import structlog
@@ -53,3 +54,13 @@ def configure_logging(service: str, *, fmt: str = "console", level: str = "INFO"
 
 def get_logger(name: str | None = None) -> Any:
     return structlog.get_logger(name)
+
+
+def failure_site(exc: BaseException) -> str:
+    """`file:line in function` of the innermost frame of the project's own code."""
+    site = "?"
+    for frame in traceback.extract_tb(exc.__traceback__):
+        if "/services/" in frame.filename or "/contracts/" in frame.filename:
+            site = f"{frame.filename.rsplit('/', 2)[-2]}/{frame.filename.rsplit('/', 1)[-1]}"
+            site += f":{frame.lineno} in {frame.name}"
+    return site

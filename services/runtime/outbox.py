@@ -24,16 +24,23 @@ from typing import Any
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
+from aiokafka import errors as kafka_errors
 from prometheus_client import Counter, Gauge, Histogram
 
 from services.runtime.db import Connection, schema_lock_id
 from services.runtime.logs import get_logger
+from services.runtime.worker import StopFlag, run_worker
 
 log = get_logger(__name__)
 
 RELAYED = Counter("cm_outbox_relayed_total", "Outbox messages published", ["service"])
 RELAY_BATCH_SECONDS = Histogram(
     "cm_outbox_relay_batch_seconds", "Time to publish and delete one relay batch", ["service"]
+)
+PARKED = Counter(
+    "cm_outbox_parked_total",
+    "Outbox rows the broker refused for good, moved to outbox_parked instead of published",
+    ["service", "reason"],
 )
 RELAY_LAG_SECONDS = Gauge(
     "cm_outbox_oldest_age_seconds",
@@ -47,6 +54,22 @@ def shard_of(key: str | None, shards: int) -> int:
     return zlib.crc32((key or "").encode()) % shards
 
 
+#: Bytes a Kafka record needs beyond its key, value and headers (record and batch framing).
+RECORD_OVERHEAD_BYTES = 128
+
+#: Errors with which a broker refuses a record for good: sending it again cannot succeed.
+REFUSED_FOR_GOOD: tuple[type[Exception], ...] = (
+    kafka_errors.MessageSizeTooLargeError,
+    kafka_errors.RecordListTooLargeError,
+    kafka_errors.RecordTooLargeError,
+    kafka_errors.InvalidTopicError,
+    kafka_errors.CorruptRecordException,
+    kafka_errors.InvalidMessageError,
+    kafka_errors.InvalidTimestampError,
+    kafka_errors.UnsupportedForMessageFormatError,
+)
+
+
 @dataclass(frozen=True)
 class OutboxMessage:
     """One message to publish after commit."""
@@ -55,6 +78,38 @@ class OutboxMessage:
     key: str | None
     value: bytes
     headers: tuple[tuple[str, str], ...] = (("content-type", "application/json"),)
+
+    @property
+    def size(self) -> int:
+        """Bytes of the Kafka record it becomes (an upper estimate)."""
+        return record_size(self.key, self.value, self.headers)
+
+
+def record_size(
+    key: str | bytes | None, value: bytes, headers: Sequence[tuple[str, str | bytes]]
+) -> int:
+    key_bytes = len(key.encode() if isinstance(key, str) else key or b"")
+    header_bytes = sum(len(k.encode()) + len(v) for k, v in headers)
+    return key_bytes + len(value) + header_bytes + RECORD_OVERHEAD_BYTES
+
+
+class OutboxMessageTooLarge(Exception):
+    """An effect larger than `KAFKA_MAX_MESSAGE_BYTES`: refused when it is enqueued."""
+
+    def __init__(self, topic: str, size: int, limit: int) -> None:
+        super().__init__(f"a message to {topic} of {size} bytes exceeds the limit of {limit}")
+        self.topic = topic
+        self.size = size
+        self.limit = limit
+
+
+def check_sizes(messages: Sequence[OutboxMessage], max_bytes: int) -> None:
+    """Raise `OutboxMessageTooLarge` for the first message above `max_bytes`."""
+    for message in messages:
+        if len(message.value) + RECORD_OVERHEAD_BYTES > max_bytes:  # cheap first look
+            size = message.size
+            if size > max_bytes:
+                raise OutboxMessageTooLarge(message.topic, size, max_bytes)
 
 
 @dataclass
@@ -80,10 +135,22 @@ def _headers_from_json(text: str) -> tuple[tuple[str, bytes], ...]:
     return tuple((str(k), str(v).encode()) for k, v in json.loads(text))
 
 
-async def enqueue(conn: Connection, messages: Sequence[OutboxMessage], shards: int) -> None:
-    """Insert messages into the outbox inside the caller's transaction, in order."""
+async def enqueue(
+    conn: Connection,
+    messages: Sequence[OutboxMessage],
+    shards: int,
+    *,
+    max_bytes: int | None = None,
+) -> None:
+    """Insert messages into the outbox inside the caller's transaction, in order.
+
+    With `max_bytes`, a message larger than that is refused (`OutboxMessageTooLarge`)
+    before anything is written; without it, the relay parks what the broker refuses.
+    """
     if not messages:
         return
+    if max_bytes is not None:
+        check_sizes(messages, max_bytes)
     await conn.execute(
         "INSERT INTO outbox (shard, topic, key, value, headers)"
         " SELECT s, t, k, v, h::jsonb FROM unnest($1::smallint[], $2::text[], $3::text[],"
@@ -110,6 +177,7 @@ class OutboxRelay:
         batch_size: int = 1000,
         poll_interval_s: float = 0.1,
         linger_ms: int = 2,
+        max_message_bytes: int = 1_048_576,
     ) -> None:
         self._pool = pool
         self._bootstrap = bootstrap_servers
@@ -119,10 +187,11 @@ class OutboxRelay:
         self._batch_size = batch_size
         self._poll_interval_s = poll_interval_s
         self._linger_ms = linger_ms
+        self._max_message_bytes = max_message_bytes
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._producer: AIOKafkaProducer | None = None
-        self._stopping = False
+        self._stop = StopFlag()
         self._key_partitions: dict[tuple[str, int, bytes], int] = {}
 
     async def start(self) -> None:
@@ -132,7 +201,7 @@ class OutboxRelay:
             enable_idempotence=False,  # the embedded broker has no idempotent producer
             linger_ms=self._linger_ms,
             max_batch_size=1024 * 1024,
-            max_request_size=8 * 1024 * 1024,
+            max_request_size=max(8 * 1024 * 1024, 2 * self._max_message_bytes),
         )
         await self._producer.start()
         self._task = asyncio.create_task(self._run(), name=f"outbox-relay-{self._service}")
@@ -144,7 +213,7 @@ class OutboxRelay:
     async def stop(self) -> None:
         # A flag, not only cancel(): on 3.11 wait_for can swallow a cancellation that
         # races with the wake-up event.
-        self._stopping = True
+        self._stop.stopped = True
         self._wake.set()
         if self._task is not None:
             try:
@@ -160,19 +229,13 @@ class OutboxRelay:
             await self._producer.stop()
 
     async def _run(self) -> None:
-        while not self._stopping:
-            try:
-                moved = await self.relay_all()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("outbox relay failed; retrying")
-                moved = 0
-                await asyncio.sleep(1.0)
-            if moved == 0 and not self._stopping:
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self._poll_interval_s)
+        await run_worker(
+            f"outbox-relay-{self._service}",
+            self.relay_all,
+            idle_s=self._poll_interval_s,
+            wake=self._wake,
+            stop=self._stop,
+        )
 
     async def relay_all(self) -> int:
         """Relay until the outbox is empty; returns how many messages went out."""
@@ -212,7 +275,9 @@ class OutboxRelay:
             if not rows:
                 return 0
             started = time.perf_counter()
-            await self._publish(rows)
+            parked = await self._publish(rows)
+            if parked:
+                await self._park(conn, parked)
             await conn.execute(
                 "DELETE FROM outbox WHERE id = ANY($1::bigint[])", [r["id"] for r in rows]
             )
@@ -223,35 +288,116 @@ class OutboxRelay:
         )
         return len(rows)
 
-    async def _publish(self, rows: Sequence[Any]) -> None:
+    async def _publish(self, rows: Sequence[Any]) -> list[tuple[Any, str]]:
         """Publish rows as one record batch per partition, in id order within each
         (keys map to partitions with the producer's own partitioner, murmur2 like every
-        Kafka client, so a key lands where other producers put it)."""
+        Kafka client, so a key lands where other producers put it).
+
+        Returns the rows the broker refused for good (too large, invalid) with the reason:
+        they are parked, never retried, and never hold up the rows behind them. Any other
+        failure raises, and the whole batch is published again later.
+        """
         producer = self._producer
         assert producer is not None
-        by_partition: dict[tuple[str, int], list[Any]] = {}
+        refused: list[tuple[Any, str]] = []
+        by_partition: dict[tuple[str, int], list[tuple[bytes | None, Any]]] = {}
         partitions_of: dict[str, list[int]] = {}
         for row in rows:
             topic = row["topic"]
             key = row["key"].encode() if row["key"] is not None else None
+            size = record_size(key, row["value"], _headers_from_json(row["headers"]))
+            if size > self._max_message_bytes:
+                refused.append((row, "too_large"))
+                continue
             if topic not in partitions_of:  # once per batch: a topic may grow partitions
-                partitions_of[topic] = sorted(await producer.client._wait_on_metadata(topic))
+                try:
+                    partitions_of[topic] = sorted(await producer.client._wait_on_metadata(topic))
+                except REFUSED_FOR_GOOD:
+                    partitions_of[topic] = []
+            if not partitions_of[topic]:
+                refused.append((row, "invalid_topic"))
+                continue
             partition = self._partition_for(topic, key, partitions_of[topic])
             by_partition.setdefault((topic, partition), []).append((key, row))
-        futures = []
+        sends: list[tuple[str, int, list[tuple[bytes | None, Any]], Any]] = []
         for (topic, partition), items in by_partition.items():
             batch = producer.create_batch()
+            chunk: list[tuple[bytes | None, Any]] = []
             for key, row in items:
                 headers = list(_headers_from_json(row["headers"]))  # a few distinct values
                 if (
                     batch.append(key=key, value=row["value"], timestamp=None, headers=headers)
-                    is None
+                    is not None
                 ):
-                    futures.append(await producer.send_batch(batch, topic, partition=partition))
-                    batch = producer.create_batch()
+                    chunk.append((key, row))
+                    continue
+                if chunk:
+                    sends.append(
+                        (
+                            topic,
+                            partition,
+                            chunk,
+                            await producer.send_batch(batch, topic, partition=partition),
+                        )
+                    )
+                batch, chunk = producer.create_batch(), []
+                if (
                     batch.append(key=key, value=row["value"], timestamp=None, headers=headers)
-            futures.append(await producer.send_batch(batch, topic, partition=partition))
-        await asyncio.gather(*futures)
+                    is not None
+                ):
+                    chunk.append((key, row))
+                else:  # does not fit even an empty batch
+                    refused.append((row, "too_large"))
+            if chunk:
+                sends.append(
+                    (
+                        topic,
+                        partition,
+                        chunk,
+                        await producer.send_batch(batch, topic, partition=partition),
+                    )
+                )
+        results = await asyncio.gather(*(send[3] for send in sends), return_exceptions=True)
+        for (topic, partition, chunk, _), result in zip(sends, results, strict=True):
+            if not isinstance(result, BaseException):
+                continue
+            if not isinstance(result, REFUSED_FOR_GOOD):
+                raise result
+            # The broker refused the batch as a whole (nothing of it was written): send its
+            # records one at a time, in order, and park those refused again.
+            for key, row in chunk:
+                single = producer.create_batch()
+                single.append(
+                    key=key,
+                    value=row["value"],
+                    timestamp=None,
+                    headers=list(_headers_from_json(row["headers"])),
+                )
+                try:
+                    await (await producer.send_batch(single, topic, partition=partition))
+                except REFUSED_FOR_GOOD as error:
+                    refused.append((row, type(error).__name__))
+        return refused
+
+    async def _park(self, conn: Connection, refused: list[tuple[Any, str]]) -> None:
+        """Keep refused rows in `outbox_parked` (for an operator to inspect or replay)."""
+        await conn.executemany(
+            "INSERT INTO outbox_parked (id, topic, key, value, headers, created_at, reason)"
+            " VALUES ($1, $2, $3, $4, $5::text::jsonb, $6, $7) ON CONFLICT (id) DO NOTHING",
+            [
+                (r["id"], r["topic"], r["key"], r["value"], r["headers"], r["created_at"], why)
+                for r, why in refused
+            ],
+        )
+        for row, why in refused:
+            PARKED.labels(self._service, why).inc()
+            log.error(
+                "outbox row refused by the broker for good; parked",
+                topic=row["topic"],
+                outbox_id=row["id"],
+                bytes=len(row["value"]),
+                reason=why,
+            )
 
     def _partition_for(self, topic: str, key: bytes | None, partitions: list[int]) -> int:
         if key is None:

@@ -7,12 +7,12 @@ stored answers older than `INBOX_RETENTION_DAYS` are deleted by a background tas
 
 from __future__ import annotations
 
-import asyncio
 from datetime import timedelta
 
 import asyncpg
 
 from services.runtime.logs import get_logger
+from services.runtime.worker import run_worker
 
 log = get_logger(__name__)
 
@@ -30,13 +30,10 @@ async def prune(pool: asyncpg.Pool, older_than: timedelta) -> int:
 
 
 async def prune_forever(pool: asyncpg.Pool, older_than: timedelta, every: timedelta) -> None:
-    while True:
-        try:
-            removed = await prune(pool, older_than)
-            if removed:
-                log.info("pruned old inbox rows and answers", removed=removed)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("pruning the inbox failed; trying again later")
-        await asyncio.sleep(every.total_seconds())
+    async def step() -> int:
+        removed = await prune(pool, older_than)
+        if removed:
+            log.info("pruned old inbox rows and answers", removed=removed)
+        return 0  # one round per interval, whatever it removed
+
+    await run_worker("inbox-retention", step, idle_s=every.total_seconds())

@@ -41,6 +41,10 @@ class Settings(BaseSettings):
     kafka_topic_partitions: int = 8
     kafka_replication_factor: int = 1
     kafka_linger_ms: int = 2
+    #: The largest record the platform writes or reads (value + key + headers), the same
+    #: as the broker's `message.max.bytes` (deploy/compose.yaml sets both). A consumed
+    #: body above it is dead-lettered unparsed; an effect above it is refused when enqueued.
+    kafka_max_message_bytes: int = 1_048_576
 
     db_pool_min_size: int = 2
     db_pool_max_size: int = 10
@@ -61,6 +65,12 @@ class Settings(BaseSettings):
 
     # Redelivery back-off after an infrastructure failure.
     retry_backoff_ms: int = 500
+    # A handler that raises an unexpected error: tries per message (with a doubling
+    # back-off from `handler_retry_backoff_ms`) before that message alone is dead-lettered.
+    handler_retry_attempts: int = 3
+    handler_retry_backoff_ms: int = 100
+    # How much of a bad body a dead letter carries (plus its length and SHA-256).
+    dlq_max_value_bytes: int = 16_384
 
     # Notifier (used from the notifier issue on).
     smtp_host: str = "127.0.0.1"

@@ -9,7 +9,6 @@ firing claims its batch with `FOR UPDATE SKIP LOCKED`.
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from contracts import topics
 from services.runtime.app import Runtime, ServiceDefinition
 from services.runtime.consumer import ConsumerSpec, HandlerSpec
 from services.runtime.logs import get_logger
-from services.runtime.outbox import enqueue
+from services.runtime.worker import run_worker
 from services.scheduler.handlers import Handlers, SchedulerConfig, fire_batch
 
 log = get_logger(__name__)
@@ -28,13 +27,11 @@ async def fire_due(runtime: Runtime, batch_size: int) -> int:
     total = 0
     while True:
         now = datetime.now(UTC)
-        async with runtime.pool.acquire() as conn, conn.transaction():
+        async with runtime.unit_of_work() as work:
             count, messages = await fire_batch(
-                conn, now=now, limit=batch_size, topic_names=runtime.topics
+                work.conn, now=now, limit=batch_size, topic_names=runtime.topics
             )
-            await enqueue(conn, messages, runtime.settings.relay_shards)
-        if count and runtime.relay is not None:
-            runtime.relay.wake()
+            work.outbox.extend(messages)
         total += count
         if count < batch_size:
             return total
@@ -52,15 +49,12 @@ def definition(schema: str | None = None) -> ServiceDefinition:
         if config.clock != "system":
             return  # the manual clock moves only with Ticks
         interval = runtime.settings.scheduler_poll_interval_ms / 1000
-        while True:
-            try:
-                await fire_due(runtime, config.batch_size)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("firing due timers failed; retrying")
-                await asyncio.sleep(1.0)
-            await asyncio.sleep(interval)
+
+        async def step() -> int:
+            await fire_due(runtime, config.batch_size)
+            return 0  # fire_due drains what is due; look again after the interval
+
+        await run_worker("scheduler-clock", step, idle_s=interval)
 
     return ServiceDefinition(
         name="scheduler",

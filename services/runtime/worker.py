@@ -1,0 +1,105 @@
+"""One way to run background work: a loop around a step, with backoff and bounded logging.
+
+Every service's background work (the outbox relay, the scheduler's clock, the notifier's
+senders, inbox retention) is a *step*: an async function that does one round of work and
+returns how much it did. `run_worker` calls it forever:
+
+- work was done → the next round starts at once;
+- nothing to do → it waits `idle_s` (or until `wake` is set);
+- the step raised → it waits with exponential backoff (`Backoff`), and logs the failure
+  once per wait, with the number of failures in a row, never once per attempt in a tight
+  loop. The first success after failures is logged once too.
+
+`CancelledError` always ends the loop. A `stop` flag lets a caller end it between rounds
+without cancelling a step half-way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from prometheus_client import Counter
+
+from services.runtime.logs import failure_site, get_logger
+
+log = get_logger(__name__)
+
+WORKER_FAILURES = Counter(
+    "cm_worker_failures_total", "Background work rounds that raised, by worker", ["worker"]
+)
+
+
+@dataclass
+class Backoff:
+    """Exponential backoff: `initial_s`, doubled per failure in a row, capped at `max_s`."""
+
+    initial_s: float = 0.5
+    max_s: float = 30.0
+    failures: int = 0
+
+    def next_delay(self) -> float:
+        self.failures += 1
+        return min(self.max_s, self.initial_s * 2.0 ** (self.failures - 1))
+
+    def reset(self) -> None:
+        self.failures = 0
+
+
+@dataclass
+class StopFlag:
+    """Set to end a worker after its current round (no cancellation mid-step)."""
+
+    stopped: bool = False
+
+
+async def run_worker(
+    name: str,
+    step: Callable[[], Awaitable[int]],
+    *,
+    idle_s: float,
+    wake: asyncio.Event | None = None,
+    backoff: Backoff | None = None,
+    stop: StopFlag | None = None,
+) -> None:
+    """Run `step` until cancelled (or `stop` is set); see the module docstring."""
+    backoff = backoff or Backoff()
+    stop = stop or StopFlag()
+    while not stop.stopped:
+        if wake is not None:
+            wake.clear()  # a wake-up during the step makes the idle wait end at once
+        try:
+            done = await step()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            WORKER_FAILURES.labels(name).inc()
+            delay = backoff.next_delay()
+            # Type, site and count only: an exception's text may carry personal data.
+            log.error(
+                "background work failed; backing off",
+                worker=name,
+                error_type=type(exc).__name__,
+                at=failure_site(exc),
+                failures_in_a_row=backoff.failures,
+                retry_in_s=delay,
+            )
+            await _wait(delay, None, stop)
+            continue
+        if backoff.failures:
+            log.info("background work recovered", worker=name, after_failures=backoff.failures)
+            backoff.reset()
+        if done == 0 and not stop.stopped:
+            await _wait(idle_s, wake, stop)
+
+
+async def _wait(seconds: float, wake: asyncio.Event | None, stop: StopFlag) -> None:
+    if stop.stopped:
+        return
+    if wake is None:
+        await asyncio.sleep(seconds)
+        return
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(wake.wait(), seconds)

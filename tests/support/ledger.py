@@ -28,11 +28,20 @@ class RecordEntry(Command):
     amount: Money
     reject: bool = False
     explode: bool = False
+    #: Fail like a passing glitch this many times (per message id), then succeed.
+    fail_attempts: int = 0
+    #: Characters of padding in the emitted event (to make an effect too large).
+    pad: int = 0
 
 
 class EntryRecorded(Event):
     entry_id: str
     amount: Money
+    padding: str = ""
+
+
+#: Attempts seen per message id (in-process tests only).
+ATTEMPTS: dict[str, int] = {}
 
 
 register(RecordEntry, EntryRecorded)
@@ -41,6 +50,12 @@ register(RecordEntry, EntryRecorded)
 async def record_entry(ctx: HandlerContext, cmd: RecordEntry) -> None:
     if cmd.explode:
         raise ValueError("a bug in the handler")
+    if cmd.fail_attempts:
+        seen = ATTEMPTS[str(ctx.envelope.message_id)] = (
+            ATTEMPTS.get(str(ctx.envelope.message_id), 0) + 1
+        )
+        if seen <= cmd.fail_attempts:
+            raise RuntimeError("a passing glitch")
     if cmd.reject or cmd.amount < Decimal(0):
         ctx.reject([FieldError("payload.amount", "negative", "the amount must not be negative")])
         return
@@ -54,7 +69,7 @@ async def record_entry(ctx: HandlerContext, cmd: RecordEntry) -> None:
     ctx.emit(
         EVENT_TOPIC,
         f"{ctx.website_key}:{cmd.entry_id}",
-        EntryRecorded(entry_id=cmd.entry_id, amount=cmd.amount),
+        EntryRecorded(entry_id=cmd.entry_id, amount=cmd.amount, padding="x" * cmd.pad),
     )
     ctx.accept(entry_id=cmd.entry_id)
 

@@ -37,10 +37,11 @@ from services.runtime.consumer import (
     is_infrastructure_error,
 )
 from services.runtime.db import Connection, create_pool, migrate
-from services.runtime.logs import configure_logging, get_logger
+from services.runtime.logs import configure_logging, failure_site, get_logger
 from services.runtime.outbox import OutboxMessage, OutboxRelay, enqueue
 from services.runtime.retention import prune_forever
 from services.runtime.settings import Settings
+from services.runtime.worker import Backoff
 
 log = get_logger(__name__)
 
@@ -312,6 +313,10 @@ def _register_consumer(
         title=f"{service}.{spec.name}",
     )
 
+    # Consecutive failed deliveries of this consumer's batches: the pause before the next
+    # one doubles (from RETRY_BACKOFF_MS, at most 30 s) and each pause logs one line.
+    failures = Backoff(initial_s=settings.retry_backoff_ms / 1000, max_s=30.0)
+
     @subscriber
     async def consume(body: Any, message: KafkaMessage) -> None:
         consumer: BatchConsumer = state["consumers"][spec.name]
@@ -321,15 +326,21 @@ def _register_consumer(
         try:
             await consumer.handle_batch(batch)
         except Exception as exc:
-            if is_infrastructure_error(exc):
-                log.warning(
-                    "infrastructure failure; the batch will be redelivered",
-                    consumer=spec.name,
-                    error_type=type(exc).__name__,
-                    error=str(exc)[:300],
-                )
-                await backoff(settings.retry_backoff_ms / 1000)
+            # Infrastructure failed (or, against every guard, something else did): the batch
+            # is delivered again, after a pause that grows while the failure lasts.
+            delay = failures.next_delay()
+            log.warning(
+                "the batch failed and will be delivered again",
+                consumer=spec.name,
+                infrastructure=is_infrastructure_error(exc),
+                error_type=type(exc).__name__,
+                at=failure_site(exc),
+                failures_in_a_row=failures.failures,
+                retry_in_s=delay,
+            )
+            await backoff(delay)
             raise
+        failures.reset()
 
 
 def run(definition: ServiceDefinition) -> None:

@@ -200,7 +200,9 @@ class OutboxRelay:
             acks="all",
             enable_idempotence=False,  # the embedded broker has no idempotent producer
             linger_ms=self._linger_ms,
-            max_batch_size=1024 * 1024,
+            # A record batch never above what the broker takes (one big record alone may
+            # be: the batch holds just it).
+            max_batch_size=self._max_message_bytes,
             max_request_size=max(8 * 1024 * 1024, 2 * self._max_message_bytes),
         )
         await self._producer.start()

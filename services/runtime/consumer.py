@@ -437,7 +437,13 @@ class BatchConsumer:
             if hooks is not None and state is not None:
                 await hooks.finish(conn, state)
             if duplicates:
-                outbox.extend(await self._stored_answers(conn, duplicates))
+                # A repeat of a command answered in this very batch gets that answer (it
+                # is not stored yet); earlier ones get their stored answer.
+                answered_now = dict(results)
+                earlier = [d for d in duplicates if d not in answered_now]
+                outbox.extend(answered_now[d] for d in duplicates if d in answered_now)
+                if earlier:
+                    outbox.extend(await self._stored_answers(conn, earlier))
             await self._write(conn, outbox, results)
         for label, kind in counts:
             HANDLED.labels(self.service, self.spec.name, label, kind).inc()

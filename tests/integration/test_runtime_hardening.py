@@ -20,7 +20,7 @@ from prometheus_client import REGISTRY
 
 from contracts import topics
 from services.runtime.app import Service, build_service
-from services.runtime.consumer import BatchConsumer
+from services.runtime.consumer import BatchConsumer, RawRecord
 from services.runtime.outbox import OutboxMessage, enqueue
 from tests.support import ledger
 from tests.support.kafka import envelope, poll_until, read_all
@@ -311,3 +311,19 @@ async def _answer(
 ) -> list[dict[str, Any]] | None:
     found = (await answers(bootstrap, prefix)).get(command_id, [])
     return found if len(found) >= n else None
+
+
+async def test_a_command_repeated_inside_one_batch_is_applied_once_and_answered_twice(
+    service: Service, kafka_bootstrap: str, prefix: str
+) -> None:
+    command = entry("e-twice")
+    raw = RawRecord(prefix + topics.INVOICE_COMMANDS, 0, 10_000, b"k", body(command))
+    consumer: BatchConsumer = service.state["consumers"]["commands"]
+    outcome = await consumer.handle_batch([raw, raw])  # one batch, as a fetch may bring it
+    assert (outcome.handled, outcome.duplicates) == (1, 1)
+    results = await poll_until(
+        lambda: _answer(kafka_bootstrap, prefix, command["message_id"], 2), what="two answers"
+    )
+    assert [a["type"] for a in results] == ["CommandAccepted", "CommandAccepted"]
+    assert results[0] == results[1]
+    assert await entry_ids(service.runtime.pool) == {"e-twice"}

@@ -39,6 +39,7 @@ from services.runtime.consumer import (
 from services.runtime.db import Connection, create_pool, migrate
 from services.runtime.logs import configure_logging, failure_site, get_logger
 from services.runtime.outbox import OutboxMessage, OutboxRelay, enqueue
+from services.runtime.records import UNREADABLE, install_record_guard
 from services.runtime.retention import prune_forever
 from services.runtime.settings import Settings
 from services.runtime.worker import Backoff
@@ -144,6 +145,14 @@ def _utf8_headers(record: Any) -> bool:
     return all(_is_utf8(value) for _, value in (record.headers or ()))
 
 
+def _unreadable(record: Any) -> str | None:
+    """The reason `records.py` put on a record it could not decode, if any."""
+    for key, value in record.headers or ():
+        if key == UNREADABLE:
+            return bytes(value or b"").decode("utf-8", "replace")
+    return None
+
+
 def _raw_decoder(msg: Any) -> Any:
     # Keep bodies as bytes: parsing (and dead-lettering) is the runtime's job.
     return msg.body
@@ -174,6 +183,7 @@ def build_service(definition: ServiceDefinition, settings: Settings | None = Non
     service = definition.name
     topics = TopicNames(settings.cm_topic_prefix)
     configure_logging(service, fmt=settings.log_format, level=settings.log_level)
+    install_record_guard()
     # Not a child of faststream's own "faststream" logger, which has a handler of its own:
     # these records go through our structlog chain. INFO from it is lifecycle noise.
     stdlib_logger = logging.getLogger(f"cm.{service}.faststream")
@@ -322,7 +332,10 @@ def _register_consumer(
         consumer: BatchConsumer = state["consumers"][spec.name]
         raw = message.raw_message
         records: tuple[ConsumerRecord[Any, Any], ...] = raw if isinstance(raw, tuple) else (raw,)
-        batch = [RawRecord(r.topic, r.partition, r.offset, r.key, r.value) for r in records]
+        batch = [
+            RawRecord(r.topic, r.partition, r.offset, r.key, r.value, _unreadable(r))
+            for r in records
+        ]
         try:
             await consumer.handle_batch(batch)
         except Exception as exc:

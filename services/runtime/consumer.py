@@ -242,6 +242,8 @@ class RawRecord:
     offset: int
     key: bytes | None
     value: bytes | None
+    #: Why the record's bytes could not be decoded (services/runtime/records.py), if so.
+    unreadable: str | None = None
 
 
 @dataclass
@@ -363,6 +365,8 @@ class BatchConsumer:
 
     def _parse(self, record: RawRecord) -> Envelope[Any]:
         """The record's envelope, or `ParseError` whatever is wrong with its bytes."""
+        if record.unreadable is not None:
+            raise ParseError([FieldError("$", "unreadable_record", _clean(record.unreadable, 300))])
         value = record.value or b""
         if len(value) > self.limits.max_message_bytes:
             raise ParseError(

@@ -16,6 +16,7 @@ from typing import Any
 import asyncpg
 import pytest
 from aiokafka import AIOKafkaProducer
+from aiokafka.record.default_records import _DefaultRecordBatchBuilderPy
 from prometheus_client import REGISTRY
 
 from contracts import topics
@@ -327,3 +328,56 @@ async def test_a_command_repeated_inside_one_batch_is_applied_once_and_answered_
     assert [a["type"] for a in results] == ["CommandAccepted", "CommandAccepted"]
     assert results[0] == results[1]
     assert await entry_ids(service.runtime.pool) == {"e-twice"}
+
+
+class _NotUtf8(str):
+    """A header key that the producer writes as bytes that are not UTF-8."""
+
+    def encode(self, *args: Any, **kwargs: Any) -> bytes:  # type: ignore[override]
+        return b"\xff\xfe-key"
+
+
+async def test_a_record_the_kafka_client_cannot_decode_is_dead_lettered_and_the_rest_read(
+    service: Service, kafka_bootstrap: str, prefix: str
+) -> None:
+    """A header key that is not UTF-8 made aiokafka raise inside `getmany`, so the
+    partition was fetched again for ever; a batch with a bad CRC did the same."""
+    topic = prefix + topics.INVOICE_COMMANDS
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, enable_idempotence=False)
+    await producer.start()
+    try:
+
+        def python_batch() -> Any:
+            batch = producer.create_batch()
+            batch._builder = _DefaultRecordBatchBuilderPy(
+                2, 0, is_transactional=0, producer_id=-1, producer_epoch=-1,
+                base_sequence=0, batch_size=1 << 20,
+            )  # fmt: skip
+            return batch
+
+        odd_header = python_batch()  # the pure-Python builder writes what encode() returns
+        odd_header.append(key=b"k", value=body(entry("e-before")), timestamp=None, headers=[])
+        odd_header.append(
+            key=b"k",
+            value=body(entry("e-odd-header")),
+            timestamp=None,
+            headers=[(_NotUtf8("h"), b"v")],
+        )
+        odd_header.append(key=b"k", value=body(entry("e-same-batch")), timestamp=None, headers=[])
+        await (await producer.send_batch(odd_header, topic, partition=0))
+
+        corrupt = python_batch()
+        corrupt.append(key=b"k", value=body(entry("e-corrupt")), timestamp=None, headers=[])
+        buffer = corrupt._build()
+        buffer[-3] ^= 0xFF  # flip bits inside the record: the CRC no longer matches
+        await (await producer.send_batch(corrupt, topic, partition=0))
+
+        await (await producer.send(topic, body(entry("e-after")), key=b"k", partition=0))
+    finally:
+        await producer.stop()
+
+    found = await until_entries(service, {"e-before", "e-odd-header", "e-same-batch", "e-after"})
+    assert "e-corrupt" not in found
+    letters = await dead_letters(kafka_bootstrap, prefix, 1)
+    assert [letter["errors"][0]["code"] for letter in letters] == ["unreadable_record"]
+    assert "crc_mismatch" in letters[0]["errors"][0]["message"]

@@ -301,6 +301,20 @@ def result_errors(errors: Sequence[FieldError]) -> list[ResultError]:
     return shown
 
 
+def _key_error(key: bytes | None) -> FieldError | None:
+    """A Kafka key the platform would never write: not UTF-8, or with control characters
+    (keys are `{website_key}:{aggregate}` text; no key at all is fine)."""
+    if key is None:
+        return None
+    try:
+        text = key.decode()
+    except UnicodeDecodeError:
+        return FieldError("$key", "invalid_key", "the Kafka key is not UTF-8")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
+        return FieldError("$key", "invalid_key", "the Kafka key holds control characters")
+    return None
+
+
 _KNOWN_TYPES: frozenset[str] | None = None
 
 
@@ -379,9 +393,12 @@ class BatchConsumer:
                     )
                 ]
             )
+        key_error = _key_error(record.key)
         try:
-            return parse_envelope(value, self.allowed)
-        except ParseError:
+            envelope = parse_envelope(value, self.allowed)
+        except ParseError as error:
+            if key_error is not None:
+                error.errors.insert(0, key_error)
             raise
         except RecursionError:
             raise ParseError(
@@ -395,6 +412,15 @@ class BatchConsumer:
                     )
                 ]
             ) from None
+        if key_error is not None:
+            raise ParseError(
+                [key_error],
+                envelope.message_id,
+                envelope.website_key,
+                envelope.type,
+                envelope.correlation,
+            )
+        return envelope
 
     async def _transact(self, records: Sequence[RawRecord]) -> BatchOutcome:
         """The fast path: the whole batch in one transaction, set-based where it can."""

@@ -115,11 +115,12 @@ async def test_hostile_records_are_dead_lettered_one_by_one_and_the_partition_mo
     topic = prefix + topics.INVOICE_COMMANDS
     bad_key = entry("e-bad-key")
     bad_key["website_key"] = "shop 1"  # cannot be answered: the website key is invalid
+    nul_key = entry("e-nul-key")
     huge = b'{"x": "' + b"y" * (MAX_BYTES + 10) + b'"}'
     hostile: list[tuple[bytes | None, bytes]] = [
         (b"k", body(bad_key)),
         (b"k", b"[" * 60_000),  # nested far deeper than the parser goes
-        (b"bad\x00key", body(entry("e-nul-key"))),  # a good body under a NUL key is handled
+        (b"bad\x00key", body(nul_key)),  # a good body, but a key no producer should write
         (b"\xff\xfe-not-utf8", b"\xff\xfe\x00 random bytes"),
         (b"k", b"[1, 2, 3]"),
         (b"k", b'"a string"'),
@@ -133,15 +134,17 @@ async def test_hostile_records_are_dead_lettered_one_by_one_and_the_partition_mo
         [(b"k", body(goods[0])), *hostile, *[(b"k", body(g)) for g in goods[1:]]],
     )
 
-    await until_entries(service, {"e-good-0", "e-good-1", "e-good-2", "e-nul-key"})
-    letters = await dead_letters(kafka_bootstrap, prefix, 7)
+    found = await until_entries(service, {"e-good-0", "e-good-1", "e-good-2"})
+    assert "e-nul-key" not in found
+    letters = await dead_letters(kafka_bootstrap, prefix, 8)
     by_offset = {letter["offset"]: letter for letter in letters}
-    assert len(by_offset) == len(letters) == 7, "each bad record is dead-lettered once"
+    assert len(by_offset) == len(letters) == 8, "each bad record is dead-lettered once"
     codes = [by_offset[o]["errors"][0]["code"] for o in sorted(by_offset)]
     assert codes == [
         "string_pattern_mismatch",  # website_key "shop 1"
         "too_deep",
-        "invalid_json",
+        "invalid_key",
+        "invalid_key",  # random bytes under a key that is not UTF-8: both are named
         "not_an_object",
         "not_an_object",
         "not_an_object",
@@ -149,8 +152,10 @@ async def test_hostile_records_are_dead_lettered_one_by_one_and_the_partition_mo
     ]
     first = by_offset[min(by_offset)]
     assert first["errors"][0]["field"] == "website_key"
-    random_bytes = next(o for o in letters if o["errors"][0]["code"] == "invalid_json")
+    random_bytes = by_offset[sorted(by_offset)[3]]
+    assert [e["code"] for e in random_bytes["errors"]] == ["invalid_key", "invalid_json"]
     assert random_bytes["key"] == "\ufffd\ufffd-not-utf8"
+    assert by_offset[sorted(by_offset)[2]]["key"] == "bad\ufffdkey"
     assert "\x00" not in random_bytes["raw_value"]
 
     too_large = next(o for o in letters if o["errors"][0]["code"] == "too_large")
@@ -163,6 +168,8 @@ async def test_hostile_records_are_dead_lettered_one_by_one_and_the_partition_mo
 
     results = await answers(kafka_bootstrap, prefix)
     assert bad_key["message_id"] not in results, "no answer to an invalid website key"
+    rejected = results[nul_key["message_id"]]
+    assert [a["payload"]["errors"][0]["code"] for a in rejected] == ["invalid_key"]
     for good in goods:
         assert [a["type"] for a in results[good["message_id"]]] == ["CommandAccepted"]
 

@@ -19,17 +19,20 @@ from typing import Annotated
 
 from pydantic import Field
 
-from contracts.envelope import Command, Event, Money, register
+from contracts.envelope import Command, Event, Money, MoneyTotal, register
 from contracts.fields import (
+    BusinessDate,
     CountryCode,
     Currency,
     Email,
     Identifier,
+    OneLine,
     Part,
     SnapshotPart,
     Text,
 )
 from contracts.invoice import InvoiceLine
+from contracts.limits import MAX_COLLECTOR_CONDITIONS, MAX_DOCUMENTS, MAX_INVOICE_LINES
 
 #: A document's content, base64. Capped at 512,000 characters so a TransferCase with a
 #: document stays under Kafka's default 1 MB message size.
@@ -37,7 +40,7 @@ ContentBase64 = Annotated[str, Field(max_length=512_000, pattern=r"^[A-Za-z0-9+/
 #: A MIME type such as `application/pdf`.
 ContentType = Annotated[str, Field(max_length=255, pattern=r"^[\w.+-]+/[\w.+-]+$")]
 #: A file name such as `invoice.pdf`.
-DocumentName = Annotated[str, Field(min_length=1, max_length=255)]
+DocumentName = Annotated[OneLine, Field(min_length=1, max_length=255)]
 
 
 class ConditionAction(StrEnum):
@@ -83,11 +86,11 @@ class CollectorCondition(Part):
 class BillingAddress(Part):
     """Who the agency collects from."""
 
-    name: str = Field(min_length=1, max_length=200, description="Person or company name.")
-    street: str = Field(min_length=1, max_length=200, description="Street name.")
-    house_number: str | None = Field(default=None, max_length=20, description="House number.")
-    postal_code: str | None = Field(default=None, max_length=20, description="Postal code.")
-    city: str = Field(min_length=1, max_length=100, description="City.")
+    name: OneLine = Field(min_length=1, max_length=200, description="Person or company name.")
+    street: OneLine = Field(min_length=1, max_length=200, description="Street name.")
+    house_number: OneLine | None = Field(default=None, max_length=20, description="House number.")
+    postal_code: OneLine | None = Field(default=None, max_length=20, description="Postal code.")
+    city: OneLine = Field(min_length=1, max_length=100, description="City.")
     country: CountryCode = Field(description="ISO 3166-1 alpha-2 country code, e.g. `NL`.")
     email: Email | None = Field(default=None, description="E-mail address.")
 
@@ -112,7 +115,9 @@ class UpsertDebtCollectorConfiguration(Command):
     configuration_key: Identifier = Field(description="The configuration's key.")
     agency_code: Identifier = Field(description="The agency cases go to.")
     conditions: list[CollectorCondition] = Field(
-        default_factory=list, description="Rules on the case amount."
+        default_factory=list,
+        max_length=MAX_COLLECTOR_CONDITIONS,
+        description="Rules on the case amount.",
     )
 
 
@@ -123,14 +128,18 @@ class CaseFields(Command):
     invoice_number: Identifier | None = Field(
         default=None, description="The platform invoice the case is about, if any."
     )
-    external_id: str = Field(
+    external_id: OneLine = Field(
         min_length=1, max_length=100, description="The merchant's reference for the case."
     )
     billing_address: BillingAddress = Field(description="Who owes the money.")
-    line_items: list[InvoiceLine] = Field(min_length=1, description="What is owed.")
+    line_items: list[InvoiceLine] = Field(
+        min_length=1, max_length=MAX_INVOICE_LINES, description="What is owed."
+    )
     currency: Currency = Field(description="ISO 4217 currency.")
-    due_date: date = Field(description="When the debt was due.")
-    amount: Money = Field(description="The amount to collect.")
+    due_date: BusinessDate = Field(description="When the debt was due.")
+    amount: MoneyTotal = Field(
+        description="The amount to collect (an invoice's open amount with its costs)."
+    )
 
 
 class CreateCase(CaseFields):
@@ -170,7 +179,7 @@ class AgencyAccepted(Command):
     """The agency took the case on (invoice 72). From the agency adapter."""
 
     case_key: Identifier = Field(description="The case.")
-    agency_reference: str | None = Field(
+    agency_reference: OneLine | None = Field(
         default=None, max_length=100, description="The agency's own reference."
     )
 
@@ -187,7 +196,7 @@ class AgencyProcessed(Command):
 
     case_key: Identifier = Field(description="The case.")
     complete: bool = Field(description="Whether everything was collected.")
-    collected_amount: Money = Field(description="Total the agency collected.")
+    collected_amount: MoneyTotal = Field(description="Total the agency collected.")
 
 
 class AddCollectedAmount(Command):
@@ -212,7 +221,9 @@ class TransferCase(CaseFields):
     """
 
     agency_code: Identifier = Field(description="The agency.")
-    documents: list[Document] = Field(default_factory=list, description="Attached files.")
+    documents: list[Document] = Field(
+        default_factory=list, max_length=MAX_DOCUMENTS, description="Attached files."
+    )
 
 
 class CaseSnapshot(SnapshotPart):
@@ -226,8 +237,8 @@ class CaseSnapshot(SnapshotPart):
     agency_code: str | None = Field(default=None, description="The agency, once chosen.")
     currency: str = Field(description="ISO 4217 currency.")
     due_date: date = Field(description="When the debt was due.")
-    amount: Money = Field(description="The amount to collect.")
-    collected_amount: Money = Field(description="What the agency collected so far.")
+    amount: MoneyTotal = Field(description="The amount to collect.")
+    collected_amount: MoneyTotal = Field(description="What the agency collected so far.")
     document_names: list[str] = Field(default_factory=list, description="Attached files.")
 
 

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from pydantic import ConfigDict, Field, model_validator
 
-from contracts.fields import CountryCode, Culture, Email, Identifier, Part
+from contracts.fields import CountryCode, Culture, Email, Identifier, OneLine, Part
 
 
 class Person(Part):
     """A consumer debtor."""
 
-    first_name: str = Field(min_length=1, max_length=100, description="Given name.")
-    last_name: str = Field(min_length=1, max_length=100, description="Family name.")
+    first_name: OneLine = Field(min_length=1, max_length=100, description="Given name.")
+    last_name: OneLine = Field(min_length=1, max_length=100, description="Family name.")
     culture: Culture | None = Field(
         default=None, description="Preferred culture for messages, e.g. `nl-NL`."
     )
@@ -26,8 +26,8 @@ class Person(Part):
 class Company(Part):
     """A business debtor (owes statutory costs without a 14-day letter)."""
 
-    name: str = Field(min_length=1, max_length=200, description="Registered name.")
-    chamber_of_commerce: str | None = Field(
+    name: OneLine = Field(min_length=1, max_length=200, description="Registered name.")
+    chamber_of_commerce: OneLine | None = Field(
         default=None, max_length=50, description="Chamber of commerce (KvK) number."
     )
 
@@ -35,10 +35,10 @@ class Company(Part):
 class Phone(Part):
     """Phone numbers, as the merchant knows them (E.164 recommended)."""
 
-    mobile: str | None = Field(
+    mobile: OneLine | None = Field(
         default=None, min_length=3, max_length=32, description="Mobile number, for SMS."
     )
-    landline: str | None = Field(
+    landline: OneLine | None = Field(
         default=None, min_length=3, max_length=32, description="Landline number."
     )
 
@@ -46,12 +46,12 @@ class Phone(Part):
 class Address(Part):
     """A postal address, for letters."""
 
-    street: str = Field(min_length=1, max_length=200, description="Street name.")
-    house_number: str | None = Field(
+    street: OneLine = Field(min_length=1, max_length=200, description="Street name.")
+    house_number: OneLine | None = Field(
         default=None, max_length=20, description="House number with any addition."
     )
-    postal_code: str | None = Field(default=None, max_length=20, description="Postal code.")
-    city: str = Field(min_length=1, max_length=100, description="City.")
+    postal_code: OneLine | None = Field(default=None, max_length=20, description="Postal code.")
+    city: OneLine = Field(min_length=1, max_length=100, description="City.")
     country: CountryCode = Field(description="ISO 3166-1 alpha-2 country code, e.g. `NL`.")
 
 

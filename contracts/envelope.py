@@ -16,7 +16,6 @@ from decimal import Decimal
 from typing import Annotated, Any, ClassVar, Generic, TypeVar
 
 from pydantic import (
-    AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
@@ -25,13 +24,21 @@ from pydantic import (
     model_validator,
 )
 
-#: Money on the wire: a JSON number or string in, `Decimal` inside, a string out.
-#: More than 4 decimals is a parse error; the currency's minor unit is a business rule.
-Money = Annotated[
+from contracts.fields import BusinessDateTime, may_hold_unstorable, unstorable_strings
+from contracts.limits import MAX_AMOUNT, MAX_TOTAL_DIGITS
+
+#: An amount the platform computes (snapshot totals, a case's amount): a JSON number or
+#: string in, `Decimal` inside, a string out; at most 20 digits, 4 of them decimals.
+MoneyTotal = Annotated[
     Decimal,
-    Field(max_digits=20, decimal_places=4, allow_inf_nan=False),
+    Field(max_digits=MAX_TOTAL_DIGITS, decimal_places=4, allow_inf_nan=False),
     PlainSerializer(lambda value: format(value, "f"), return_type=str, when_used="json"),
 ]
+
+#: Money a client states (amounts, prices, payments, costs): like `MoneyTotal`, and at
+#: most `MAX_AMOUNT` either way, so that sums of many of them still fit a `MoneyTotal`.
+#: More than 4 decimals is a parse error; the currency's minor unit is a business rule.
+Money = Annotated[MoneyTotal, Field(ge=-MAX_AMOUNT, le=MAX_AMOUNT)]
 
 #: A merchant (tenant) key as it appears in every message and every Kafka key.
 WebsiteKey = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")]
@@ -72,10 +79,10 @@ class Envelope(BaseModel, Generic[P]):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     message_id: uuid.UUID = Field(description="Unique per message; the deduplication key.")
-    type: str = Field(description="Which payload this is, e.g. `CreateInvoice`.")
+    type: str = Field(max_length=100, description="Which payload this is, e.g. `CreateInvoice`.")
     website_key: WebsiteKey = Field(description="The merchant (tenant) the message belongs to.")
-    occurred_at: AwareDatetime = Field(
-        description="Business time of the message; a timezone offset is required."
+    occurred_at: BusinessDateTime = Field(
+        description="Business time of the message; a timezone offset is required, years 1900..2999."
     )
     correlation_id: uuid.UUID | None = Field(
         default=None,
@@ -201,10 +208,30 @@ def parse_envelope(raw: bytes | str, allowed: set[str] | None = None) -> Envelop
             [FieldError("type", "unknown_type", f"unknown message type {type_name!r}")],
             **header,
         )
+    # Strings PostgreSQL cannot store, wherever they are (typed fields, ignored fields,
+    # a timer's message): named by their path, in place of other errors on that path.
+    unstorable = [
+        FieldError(path, error.type, error.message())
+        for path, error in (unstorable_strings(data) if may_hold_unstorable(raw) else ())
+    ]
     try:
-        return envelope_class(cls).model_validate(data)
+        envelope = envelope_class(cls).model_validate(data)
     except ValidationError as exc:
-        raise ParseError(field_errors(exc), **header) from None
+        errors = [error for error in field_errors(exc) if not _said(error, unstorable)]
+        raise ParseError(unstorable + errors, **header) from None
+    if unstorable:
+        raise ParseError(unstorable, **header)
+    return envelope
+
+
+def _said(error: FieldError, unstorable: list[FieldError]) -> bool:
+    """Whether `error` repeats what an unstorable string already explains: an error on
+    the same field, or the same code on a field that contains it."""
+    return any(
+        error.field == found.field
+        or (error.code == found.code and found.field.startswith(f"{error.field}."))
+        for found in unstorable
+    )
 
 
 _ENVELOPE_CLASSES: dict[type[Message], type[Envelope[Any]]] = {}

@@ -10,18 +10,210 @@ Two kinds of nested block exist, mirroring `Command` and `Event`:
 Where one block appears on both sides (the debtor, invoice lines, key/value pairs) the
 snapshot twin subclasses the command block and only relaxes its configuration.
 
-Every constraint here is parse-level (type, length, shape). Business rules (signs,
-whether a currency exists, decimals beyond the currency's minor unit) are checked by the
-owning service and answered with `CommandRejected` or a Rejected invoice.
+Every constraint here is parse-level (type, length, shape, range). Business rules
+(signs, whether a currency exists, decimals beyond the currency's minor unit) are checked
+by the owning service and answered with `CommandRejected` or a Rejected invoice. The
+ranges and lengths are in `contracts.limits`: whatever parses can be stored and computed.
 """
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Iterable
-from decimal import Decimal
-from typing import Annotated
+from datetime import date, datetime
+from decimal import Decimal, localcontext
+from email.headerregistry import Address
+from functools import lru_cache
+from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationInfo,
+)
+from pydantic_core import PydanticCustomError
+
+from contracts.limits import (
+    MAX_AMOUNT,
+    MAX_QUANTITY,
+    MAX_REPORTED_STRINGS,
+    MAX_TEXT_LENGTH,
+    MAX_VAT_PERCENTAGE,
+    MAX_YEAR,
+    MIN_YEAR,
+)
+
+# --- text PostgreSQL can store ---------------------------------------------------------------
+
+
+def storable_error(value: str) -> PydanticCustomError | None:
+    """Why PostgreSQL `text`/`jsonb` cannot store `value`, or None when it can.
+
+    A NUL character (`\\u0000` in JSON) is refused by both column types; a lone surrogate
+    (`"\\ud800"` in JSON parses to a `str` that has no UTF-8 form) fails every encoder.
+    """
+    if "\x00" in value:
+        return PydanticCustomError(
+            "nul_character", "the text contains a NUL character (U+0000), which cannot be stored"
+        )
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return PydanticCustomError(
+                "string_unicode", "the text contains a lone surrogate: it is not valid Unicode"
+            )
+    return None
+
+
+def _storable(value: str) -> str:
+    error = storable_error(value)
+    if error is not None:
+        raise error
+    return value
+
+
+#: Control characters (C0, DEL, C1) and the Unicode line and paragraph separators: what
+#: would end or break a line in a mail header, an SMS or a file name.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _strict(info: ValidationInfo) -> bool:
+    """Whether the model being validated refuses unknown fields: a command or one of its
+    blocks. Events and snapshot twins are tolerant readers: a value stored under older
+    rules must still read, so they check only what every reader needs (storable text)."""
+    return info.config is not None and info.config.get("extra_fields_behavior") == "forbid"
+
+
+def _one_line(value: str, info: ValidationInfo) -> str:
+    _storable(value)
+    if _strict(info) and _CONTROL.search(value):
+        raise PydanticCustomError(
+            "control_character",
+            "the text must be one line without control characters (CR, LF, TAB, …)",
+        )
+    return value
+
+
+#: Text that may span lines (descriptions, reasons, messages): no NUL, valid Unicode.
+Text = Annotated[str, Field(max_length=MAX_TEXT_LENGTH), AfterValidator(_storable)]
+
+#: Text of one line (names, subjects, codes, file names): in a command also no CR, LF or
+#: other control character, so it can go into a mail header or a file name as it is.
+#: Fields give the length.
+OneLine = Annotated[str, AfterValidator(_one_line)]
+
+#: Text of any length that PostgreSQL can store, for fields of events (tolerant readers).
+StorableStr = Annotated[str, AfterValidator(_storable)]
+
+
+def unstorable_strings(data: Any) -> list[tuple[str, PydanticCustomError]]:
+    """Every string (key or value) in parsed JSON that PostgreSQL cannot store, with its
+    dotted path (`payload.lines.0.description`), in document order; at most
+    `MAX_REPORTED_STRINGS`. Iterative: any depth json.loads returns is walked."""
+    found: list[tuple[str, PydanticCustomError]] = []
+    stack: list[tuple[str, Any]] = [("", data)]
+    while stack and len(found) < MAX_REPORTED_STRINGS:
+        path, node = stack.pop()
+        if isinstance(node, str):
+            error = storable_error(node)
+            if error is not None:
+                found.append((path or "$", error))
+        elif isinstance(node, dict):
+            children = []
+            for key, value in node.items():
+                child = f"{path}.{_printable(key)}" if path else _printable(key)
+                error = storable_error(key)
+                if error is not None:
+                    found.append((child, error))
+                children.append((child, value))
+            stack.extend(reversed(children))
+        elif isinstance(node, list):
+            stack.extend(
+                (f"{path}.{index}" if path else str(index), value)
+                for index, value in reversed(list(enumerate(node)))
+            )
+    return found[:MAX_REPORTED_STRINGS]
+
+
+def _printable(key: str) -> str:
+    """A JSON key as it can appear in a field path (NUL and lone surrogates escaped)."""
+    if storable_error(key) is None:
+        return key
+    return key.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode()
+
+
+#: A JSON escape that may stand for a NUL or a surrogate (pairs are fine; the walk decides).
+_SUSPECT_ESCAPE = re.compile(r"\\u(?:0000|[dD][89a-fA-F])")
+_SUSPECT_ESCAPE_BYTES = re.compile(rb"\\u(?:0000|[dD][89a-fA-F])")
+
+
+def may_hold_unstorable(raw: bytes | str) -> bool:
+    """Whether a JSON body may hold a string PostgreSQL cannot store (cheap; no false
+    negatives). A literal NUL is not valid JSON, so in UTF-8 it can only be an escape."""
+    if isinstance(raw, str):
+        if _SUSPECT_ESCAPE.search(raw):
+            return True
+        return storable_error(raw) is not None
+    if json.detect_encoding(raw) not in ("utf-8", "utf-8-sig"):
+        return True  # UTF-16/32 JSON: the escapes are not ASCII bytes; walk it
+    return _SUSPECT_ESCAPE_BYTES.search(raw) is not None
+
+
+# --- e-mail addresses ------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=4096)
+def _header_address(value: str) -> bool:
+    """Whether a mail header can carry `value` as its address exactly as written."""
+    local, _, domain = value.rpartition("@")
+    # Non-ASCII letters are legal in an address (SMTPUTF8) but the header parser knows
+    # only ASCII local parts: check the syntax with each of them standing in as `x`.
+    spec = "".join(char if char.isascii() else "x" for char in local) + "@" + domain
+    try:
+        return bool(Address(addr_spec=spec).addr_spec == spec)
+    except Exception:  # the parser raises ValueError, HeaderParseError, IndexError, …
+        return False
+
+
+def _email_address(value: str, info: ValidationInfo) -> str:
+    _one_line(value, info)
+    if _strict(info) and not _header_address(value):
+        raise PydanticCustomError(
+            "email_address",
+            "not an address a mail header can carry as written (no comments, quotes or "
+            "special characters outside the rules of RFC 5322)",
+        )
+    return value
+
+
+# --- dates ---------------------------------------------------------------------------------
+
+_D = TypeVar("_D", date, datetime)
+
+
+def _in_years(value: _D) -> _D:
+    if not MIN_YEAR <= value.year <= MAX_YEAR:
+        raise PydanticCustomError(
+            "date_out_of_range",
+            "the year must lie in {min_year}..{max_year}",
+            {"min_year": MIN_YEAR, "max_year": MAX_YEAR},
+        )
+    return value
+
+
+#: A date of a command (invoice date, due date, start date, …): years 1900..2999, so that
+#: every offset the platform adds stays a valid date.
+BusinessDate = Annotated[date, AfterValidator(_in_years)]
+
+#: A timestamp with a timezone offset (`occurred_at`, `due_at`, `as_of`): years
+#: 1900..2999 as written (in its own offset).
+BusinessDateTime = Annotated[AwareDatetime, AfterValidator(_in_years)]
 
 #: An aggregate key chosen by the merchant (invoice number, debtor code, scheme key, …).
 #: A colon is refused because keys are joined with colons into Kafka keys
@@ -40,19 +232,44 @@ Culture = Annotated[
 #: An ISO 3166-1 alpha-2 country code such as `NL`.
 CountryCode = Annotated[str, Field(min_length=2, max_length=2, pattern=r"^[A-Z]{2}$")]
 
-#: An e-mail address, checked for shape only (something@something, no spaces).
-Email = Annotated[str, Field(min_length=3, max_length=254, pattern=r"^[^@\s]+@[^@\s]+$")]
+#: An e-mail address: one `@`, no whitespace or control characters, and a syntax a mail
+#: header can carry as written. Non-ASCII addresses (`müller@example.de`) are accepted:
+#: sending them needs SMTPUTF8, which is the notifier's business.
+Email = Annotated[
+    str,
+    Field(min_length=3, max_length=254, pattern=r"^[^@\s]+@[^@\s]+$"),
+    AfterValidator(_email_address),
+]
 
-#: Free text of one line or a paragraph (descriptions, reasons, names).
-Text = Annotated[str, Field(max_length=2000)]
-
-#: A non-money decimal (quantity, VAT percentage): like `Money`, a JSON number or string
-#: in, `Decimal` inside, a string out; at most 4 decimals.
+#: A non-money decimal: like `Money`, a JSON number or string in, `Decimal` inside, a
+#: string out; at most 4 decimals.
 Decimal4 = Annotated[
     Decimal,
     Field(max_digits=20, decimal_places=4, allow_inf_nan=False),
     PlainSerializer(lambda value: format(value, "f"), return_type=str, when_used="json"),
 ]
+
+#: A quantity (invoice lines, rate plans): at most 4 decimals, magnitude at most
+#: `MAX_QUANTITY`; negative for a returned item.
+Quantity = Annotated[Decimal4, Field(ge=-MAX_QUANTITY, le=MAX_QUANTITY)]
+
+#: A VAT rate in percent, 0..100, at most 4 decimals.
+VatPercentage = Annotated[Decimal4, Field(ge=0, le=MAX_VAT_PERCENTAGE)]
+
+
+def check_line_total(quantity: Decimal, unit_price: Decimal, vat_percentage: Decimal) -> None:
+    """Refuse a line whose total including VAT (`quantity * unit_price * (1 + VAT/100)`)
+    is beyond `MAX_AMOUNT`: the totals computed from it (a message's line amounts, a
+    bill run's invoice amount) then always fit an amount and never overflow."""
+    with localcontext(prec=60):  # exact for any inputs within the limits
+        total = quantity * unit_price * (1 + vat_percentage / 100)
+    if abs(total) > MAX_AMOUNT:
+        raise PydanticCustomError(
+            "line_total_too_large",
+            "quantity * unit_price including VAT is beyond {max_amount}",
+            {"max_amount": f"{MAX_AMOUNT:f}"},
+        )
+
 
 #: ISO 4217 minor units that differ from 2. Used to write amounts with the currency's
 #: digits (`"121.00"`, `1500` for JPY); currencies not listed have 2.
@@ -126,8 +343,8 @@ class SnapshotPart(BaseModel):
 class KeyValue(Part):
     """A merchant-defined key/value pair, echoed unchanged in pushes."""
 
-    key: str = Field(min_length=1, max_length=100, description="The parameter's name.")
-    value: str = Field(max_length=2000, description="The parameter's value, as text.")
+    key: OneLine = Field(min_length=1, max_length=100, description="The parameter's name.")
+    value: Text = Field(description="The parameter's value, as text.")
 
 
 class KeyValueSnapshot(KeyValue):

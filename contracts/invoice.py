@@ -14,13 +14,14 @@ from __future__ import annotations
 from datetime import date
 from decimal import Decimal
 from enum import IntEnum, StrEnum
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import AwareDatetime, ConfigDict, Field, model_validator
 
 from contracts.debtor import Debtor, DebtorSnapshot, UnreachableFlags
-from contracts.envelope import Command, Event, Money, register
+from contracts.envelope import Command, Event, Money, MoneyTotal, register
 from contracts.fields import (
+    BusinessDate,
     Culture,
     Currency,
     Decimal4,
@@ -28,10 +29,26 @@ from contracts.fields import (
     Identifier,
     KeyValue,
     KeyValueSnapshot,
+    OneLine,
     Part,
+    Quantity,
     SnapshotPart,
     Text,
+    VatPercentage,
+    check_line_total,
     pad_amounts,
+)
+from contracts.limits import (
+    MAX_ALLOWED_SERVICES,
+    MAX_CHANNELS,
+    MAX_CUSTOM_PARAMETERS,
+    MAX_INSTALLMENTS,
+    MAX_INT,
+    MAX_INVOICE_LINES,
+    MAX_PLAN_INVOICES,
+    MAX_SCHEME_STEPS,
+    MAX_STEP_DAYS,
+    MAX_URL_LENGTH,
 )
 from contracts.payments import Transaction
 
@@ -227,17 +244,28 @@ class PlanInterval(StrEnum):
 class InvoiceLine(Part):
     """One line of an invoice. Informational: `amount_debit` is the amount owed."""
 
-    sku: str | None = Field(default=None, max_length=100, description="Article code.")
+    sku: OneLine | None = Field(default=None, max_length=100, description="Article code.")
     description: Text = Field(description="What was sold.")
-    quantity: Decimal4 = Field(description="How many (may be fractional, e.g. hours).")
+    quantity: Quantity = Field(description="How many (may be fractional, e.g. hours).")
     unit_price: Money = Field(description="Price per unit, excluding VAT.")
-    vat_percentage: Decimal4 = Field(description="VAT rate in percent, e.g. `21`.")
+    vat_percentage: VatPercentage = Field(description="VAT rate in percent, e.g. `21`.")
+
+    @model_validator(mode="after")
+    def _total_fits(self) -> InvoiceLine:
+        if self.model_config.get("extra") == "forbid":  # not in the snapshot twin
+            check_line_total(self.quantity, self.unit_price, self.vat_percentage)
+        return self
 
 
 class InvoiceLineSnapshot(InvoiceLine):
-    """An invoice line as reported in a snapshot."""
+    """An invoice line as reported in a snapshot: read as it was stored (the limits on
+    numbers apply to new lines only)."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
+
+    quantity: Decimal4 = Field(description="How many (may be fractional, e.g. hours).")
+    unit_price: MoneyTotal = Field(description="Price per unit, excluding VAT.")
+    vat_percentage: Decimal4 = Field(description="VAT rate in percent, e.g. `21`.")
 
 
 #: `admin_cost: "statutory"`: the Dutch statutory scale of collection costs.
@@ -247,14 +275,17 @@ Statutory = Literal["statutory"]
 class SchemeStep(Part):
     """One step of a dunning scheme. Which fields matter depends on `action`."""
 
-    index: int = Field(ge=1, description="Position in the scheme, 1..n.")
+    index: int = Field(ge=1, le=MAX_SCHEME_STEPS, description="Position in the scheme, 1..n.")
     action: StepAction = Field(description="What the step does.")
     days: int = Field(
+        ge=-MAX_STEP_DAYS,
+        le=MAX_STEP_DAYS,
         description="Offset in days from the due date (from the invoice date for a "
-        "PaymentInvitation); may be negative."
+        f"PaymentInvitation); may be negative; at most {MAX_STEP_DAYS} either way.",
     )
     channels: list[Channel] = Field(
         default_factory=list,
+        max_length=MAX_CHANNELS,
         description="Ordered channels for messages: the first is primary, the rest are backups.",
     )
     template_key: Identifier | None = Field(
@@ -288,8 +319,8 @@ class InvoiceFields(Command):
     """The fields CreateInvoice and CreateCombinedInvoice share (not a message itself)."""
 
     invoice_number: Identifier = Field(description="The merchant's invoice number.")
-    invoice_date: date = Field(description="The invoice date.")
-    due_date: date = Field(description="The due date (on or after the invoice date).")
+    invoice_date: BusinessDate = Field(description="The invoice date.")
+    due_date: BusinessDate = Field(description="The due date (on or after the invoice date).")
     currency: Currency = Field(description="ISO 4217 currency of every amount.")
     amount_debit: Money = Field(description="The invoice amount, including VAT.")
     amount_vat: Money = Field(description="The VAT included in `amount_debit`.")
@@ -302,7 +333,7 @@ class InvoiceFields(Command):
         default=DEFAULT_SCHEME_KEY, description="The dunning scheme to follow."
     )
     max_step_index: int | None = Field(
-        default=None, ge=0, description="Run no scheme step beyond this index."
+        default=None, ge=0, le=MAX_SCHEME_STEPS, description="Run no scheme step beyond this index."
     )
     culture: Culture | None = Field(
         default=None,
@@ -310,19 +341,25 @@ class InvoiceFields(Command):
         "invoice service uses the person's culture, else `nl-NL`.",
     )
     is_test: bool = Field(default=False, description="A test invoice (runs no steps).")
-    pay_link: str | None = Field(
-        default=None, max_length=2000, description="Where the debtor can pay."
+    pay_link: OneLine | None = Field(
+        default=None, max_length=MAX_URL_LENGTH, description="Where the debtor can pay."
     )
-    allowed_services: list[str] | None = Field(
-        default=None, description="Payment methods the debtor may use; all when omitted."
+    allowed_services: list[Annotated[OneLine, Field(min_length=1, max_length=64)]] | None = Field(
+        default=None,
+        max_length=MAX_ALLOWED_SERVICES,
+        description="Payment methods the debtor may use; all when omitted.",
     )
-    lines: list[InvoiceLine] = Field(default_factory=list, description="Invoice lines.")
+    lines: list[InvoiceLine] = Field(
+        default_factory=list, max_length=MAX_INVOICE_LINES, description="Invoice lines."
+    )
     debtor: Debtor = Field(description="Who owes the invoice.")
     subscription_key: Identifier | None = Field(
         default=None, description="The subscription this invoice bills, if any."
     )
     custom_parameters: list[KeyValue] = Field(
-        default_factory=list, description="Merchant key/value pairs, echoed in pushes."
+        default_factory=list,
+        max_length=MAX_CUSTOM_PARAMETERS,
+        description="Merchant key/value pairs, echoed in pushes.",
     )
 
 
@@ -372,11 +409,11 @@ class CreatePaymentPlan(Command):
         description="The plan's number; installments are `{dossier_number}-1..n`."
     )
     included_invoice_numbers: list[Identifier] = Field(
-        min_length=1, description="The invoices the plan pays off."
+        min_length=1, max_length=MAX_PLAN_INVOICES, description="The invoices the plan pays off."
     )
-    installment_count: int = Field(ge=1, le=1000, description="How many installments.")
+    installment_count: int = Field(ge=1, le=MAX_INSTALLMENTS, description="How many installments.")
     initial_amount: Money = Field(description="The first installment (before plan costs).")
-    start_date: date = Field(description="Due date of the first installment.")
+    start_date: BusinessDate = Field(description="Due date of the first installment.")
     interval: PlanInterval = Field(description="Time between installment due dates.")
     payment_plan_cost_amount: Money = Field(
         default=Decimal(0), description="Costs of the plan, added to the first installment."
@@ -457,10 +494,11 @@ class UpsertScheme(Command):
     """
 
     scheme_key: Identifier = Field(description="The scheme's key.")
-    name: str = Field(min_length=1, max_length=200, description="Display name.")
+    name: OneLine = Field(min_length=1, max_length=200, description="Display name.")
     steps: list[SchemeStep] = Field(
+        max_length=MAX_SCHEME_STEPS,
         description="The steps in order of `index` (may be empty: a scheme that only "
-        "tracks payments)."
+        "tracks payments).",
     )
 
 
@@ -472,16 +510,22 @@ class StepDue(Command):
     """
 
     invoice_number: Identifier = Field(description="The invoice.")
-    step_index: int = Field(ge=1, description="The step that is due.")
-    scheme_version: int = Field(ge=1, description="The scheme version the timer was set for.")
-    schedule_version: int = Field(ge=0, description="The invoice's schedule version then.")
+    step_index: int = Field(ge=1, le=MAX_SCHEME_STEPS, description="The step that is due.")
+    scheme_version: int = Field(
+        ge=1, le=MAX_INT, description="The scheme version the timer was set for."
+    )
+    schedule_version: int = Field(
+        ge=0, le=MAX_INT, description="The invoice's schedule version then."
+    )
 
 
 class RecordMessageOutcome(Command):
     """What the notifier did with a step's message (notifier → invoice)."""
 
     invoice_number: Identifier = Field(description="The invoice.")
-    step_index: int = Field(ge=1, description="The step whose message this was.")
+    step_index: int = Field(
+        ge=1, le=MAX_SCHEME_STEPS, description="The step whose message this was."
+    )
     outcome: MessageOutcome = Field(description="Sent, sent on a backup channel, or skipped.")
     channel: Channel | None = Field(
         default=None, description="The channel it went out on; null when skipped."
@@ -559,16 +603,16 @@ class InvoiceSnapshot(SnapshotPart):
         default=None, description="When the next step is due, shifted by paused time."
     )
     currency: str = Field(description="ISO 4217 currency of every amount.")
-    amount_debit: Money = Field(description="The invoice amount including VAT.")
-    amount_credit: Money = Field(description="Refunds and chargebacks.")
-    amount_admin_costs: Money = Field(description="Sum of admin cost increases.")
-    amount_credit_notes: Money = Field(description="Sum of credit notes.")
-    amount_paid: Money = Field(description="Sum of successful transactions.")
-    amount_admin_costs_paid: Money = Field(description="What payments allocated to costs.")
-    amount_pending_slow: Money = Field(description="Pending slow (SEPA) transactions.")
-    open_amount: Money = Field(description="Open principal; negative when overpaid.")
-    open_amount_admin_costs: Money = Field(description="Open admin costs.")
-    open_amount_incl_admin_costs: Money = Field(description="Open principal plus costs.")
+    amount_debit: MoneyTotal = Field(description="The invoice amount including VAT.")
+    amount_credit: MoneyTotal = Field(description="Refunds and chargebacks.")
+    amount_admin_costs: MoneyTotal = Field(description="Sum of admin cost increases.")
+    amount_credit_notes: MoneyTotal = Field(description="Sum of credit notes.")
+    amount_paid: MoneyTotal = Field(description="Sum of successful transactions.")
+    amount_admin_costs_paid: MoneyTotal = Field(description="What payments allocated to costs.")
+    amount_pending_slow: MoneyTotal = Field(description="Pending slow (SEPA) transactions.")
+    open_amount: MoneyTotal = Field(description="Open principal; negative when overpaid.")
+    open_amount_admin_costs: MoneyTotal = Field(description="Open admin costs.")
+    open_amount_incl_admin_costs: MoneyTotal = Field(description="Open principal plus costs.")
     is_paid: bool = Field(description="`open_amount_incl_admin_costs` ≤ 0.")
     custom_parameters: list[KeyValueSnapshot] = Field(
         default_factory=list, description="The merchant's key/value pairs."

@@ -7,14 +7,28 @@ for RegisterWebhook (one webhook endpoint per merchant).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import uuid
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
+from pydantic_core import PydanticCustomError
 
 from contracts.envelope import Command, register
-from contracts.fields import Culture, Identifier, Text
+from contracts.fields import Culture, Identifier, OneLine, StorableStr
 from contracts.invoice import Channel, InvoiceSnapshot, StepAction
+from contracts.limits import (
+    MAX_CHANNELS,
+    MAX_INT,
+    MAX_SCHEME_STEPS,
+    MAX_TEMPLATE_LENGTH,
+    MAX_TEXT_LENGTH,
+    MAX_URL_LENGTH,
+)
+
+#: A Standard Webhooks signing key decodes to this many bytes.
+WEBHOOK_KEY_BYTES = range(24, 65)
 
 
 class SendMessage(Command):
@@ -25,7 +39,9 @@ class SendMessage(Command):
     """
 
     invoice_number: Identifier = Field(description="The invoice.")
-    step_index: int = Field(ge=1, description="The scheme step sending this message.")
+    step_index: int = Field(
+        ge=1, le=MAX_SCHEME_STEPS, description="The scheme step sending this message."
+    )
     action: Literal[StepAction.PAYMENT_INVITATION, StepAction.REMINDER] = Field(
         description="PaymentInvitation or Reminder."
     )
@@ -33,7 +49,9 @@ class SendMessage(Command):
         default=None, description="The template; the notifier's default for the action when null."
     )
     channels: list[Channel] = Field(
-        min_length=1, description="Channels in order: the first is primary, then backups."
+        min_length=1,
+        max_length=MAX_CHANNELS,
+        description="Channels in order: the first is primary, then backups.",
     )
     states_costs: bool = Field(
         default=False, description="The message announces the statutory costs (14-day letter)."
@@ -52,38 +70,85 @@ class UpsertTemplate(Command):
     template_key: Identifier = Field(description="The template's key, named by scheme steps.")
     culture: Culture = Field(description="The culture this text is for, e.g. `nl-NL`.")
     channel: Channel = Field(description="The channel this text is for.")
-    subject: Text | None = Field(default=None, description="Subject line (e-mail, letter).")
-    body: str = Field(min_length=1, max_length=100_000, description="The message text.")
+    subject: OneLine | None = Field(
+        default=None,
+        max_length=MAX_TEXT_LENGTH,
+        description="Subject line (e-mail, letter): one line.",
+    )
+    body: StorableStr = Field(
+        min_length=1, max_length=MAX_TEMPLATE_LENGTH, description="The message text."
+    )
 
 
 class RegisterWebhook(Command):
     """Set the merchant's webhook endpoint for invoice pushes (Standard Webhooks signing)."""
 
     url: str = Field(
-        max_length=2000,
+        max_length=MAX_URL_LENGTH,
         pattern=r"^https?://\S+$",
-        description="The endpoint that receives each push as an HTTP POST.",
+        description="The endpoint that receives each push as an HTTP POST: an absolute "
+        "http(s) URL with a host (and a port in 1..65535, if any).",
     )
     secret: str = Field(
         min_length=7,
         max_length=200,
-        pattern=r"^whsec_[A-Za-z0-9+/=]+$",
-        description="The signing secret: `whsec_` followed by base64 key bytes.",
+        pattern=r"^whsec_[A-Za-z0-9+/]+={0,2}$",
+        description="The signing secret: `whsec_` followed by the base64 of 24 to 64 key "
+        "bytes (a Standard Webhooks key).",
     )
     enabled: bool = Field(default=True, description="False stops deliveries to the endpoint.")
+
+    @field_validator("url")
+    @classmethod
+    def _absolute_http_url(cls, url: str) -> str:
+        # Parsed as the notifier's HTTP client will parse it when it sends.
+        import httpx  # noqa: PLC0415 - only this validator needs the HTTP client
+
+        try:
+            parsed = httpx.URL(url)
+            port = parsed.port  # a port that does not parse raises here at the latest
+        except Exception:  # InvalidURL, or whatever the IDNA codec raises on a host
+            parsed, port = None, None
+        if (
+            parsed is None
+            or parsed.scheme not in ("http", "https")
+            or not parsed.host
+            or (port is not None and not 1 <= port <= 65535)
+        ):
+            raise PydanticCustomError(
+                "invalid_url", "not an absolute http(s) URL with a host and a valid port"
+            )
+        return url
+
+    @field_validator("secret")
+    @classmethod
+    def _standard_webhooks_key(cls, secret: str) -> str:
+        digits = secret.removeprefix("whsec_").rstrip("=")
+        try:
+            key = base64.b64decode(digits + "=" * (-len(digits) % 4), validate=True)
+        except binascii.Error:
+            key = b""
+        if len(key) not in WEBHOOK_KEY_BYTES:
+            raise PydanticCustomError(
+                "invalid_webhook_secret",
+                "not a Standard Webhooks key: `whsec_` and the base64 of 24 to 64 bytes",
+            )
+        return secret
 
 
 class RetryWebhookDelivery(Command):
     """Try a failed webhook delivery again (a scheduler timer → notifier)."""
 
     invoice_number: Identifier = Field(description="The invoice the push is about.")
-    delivery_id: str = Field(
+    delivery_id: OneLine = Field(
         min_length=1, max_length=200, description="The notifier's id of the delivery."
     )
     push_message_id: uuid.UUID = Field(
         description="The InvoiceEvent's message_id: the push's `webhook-id`."
     )
-    attempt: int = Field(ge=1, description="The number of this attempt (the first retry is 2).")
+    attempt: int = Field(
+        ge=1, le=MAX_INT, description="The number of this attempt (the first retry is 2)."
+    )
 
 
 register(SendMessage, UpsertTemplate, RegisterWebhook, RetryWebhookDelivery)

@@ -12,7 +12,7 @@ from enum import StrEnum
 from pydantic import Field
 
 from contracts.envelope import Event, Money, register
-from contracts.fields import Identifier, Part
+from contracts.fields import Identifier, OneLine, Part
 
 
 class TransactionStatus(StrEnum):
@@ -34,7 +34,7 @@ class Transaction(Part):
     """The first transaction of a combined request (CreateCombinedInvoice/Subscription)."""
 
     transaction_key: Identifier = Field(description="The payment engine's transaction key.")
-    service: str = Field(min_length=1, max_length=64, description=PAYMENT_SERVICE_DESCRIPTION)
+    service: OneLine = Field(min_length=1, max_length=64, description=PAYMENT_SERVICE_DESCRIPTION)
     amount: Money = Field(description="The transaction amount, in the invoice's currency.")
     status: TransactionStatus = Field(description="The transaction's status now.")
 
@@ -51,7 +51,7 @@ class TransactionStatusChanged(Event):
     transaction_key: Identifier = Field(
         description="The payment engine's key; stable across status changes."
     )
-    service: str = Field(min_length=1, max_length=64, description=PAYMENT_SERVICE_DESCRIPTION)
+    service: OneLine = Field(min_length=1, max_length=64, description=PAYMENT_SERVICE_DESCRIPTION)
     amount: Money = Field(description="The transaction amount, in the invoice's currency.")
     status: TransactionStatus = Field(description="The transaction's new status.")
     is_slow: bool = Field(

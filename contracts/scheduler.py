@@ -19,6 +19,8 @@ from pydantic import AwareDatetime, Field, field_validator
 from pydantic_core import PydanticCustomError
 
 from contracts.envelope import Command, Envelope, Event, register
+from contracts.fields import BusinessDateTime, OneLine, unstorable_strings
+from contracts.limits import MAX_TOPIC_LENGTH
 from contracts.topics import ALL_TOPICS, PUSH_INVOICE
 
 #: The Kafka key of Tick and TickCompleted.
@@ -29,7 +31,7 @@ CLOCK_KEY = "clock"
 _ENVELOPE_KEYS = ("message_id", "type", "website_key", "payload")
 
 #: A timer's id, chosen by the caller so that scheduling again replaces the timer.
-TimerId = Annotated[str, Field(min_length=1, max_length=255)]
+TimerId = Annotated[OneLine, Field(min_length=1, max_length=255)]
 
 
 class ScheduleTimer(Command):
@@ -42,12 +44,13 @@ class ScheduleTimer(Command):
     timer_id: TimerId = Field(
         description="The caller's stable id, e.g. `invoice:shop-1:INV-1:step:2`."
     )
-    due_at: AwareDatetime = Field(description="When the timer fires (business time).")
+    due_at: BusinessDateTime = Field(description="When the timer fires (business time).")
     topic: str = Field(
+        max_length=MAX_TOPIC_LENGTH,
         description="Base topic name (without CM_TOPIC_PREFIX; the scheduler adds its own), "
-        "e.g. `cm.invoice.commands`."
+        "e.g. `cm.invoice.commands`.",
     )
-    key: str = Field(min_length=1, max_length=500, description="The Kafka key to publish with.")
+    key: OneLine = Field(min_length=1, max_length=500, description="The Kafka key to publish with.")
     message: dict[str, Any] = Field(
         description="A full envelope (JSON object) to publish; its `occurred_at` is "
         "replaced by `due_at` when the timer fires."
@@ -60,7 +63,10 @@ class ScheduleTimer(Command):
         """A timer that publishes `envelope` on its own topic with its own Kafka key."""
         from contracts import catalog  # noqa: PLC0415 - catalog imports this module
 
-        return cls(
+        # Built from a typed envelope: not validated again (the scheduler validates what
+        # it receives), so a due time beyond the parseable years is refused there, never
+        # raised in the service that schedules it.
+        return cls.model_construct(
             timer_id=timer_id,
             due_at=due_at,
             topic=catalog.topic_for_type(envelope.type),
@@ -86,6 +92,12 @@ class ScheduleTimer(Command):
         missing = [key for key in _ENVELOPE_KEYS if key not in message]
         if missing:
             raise ValueError(f"the message is not an envelope: missing {', '.join(missing)}")
+        unstorable = unstorable_strings(message)  # the timer stores it as it is (jsonb)
+        if unstorable:
+            path, error = unstorable[0]
+            raise PydanticCustomError(
+                error.type, "{path}: {reason}", {"path": path, "reason": error.message()}
+            )
         return message
 
 
@@ -103,7 +115,7 @@ class Tick(Command):
     with TickCompleted). Kafka key: `clock`.
     """
 
-    as_of: AwareDatetime = Field(description="The new time of the manual clock.")
+    as_of: BusinessDateTime = Field(description="The new time of the manual clock.")
 
 
 class TimerFired(Event):

@@ -12,12 +12,25 @@ from datetime import date
 from decimal import Decimal
 from enum import StrEnum
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from contracts.debtor import Debtor, DebtorSnapshot
-from contracts.envelope import Command, Event, Money, register
-from contracts.fields import Currency, Decimal4, Identifier, Part, SnapshotPart, Text
+from contracts.envelope import Command, Event, Money, MoneyTotal, register
+from contracts.fields import (
+    BusinessDate,
+    Currency,
+    Decimal4,
+    Identifier,
+    Part,
+    Quantity,
+    SnapshotPart,
+    Text,
+    VatPercentage,
+    check_line_total,
+)
 from contracts.invoice import DEFAULT_SCHEME_KEY
+from contracts.limits import MAX_INTERVAL_COUNT, MAX_RATE_PLANS
 from contracts.payments import Transaction
 
 
@@ -60,10 +73,29 @@ class SubscriptionEventName(StrEnum):
 
 
 class BillingInterval(Part):
-    """The length of a billing period: `count` times `unit`."""
+    """The length of a billing period: `count` times `unit`, at most ten years."""
 
     unit: IntervalUnit = Field(description="day, week, month, quarter or year.")
-    count: int = Field(default=1, ge=1, le=1000, description="How many units per period.")
+    count: int = Field(
+        default=1,
+        ge=1,
+        le=max(MAX_INTERVAL_COUNT.values()),
+        description="How many units per period: at most 3650 days, 520 weeks, 120 months, "
+        "40 quarters or 10 years.",
+    )
+
+    @field_validator("count")
+    @classmethod
+    def _at_most_ten_years(cls, count: int, info: ValidationInfo) -> int:
+        unit = info.data.get("unit")  # absent when the unit itself failed
+        strict = info.config is not None and info.config.get("extra_fields_behavior") == "forbid"
+        if strict and unit is not None and count > MAX_INTERVAL_COUNT[unit.value]:
+            raise PydanticCustomError(
+                "interval_too_long",
+                "a billing interval is at most {limit} {unit}s",
+                {"limit": MAX_INTERVAL_COUNT[unit.value], "unit": unit.value},
+            )
+        return count
 
 
 class RatePlan(Part):
@@ -72,10 +104,16 @@ class RatePlan(Part):
     product_code: Identifier = Field(description="Identifies the plan within the subscription.")
     description: Text = Field(description="The invoice line's description.")
     unit_price: Money = Field(description="Price per unit per period, excluding VAT.")
-    quantity: Decimal4 = Field(default=Decimal(1), description="How many units.")
-    vat_percentage: Decimal4 = Field(description="VAT rate in percent, e.g. `21`.")
-    start_date: date = Field(description="First day the plan is billed.")
-    end_date: date | None = Field(default=None, description="Last day the plan is billed.")
+    quantity: Quantity = Field(default=Decimal(1), description="How many units.")
+    vat_percentage: VatPercentage = Field(description="VAT rate in percent, e.g. `21`.")
+    start_date: BusinessDate = Field(description="First day the plan is billed.")
+    end_date: BusinessDate | None = Field(default=None, description="Last day the plan is billed.")
+
+    @model_validator(mode="after")
+    def _total_fits(self) -> RatePlan:
+        if self.model_config.get("extra") == "forbid":  # not in the snapshot twin
+            check_line_total(self.quantity, self.unit_price, self.vat_percentage)
+        return self
 
 
 class RatePlanChange(Part):
@@ -83,14 +121,14 @@ class RatePlanChange(Part):
 
     product_code: Identifier = Field(description="The plan to change.")
     unit_price: Money | None = Field(default=None, description="The new unit price.")
-    quantity: Decimal4 | None = Field(default=None, description="The new quantity.")
+    quantity: Quantity | None = Field(default=None, description="The new quantity.")
 
 
 class RatePlanStop(Part):
     """An end date for a plan."""
 
     product_code: Identifier = Field(description="The plan to stop.")
-    end_date: date = Field(description="Last day the plan is billed.")
+    end_date: BusinessDate = Field(description="Last day the plan is billed.")
 
 
 class SubscriptionFields(Command):
@@ -107,9 +145,11 @@ class SubscriptionFields(Command):
         default=BillingTiming.ADVANCE,
         description="`advance`: a period is invoiced at its start; `arrears`: at its end.",
     )
-    start_date: date = Field(description="First day of the first period.")
-    end_date: date | None = Field(default=None, description="Last day billed, if known.")
-    rate_plans: list[RatePlan] = Field(min_length=1, description="What is billed.")
+    start_date: BusinessDate = Field(description="First day of the first period.")
+    end_date: BusinessDate | None = Field(default=None, description="Last day billed, if known.")
+    rate_plans: list[RatePlan] = Field(
+        min_length=1, max_length=MAX_RATE_PLANS, description="What is billed."
+    )
 
 
 class CreateSubscription(SubscriptionFields):
@@ -129,12 +169,18 @@ class UpdateSubscription(Command):
 
     subscription_key: Identifier = Field(description="The subscription.")
     add_rate_plans: list[RatePlan] = Field(
-        default_factory=list, description="New plans (start date in the future)."
+        default_factory=list,
+        max_length=MAX_RATE_PLANS,
+        description="New plans (start date in the future).",
     )
     change_rate_plans: list[RatePlanChange] = Field(
-        default_factory=list, description="New prices or quantities, from the next period."
+        default_factory=list,
+        max_length=MAX_RATE_PLANS,
+        description="New prices or quantities, from the next period.",
     )
-    stop_rate_plans: list[RatePlanStop] = Field(default_factory=list, description="Plans to end.")
+    stop_rate_plans: list[RatePlanStop] = Field(
+        default_factory=list, max_length=MAX_RATE_PLANS, description="Plans to end."
+    )
 
     @model_validator(mode="after")
     def _changes_something(self) -> UpdateSubscription:
@@ -149,7 +195,7 @@ class StopSubscription(Command):
     """Set the subscription's end date: no period after it is billed."""
 
     subscription_key: Identifier = Field(description="The subscription.")
-    end_date: date | None = Field(
+    end_date: BusinessDate | None = Field(
         default=None, description="Last day billed; the date of `occurred_at` when omitted."
     )
     reason: Text | None = Field(default=None, description="Why, for the event log.")
@@ -162,7 +208,7 @@ class RunBilling(Command):
     """Invoice every period of the subscription that is due (a bill-run timer)."""
 
     subscription_key: Identifier = Field(description="The subscription.")
-    as_of: date | None = Field(
+    as_of: BusinessDate | None = Field(
         default=None,
         description="Bill the periods due on or before this date; the date of "
         "`occurred_at` when omitted.",
@@ -176,9 +222,14 @@ class BillingIntervalSnapshot(BillingInterval):
 
 
 class RatePlanSnapshot(RatePlan):
-    """A rate plan as reported in an event."""
+    """A rate plan as reported in an event: read as it was stored (the limits on numbers
+    apply to new plans only)."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
+
+    unit_price: MoneyTotal = Field(description="Price per unit per period, excluding VAT.")
+    quantity: Decimal4 = Field(default=Decimal(1), description="How many units.")
+    vat_percentage: Decimal4 = Field(description="VAT rate in percent, e.g. `21`.")
 
 
 class SubscriptionSnapshot(SnapshotPart):

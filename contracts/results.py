@@ -52,9 +52,7 @@ class DeadLetter(Event):
         description="The start of the original body (at most `DLQ_MAX_VALUE_BYTES`),"
         " decoded as UTF-8 with replacement; NUL characters become U+FFFD."
     )
-    raw_length: int | None = Field(
-        default=None, description="The original body's length in bytes."
-    )
+    raw_length: int | None = Field(default=None, description="The original body's length in bytes.")
     raw_sha256: str | None = Field(
         default=None, description="SHA-256 (hex) of the whole original body."
     )

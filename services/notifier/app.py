@@ -9,64 +9,51 @@ outside world after commit: webhook deliveries (webhooks.py) and messages to deb
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
 
 from contracts import topics
 from services.notifier import handlers
+from services.notifier.limits import NotifierLimits
 from services.notifier.messages import MessageSender
-from services.notifier.webhooks import WebhookDispatcher
+from services.notifier.webhooks import WebhookDispatcher, webhook_client
 from services.runtime.app import Runtime, ServiceDefinition
 from services.runtime.consumer import ConsumerSpec, HandlerSpec
-from services.runtime.logs import get_logger
+from services.runtime.worker import run_worker
 
-log = get_logger(__name__)
-
-#: How often an idle worker looks for work (a busy one goes on at once).
+#: How often an idle worker looks for work (a busy one goes on at once, and one whose
+#: send just ended looks at once: the invoice's next push may be due).
 IDLE_POLL_S = 0.05
-#: Concurrent webhook workers per process (each claims its own batch).
-WEBHOOK_WORKERS = 2
-
-
-async def _work_loop(name: str, step: Callable[[], Awaitable[int]]) -> None:
-    while True:
-        try:
-            done = await step()
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("notifier worker failed; retrying", worker=name)
-            done = 0
-            await asyncio.sleep(1.0)
-        if done == 0:
-            await asyncio.sleep(IDLE_POLL_S)
 
 
 async def webhook_deliveries(runtime: Runtime) -> None:
     """Post due pushes to merchants' webhooks."""
-    timeout = httpx.Timeout(runtime.settings.webhook_timeout_s)
-    limits = httpx.Limits(
-        max_connections=WebhookDispatcher.MAX_IN_FLIGHT,
-        max_keepalive_connections=WebhookDispatcher.MAX_IN_FLIGHT,
-    )
-    async with httpx.AsyncClient(timeout=timeout, follow_redirects=False, limits=limits) as client:
-        dispatcher = WebhookDispatcher(runtime, client)
-        await asyncio.gather(
-            *(
-                _work_loop(f"webhooks-{i}", dispatcher.dispatch_batch)
-                for i in range(WEBHOOK_WORKERS)
+    limits = NotifierLimits.of(runtime.settings)
+    async with webhook_client(limits) as client:
+        dispatcher = WebhookDispatcher(runtime, client, limits)
+        try:
+            await run_worker(
+                "notifier-webhooks", dispatcher.step, idle_s=IDLE_POLL_S, wake=dispatcher.wake
             )
-        )
+        finally:
+            await dispatcher.close()
 
 
 async def debtor_messages(runtime: Runtime) -> None:
     """Send recorded message jobs by e-mail, SMS or letter."""
-    async with httpx.AsyncClient(timeout=httpx.Timeout(30.0)) as client:
-        sender = MessageSender(runtime, client)
-        await _work_loop("messages", sender.send_batch)
+    limits = NotifierLimits.of(runtime.settings)
+    connections = limits.message_max_in_flight
+    async with httpx.AsyncClient(
+        timeout=httpx.Timeout(limits.message_send_timeout_s),
+        follow_redirects=False,
+        limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
+    ) as client:
+        sender = MessageSender(runtime, client, limits)
+        try:
+            await run_worker("notifier-messages", sender.step, idle_s=IDLE_POLL_S, wake=sender.wake)
+        finally:
+            await sender.close()
 
 
 def definition() -> ServiceDefinition:

@@ -1,34 +1,60 @@
 """Messages to debtors: a background task sends the message jobs that `SendMessage`
 recorded, and answers each with `RecordMessageOutcome`.
 
-A job is claimed with `FOR UPDATE SKIP LOCKED`; its message is rendered for the
-invoice's culture and each channel and sent on the first channel that works, in the
-step's order, skipping contact methods marked unreachable and channels not configured.
-The outcome (`sent`, `sent_backup`, `skipped_no_methods`) goes into the outbox in the
-transaction that marks the job done. A crash between sending and that commit sends the
-message again (at-least-once); the outcome's message id is derived from the command's,
-so the invoice service records it once whatever happens.
+Each job is its own unit: claim, commit, send, record.
+
+- **Claim**: one short transaction marks due jobs `sending` (their `available_at`
+  becomes the end of a lease, `MESSAGE_LEASE_S`) with a claim token, and commits.
+- **Send**: each job in a task of its own (at most `MESSAGE_MAX_IN_FLIGHT`, and
+  `MESSAGE_MAX_IN_FLIGHT_PER_PROVIDER` sends per provider: SMTP, SMS, print/spool), each
+  send under one deadline (`MESSAGE_SEND_TIMEOUT_S`). The message is rendered for the
+  invoice's culture and each channel and sent on the first channel that works, in the
+  step's order, skipping contact methods marked unreachable and channels not configured.
+- **Record**: the job's outcome (`sent`, `sent_backup`, `skipped_no_methods`) goes into
+  the outbox in the job's own transaction, only while its claim token still matches.
+
+What a failure does:
+
+- a channel that cannot reach the debtor (`ChannelFailed`: a refused recipient, a
+  provider's 4xx, an address the SMTP path cannot send) → the next channel;
+- an unexpected exception while rendering or sending on one channel → that channel
+  counts as failed with the code `unexpected_<Type>` (such errors come from the
+  debtor's or the template's data, so the same channel would fail again) → the next
+  channel;
+- an unreachable provider (`TransientFailure`) → the whole job is postponed
+  (`TRANSIENT_DELAYS_S`); on the last try it counts as that channel failing;
+- an unexpected exception outside any channel (the stored command no longer parses,
+  the templates cannot be read) → the job is postponed on the same schedule with the
+  code in `last_error`; after the last try it is answered `skipped_no_methods`.
+
+A worker that dies mid-send leaves its jobs `sending`; when the lease lapses they are
+claimed and sent again (at-least-once). The outcome's message id is derived from the
+command's, so the invoice service records it once whatever happens.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import time
 import uuid
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 from prometheus_client import Counter
 
 from contracts import topics
-from contracts.envelope import Envelope, new_envelope, parse_envelope
+from contracts.envelope import Envelope, envelope_class, new_envelope, parse_envelope
 from contracts.invoice import Channel, MessageOutcome, RecordMessageOutcome
 from contracts.notifier import SendMessage
 from services.notifier.channels import ChannelFailed, Rendered, TransientFailure
 from services.notifier.channels.email import EmailSender
 from services.notifier.channels.letter import LetterSender
 from services.notifier.channels.sms import SmsSender
+from services.notifier.limits import NotifierLimits, error_code
 from services.notifier.repository import ClaimedJob, NotifierRepository
 from services.notifier.templates import (
     BUILT_IN,
@@ -41,15 +67,18 @@ from services.notifier.templates import (
 )
 from services.runtime.app import Runtime
 from services.runtime.logs import get_logger
-from services.runtime.outbox import OutboxMessage, enqueue
+from services.runtime.outbox import OutboxMessage
 
 log = get_logger(__name__)
 
-#: Jobs claimed per transaction (sent concurrently).
+#: Most jobs claimed per claim transaction.
 BATCH_SIZE = 20
-#: Back-off (seconds) after a provider was unreachable; after the last one, the channel
-#: counts as failed and the next one is tried.
+#: Back-off (seconds) after a provider was unreachable or the job failed outside any
+#: channel; after the last one, the channel counts as failed and the next one is tried
+#: (or the job is answered `skipped_no_methods`).
 TRANSIENT_DELAYS_S: tuple[float, ...] = (5, 30, 120, 600)
+#: Seconds kept free at the end of a lease for recording the outcome.
+_LEASE_MARGIN_S = 10.0
 
 SENT = Counter("cm_notifier_messages_total", "Messages to debtors, by outcome", ["outcome"])
 CHANNEL_RESULTS = Counter(
@@ -89,6 +118,15 @@ class JobResult:
     outcome: MessageOutcome | None  # None: try the job again later
     channel: Channel | None = None
     log: list[tuple[str, str, str | None]] = field(default_factory=list)
+    #: An unexpected error outside any channel (its code): postponed, then given up.
+    error: str | None = None
+
+
+@dataclass
+class _Claimed:
+    job: ClaimedJob
+    lease_ends: float  # time.monotonic(): never later than the lease in the database
+    started: bool = False
 
 
 def _culture(cmd: SendMessage) -> str:
@@ -105,46 +143,199 @@ def _merchant_name(cmd: SendMessage, website_key: str) -> str:
 
 
 class MessageSender:
-    """Sends claimed message jobs and records their outcomes."""
+    """Claims message jobs and sends each in a task of its own (module docstring).
 
-    def __init__(self, runtime: Runtime, client: httpx.AsyncClient) -> None:
+    `step` is the worker's round: it claims what fits and starts the tasks without
+    waiting for them; `wake` is set whenever a task ends."""
+
+    def __init__(
+        self, runtime: Runtime, client: httpx.AsyncClient, limits: NotifierLimits | None = None
+    ) -> None:
         settings = runtime.settings
         self.runtime = runtime
-        self.email = EmailSender(settings.smtp_host, settings.smtp_port, settings.smtp_from)
+        self.limits = limits = limits or NotifierLimits.of(settings)
+        timeout = limits.message_send_timeout_s
+        cap = limits.response_max_bytes
+        self.email = EmailSender(
+            settings.smtp_host, settings.smtp_port, settings.smtp_from, timeout=timeout
+        )
         sms_url = settings.sms_provider_url
-        self.sms = SmsSender(client, sms_url) if sms_url else None
-        self.letter = LetterSender(client, settings.letter_spool_dir, settings.print_provider_url)
+        self.sms = (
+            SmsSender(client, sms_url, timeout_s=timeout, max_response_bytes=cap)
+            if sms_url
+            else None
+        )
+        self.letter = LetterSender(
+            client,
+            settings.letter_spool_dir,
+            settings.print_provider_url,
+            timeout_s=timeout,
+            max_response_bytes=cap,
+        )
+        self.wake = asyncio.Event()
+        self._providers = {
+            channel: asyncio.Semaphore(limits.message_max_in_flight_per_provider)
+            for channel in Channel
+        }
+        self._tasks: dict[asyncio.Task[None], _Claimed] = {}
 
-    async def send_batch(self, limit: int = BATCH_SIZE) -> int:
-        """Send what is due; returns how many jobs were handled."""
-        outbox: list[OutboxMessage] = []
+    async def step(self, limit: int = BATCH_SIZE) -> int:
+        """Claim what fits and start sending it; returns how many jobs were claimed."""
+        room = min(limit, self.limits.message_max_in_flight - len(self._tasks))
+        if room <= 0:
+            return 0
+        claim_started = time.monotonic()
         async with self.runtime.pool.acquire() as conn, conn.transaction():
-            repo = NotifierRepository(conn)
-            jobs = await repo.claim_jobs(limit)
-            if not jobs:
-                return 0
-            prepared = []
-            for job in jobs:
+            jobs = await NotifierRepository(conn).claim_jobs(
+                room, lease_s=self.limits.message_lease_s
+            )
+        for job in jobs:
+            item = _Claimed(job, claim_started + self.limits.message_lease_s)
+            task = asyncio.create_task(self._handle(item))
+            self._tasks[task] = item
+            task.add_done_callback(self._done)
+        return len(jobs)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.pop(task)
+        self.wake.set()
+
+    async def drain(self) -> None:
+        """Wait for the jobs started so far (tests, benchmarks)."""
+        while self._tasks:
+            await asyncio.wait(list(self._tasks))
+
+    async def close(self) -> None:
+        """Stop: cancel the tasks; jobs not yet started are released (due again), ones
+        cut off mid-send stay `sending` until their lease lapses."""
+        unstarted = [item.job for item in self._tasks.values() if not item.started]
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if unstarted:
+            with contextlib.suppress(Exception):
+                async with self.runtime.pool.acquire() as conn:
+                    await NotifierRepository(conn).release_jobs(
+                        list({j.claim_token for j in unstarted}), [j.id for j in unstarted]
+                    )
+
+    async def _handle(self, item: _Claimed) -> None:
+        job = item.job
+        item.started = True
+        # Everything before the record must end while the lease holds.
+        budget = item.lease_ends - time.monotonic() - _LEASE_MARGIN_S
+        envelope: Envelope[Any] | None = None
+        try:
+            async with asyncio.timeout(budget):
                 envelope = parse_envelope(json.dumps(job.command), {SendMessage.TYPE})
                 cmd: SendMessage = envelope.payload
                 key = cmd.template_key or default_template_key(cmd.action, cmd.states_costs)
-                prepared.append((job, envelope, await repo.templates(envelope.website_key, key)))
-            results = await asyncio.gather(
-                *(self._send(job, envelope, templates) for job, envelope, templates in prepared)
+                async with self.runtime.pool.acquire() as conn:
+                    templates = await NotifierRepository(conn).templates(envelope.website_key, key)
+                result = await self._send(job, envelope, templates)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # outside any channel: postpone, then give up
+            code = "job_timeout" if isinstance(error, TimeoutError) else error_code(error)
+            log.warning(
+                "message job failed outside its channels; postponed",
+                error=code,
+                website_key=job.website_key,
+                invoice_number=job.invoice_number,
+                step_index=job.step_index,
             )
-            for (job, envelope, _), result in zip(prepared, results, strict=True):
-                await repo.log_channel([(job.id, *entry) for entry in result.log])
-                if result.outcome is None:
-                    delay = TRANSIENT_DELAYS_S[min(job.attempts, len(TRANSIENT_DELAYS_S) - 1)]
-                    await repo.postpone_job(job.id, delay)
-                    continue
+            result = JobResult(outcome=None, log=[("job", "error", code)], error=code)
+        try:
+            await self._record(job, envelope, result)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # the lease brings the job back
+            log.error(
+                "message job not recorded; it is sent again when its lease lapses",
+                error_type=type(error).__name__,
+                website_key=job.website_key,
+                invoice_number=job.invoice_number,
+                step_index=job.step_index,
+            )
+
+    async def _record(
+        self, job: ClaimedJob, envelope: Envelope[Any] | None, result: JobResult
+    ) -> None:
+        """The job's outcome in a transaction of its own."""
+        last_try = job.attempts + 1 >= len(TRANSIENT_DELAYS_S)
+        if result.outcome is None and result.error is not None and last_try:
+            # Given up on an error outside any channel: answer "not sent".
+            result.outcome = MessageOutcome.SKIPPED_NO_METHODS
+            result.log.append(("job", "given_up", result.error))
+        answer: OutboxMessage | None = None
+        if result.outcome is not None:
+            answer = (
+                self._outcome_message(envelope, result)
+                if envelope is not None
+                else self._fallback_outcome(job, result)
+            )
+        async with self.runtime.unit_of_work() as work:
+            repo = NotifierRepository(work.conn)
+            if result.outcome is None:
+                delay = TRANSIENT_DELAYS_S[min(job.attempts, len(TRANSIENT_DELAYS_S) - 1)]
+                recorded = await repo.postpone_job(job, delay, result.error)
+            elif answer is None:
+                recorded = await repo.finish_job(job, "failed", None, None, result.error)
+            else:
                 channel = result.channel.value if result.channel else None
-                await repo.finish_job(job.id, result.outcome.value, channel)
-                outbox.append(self._outcome_message(envelope, result))
-            await enqueue(conn, outbox, self.runtime.settings.relay_shards)
-        if outbox and self.runtime.relay is not None:
-            self.runtime.relay.wake()
-        return len(jobs)
+                recorded = await repo.finish_job(
+                    job, "done", result.outcome.value, channel, result.error
+                )
+                work.outbox.append(answer)
+            if recorded:
+                await repo.log_channel([(job.id, *entry) for entry in result.log])
+            else:
+                work.outbox.clear()
+        if not recorded:
+            log.warning(
+                "message job handled after its claim lapsed; another worker has it",
+                website_key=job.website_key,
+                invoice_number=job.invoice_number,
+                step_index=job.step_index,
+            )
+
+    def _fallback_outcome(self, job: ClaimedJob, result: JobResult) -> OutboxMessage | None:
+        """The answer of a job whose stored command no longer parses, from the job's own
+        columns; None when even that cannot be built."""
+        assert result.outcome is not None
+        try:
+            command = job.command if isinstance(job.command, dict) else {}
+            correlation = command.get("correlation_id")
+            answer = envelope_class(RecordMessageOutcome).model_construct(
+                message_id=uuid.uuid5(_OUTCOME_IDS, str(job.command_id)),
+                type=RecordMessageOutcome.TYPE,
+                website_key=job.website_key,
+                occurred_at=datetime.fromisoformat(str(command.get("occurred_at")))
+                if command.get("occurred_at")
+                else datetime.now(UTC),
+                correlation_id=uuid.UUID(str(correlation)) if correlation else job.command_id,
+                causation_id=job.command_id,
+                payload=RecordMessageOutcome(
+                    invoice_number=job.invoice_number,
+                    step_index=job.step_index,
+                    outcome=result.outcome,
+                    channel=None,
+                ),
+            )
+            return OutboxMessage(
+                self.runtime.topics(topics.INVOICE_COMMANDS),
+                f"{job.website_key}:{job.invoice_number}",
+                answer.to_json(),
+            )
+        except Exception as error:
+            log.error(
+                "no answer could be built for a failed message job",
+                error_type=type(error).__name__,
+                website_key=job.website_key,
+                invoice_number=job.invoice_number,
+            )
+            return None
 
     def _outcome_message(self, envelope: Envelope[Any], result: JobResult) -> OutboxMessage:
         cmd: SendMessage = envelope.payload
@@ -192,12 +383,13 @@ class MessageSender:
             if template is None:
                 result.log.append((channel.value, "skipped", "no_template"))
                 continue
-            rendered = Rendered(
-                fill(template.subject, context) if template.subject else None,
-                fill(template.body, context),
-            )
             try:
-                detail = await self._deliver(channel, cmd, envelope, rendered, job.id, context)
+                rendered = Rendered(
+                    fill(template.subject, context) if template.subject else None,
+                    fill(template.body, context),
+                )
+                async with self._providers[channel]:
+                    detail = await self._deliver(channel, cmd, envelope, rendered, job.id, context)
             except TransientFailure as failure:
                 CHANNEL_RESULTS.labels(channel.value, "transient").inc()
                 result.log.append((channel.value, "transient", failure.code))
@@ -209,6 +401,12 @@ class MessageSender:
                 CHANNEL_RESULTS.labels(channel.value, "failed").inc()
                 result.log.append((channel.value, "failed", failure.code))
                 log.info("channel failed; next one", channel=channel, code=failure.code, **bound)
+                continue
+            except Exception as error:  # this debtor's or template's data: the next channel
+                code = error_code(error)
+                CHANNEL_RESULTS.labels(channel.value, "failed").inc()
+                result.log.append((channel.value, "failed", code))
+                log.warning("channel raised; next one", channel=channel, code=code, **bound)
                 continue
             if detail is None:  # no usable contact method, or the channel is not configured
                 result.log.append((channel.value, "skipped", "unreachable_or_unavailable"))

@@ -25,6 +25,7 @@ class ClaimedDelivery:
     business_time: datetime
     url: str
     secret: str
+    claim_token: uuid.UUID
 
 
 @dataclass(frozen=True)
@@ -32,25 +33,83 @@ class ClaimedJob:
     id: int
     attempts: int
     command: dict[str, Any]
+    claim_token: uuid.UUID
+    command_id: uuid.UUID
+    website_key: str
+    invoice_number: str
+    step_index: int
 
 
-#: The lowest open push of each invoice that may be sent now: pending, with no earlier
-#: push of the same invoice still pending or waiting for a retry. Rows another worker
-#: holds are skipped; the earlier row it holds stays pending until that worker commits,
-#: so a later push of the same invoice cannot overtake it.
+#: Claim deliveries fairly, in one statement: the merchants with claimable rows (a loose
+#: index scan over website keys, skipping `$3`: merchants this process is already busy
+#: with), at most `$2` of each merchant's oldest claimable pushes, the oldest `$1` of
+#: those; each is marked `sending` with a lease and the claim token `$5`, and the
+#: transaction commits before anything is sent. A push is claimable when it is pending,
+#: or sending with a lapsed lease (its worker died), and no earlier push of its invoice
+#: is still open (pending, sending or retrying): per-invoice order. Rows another claim
+#: holds are skipped; the final UPDATE checks the status again on the row's latest
+#: version, so a row claimed and committed meanwhile is not claimed twice.
 _CLAIM_DELIVERIES = """
-SELECT d.id, d.website_key, d.invoice_number, d.sequence, d.push_message_id,
-       d.correlation_id, d.body, d.attempts, d.business_time, w.url, w.secret
-  FROM webhook_deliveries d
-  JOIN webhooks w ON w.website_key = d.website_key AND w.enabled
- WHERE d.status = 'pending'
-   AND NOT EXISTS (
-       SELECT 1 FROM webhook_deliveries e
-        WHERE e.website_key = d.website_key AND e.invoice_number = d.invoice_number
-          AND e.sequence < d.sequence AND e.status IN ('pending', 'retrying'))
- ORDER BY d.id
- LIMIT $1
-   FOR UPDATE OF d SKIP LOCKED
+WITH RECURSIVE merchants(website_key) AS (
+    (SELECT website_key FROM webhook_deliveries
+      WHERE status IN ('pending', 'sending') AND website_key <> ALL($3::text[])
+      ORDER BY website_key LIMIT 1)
+    UNION ALL
+    SELECT (SELECT d.website_key FROM webhook_deliveries d
+             WHERE d.status IN ('pending', 'sending') AND d.website_key > m.website_key
+               AND d.website_key <> ALL($3::text[])
+             ORDER BY d.website_key LIMIT 1)
+      FROM merchants m
+     WHERE m.website_key IS NOT NULL
+), candidates AS (
+    SELECT c.id
+      FROM merchants m
+      JOIN webhooks w ON w.website_key = m.website_key AND w.enabled
+      CROSS JOIN LATERAL (
+          SELECT d.id FROM webhook_deliveries d
+           WHERE d.website_key = m.website_key
+             AND d.status IN ('pending', 'sending')
+             AND (d.status = 'pending' OR d.lease_until < now())
+             AND NOT EXISTS (
+                 SELECT 1 FROM webhook_deliveries e
+                  WHERE e.website_key = d.website_key AND e.invoice_number = d.invoice_number
+                    AND e.sequence < d.sequence
+                    AND e.status IN ('pending', 'sending', 'retrying'))
+           ORDER BY d.id
+           LIMIT $2) c
+     ORDER BY c.id
+     LIMIT $1
+), locked AS (
+    SELECT id FROM webhook_deliveries
+     WHERE id IN (SELECT id FROM candidates)
+       FOR UPDATE SKIP LOCKED
+)
+UPDATE webhook_deliveries d
+   SET status = 'sending', lease_until = now() + make_interval(secs => $4), claim_token = $5
+  FROM locked l, webhooks w
+ WHERE d.id = l.id AND w.website_key = d.website_key AND w.enabled
+   AND (d.status = 'pending' OR (d.status = 'sending' AND d.lease_until < now()))
+RETURNING d.id, d.website_key, d.invoice_number, d.sequence, d.push_message_id,
+          d.correlation_id, d.body, d.attempts, d.business_time, w.url, w.secret,
+          d.claim_token
+"""
+
+#: Claim due message jobs (pending and due, or sending with a lapsed lease): `sending`,
+#: with the lease's end in available_at and the claim token `$3`.
+_CLAIM_JOBS = """
+WITH locked AS (
+    SELECT id FROM message_jobs
+     WHERE status IN ('pending', 'sending') AND available_at <= now()
+     ORDER BY available_at, id
+     LIMIT $1
+       FOR UPDATE SKIP LOCKED
+)
+UPDATE message_jobs j
+   SET status = 'sending', available_at = now() + make_interval(secs => $2), claim_token = $3
+  FROM locked l
+ WHERE j.id = l.id AND j.status IN ('pending', 'sending') AND j.available_at <= now()
+RETURNING j.id, j.attempts, j.command, j.claim_token, j.command_id, j.website_key,
+          j.invoice_number, j.step_index
 """
 
 
@@ -169,9 +228,31 @@ class NotifierRepository:
         )
         return updated is not None
 
-    async def claim_deliveries(self, limit: int) -> list[ClaimedDelivery]:
-        rows = await self.conn.fetch(_CLAIM_DELIVERIES, limit)
-        return [ClaimedDelivery(**dict(row)) for row in rows]
+    async def claim_deliveries(
+        self,
+        limit: int,
+        *,
+        per_merchant: int,
+        skip_merchants: list[str],
+        lease_s: float,
+    ) -> list[ClaimedDelivery]:
+        """Mark up to `limit` deliveries `sending` under one new claim token (see
+        `_CLAIM_DELIVERIES`); run it in a transaction of its own and commit at once."""
+        rows = await self.conn.fetch(
+            _CLAIM_DELIVERIES, limit, per_merchant, skip_merchants, lease_s, uuid.uuid4()
+        )
+        return sorted((ClaimedDelivery(**dict(row)) for row in rows), key=lambda d: d.id)
+
+    async def release_deliveries(self, tokens: list[uuid.UUID], ids: list[int]) -> None:
+        """Claimed but not sent (shutdown, or too little lease left): pending again."""
+        await self.conn.execute(
+            "UPDATE webhook_deliveries SET status = 'pending', lease_until = NULL,"
+            " claim_token = NULL"
+            " WHERE id = ANY($2::bigint[]) AND claim_token = ANY($1::uuid[])"
+            " AND status = 'sending'",
+            tokens,
+            ids,
+        )
 
     async def record_attempt(
         self,
@@ -180,18 +261,26 @@ class NotifierRepository:
         status: str,
         status_code: int | None,
         error: str | None,
-        latency_ms: float,
+        latency_ms: float | None,
         gave_up: bool,
-    ) -> None:
+    ) -> bool:
+        """Record one attempt of a claimed delivery; False (nothing written) when the
+        claim is no longer ours (its lease lapsed and another worker claimed it)."""
         attempt = delivery.attempts + 1
-        await self.conn.execute(
+        updated = await self.conn.fetchval(
             "UPDATE webhook_deliveries SET status = $2, attempts = $3, last_status = $4,"
-            " delivered_at = CASE WHEN $2 = 'delivered' THEN now() END WHERE id = $1",
+            " last_error = $5, lease_until = NULL, claim_token = NULL,"
+            " delivered_at = CASE WHEN $2 = 'delivered' THEN now() END"
+            " WHERE id = $1 AND claim_token = $6 AND status = 'sending' RETURNING id",
             delivery.id,
             status,
             attempt,
             status_code,
+            error,
+            delivery.claim_token,
         )
+        if updated is None:
+            return False
         entries: list[tuple[int, int, str, int | None, str | None, float | None]] = [
             (
                 delivery.id,
@@ -211,6 +300,7 @@ class NotifierRepository:
             " error, latency_ms) VALUES ($1, $2, $3, $4, $5, $6)",
             entries,
         )
+        return True
 
     # --- messages to debtors ---
 
@@ -232,33 +322,60 @@ class NotifierRepository:
             command,
         )
 
-    async def claim_jobs(self, limit: int) -> list[ClaimedJob]:
-        rows = await self.conn.fetch(
-            "SELECT id, attempts, command FROM message_jobs"
-            " WHERE status = 'pending' AND available_at <= now()"
-            " ORDER BY available_at, id LIMIT $1 FOR UPDATE SKIP LOCKED",
-            limit,
-        )
-        return [ClaimedJob(row["id"], row["attempts"], row["command"]) for row in rows]
+    async def claim_jobs(self, limit: int, *, lease_s: float) -> list[ClaimedJob]:
+        """Mark up to `limit` due jobs `sending` under one new claim token (see
+        `_CLAIM_JOBS`); run it in a transaction of its own and commit at once."""
+        rows = await self.conn.fetch(_CLAIM_JOBS, limit, lease_s, uuid.uuid4())
+        return sorted((ClaimedJob(**dict(row)) for row in rows), key=lambda j: j.id)
 
-    async def finish_job(self, job_id: int, outcome: str, channel: str | None) -> None:
+    async def release_jobs(self, tokens: list[uuid.UUID], ids: list[int]) -> None:
+        """Claimed but not started (shutdown, or too little lease left): due again now."""
         await self.conn.execute(
-            "UPDATE message_jobs SET status = 'done', outcome = $2, channel = $3,"
-            " attempts = attempts + 1, done_at = now() WHERE id = $1",
-            job_id,
+            "UPDATE message_jobs SET status = 'pending', available_at = now(),"
+            " claim_token = NULL"
+            " WHERE id = ANY($2::bigint[]) AND claim_token = ANY($1::uuid[])"
+            " AND status = 'sending'",
+            tokens,
+            ids,
+        )
+
+    async def finish_job(
+        self,
+        job: ClaimedJob,
+        status: str,
+        outcome: str | None,
+        channel: str | None,
+        error: str | None = None,
+    ) -> bool:
+        """The job is done (`done`: its outcome is answered; `failed`: given up without
+        one); False (nothing written) when the claim is no longer ours."""
+        updated = await self.conn.fetchval(
+            "UPDATE message_jobs SET status = $3, outcome = $4, channel = $5,"
+            " attempts = attempts + 1, done_at = now(), claim_token = NULL, last_error = $6"
+            " WHERE id = $1 AND claim_token = $2 AND status = 'sending' RETURNING id",
+            job.id,
+            job.claim_token,
+            status,
             outcome,
             channel,
+            error,
         )
+        return updated is not None
 
-    async def postpone_job(self, job_id: int, delay_s: float) -> None:
-        """A provider was unreachable: try the whole message again later (wall clock:
-        a transport concern, not business time)."""
-        await self.conn.execute(
-            "UPDATE message_jobs SET attempts = attempts + 1,"
-            " available_at = now() + make_interval(secs => $2) WHERE id = $1",
-            job_id,
+    async def postpone_job(self, job: ClaimedJob, delay_s: float, error: str | None) -> bool:
+        """Try the whole message again later (wall clock: a transport concern, not
+        business time); False (nothing written) when the claim is no longer ours."""
+        updated = await self.conn.fetchval(
+            "UPDATE message_jobs SET status = 'pending', attempts = attempts + 1,"
+            " available_at = now() + make_interval(secs => $3), claim_token = NULL,"
+            " last_error = $4"
+            " WHERE id = $1 AND claim_token = $2 AND status = 'sending' RETURNING id",
+            job.id,
+            job.claim_token,
             delay_s,
+            error,
         )
+        return updated is not None
 
     async def log_channel(self, entries: list[tuple[int, str, str, str | None]]) -> None:
         if entries:

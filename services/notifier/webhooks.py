@@ -1,21 +1,43 @@
 """Webhook delivery: signed HTTP POSTs of pushes to the merchant's endpoint, per invoice in
 sequence order, retried through scheduler timers.
 
-A background task claims due deliveries (`FOR UPDATE SKIP LOCKED`, only the lowest open
-push per invoice), posts them concurrently, and in the same transaction records each
-outcome in the delivery log and, for a failure, enqueues a `ScheduleTimer` whose
-`RetryWebhookDelivery` makes the delivery pending again. After the last retry the
-delivery is given up (`failed`, a `WebhookDeliveryFailed` log entry, a metric) and the
-invoice's next push may go. A crash after a POST but before the commit sends that push
-again: receivers deduplicate on `webhook-id`, as Standard Webhooks asks.
+Each delivery is its own unit: claim, commit, send, record.
+
+- **Claim**: one short transaction marks due deliveries `sending` with a lease
+  (`WEBHOOK_LEASE_S`) and a claim token, and commits; no row lock is held while sending.
+  Only the lowest open push of an invoice is claimable, and a `sending` one blocks the
+  rest of its invoice, so pushes of an invoice go out in sequence order. The claim is
+  fair: at most `WEBHOOK_MAX_IN_FLIGHT_PER_MERCHANT` deliveries of a merchant per claim,
+  none of a merchant this process already has twice that many of.
+- **Send**: each delivery in a task of its own, at most `WEBHOOK_MAX_IN_FLIGHT` in
+  flight and `WEBHOOK_MAX_IN_FLIGHT_PER_MERCHANT` per merchant, under one overall
+  deadline (`WEBHOOK_TIMEOUT_S`: connect, send and read together), reading at most
+  `NOTIFIER_RESPONSE_MAX_BYTES` of the answer (only its status counts). Any exception
+  of one delivery, expected or not, becomes that delivery's error code; a stored URL
+  that does not parse (`invalid_url`) or a secret that is not a `whsec_` key
+  (`invalid_secret`) fails only that delivery.
+- **Record**: each outcome in a transaction of its own, only while the claim token
+  still matches: the delivery log, and for a failure a `ScheduleTimer` whose
+  `RetryWebhookDelivery` makes it pending again after its backoff. After the last
+  retry the delivery is given up (`failed`, a `WebhookDeliveryFailed` log entry, a
+  metric) and the invoice's next push may go.
+
+A worker that dies mid-send leaves its deliveries `sending`; when the lease lapses they
+are claimed again and sent again with the same `webhook-id` (at-least-once: receivers
+deduplicate on it, as Standard Webhooks asks). A delivery whose lease is nearly over
+before it got a slot is released unsent rather than risk two workers sending it at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import contextlib
 import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -27,10 +49,16 @@ from contracts import topics
 from contracts.envelope import Message, envelope_class
 from contracts.notifier import RetryWebhookDelivery
 from contracts.scheduler import ScheduleTimer
+from services.notifier.limits import (
+    NotifierLimits,
+    error_code,
+    header_value,
+    read_capped,
+)
 from services.notifier.repository import ClaimedDelivery, NotifierRepository
 from services.runtime.app import Runtime
 from services.runtime.logs import get_logger
-from services.runtime.outbox import OutboxMessage, enqueue
+from services.runtime.outbox import OutboxMessage
 
 log = get_logger(__name__)
 
@@ -44,7 +72,7 @@ RETRY_DELAYS: tuple[timedelta, ...] = (
     timedelta(hours=10),
     timedelta(hours=10),
 )
-#: Deliveries claimed (and posted concurrently) per transaction.
+#: Most deliveries claimed per claim transaction.
 BATCH_SIZE = 100
 
 ATTEMPTS = Counter(
@@ -57,6 +85,10 @@ GIVEN_UP = Counter(
 LATENCY = Histogram(
     "cm_notifier_webhook_latency_seconds", "Time from POST to the endpoint's answer"
 )
+RELEASED = Counter(
+    "cm_notifier_webhook_released_total",
+    "Claimed deliveries released unsent (shutdown, or their lease nearly over)",
+)
 
 #: Namespace of the ids of retry messages: one id per (delivery, attempt), so a repeated
 #: failure record cannot schedule two different retries.
@@ -67,11 +99,46 @@ _RETRY_IDS = uuid.UUID("8d7c3f0e-4b1a-4c55-9a0e-5b2f4f3c9e11")
 class PostResult:
     status_code: int | None
     error: str | None
-    latency_ms: float
+    latency_ms: float | None
 
     @property
     def ok(self) -> bool:
         return self.status_code is not None and 200 <= self.status_code < 300
+
+
+class InvalidDelivery(Exception):
+    """The stored webhook cannot be used (a bad URL or secret): this delivery fails."""
+
+    def __init__(self, code: str) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+def signing_key(secret: str) -> Webhook:
+    """The signer of a stored secret: `whsec_` + base64 of a non-empty key, or
+    `InvalidDelivery("invalid_secret")` (rows stored before RegisterWebhook checked it)."""
+    if not secret.startswith("whsec_"):
+        raise InvalidDelivery("invalid_secret")
+    encoded = secret.removeprefix("whsec_")
+    try:
+        key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidDelivery("invalid_secret") from None
+    if not key:
+        raise InvalidDelivery("invalid_secret")
+    return Webhook(key)
+
+
+def endpoint_url(url: str) -> httpx.URL:
+    """The stored URL, parsed: http(s) with a host, or `InvalidDelivery("invalid_url")`."""
+    try:
+        parsed = httpx.URL(url)
+        _ = parsed.port  # a port that is not a number fails here, not mid-request
+    except (httpx.InvalidURL, ValueError, TypeError):
+        raise InvalidDelivery("invalid_url") from None
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise InvalidDelivery("invalid_url")
+    return parsed
 
 
 def signed_headers(secret: str, message_id: str, body: bytes, now: datetime) -> dict[str, str]:
@@ -79,25 +146,51 @@ def signed_headers(secret: str, message_id: str, body: bytes, now: datetime) -> 
     moment = datetime.fromtimestamp(int(now.timestamp()), UTC)
     return {
         "content-type": "application/json",
-        "webhook-id": message_id,
+        "webhook-id": header_value(message_id),
         "webhook-timestamp": str(int(moment.timestamp())),
-        "webhook-signature": Webhook(secret).sign(message_id, moment, body.decode()),
+        "webhook-signature": header_value(
+            signing_key(secret).sign(message_id, moment, body.decode())
+        ),
     }
 
 
-async def post(client: httpx.AsyncClient, delivery: ClaimedDelivery) -> PostResult:
-    headers = signed_headers(
-        delivery.secret, str(delivery.push_message_id), delivery.body, datetime.now(UTC)
-    )
+async def post(
+    client: httpx.AsyncClient,
+    delivery: ClaimedDelivery,
+    *,
+    timeout_s: float,
+    max_response_bytes: int,
+) -> PostResult:
+    """POST one delivery; every failure is a result with an error code, never raised.
+
+    One deadline covers connect, send and read; at most `max_response_bytes` of the
+    answer are read (only its status counts)."""
     started = time.perf_counter()
+
+    def failed(code: str) -> PostResult:
+        return PostResult(None, code, (time.perf_counter() - started) * 1000)
+
+    status: int | None = None
     try:
-        response = await client.post(delivery.url, content=delivery.body, headers=headers)
-    except httpx.HTTPError as error:
-        elapsed = time.perf_counter() - started
-        return PostResult(None, type(error).__name__, elapsed * 1000)
+        url = endpoint_url(delivery.url)
+        headers = signed_headers(
+            delivery.secret, str(delivery.push_message_id), delivery.body, datetime.now(UTC)
+        )
+        async with asyncio.timeout(timeout_s):
+            async with client.stream("POST", url, content=delivery.body, headers=headers) as r:
+                status = r.status_code
+                await read_capped(r, max_response_bytes)
+    except InvalidDelivery as error:
+        return failed(error.code)
+    except (TimeoutError, httpx.HTTPError) as error:
+        if status is None:  # else only the (unneeded) rest of the body was lost
+            return failed("timeout" if isinstance(error, TimeoutError) else type(error).__name__)
+    except Exception as error:  # one delivery's bad luck never touches another's
+        return failed(error_code(error))
+    assert status is not None
     elapsed = time.perf_counter() - started
     LATENCY.observe(elapsed)
-    return PostResult(response.status_code, None, elapsed * 1000)
+    return PostResult(status, None, elapsed * 1000)
 
 
 def _envelope_json(
@@ -149,42 +242,136 @@ def retry_timer(delivery: ClaimedDelivery, failed_attempt: int, prefix: str) -> 
     return OutboxMessage(f"{prefix}{topics.SCHEDULER_COMMANDS}", timer_id, schedule.to_json())
 
 
+@dataclass
+class _Merchant:
+    """This process's claimed deliveries of one merchant and its in-flight slots."""
+
+    slots: asyncio.Semaphore
+    claimed: int = 0
+
+
+@dataclass
+class _Claimed:
+    delivery: ClaimedDelivery
+    lease_ends: float  # time.monotonic(): never later than the lease in the database
+    started: bool = field(default=False)
+
+
 class WebhookDispatcher:
-    """Claims, posts and records deliveries; one transaction per batch."""
+    """Claims deliveries and sends each in a task of its own (see the module docstring).
 
-    #: Requests in flight per dispatcher (shared by its workers).
-    MAX_IN_FLIGHT = 16
+    `step` is the worker's round: it claims what fits and starts the tasks, without
+    waiting for them; `wake` is set whenever a task ends (capacity is free, and the
+    invoice's next push may be claimable)."""
 
-    def __init__(self, runtime: Runtime, client: httpx.AsyncClient) -> None:
+    def __init__(
+        self, runtime: Runtime, client: httpx.AsyncClient, limits: NotifierLimits | None = None
+    ) -> None:
         self.runtime = runtime
         self.client = client
-        self._in_flight = asyncio.Semaphore(self.MAX_IN_FLIGHT)
+        self.limits = limits or NotifierLimits.of(runtime.settings)
+        self.wake = asyncio.Event()
+        self._in_flight = asyncio.Semaphore(self.limits.webhook_max_in_flight)
+        self._merchants: dict[str, _Merchant] = {}
+        self._tasks: dict[asyncio.Task[None], _Claimed] = {}
 
-    async def _post(self, delivery: ClaimedDelivery) -> PostResult:
-        # A few requests in flight at a time: httpx's pool slows down sharply with
-        # hundreds of requests waiting in it.
-        async with self._in_flight:
-            return await post(self.client, delivery)
+    @property
+    def max_claimed(self) -> int:
+        """Deliveries this process holds at once (in flight or waiting for a slot)."""
+        return 2 * self.limits.webhook_max_in_flight
 
-    async def dispatch_batch(self, limit: int = BATCH_SIZE) -> int:
-        """Deliver what is due now; returns how many deliveries were attempted."""
-        outbox: list[OutboxMessage] = []
+    async def step(self, limit: int = BATCH_SIZE) -> int:
+        """Claim what fits and start sending it; returns how many were claimed."""
+        room = min(limit, self.max_claimed - len(self._tasks))
+        if room <= 0:
+            return 0
+        per_merchant = self.limits.webhook_max_in_flight_per_merchant
+        busy = [key for key, m in self._merchants.items() if m.claimed >= 2 * per_merchant]
+        claim_started = time.monotonic()
         async with self.runtime.pool.acquire() as conn, conn.transaction():
-            repo = NotifierRepository(conn)
-            claimed = await repo.claim_deliveries(limit)
-            if not claimed:
-                return 0
-            results = await asyncio.gather(*(self._post(d) for d in claimed))
-            for delivery, result in zip(claimed, results, strict=True):
-                outbox.extend(await self._record(repo, delivery, result))
-            await enqueue(conn, outbox, self.runtime.settings.relay_shards)
-        if outbox and self.runtime.relay is not None:
-            self.runtime.relay.wake()
+            claimed = await NotifierRepository(conn).claim_deliveries(
+                room,
+                per_merchant=per_merchant,
+                skip_merchants=busy,
+                lease_s=self.limits.webhook_lease_s,
+            )
+        lease_ends = claim_started + self.limits.webhook_lease_s
+        for delivery in claimed:
+            merchant = self._merchants.get(delivery.website_key)
+            if merchant is None:
+                merchant = self._merchants[delivery.website_key] = _Merchant(
+                    asyncio.Semaphore(per_merchant)
+                )
+            merchant.claimed += 1
+            item = _Claimed(delivery, lease_ends)
+            task = asyncio.create_task(self._deliver(item, merchant))
+            self._tasks[task] = item
+            task.add_done_callback(self._done)
         return len(claimed)
 
-    async def _record(
-        self, repo: NotifierRepository, delivery: ClaimedDelivery, result: PostResult
-    ) -> list[OutboxMessage]:
+    def _done(self, task: asyncio.Task[None]) -> None:
+        item = self._tasks.pop(task)
+        key = item.delivery.website_key
+        merchant = self._merchants[key]
+        merchant.claimed -= 1
+        if merchant.claimed == 0:
+            del self._merchants[key]
+        self.wake.set()
+
+    async def _deliver(self, item: _Claimed, merchant: _Merchant) -> None:
+        delivery = item.delivery
+        try:
+            async with merchant.slots, self._in_flight:
+                # Started only with time for the whole deadline left on the lease: a
+                # lapsed lease lets another worker send it too.
+                if time.monotonic() + self.limits.webhook_timeout_s + 5 > item.lease_ends:
+                    await self._release([item])
+                    return
+                item.started = True
+                result = await post(
+                    self.client,
+                    delivery,
+                    timeout_s=self.limits.webhook_timeout_s,
+                    max_response_bytes=self.limits.response_max_bytes,
+                )
+            await self.record(delivery, result)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # a failed record: the lease brings the delivery back
+            log.error(
+                "webhook delivery not recorded; it is sent again when its lease lapses",
+                error_type=type(error).__name__,
+                website_key=delivery.website_key,
+                delivery_id=delivery.id,
+            )
+
+    async def _release(self, items: list[_Claimed]) -> None:
+        if not items:
+            return
+        async with self.runtime.pool.acquire() as conn:
+            await NotifierRepository(conn).release_deliveries(
+                list({i.delivery.claim_token for i in items}), [i.delivery.id for i in items]
+            )
+        RELEASED.inc(len(items))
+
+    async def drain(self) -> None:
+        """Wait for the deliveries started so far (tests, benchmarks)."""
+        while self._tasks:
+            await asyncio.wait(list(self._tasks))
+
+    async def close(self) -> None:
+        """Stop: cancel the tasks; deliveries not yet started are released (pending again),
+        ones cut off mid-send stay `sending` until their lease lapses."""
+        unstarted = [item for item in self._tasks.values() if not item.started]
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await self._release(unstarted)
+
+    async def record(self, delivery: ClaimedDelivery, result: PostResult) -> None:
+        """The delivery's outcome in a transaction of its own (and its retry timer)."""
         attempt = delivery.attempts + 1
         context = {
             "website_key": delivery.website_key,
@@ -194,30 +381,54 @@ class WebhookDispatcher:
             "status_code": result.status_code,
         }
         if result.ok:
+            async with self.runtime.unit_of_work() as work:
+                recorded = await NotifierRepository(work.conn).record_attempt(
+                    delivery,
+                    status="delivered",
+                    status_code=result.status_code,
+                    error=None,
+                    latency_ms=result.latency_ms,
+                    gave_up=False,
+                )
             ATTEMPTS.labels("delivered").inc()
-            await repo.record_attempt(
-                delivery,
-                status="delivered",
-                status_code=result.status_code,
-                error=None,
-                latency_ms=result.latency_ms,
-                gave_up=False,
-            )
-            return []
-        ATTEMPTS.labels("failed").inc()
+            if not recorded:
+                log.warning("delivery sent after its claim lapsed", **context)
+            return
         error = result.error or f"http_{result.status_code}"
         gave_up = attempt > len(RETRY_DELAYS)
-        await repo.record_attempt(
-            delivery,
-            status="failed" if gave_up else "retrying",
-            status_code=result.status_code,
-            error=error,
-            latency_ms=result.latency_ms,
-            gave_up=gave_up,
-        )
-        if gave_up:
+        try:
+            retry = None if gave_up else retry_timer(delivery, attempt, self.runtime.topics.prefix)
+        except Exception as failure:  # e.g. a business time at the end of the calendar
+            error, gave_up, retry = f"{error};retry_{error_code(failure)}", True, None
+        async with self.runtime.unit_of_work() as work:
+            recorded = await NotifierRepository(work.conn).record_attempt(
+                delivery,
+                status="failed" if gave_up else "retrying",
+                status_code=result.status_code,
+                error=error,
+                latency_ms=result.latency_ms,
+                gave_up=gave_up,
+            )
+            if recorded and retry is not None:
+                work.outbox.append(retry)
+        ATTEMPTS.labels("failed").inc()
+        if not recorded:
+            log.warning("delivery failed after its claim lapsed", error=error, **context)
+        elif gave_up:
             GIVEN_UP.inc()
             log.warning("WebhookDeliveryFailed: giving up on a push", error=error, **context)
-            return []
-        log.info("webhook delivery failed; retry scheduled", error=error, **context)
-        return [retry_timer(delivery, attempt, self.runtime.topics.prefix)]
+        else:
+            log.info("webhook delivery failed; retry scheduled", error=error, **context)
+
+
+@contextlib.asynccontextmanager
+async def webhook_client(limits: NotifierLimits) -> AsyncIterator[httpx.AsyncClient]:
+    """The HTTP client of webhook deliveries: no redirects, a pool the size of the
+    in-flight bound, per-operation timeouts within the overall deadline."""
+    connections = limits.webhook_max_in_flight
+    async with httpx.AsyncClient(
+        timeout=httpx.Timeout(limits.webhook_timeout_s),
+        follow_redirects=False,
+        limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
+    ) as client:
+        yield client

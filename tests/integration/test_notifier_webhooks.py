@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import asyncpg
 import pytest
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
@@ -88,6 +89,42 @@ def sequences(requests: list[Request]) -> list[int]:
     return [r.json()["Invoice"]["EventSequence"] for r in requests]
 
 
+async def retry_scheduled(cm: Platform, inv: InvoiceClient, attempt: int) -> None:
+    """Wait until the scheduler holds the timer of the merchant's `attempt`-th try (the
+    failure before it is recorded): a Tick before that would not fire it."""
+    pool = cm.services["scheduler"].runtime.pool
+
+    async def held() -> bool:
+        async with pool.acquire() as conn:
+            found = await conn.fetchval(
+                "SELECT count(*) FROM timers WHERE website_key = $1"
+                " AND timer_id LIKE 'webhook:%' AND (message->'payload'->>'attempt')::int = $2",
+                inv.website_key,
+                attempt,
+            )
+        return bool(found)
+
+    await poll_until(held, what=f"the timer of attempt {attempt}")
+
+
+async def settled_deliveries(cm: Platform, inv: InvoiceClient, count: int) -> list[asyncpg.Record]:
+    """The merchant's deliveries once `count` of them are delivered or given up (an
+    endpoint sees a request before the notifier records its answer)."""
+    pool = cm.services["notifier"].runtime.pool
+
+    async def settled() -> list[asyncpg.Record] | None:
+        async with pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT sequence, status, attempts FROM webhook_deliveries"
+                " WHERE website_key = $1 ORDER BY sequence",
+                inv.website_key,
+            )
+        done = [r for r in rows if r["status"] in ("delivered", "failed")]
+        return list(rows) if len(done) >= count else None
+
+    return await poll_until(settled, what=f"{count} deliveries settled")
+
+
 def event_ids(inv: InvoiceClient, number: str) -> list[str]:
     bodies = [
         r.json()
@@ -144,10 +181,13 @@ async def test_an_endpoint_that_fails_twice_gets_every_push_once_in_order(
         await poll_until(enough, what=f"{count} attempts")
 
     await attempts(1)
+    await retry_scheduled(cm, inv, 2)
     await cm.tick(at + timedelta(seconds=5))  # the first retry
     await attempts(2)
+    await retry_scheduled(cm, inv, 3)
     await cm.tick(at + timedelta(seconds=5) + timedelta(minutes=5))  # the second retry
     await accepted_for(endpoint, inv, 3)
+    await settled_deliveries(cm, inv, 3)
     all_requests = mine(endpoint.requests, inv)
     accepted = [r for r in all_requests if r.status == 200]
     assert [r.status for r in all_requests] == [503, 503, 200, 200, 200]
@@ -184,22 +224,24 @@ async def test_a_push_is_given_up_after_the_last_retry_and_the_next_one_goes(
     at = datetime(2027, 3, 1, 9, tzinfo=UTC)
     await invoice_with_events(inv, "W-3", 2, at)
     due = at
-    for delay in (
-        timedelta(seconds=5),
-        timedelta(minutes=5),
-        timedelta(minutes=30),
-        timedelta(hours=2),
-        timedelta(hours=5),
-        timedelta(hours=10),
-        timedelta(hours=10),
+    for failed, delay in enumerate(
+        (
+            timedelta(seconds=5),
+            timedelta(minutes=5),
+            timedelta(minutes=30),
+            timedelta(hours=2),
+            timedelta(hours=5),
+            timedelta(hours=10),
+            timedelta(hours=10),
+        ),
+        start=1,
     ):
+        await retry_scheduled(cm, inv, failed + 1)
         count = len(mine(endpoint.requests, inv))
 
         async def attempted(count: int = count) -> bool:
             return len(mine(endpoint.requests, inv)) > count
 
-        if count == 0:
-            await poll_until(attempted, what="the first attempt")
         due += delay
         await cm.tick(due)
         await poll_until(attempted, what=f"the attempt after {delay}")
@@ -211,13 +253,9 @@ async def test_a_push_is_given_up_after_the_last_retry_and_the_next_one_goes(
     requests = mine(endpoint.requests, inv)
     assert sequences(requests) == [1] * 8 + [2]
     assert [r.status for r in requests] == [500] * 8 + [200]
+    statuses = await settled_deliveries(cm, inv, 2)
     pool = cm.services["notifier"].runtime.pool
     async with pool.acquire() as conn:
-        statuses = await conn.fetch(
-            "SELECT sequence, status, attempts FROM webhook_deliveries"
-            " WHERE website_key = $1 ORDER BY sequence",
-            inv.website_key,
-        )
         outcomes = await conn.fetchval(
             "SELECT array_agg(l.outcome ORDER BY l.id) FROM webhook_delivery_log l"
             " JOIN webhook_deliveries d ON d.id = l.delivery_id"

@@ -35,6 +35,7 @@ class Mail:
     sender: str
     recipients: list[str]
     message: Message
+    raw: bytes = b""
 
     @property
     def subject(self) -> str:
@@ -61,20 +62,36 @@ class _SmtpHandler:
 
     async def handle_DATA(self, server: Any, session: Any, env: Any) -> str:
         self.sink.mails.append(
-            Mail(env.mail_from, list(env.rcpt_tos), email.message_from_bytes(env.content))
+            Mail(
+                env.mail_from,
+                list(env.rcpt_tos),
+                email.message_from_bytes(env.content),
+                env.content,
+            )
         )
         return "250 Message accepted for delivery"
 
 
 class SmtpSink:
     """A real SMTP server on a free port that keeps what it receives; addresses in
-    `refused` are answered 550 at RCPT (an invalid address)."""
+    `refused` are answered 550 at RCPT (an invalid address). It offers SMTPUTF8 unless
+    `smtputf8` is set to False (from the next connection on)."""
 
     def __init__(self) -> None:
         self.port = free_port()
         self.mails: list[Mail] = []
         self.refused: set[str] = set()
-        self._controller = Controller(_SmtpHandler(self), hostname="127.0.0.1", port=self.port)
+        self._controller = Controller(
+            _SmtpHandler(self), hostname="127.0.0.1", port=self.port, enable_SMTPUTF8=True
+        )
+
+    @property
+    def smtputf8(self) -> bool:
+        return bool(self._controller.SMTP_kwargs["enable_SMTPUTF8"])
+
+    @smtputf8.setter
+    def smtputf8(self, offered: bool) -> None:
+        self._controller.SMTP_kwargs["enable_SMTPUTF8"] = offered
 
     def start(self) -> None:
         self._controller.start()
@@ -107,18 +124,38 @@ class Request:
         return json.loads(self.body)
 
 
-#: Decides the status code of a request: (the request so far, with status 0) → status.
-Responder = Callable[[Request], int]
+@dataclass(frozen=True)
+class Reply:
+    """How an endpoint answers: a status, after holding the request `hold_s` seconds (a
+    slow endpoint; a stopped sink lets go at once), with `body_bytes` bytes of body (a
+    huge answer: written until the client stops reading)."""
+
+    status: int = 200
+    hold_s: float = 0.0
+    body_bytes: int = 0
+
+
+#: Decides the answer to a request: (the request so far, with status 0) → status or Reply.
+Responder = Callable[[Request], "int | Reply"]
+
+_CHUNK = b"\0" * 65_536
 
 
 class HttpSink:
     """A threaded HTTP server on a free port recording every POST; `responder` picks
-    each answer's status (200 by default)."""
+    each answer (200 by default). `started` records requests as they arrive, `requests`
+    once answered; `max_in_progress` is the most requests it held at once; `body_sent`
+    is the body bytes written per answer."""
 
     def __init__(self, responder: Responder | None = None) -> None:
         self.responder: Responder = responder or (lambda request: 200)
         self.requests: list[Request] = []
+        self.started: list[Request] = []
+        self.body_sent: list[int] = []
+        self.in_progress = 0
+        self.max_in_progress = 0
         self._lock = threading.Lock()
+        self._stopping = threading.Event()
         sink = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -129,11 +166,35 @@ class HttpSink:
                     self.path, {k.lower(): v for k, v in self.headers.items()}, body, 0
                 )
                 with sink._lock:
-                    request.status = sink.responder(request)
-                    sink.requests.append(request)
-                self.send_response(request.status)
-                self.send_header("content-length", "0")
-                self.end_headers()
+                    answer = sink.responder(request)
+                    reply = answer if isinstance(answer, Reply) else Reply(answer)
+                    request.status = reply.status
+                    sink.started.append(request)
+                    sink.in_progress += 1
+                    sink.max_in_progress = max(sink.max_in_progress, sink.in_progress)
+                try:
+                    if reply.hold_s:
+                        sink._stopping.wait(reply.hold_s)
+                    sent = self._answer(reply)
+                finally:
+                    with sink._lock:
+                        sink.in_progress -= 1
+                        sink.requests.append(request)
+                        if reply.body_bytes:
+                            sink.body_sent.append(sent)
+
+            def _answer(self, reply: Reply) -> int:
+                sent = 0
+                try:
+                    self.send_response(reply.status)
+                    self.send_header("content-length", str(reply.body_bytes))
+                    self.end_headers()
+                    while sent < reply.body_bytes:
+                        self.wfile.write(_CHUNK[: reply.body_bytes - sent])
+                        sent += min(len(_CHUNK), reply.body_bytes - sent)
+                except OSError:  # the client hung up (stopped reading, or timed out)
+                    self.close_connection = True
+                return sent
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
@@ -151,6 +212,7 @@ class HttpSink:
         self._thread.start()
 
     def stop(self) -> None:
+        self._stopping.set()
         self._server.shutdown()
         self._server.server_close()
 

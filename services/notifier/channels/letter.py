@@ -1,9 +1,16 @@
 """Letters: rendered to PDF with fpdf2, then written to LETTER_SPOOL_DIR or POSTed to
-PRINT_PROVIDER_URL (`application/pdf`, non-2xx fails the channel)."""
+PRINT_PROVIDER_URL (`application/pdf`, non-2xx fails the channel).
+
+Spool paths are built from sanitised or hashed parts only (`spool_path`) and checked to
+lie inside the spool directory: no website key or invoice number can place a file
+anywhere else. The print provider gets one deadline per request and at most
+`max_response_bytes` of its answer are read.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import re
 from pathlib import Path
 
@@ -11,6 +18,7 @@ import httpx
 from fpdf import FPDF
 
 from services.notifier.channels import ChannelFailed, Rendered, TransientFailure
+from services.notifier.limits import header_value, read_capped
 
 #: The PDF core fonts cover Windows-1252 (with €); other characters become `?`.
 _ENCODING = "windows-1252"
@@ -41,17 +49,59 @@ def render_pdf(address_lines: list[str], date_line: str, message: Rendered) -> b
     return bytes(pdf.output())
 
 
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]", "_", name)
+#: A website key used as a directory name as it is: starts with a letter or digit (so
+#: never `.`, `..` or hidden), then letters, digits, `.`, `_`, `-`.
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+def merchant_directory(website_key: str) -> str:
+    """The spool folder of a merchant: the website key when it is a plain name, else
+    `_` + its sanitised form without dots at the ends + `-` + a hash of the key (a plain
+    key never starts with `_`, so the two kinds cannot collide; `..` becomes `_-<hash>`)."""
+    if _PLAIN_KEY.fullmatch(website_key):
+        return website_key
+    return f"_{_UNSAFE.sub('_', website_key).strip('.')[:40]}-{_digest(website_key)}"
+
+
+def letter_file_name(reference: str) -> str:
+    """`{reference}.pdf` with anything but letters, digits, `.`, `_`, `-` replaced, no
+    leading dot, and a hash instead of the tail when it is long."""
+    safe = _UNSAFE.sub("_", reference).lstrip(".") or "letter"
+    if len(safe) > 120:
+        safe = f"{safe[:100]}-{_digest(reference)}"
+    return f"{safe}.pdf"
+
+
+def spool_path(spool_dir: Path, website_key: str, reference: str) -> Path:
+    """Where a merchant's letter goes; `ChannelFailed("letter_path_refused")` should the
+    result ever lie outside the spool directory."""
+    root = spool_dir.resolve()
+    path = (root / merchant_directory(website_key) / letter_file_name(reference)).resolve()
+    if path == root or not path.is_relative_to(root):
+        raise ChannelFailed("letter_path_refused")
+    return path
 
 
 class LetterSender:
     def __init__(
-        self, client: httpx.AsyncClient, spool_dir: str | None, print_url: str | None
+        self,
+        client: httpx.AsyncClient,
+        spool_dir: str | None,
+        print_url: str | None,
+        *,
+        timeout_s: float = 30.0,
+        max_response_bytes: int = 65_536,
     ) -> None:
         self.client = client
         self.spool_dir = Path(spool_dir) if spool_dir else None
         self.print_url = print_url
+        self.timeout_s = timeout_s
+        self.max_response_bytes = max_response_bytes
 
     @property
     def available(self) -> bool:
@@ -68,27 +118,38 @@ class LetterSender:
         """Hand the letter over; returns where it went (a file name or the provider)."""
         pdf = await asyncio.to_thread(render_pdf, address_lines, date_line, message)
         if self.print_url is not None:
-            try:
-                response = await self.client.post(
-                    self.print_url,
-                    content=pdf,
-                    headers={"content-type": "application/pdf", "x-reference": reference},
-                )
-            except httpx.HTTPError as error:
-                raise TransientFailure(f"print_{type(error).__name__}") from None
-            if response.status_code >= 500 or response.status_code == 429:
-                raise TransientFailure(f"print_http_{response.status_code}")
-            if not response.is_success:
-                raise ChannelFailed(f"print_http_{response.status_code}")
+            await self._post(pdf, reference)
             return "print_provider"
         assert self.spool_dir is not None
-        directory = self.spool_dir / _safe(website_key)
-        path = directory / f"{_safe(reference)}.pdf"
+        path = spool_path(self.spool_dir, website_key, reference)
         try:
             await asyncio.to_thread(_write, path, pdf)
         except OSError as error:
             raise TransientFailure(f"spool_{type(error).__name__}") from None
         return path.name
+
+    async def _post(self, pdf: bytes, reference: str) -> None:
+        assert self.print_url is not None
+        headers = {"content-type": "application/pdf", "x-reference": header_value(reference)}
+        status: int | None = None
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                async with self.client.stream(
+                    "POST", self.print_url, content=pdf, headers=headers
+                ) as response:
+                    status = response.status_code
+                    await read_capped(response, self.max_response_bytes)
+        except TimeoutError:
+            if status is None:
+                raise TransientFailure("print_timeout") from None
+        except httpx.HTTPError as error:
+            if status is None:
+                raise TransientFailure(f"print_{type(error).__name__}") from None
+        assert status is not None
+        if status >= 500 or status == 429:
+            raise TransientFailure(f"print_http_{status}")
+        if not 200 <= status < 300:
+            raise ChannelFailed(f"print_http_{status}")
 
 
 def _write(path: Path, data: bytes) -> None:

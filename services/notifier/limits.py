@@ -23,7 +23,8 @@ class NotifierLimits:
     #: Webhook requests in flight per process, and per merchant within those.
     webhook_max_in_flight: int = 16
     webhook_max_in_flight_per_merchant: int = 4
-    #: How long a claimed delivery stays `sending` before another worker may take it.
+    #: How long a claimed delivery stays `sending` before another worker may take it
+    #: (at least `webhook_lease`'s floor).
     webhook_lease_s: float = 60.0
     #: Most bytes read of any HTTP answer (webhook endpoint, SMS or print provider).
     response_max_bytes: int = 65_536
@@ -32,7 +33,8 @@ class NotifierLimits:
     #: Message jobs in progress per process, and sends per provider within those.
     message_max_in_flight: int = 16
     message_max_in_flight_per_provider: int = 8
-    #: How long a claimed message job stays `sending` before another worker may take it.
+    #: How long a claimed message job stays `sending` before another worker may take it
+    #: (at least `message_lease`'s floor).
     message_lease_s: float = 300.0
 
     @classmethod
@@ -47,6 +49,18 @@ class NotifierLimits:
             for name, setting in names.items()
         }
         return cls(**values)
+
+    @property
+    def webhook_lease(self) -> float:
+        """The webhook lease in force: never shorter than four deadlines plus 10 s (a
+        claimed delivery may wait a few rounds for a slot before its own deadline)."""
+        return max(self.webhook_lease_s, 4 * self.webhook_timeout_s + 10)
+
+    @property
+    def message_lease(self) -> float:
+        """The message lease in force: never shorter than six send deadlines plus 20 s
+        (up to three channels, each perhaps waiting a round for its provider)."""
+        return max(self.message_lease_s, 6 * self.message_send_timeout_s + 20)
 
 
 def error_code(error: BaseException) -> str:

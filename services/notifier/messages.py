@@ -187,10 +187,10 @@ class MessageSender:
         claim_started = time.monotonic()
         async with self.runtime.pool.acquire() as conn, conn.transaction():
             jobs = await NotifierRepository(conn).claim_jobs(
-                room, lease_s=self.limits.message_lease_s
+                room, lease_s=self.limits.message_lease
             )
         for job in jobs:
-            item = _Claimed(job, claim_started + self.limits.message_lease_s)
+            item = _Claimed(job, claim_started + self.limits.message_lease)
             task = asyncio.create_task(self._handle(item))
             self._tasks[task] = item
             task.add_done_callback(self._done)

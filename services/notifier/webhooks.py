@@ -293,9 +293,9 @@ class WebhookDispatcher:
                 room,
                 per_merchant=per_merchant,
                 skip_merchants=busy,
-                lease_s=self.limits.webhook_lease_s,
+                lease_s=self.limits.webhook_lease,
             )
-        lease_ends = claim_started + self.limits.webhook_lease_s
+        lease_ends = claim_started + self.limits.webhook_lease
         for delivery in claimed:
             merchant = self._merchants.get(delivery.website_key)
             if merchant is None:

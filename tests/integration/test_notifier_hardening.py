@@ -14,12 +14,17 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
 
 from services.notifier import webhooks
+from services.notifier.channels import ChannelFailed, Rendered
+from services.notifier.channels.email import EmailSender
+from services.notifier.channels.letter import spool_path
+from services.notifier.limits import header_value
 from tests.integration.test_notifier_webhooks import invoice_with_events, mine, register
 from tests.support.invoices import InvoiceClient
 from tests.support.kafka import poll_until
@@ -338,3 +343,61 @@ async def test_a_huge_answer_is_read_only_up_to_the_cap(cm: Platform) -> None:
         assert sent < 32 << 20, sent
     finally:
         huge.stop()
+
+
+# --- what a stored row or a debtor's data may hold (no broker needed) ------------------------
+
+
+@pytest.mark.parametrize("secret", ["whsec_abcde", "whsec_", "whsec_!!!!", "c2VjcmV0"])
+def test_a_secret_that_is_not_a_whsec_key_is_invalid(secret: str) -> None:
+    with pytest.raises(webhooks.InvalidDelivery, match="invalid_secret"):
+        webhooks.signing_key(secret)
+
+
+@pytest.mark.parametrize(
+    "url", ["http://shop.example:abc/", "ftp://shop.example/", "http://", "shop.example/hook"]
+)
+def test_a_url_that_does_not_parse_is_invalid(url: str) -> None:
+    with pytest.raises(webhooks.InvalidDelivery, match="invalid_url"):
+        webhooks.endpoint_url(url)
+
+
+def test_a_valid_secret_and_url_sign_and_parse() -> None:
+    secret = new_secret()
+    headers = webhooks.signed_headers(secret, "msg_1", b"{}", datetime.now(UTC))
+    assert webhooks.signing_key(secret).verify(b"{}", headers) == {}
+    assert webhooks.endpoint_url("https://shop.example:8443/cm").port == 8443
+
+
+def test_header_values_never_carry_cr_or_lf() -> None:
+    assert header_value("Factuur 1\r\nBcc: x@example.test") == "Factuur 1 Bcc: x@example.test"
+    assert header_value("a\nb\rc\x00d") == "a b c d"
+
+
+def test_an_e_mail_carries_no_injected_header() -> None:
+    sender = EmailSender("127.0.0.1", 25, "noreply@example.invalid")
+    mail = sender.message(
+        "jan@example.test",
+        "Jan\r\nBcc: spy@example.test",
+        Rendered("Factuur 1\r\nBcc: spy@example.test", "Hallo"),
+        "INV 1>\r\n-step1-3",
+    )
+    assert mail["Bcc"] is None
+    for name in ("To", "Subject", "Message-ID"):
+        assert "\r" not in str(mail[name]) and "\n" not in str(mail[name])
+    with pytest.raises(ChannelFailed, match="email_address_unsendable"):
+        sender.message("jan@example.test\r\nBcc: spy@example.test", "Jan", Rendered("s", "b"), "r")
+
+
+@pytest.mark.parametrize(
+    "website_key", ["..", ".", "../etc", "/etc", "a/../..", "..\\..", "", "shop-1", "x" * 300]
+)
+def test_a_letter_path_always_lies_inside_the_spool(tmp_path: Path, website_key: str) -> None:
+    spool = tmp_path / "letters"
+    for reference in ("INV-1-step2-3", "../../INV-1-step2-3", "/etc/passwd", "." * 300):
+        path = spool_path(spool, website_key, reference)
+        assert path.parent.parent == spool.resolve(), path
+        assert path.parent.name not in (".", "..") and path.name.endswith(".pdf")
+    assert spool_path(spool, "shop-1", "INV-1-step2-3") == spool.resolve() / "shop-1" / (
+        "INV-1-step2-3.pdf"
+    )

@@ -200,11 +200,6 @@ class MessageSender:
         self._tasks.pop(task)
         self.wake.set()
 
-    async def drain(self) -> None:
-        """Wait for the jobs started so far (tests, benchmarks)."""
-        while self._tasks:
-            await asyncio.wait(list(self._tasks))
-
     async def close(self) -> None:
         """Stop: cancel the tasks; jobs not yet started are released (due again), ones
         cut off mid-send stay `sending` until their lease lapses."""

@@ -354,11 +354,6 @@ class WebhookDispatcher:
             )
         RELEASED.inc(len(items))
 
-    async def drain(self) -> None:
-        """Wait for the deliveries started so far (tests, benchmarks)."""
-        while self._tasks:
-            await asyncio.wait(list(self._tasks))
-
     async def close(self) -> None:
         """Stop: cancel the tasks; deliveries not yet started are released (pending again),
         ones cut off mid-send stay `sending` until their lease lapses."""

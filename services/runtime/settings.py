@@ -80,6 +80,15 @@ class Settings(BaseSettings):
     letter_spool_dir: str | None = None
     print_provider_url: str | None = None
     webhook_timeout_s: float = 10.0
+    # Notifier bounds (services/notifier/limits.py says what each one bounds).
+    webhook_max_in_flight: int = 16
+    webhook_max_in_flight_per_merchant: int = 4
+    webhook_lease_s: float = 60.0
+    notifier_response_max_bytes: int = 65_536
+    message_send_timeout_s: float = 30.0
+    message_max_in_flight: int = 16
+    message_max_in_flight_per_provider: int = 8
+    message_lease_s: float = 300.0
 
     def port_for(self, service: str) -> int:
         return (

@@ -15,8 +15,10 @@ Every process started is recorded in a per-session state file under
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,6 +26,7 @@ import pytest
 from devstack.broker import start_broker
 from devstack.postgres import start_postgres
 from devstack.state import StateFile, devstack_dir, reap_dir
+from tests.support.dirs import make_reachable_dir, reachable_dir
 
 
 def _infra_mode() -> str:
@@ -88,7 +91,7 @@ def kafka_bootstrap(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture(scope="session")
-def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+def database_url(request: pytest.FixtureRequest) -> str:
     """A PostgreSQL URL (database `postgres`, user `postgres`) for the whole session."""
     external = os.environ.get("DATABASE_URL")
     if external:
@@ -105,14 +108,29 @@ def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
         container.start()
         return str(container.get_connection_url())
     state: StateFile = request.getfixturevalue("devstack_test_state")
-    base = tmp_path_factory.mktemp("postgres")
+    # Not under tmp_path: another pytest session starting would lock postgres out of it.
+    base = make_reachable_dir("postgres")
     state.add_cleanup(base)
-    server = start_postgres(base / "pgdata", fast=True, delete_on_stop=True)
+    try:
+        server = start_postgres(base / "pgdata", fast=True, delete_on_stop=True)
+    except BaseException:
+        shutil.rmtree(base, ignore_errors=True)
+        raise
 
     def stop() -> None:
         server.stop()
         state.forget(server.pid)
+        shutil.rmtree(base, ignore_errors=True)
 
     request.addfinalizer(stop)
     state.record("postgres", server.pid, signal.SIGINT, 10.0)
     return server.dsn
+
+
+@pytest.fixture
+def reachable_tmp_path() -> Iterator[Path]:
+    """Like `tmp_path`, for a directory a PostgreSQL server started by the test lives in
+    (a devstack dir): outside pytest's temp root, which any pytest session of this user
+    that starts makes unreachable to the server's user (see tests/support/dirs.py)."""
+    with reachable_dir("tmp") as path:
+        yield path

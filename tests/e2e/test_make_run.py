@@ -24,7 +24,7 @@ import pytest
 
 from contracts import topics
 from tests.support.kafka import poll_until, publish, read_all
-from tests.support.net import free_port
+from tests.support.net import free_ports
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
@@ -53,7 +53,7 @@ class Runner:
                 "--pg-port",
                 "0",
                 "--http-port-base",
-                str(free_port() + 10),
+                str(free_ports(5)),  # one HTTP port per service
             ],
             cwd=ROOT,
             env=env,
@@ -92,8 +92,9 @@ class Runner:
 
 
 @pytest.fixture
-def runner(tmp_path: Path) -> Iterator[Runner]:
-    running = Runner(tmp_path / "devstack")
+def runner(reachable_tmp_path: Path) -> Iterator[Runner]:
+    # Not tmp_path: the runner's PostgreSQL must always reach its data dir (conftest.py).
+    running = Runner(reachable_tmp_path / "devstack")
     try:
         yield running
     finally:
@@ -107,7 +108,7 @@ def example(name: str) -> bytes:
 
 
 async def test_make_run_plays_the_readme_walkthrough_and_stops_cleanly(
-    runner: Runner, tmp_path: Path
+    runner: Runner, reachable_tmp_path: Path
 ) -> None:
     runner.wait_for(r"all 5 services healthy")
     bootstrap = runner.wait_for(r"kafka\s+(\S+)").group(1)
@@ -138,7 +139,7 @@ async def test_make_run_plays_the_readme_walkthrough_and_stops_cleanly(
         (7, "2026-12-23"),
         (8, "2027-01-06"),
     ]
-    mails = list((tmp_path / "devstack" / "mail" / "new").iterdir())
+    mails = list((reachable_tmp_path / "devstack" / "mail" / "new").iterdir())
     assert len(mails) == 3  # the invitation and both reminders
 
     assert runner.stop() == 0

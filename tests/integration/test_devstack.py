@@ -17,8 +17,8 @@ import psutil
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from devstack.procs import port_is_free
 from devstack.state import REPO_ROOT, Entry, StateFile, create_time, is_same_process
+from tests.support.net import free_ports
 
 # --- the session fixtures ------------------------------------------------------------------
 
@@ -60,11 +60,12 @@ async def test_postgres_select_one(database_url: str) -> None:
 # --- the runner as a subprocess ------------------------------------------------------------
 
 
-def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
+def _env(base: Path, **extra: str) -> dict[str, str]:
+    """The runner's environment; `base` is `reachable_tmp_path` (its PostgreSQL lives there)."""
     env = {
         k: v for k, v in os.environ.items() if k not in ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL")
     }
-    env |= {"DEVSTACK_DIR": str(tmp_path / "devstack"), "NO_COLOR": "1", **extra}
+    env |= {"DEVSTACK_DIR": str(base / "devstack"), "NO_COLOR": "1", **extra}
     return env
 
 
@@ -131,8 +132,8 @@ def _alive(entries: list[Entry]) -> list[Entry]:
     return [e for e in entries if is_same_process(e.pid, e.create_time)]
 
 
-def test_up_then_sigint_leaves_nothing(tmp_path: Path, runners: list[Runner]) -> None:
-    runner = Runner(["up", "--kafka-port", "0", "--pg-port", "0"], _env(tmp_path))
+def test_up_then_sigint_leaves_nothing(reachable_tmp_path: Path, runners: list[Runner]) -> None:
+    runner = Runner(["up", "--kafka-port", "0", "--pg-port", "0"], _env(reachable_tmp_path))
     runners.append(runner)
     runner.wait_for("export DATABASE_URL=")
     entries = runner.recorded()
@@ -145,16 +146,16 @@ def test_up_then_sigint_leaves_nothing(tmp_path: Path, runners: list[Runner]) ->
     pg_children = [
         p
         for p in psutil.process_iter(["cmdline"])
-        if str(tmp_path) in " ".join(p.info["cmdline"] or [])
+        if str(reachable_tmp_path) in " ".join(p.info["cmdline"] or [])
     ]
     assert not pg_children
 
 
 def test_leftovers_of_a_killed_runner_are_stopped_by_the_next_start(
-    tmp_path: Path, runners: list[Runner]
+    reachable_tmp_path: Path, runners: list[Runner]
 ) -> None:
     # Without the parent-death signal, a SIGKILLed runner really leaves its children.
-    env = _env(tmp_path, DEVSTACK_NO_PDEATHSIG="1")
+    env = _env(reachable_tmp_path, DEVSTACK_NO_PDEATHSIG="1")
     first = Runner(["up", "--kafka-port", "0", "--pg-port", "0"], env)
     runners.append(first)
     first.wait_for("export DATABASE_URL=")
@@ -173,8 +174,8 @@ def test_leftovers_of_a_killed_runner_are_stopped_by_the_next_start(
     assert not _alive(current)
 
 
-def test_children_die_with_a_killed_runner(tmp_path: Path, runners: list[Runner]) -> None:
-    runner = Runner(["up", "--kafka-port", "0", "--pg-port", "0"], _env(tmp_path))
+def test_children_die_with_a_killed_runner(reachable_tmp_path: Path, runners: list[Runner]) -> None:
+    runner = Runner(["up", "--kafka-port", "0", "--pg-port", "0"], _env(reachable_tmp_path))
     runners.append(runner)
     runner.wait_for("export DATABASE_URL=")
     entries = runner.recorded()
@@ -183,13 +184,6 @@ def test_children_die_with_a_killed_runner(tmp_path: Path, runners: list[Runner]
     while _alive(entries) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not _alive(entries)
-
-
-def _free_http_base() -> int:
-    for base in range(28081, 60000, 10):
-        if all(port_is_free(base + i) for i in range(5)):
-            return base
-    raise AssertionError("no free ports")
 
 
 def _run_args(*extra: str) -> list[str]:
@@ -202,13 +196,17 @@ def _run_args(*extra: str) -> list[str]:
         "--service-cmd",
         "{python} -m devstack.standin {name}",
         "--http-port-base",
-        str(_free_http_base()),
+        str(free_ports(5)),
         *extra,
     ]
 
 
-def test_run_supervises_services_and_stops_all(tmp_path: Path, runners: list[Runner]) -> None:
-    runner = Runner(_run_args("--health-timeout", "30"), _env(tmp_path, CM_CLOCK="manual"))
+def test_run_supervises_services_and_stops_all(
+    reachable_tmp_path: Path, runners: list[Runner]
+) -> None:
+    runner = Runner(
+        _run_args("--health-timeout", "30"), _env(reachable_tmp_path, CM_CLOCK="manual")
+    )
     runners.append(runner)
     runner.wait_for("services healthy")
     assert "[collection]" in runner.output
@@ -230,8 +228,10 @@ def test_run_supervises_services_and_stops_all(tmp_path: Path, runners: list[Run
     assert not runner.state_path.exists()
 
 
-def test_run_fails_loudly_when_a_service_dies(tmp_path: Path, runners: list[Runner]) -> None:
-    env = _env(tmp_path, STANDIN_EXIT_AFTER="1.5")
+def test_run_fails_loudly_when_a_service_dies(
+    reachable_tmp_path: Path, runners: list[Runner]
+) -> None:
+    env = _env(reachable_tmp_path, STANDIN_EXIT_AFTER="1.5")
     runner = Runner(_run_args("--services", "invoice,notifier"), env)
     runners.append(runner)
     runner.wait_for("services healthy")

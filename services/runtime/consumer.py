@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -274,10 +275,20 @@ MAX_ERROR_MESSAGE_CHARS = 500
 MAX_DLQ_KEY_CHARS = 256
 
 
+#: Lone surrogates: a JSON body may escape them (`"\\ud800"`), but no UTF-8 writer
+#: (pydantic-core, Postgres) takes them back.
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
 def _clean(text: str, limit: int) -> str:
-    """Text that Postgres and every JSON reader take: no NUL, at most `limit` characters."""
+    """Text that Postgres and every JSON reader and writer take: no NUL, no lone
+    surrogate (both become U+FFFD), at most `limit` characters."""
     text = text[:limit]
-    return text.replace("\x00", "\ufffd") if "\x00" in text else text
+    if "\x00" in text:
+        text = text.replace("\x00", "\ufffd")
+    if not text.isascii():
+        text = _SURROGATES.sub("\ufffd", text)
+    return text
 
 
 def result_errors(errors: Sequence[FieldError]) -> list[ResultError]:

@@ -157,8 +157,8 @@ class Verdict:
     """The outcome of one check over everything read so far."""
 
     problems: list[str] = field(default_factory=list)
-    #: Records that parsed but whose handler dead-lettered them: (record, codes).
-    handler_failures: list[tuple[Seen, list[str]]] = field(default_factory=list)
+    #: Records that parsed but whose handler dead-lettered them: (consumer, record, codes).
+    handler_failures: list[tuple[Consumer, Seen, list[str]]] = field(default_factory=list)
     #: How the records came out: "dead letter", "handled", per consumer.
     outcomes: Counter[str] = field(default_factory=Counter)
     #: Per record (by describe): what each consumer made of it, for a report.
@@ -201,6 +201,7 @@ def check(
         answered[str(record.json()["payload"]["command_id"])] += 1
 
     expected_answers: Counter[str] = Counter()
+    commands: dict[str, Seen] = {}  # command id → a record of it, to name in a problem
     known: set[tuple[str, str, int, int]] = set()
     for record in records:
         for consumer in by_topic.get(record.topic, ()):
@@ -228,6 +229,7 @@ def check(
                     and consumer.answers_unparsed(error.type)
                 ):
                     expected_answers[str(error.message_id)] += 1
+                    commands[str(error.message_id)] = record
             else:
                 envelope = reading.envelope
                 verdict.outcomes[f"{consumer.inbox_name}: parsed"] += 1
@@ -242,9 +244,10 @@ def check(
                         f"{consumer.service} dead-lettered {len(found)}x: {describe(record)}"
                     )
                 if found:
-                    verdict.handler_failures.append((record, codes))
+                    verdict.handler_failures.append((consumer, record, codes))
                 if consumer.answers.get(envelope.type):
                     expected_answers[str(envelope.message_id)] += 1
+                    commands[str(envelope.message_id)] = record
             for letter in found:
                 verdict.problems.extend(
                     f"{consumer.service}: {problem}: {describe(record)}"
@@ -256,9 +259,11 @@ def check(
             verdict.problems.append(f"a dead letter names no record read: {where} ({len(found)}x)")
     for command_id in set(expected_answers) | set(answered):
         if answered[command_id] != expected_answers[command_id]:
+            record = commands.get(command_id)
             verdict.problems.append(
                 f"command {command_id}: {answered[command_id]} answers, "
                 f"{expected_answers[command_id]} expected"
+                + (f": {describe(record)}" if record is not None else "")
             )
     return verdict
 

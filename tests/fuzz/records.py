@@ -36,6 +36,17 @@ class _FreshId:
 
 FRESH_ID = _FreshId()
 
+
+class _FreshName:
+    """Stands for a new identifier (an invoice number, say) in a tree, so that records
+    made from one good message create an aggregate each instead of repeating one."""
+
+    def __repr__(self) -> str:
+        return "FRESH_NAME"
+
+
+FRESH_NAME = _FreshName()
+
 #: Placeholder of the webhook URL: schema-generated RegisterWebhook commands point at a
 #: local sink the test runs, never at an address a hypothesis string could name.
 WEBHOOK_URL = "http://webhook.placeholder.invalid/"
@@ -220,6 +231,8 @@ def serialise(
     def fresh(value: Any) -> Any:
         if isinstance(value, _FreshId):
             return str(uuid.uuid4())
+        if isinstance(value, _FreshName):
+            return f"E-{uuid.uuid4().hex[:12]}"
         raise TypeError(f"not JSON: {type(value).__name__}")
 
     text = json.dumps(tree, ensure_ascii=ascii, default=fresh)

@@ -589,15 +589,17 @@ class InvoiceSnapshot(SnapshotPart):
         default=None, description="The debtor, with unreachable contact methods."
     )
     scheme_key: str = Field(description="The scheme the invoice follows.")
-    scheme_version: int = Field(description="The scheme version it was created with.")
+    scheme_version: int = Field(
+        ge=0, le=MAX_INT, description="The scheme version it was created with."
+    )
     previous_step_index: int | None = Field(
-        default=None, description="The last step that ran; null before the first."
+        default=None, ge=0, le=MAX_INT, description="The last step that ran; null before the first."
     )
     previous_step_date_time: AwareDatetime | None = Field(
         default=None, description="When the last step ran (business time)."
     )
     next_step_index: int | None = Field(
-        default=None, description="The next step; null when none will run."
+        default=None, ge=0, le=MAX_INT, description="The next step; null when none will run."
     )
     next_step_due_at: AwareDatetime | None = Field(
         default=None, description="When the next step is due, shifted by paused time."
@@ -647,7 +649,7 @@ class InvoiceEvent(Event):
         default_factory=list,
         description="Event details, e.g. `StepIndex`, `StatusCode`, `CustomEventMessage`.",
     )
-    sequence: int = Field(ge=1, description="Per invoice, strictly increasing from 1.")
+    sequence: int = Field(ge=1, le=MAX_INT, description="Per invoice, strictly increasing from 1.")
     invoice: InvoiceSnapshot = Field(description="The invoice after the change.")
 
     @classmethod

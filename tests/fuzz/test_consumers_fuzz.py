@@ -24,9 +24,7 @@ Afterwards: no handler crashed on a record that parsed, the interleaved commands
 handled as if alone, each handled InvoiceEvent was pushed once, metrics labels are
 catalog types, letters stayed in the spool directory.
 
-A crash that is a known and reported bug (`known_bug`) marks the test xfail after every
-other check; it passes by itself once the bug is fixed. `CM_FUZZ_REPORT=path` writes
-what became of each kind of record, as JSON.
+`CM_FUZZ_REPORT=path` writes what became of each kind of record, as JSON.
 """
 
 from __future__ import annotations
@@ -595,17 +593,6 @@ def answers_by_command(run: Running) -> dict[str, list[dict[str, Any]]]:
     return found
 
 
-# --- known bugs ----------------------------------------------------------------------------
-
-
-def known_bug(consumer: oracle.Consumer, reading: oracle.Reading) -> str | None:
-    """A handler crash the fuzz found that is reported but not fixed yet, named by where
-    its fix goes; None for any other crash (which fails the test). Empty now: the last
-    one (InvoiceEvent.sequence 2**31 crashed the notifier's insert) is fixed in
-    contracts/invoice.py. An entry looks at `consumer.service` and `reading.envelope`."""
-    return None
-
-
 # --- the test ------------------------------------------------------------------------------
 
 
@@ -728,19 +715,12 @@ async def test_hostile_records_on_every_consumed_topic_stop_no_consumer(
     # No handler crashed on a record: whatever parses can be stored and computed (issue 8,
     # "values that cannot be stored or computed are refused at the edge"). A business
     # rule an event breaks (Unprocessable, e.g. an outcome for an unknown invoice) is not
-    # a crash. A crash that is a known, reported bug marks the test xfail at the end
-    # (after every other check), so that it passes by itself once the bug is fixed.
-    known: set[str] = set()  # the known bugs the fuzz ran into
-    crashes = []
-    for consumer, record, codes in verdict.handler_failures:
-        if not set(codes) & CRASH_CODES:
-            continue
-        reading = readings[(consumer.service, record.topic, record.partition, record.offset)]
-        bug = known_bug(consumer, reading)
-        if bug is not None:
-            known.add(bug)
-        else:
-            crashes.append(f"{consumer.service} {codes}: {describe(record)}")
+    # a crash.
+    crashes = [
+        f"{consumer.service} {codes}: {describe(record)}"
+        for consumer, record, codes in verdict.handler_failures
+        if set(codes) & CRASH_CODES
+    ]
     assert not crashes, "handlers crashed on records that parsed:\n" + "\n".join(crashes[:20])
 
     # 4. The good records interleaved with the bad ones were handled as if alone.
@@ -833,8 +813,6 @@ async def test_hostile_records_on_every_consumed_topic_stop_no_consumer(
         f"fuzz: {sent_bad} bad records, alive after {alive_after:.1f}s, settled after"
         f" {time.monotonic() - started:.1f}s; outcomes {dict(verdict.outcomes)}"
     )
-    if known:
-        pytest.xfail("known bugs: " + "; ".join(sorted(known)))
 
 
 async def _at_least(count: int, found: list[Any]) -> list[Any] | None:

@@ -323,42 +323,23 @@ class OutboxRelay:
             by_partition.setdefault((topic, partition), []).append((key, row))
         sends: list[tuple[str, int, list[tuple[bytes | None, Any]], Any]] = []
         for (topic, partition), items in by_partition.items():
-            batch = producer.create_batch()
+            chunks: list[tuple[Any, list[tuple[bytes | None, Any]]]] = []
             chunk: list[tuple[bytes | None, Any]] = []
+            batch = producer.create_batch()
             for key, row in items:
-                headers = list(_headers_from_json(row["headers"]))  # a few distinct values
-                if (
-                    batch.append(key=key, value=row["value"], timestamp=None, headers=headers)
-                    is not None
-                ):
-                    chunk.append((key, row))
-                    continue
-                if chunk:
-                    sends.append(
-                        (
-                            topic,
-                            partition,
-                            chunk,
-                            await producer.send_batch(batch, topic, partition=partition),
-                        )
-                    )
-                batch, chunk = producer.create_batch(), []
-                if (
-                    batch.append(key=key, value=row["value"], timestamp=None, headers=headers)
-                    is not None
-                ):
-                    chunk.append((key, row))
-                else:  # does not fit even an empty batch
-                    refused.append((row, "too_large"))
+                if not _append(batch, key, row):  # full: it goes, the record starts the next
+                    if chunk:
+                        chunks.append((batch, chunk))
+                    batch, chunk = producer.create_batch(), []
+                    if not _append(batch, key, row):  # does not fit even an empty batch
+                        refused.append((row, "too_large"))
+                        continue
+                chunk.append((key, row))
             if chunk:
-                sends.append(
-                    (
-                        topic,
-                        partition,
-                        chunk,
-                        await producer.send_batch(batch, topic, partition=partition),
-                    )
-                )
+                chunks.append((batch, chunk))
+            for full, records in chunks:
+                sent = await producer.send_batch(full, topic, partition=partition)
+                sends.append((topic, partition, records, sent))
         results = await asyncio.gather(*(send[3] for send in sends), return_exceptions=True)
         for (topic, partition, chunk, _), result in zip(sends, results, strict=True):
             if not isinstance(result, BaseException):
@@ -369,12 +350,7 @@ class OutboxRelay:
             # records one at a time, in order, and park those refused again.
             for key, row in chunk:
                 single = producer.create_batch()
-                single.append(
-                    key=key,
-                    value=row["value"],
-                    timestamp=None,
-                    headers=list(_headers_from_json(row["headers"])),
-                )
+                _append(single, key, row)
                 try:
                     await (await producer.send_batch(single, topic, partition=partition))
                 except REFUSED_FOR_GOOD as error:
@@ -413,3 +389,9 @@ class OutboxRelay:
                 self._key_partitions.clear()
             self._key_partitions[slot] = cached
         return cached
+
+
+def _append(batch: Any, key: bytes | None, row: Any) -> bool:
+    """Add an outbox row to a record batch; False when the batch is full."""
+    headers = list(_headers_from_json(row["headers"]))  # a few distinct values: cached
+    return batch.append(key=key, value=row["value"], timestamp=None, headers=headers) is not None

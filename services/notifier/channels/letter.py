@@ -17,8 +17,8 @@ from pathlib import Path
 import httpx
 from fpdf import FPDF
 
-from services.notifier.channels import ChannelFailed, Rendered, TransientFailure
-from services.notifier.limits import header_value, read_capped
+from services.notifier.channels import ChannelFailed, Rendered, TransientFailure, post_to_provider
+from services.notifier.limits import header_value
 
 #: The PDF core fonts cover Windows-1252 (with €); other characters become `?`.
 _ENCODING = "windows-1252"
@@ -131,25 +131,15 @@ class LetterSender:
     async def _post(self, pdf: bytes, reference: str) -> None:
         assert self.print_url is not None
         headers = {"content-type": "application/pdf", "x-reference": header_value(reference)}
-        status: int | None = None
-        try:
-            async with asyncio.timeout(self.timeout_s):
-                async with self.client.stream(
-                    "POST", self.print_url, content=pdf, headers=headers
-                ) as response:
-                    status = response.status_code
-                    await read_capped(response, self.max_response_bytes)
-        except TimeoutError:
-            if status is None:
-                raise TransientFailure("print_timeout") from None
-        except httpx.HTTPError as error:
-            if status is None:
-                raise TransientFailure(f"print_{type(error).__name__}") from None
-        assert status is not None
-        if status >= 500 or status == 429:
-            raise TransientFailure(f"print_http_{status}")
-        if not 200 <= status < 300:
-            raise ChannelFailed(f"print_http_{status}")
+        await post_to_provider(
+            self.client,
+            self.print_url,
+            "print",
+            timeout_s=self.timeout_s,
+            max_response_bytes=self.max_response_bytes,
+            content=pdf,
+            headers=headers,
+        )
 
 
 def _write(path: Path, data: bytes) -> None:

@@ -7,12 +7,10 @@ provider with another format. One deadline covers the whole request, and at most
 
 from __future__ import annotations
 
-import asyncio
-
 import httpx
 
-from services.notifier.channels import ChannelFailed, TransientFailure
-from services.notifier.limits import header_value, read_capped
+from services.notifier.channels import post_to_provider
+from services.notifier.limits import header_value
 
 
 class SmsSender:
@@ -31,20 +29,11 @@ class SmsSender:
 
     async def send(self, mobile: str, text: str, reference: str) -> None:
         body = {"to": mobile, "text": text, "reference": header_value(reference)}
-        status: int | None = None
-        try:
-            async with asyncio.timeout(self.timeout_s):
-                async with self.client.stream("POST", self.url, json=body) as response:
-                    status = response.status_code
-                    await read_capped(response, self.max_response_bytes)
-        except TimeoutError:
-            if status is None:
-                raise TransientFailure("sms_timeout") from None
-        except httpx.HTTPError as error:
-            if status is None:
-                raise TransientFailure(f"sms_{type(error).__name__}") from None
-        assert status is not None
-        if status >= 500 or status == 429:
-            raise TransientFailure(f"sms_http_{status}")
-        if not 200 <= status < 300:
-            raise ChannelFailed(f"sms_http_{status}")
+        await post_to_provider(
+            self.client,
+            self.url,
+            "sms",
+            timeout_s=self.timeout_s,
+            max_response_bytes=self.max_response_bytes,
+            json=body,
+        )

@@ -4,8 +4,7 @@ pushes, messages to debtors through a real SMTP server and a letter spool, templ
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, datetime
+from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -16,15 +15,7 @@ from contracts import topics
 from tests.support.invoices import InvoiceClient, debtor, invoice_payload
 from tests.support.kafka import TopicWatcher, poll_until
 from tests.support.notifier import SmtpSink, notifier_command
-from tests.support.platform import Platform, platform
-
-
-@pytest.fixture(scope="module")
-def smtp() -> Iterator[SmtpSink]:
-    sink = SmtpSink()
-    sink.start()
-    yield sink
-    sink.stop()
+from tests.support.platform import Platform, mailing_platform
 
 
 @pytest.fixture(scope="module")
@@ -36,17 +27,7 @@ def spool(tmp_path_factory: pytest.TempPathFactory) -> Path:
 async def cm(
     kafka_bootstrap: str, database_url: str, smtp: SmtpSink, spool: Path
 ) -> AsyncIterator[Platform]:
-    async with platform(
-        kafka_bootstrap,
-        database_url,
-        "invoice",
-        "scheduler",
-        "notifier",
-        smtp_port=smtp.port,
-        letter_spool_dir=str(spool),
-    ) as running:
-        # Registration day: steps due by then (the invitations) fire at once.
-        await running.tick(datetime(2026, 11, 1, 9, 0, tzinfo=UTC))
+    async with mailing_platform(kafka_bootstrap, database_url, smtp, spool) as running:
         yield running
 
 

@@ -12,7 +12,7 @@ import asyncio
 import json
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -36,14 +36,6 @@ DEADLINE_S = 4.0
 #: After everything expected arrived: long enough for a repeat to show (the old failure
 #: repeated a whole batch within a second), short enough for a fast suite.
 SETTLE_S = 1.0
-
-
-@pytest.fixture(scope="module")
-def endpoint() -> Iterator[HttpSink]:
-    sink = HttpSink()
-    sink.start()
-    yield sink
-    sink.stop()
 
 
 @pytest.fixture(scope="module")

@@ -22,18 +22,10 @@ from tests.integration.test_notifier import create, next_step, wait_codes
 from tests.support.invoices import InvoiceClient, debtor, invoice_payload
 from tests.support.kafka import poll_until
 from tests.support.notifier import SmtpSink
-from tests.support.platform import Platform, platform
+from tests.support.platform import Platform, mailing_platform
 
 #: After everything expected arrived: long enough for a repeat to show.
 SETTLE_S = 1.0
-
-
-@pytest.fixture(scope="module")
-def smtp() -> Iterator[SmtpSink]:
-    sink = SmtpSink()
-    sink.start()
-    yield sink
-    sink.stop()
 
 
 @pytest.fixture(scope="module")
@@ -45,16 +37,7 @@ def spool(tmp_path_factory: pytest.TempPathFactory) -> Path:
 async def cm(
     kafka_bootstrap: str, database_url: str, smtp: SmtpSink, spool: Path
 ) -> AsyncIterator[Platform]:
-    async with platform(
-        kafka_bootstrap,
-        database_url,
-        "invoice",
-        "scheduler",
-        "notifier",
-        smtp_port=smtp.port,
-        letter_spool_dir=str(spool),
-    ) as running:
-        await running.tick(datetime(2026, 11, 1, 9, 0, tzinfo=UTC))
+    async with mailing_platform(kafka_bootstrap, database_url, smtp, spool) as running:
         yield running
 
 

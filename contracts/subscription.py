@@ -150,6 +150,17 @@ class SubscriptionFields(Command):
     rate_plans: list[RatePlan] = Field(
         min_length=1, max_length=MAX_RATE_PLANS, description="What is billed."
     )
+    payment_term_days: int = Field(
+        default=14, ge=0, le=365, description="Days from a period's invoice date to its due date."
+    )
+    billing_day: int | None = Field(
+        default=None,
+        ge=1,
+        le=31,
+        description="The day of the period (1 = its first day) on which it is invoiced "
+        "(`arrears`: of the period after it); clamped to the period's last day. The "
+        "period's first day when omitted.",
+    )
 
 
 class CreateSubscription(SubscriptionFields):
@@ -245,6 +256,10 @@ class SubscriptionSnapshot(SnapshotPart):
     start_date: date = Field(description="First day of the first period.")
     end_date: date | None = Field(default=None, description="Last day billed, if set.")
     rate_plans: list[RatePlanSnapshot] = Field(description="The plans, current prices.")
+    payment_term_days: int = Field(default=14, description="Invoice date to due date, in days.")
+    billing_day: int | None = Field(
+        default=None, description="The day of the period on which it is invoiced, if set."
+    )
     next_period_index: int = Field(ge=1, description="The next period to bill (from 1).")
     next_billing_date: date | None = Field(
         default=None, description="When the next period is billed; null when none is."

@@ -6,8 +6,9 @@ from pathlib import Path
 
 from contracts import topics
 from services.runtime.app import ServiceDefinition
-from services.runtime.consumer import ConsumerSpec
+from services.runtime.consumer import ConsumerSpec, HandlerSpec
 from services.runtime.pending import ignore_internal, refuse_all
+from services.subscription import handlers
 
 
 def definition() -> ServiceDefinition:
@@ -19,13 +20,11 @@ def definition() -> ServiceDefinition:
                 name="commands",
                 topic=topics.SUBSCRIPTION_COMMANDS,
                 handlers={
-                    **refuse_all(
-                        "CreateSubscription",
-                        "CreateCombinedSubscription",
-                        "UpdateSubscription",
-                        "StopSubscription",
-                    ),
-                    **ignore_internal("RunBilling"),
+                    "CreateSubscription": HandlerSpec(handlers.create_subscription),
+                    "StopSubscription": HandlerSpec(handlers.stop_subscription),
+                    # From the bill-run timer or an operator: answered either way.
+                    "RunBilling": HandlerSpec(handlers.run_billing),
+                    **refuse_all("CreateCombinedSubscription", "UpdateSubscription"),
                 },
             ),
             ConsumerSpec(

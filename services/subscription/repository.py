@@ -1,0 +1,201 @@
+"""SQL for the subscription service's schema. Every query is scoped to one merchant.
+
+A subscription is one `subscriptions` row (status, the request fingerprint and the
+non-plan state as JSON), its rate plans as `rate_plan_versions` rows, and one
+`billed_periods` row per billed period, unique per period.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, replace
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+from contracts.subscription import (
+    BillingInterval,
+    BillingTiming,
+    IntervalUnit,
+    SubscriptionStatus,
+)
+from services.runtime.db import Connection
+from services.subscription.domain import BillingState, PlanVersion
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """A subscription as stored: its billing state and what invoices need besides."""
+
+    status: SubscriptionStatus
+    request_hash: str
+    billing: BillingState
+    #: The debtor as given (`Debtor` in JSON form): every period invoice carries it.
+    debtor: dict[str, Any]
+    scheme_key: str
+
+    @property
+    def key(self) -> str:
+        return self.billing.subscription_key
+
+
+def _state_json(sub: Subscription) -> dict[str, Any]:
+    b = sub.billing
+    return {
+        "currency": b.currency,
+        "interval": {"unit": b.interval.unit.value, "count": b.interval.count},
+        "timing": b.timing.value,
+        "start_date": b.start_date.isoformat(),
+        "end_date": b.end_date.isoformat() if b.end_date else None,
+        "billing_day": b.billing_day,
+        "payment_term_days": b.payment_term_days,
+        "next_period_index": b.next_period_index,
+        "debtor": sub.debtor,
+        "scheme_key": sub.scheme_key,
+    }
+
+
+def _subscription(key: str, row: Any, plans: tuple[PlanVersion, ...]) -> Subscription:
+    s = row["state"]
+    return Subscription(
+        status=SubscriptionStatus(row["status"]),
+        request_hash=row["request_hash"],
+        debtor=s["debtor"],
+        scheme_key=s["scheme_key"],
+        billing=BillingState(
+            subscription_key=key,
+            currency=s["currency"],
+            interval=BillingInterval.model_construct(
+                unit=IntervalUnit(s["interval"]["unit"]), count=s["interval"]["count"]
+            ),
+            timing=BillingTiming(s["timing"]),
+            start_date=date.fromisoformat(s["start_date"]),
+            end_date=date.fromisoformat(s["end_date"]) if s["end_date"] else None,
+            billing_day=s["billing_day"],
+            payment_term_days=s["payment_term_days"],
+            plans=plans,
+            next_period_index=s["next_period_index"],
+        ),
+    )
+
+
+class SubscriptionRepository:
+    """Loads and saves one merchant's subscriptions."""
+
+    def __init__(self, conn: Connection, website_key: str) -> None:
+        self.conn = conn
+        self.website_key = website_key
+
+    async def lock_key(self, subscription_key: str) -> None:
+        """Serialize work on a key that may not exist yet (two creates of one key)."""
+        await self.conn.execute(
+            "SELECT pg_advisory_xact_lock(hashtext($1))",
+            f"subscription:{self.website_key}:{subscription_key}",
+        )
+
+    async def get(self, subscription_key: str) -> Subscription | None:
+        """The subscription, its row locked (FOR UPDATE) for this transaction."""
+        row = await self.conn.fetchrow(
+            "SELECT status, request_hash, state FROM subscriptions"
+            " WHERE website_key = $1 AND subscription_key = $2 FOR UPDATE",
+            self.website_key,
+            subscription_key,
+        )
+        if row is None:
+            return None
+        plans = await self.conn.fetch(
+            "SELECT product_code, description, unit_price, quantity, vat_percentage,"
+            " start_date, end_date, effective_from_period FROM rate_plan_versions"
+            " WHERE website_key = $1 AND subscription_key = $2"
+            " ORDER BY position, effective_from_period",
+            self.website_key,
+            subscription_key,
+        )
+        versions = tuple(PlanVersion(**dict(plan)) for plan in plans)
+        return _subscription(subscription_key, row, versions)
+
+    async def insert(self, sub: Subscription) -> None:
+        await self.conn.execute(
+            "INSERT INTO subscriptions (website_key, subscription_key, status, request_hash,"
+            " state) VALUES ($1, $2, $3, $4, $5)",
+            self.website_key,
+            sub.key,
+            sub.status.value,
+            sub.request_hash,
+            _state_json(sub),
+        )
+        await self._write_plans(sub)
+
+    async def save(self, sub: Subscription) -> None:
+        await self.conn.execute(
+            "UPDATE subscriptions SET status = $3, state = $4, updated_at = now()"
+            " WHERE website_key = $1 AND subscription_key = $2",
+            self.website_key,
+            sub.key,
+            sub.status.value,
+            _state_json(sub),
+        )
+        await self._write_plans(sub)
+
+    async def _write_plans(self, sub: Subscription) -> None:
+        order = list(dict.fromkeys(plan.product_code for plan in sub.billing.plans))
+        await self.conn.execute(
+            "DELETE FROM rate_plan_versions WHERE website_key = $1 AND subscription_key = $2",
+            self.website_key,
+            sub.key,
+        )
+        await self.conn.executemany(
+            "INSERT INTO rate_plan_versions (website_key, subscription_key, product_code,"
+            " effective_from_period, position, description, unit_price, quantity,"
+            " vat_percentage, start_date, end_date)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            [
+                (
+                    self.website_key,
+                    sub.key,
+                    plan.product_code,
+                    plan.effective_from_period,
+                    order.index(plan.product_code),
+                    plan.description,
+                    plan.unit_price,
+                    plan.quantity,
+                    plan.vat_percentage,
+                    plan.start_date,
+                    plan.end_date,
+                )
+                for plan in sub.billing.plans
+            ],
+        )
+
+    async def mark_billed(
+        self,
+        subscription_key: str,
+        period_index: int,
+        *,
+        invoice_number: str | None,
+        message_id: uuid.UUID | None,
+        amount_debit: Decimal,
+        amount_vat: Decimal,
+        billed_at: datetime,
+    ) -> bool:
+        """Record a billed period; False when it was billed before (nothing written)."""
+        inserted = await self.conn.fetchval(
+            "INSERT INTO billed_periods (website_key, subscription_key, period_index,"
+            " invoice_number, message_id, amount_debit, amount_vat, billed_at)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+            " ON CONFLICT (website_key, subscription_key, period_index) DO NOTHING"
+            " RETURNING true",
+            self.website_key,
+            subscription_key,
+            period_index,
+            invoice_number,
+            message_id,
+            amount_debit,
+            amount_vat,
+            billed_at,
+        )
+        return bool(inserted)
+
+
+def with_status(sub: Subscription, status: SubscriptionStatus) -> Subscription:
+    return replace(sub, status=status)

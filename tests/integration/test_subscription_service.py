@@ -1,0 +1,286 @@
+"""The subscription service on the real broker and PostgreSQL, with the invoice service
+and the scheduler in-process on the manual clock: creation, bill runs that become
+invoices, idempotency and stops."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from contracts import topics
+from tests.support.invoices import debtor
+from tests.support.kafka import TopicWatcher, envelope, poll_until, publish
+from tests.support.platform import Platform, platform
+
+
+class Subscriptions:
+    """Sends subscription commands of the platform's merchant and reads their events."""
+
+    def __init__(self, cm: Platform) -> None:
+        self.cm = cm
+        self.website_key = cm.invoices.website_key
+        self.events = TopicWatcher(cm.bootstrap, cm.prefix + topics.SUBSCRIPTION_EVENTS)
+
+    async def command(
+        self,
+        type_: str,
+        payload: dict[str, Any],
+        *,
+        occurred_at: str = "2026-01-01T09:00:00+00:00",
+        message_id: str | None = None,
+    ) -> str:
+        body = envelope(
+            type_,
+            payload,
+            website_key=self.website_key,
+            occurred_at=occurred_at,
+            message_id=message_id,
+        )
+        await publish(
+            self.cm.bootstrap,
+            self.cm.prefix + topics.SUBSCRIPTION_COMMANDS,
+            [(f"{self.website_key}:{payload['subscription_key']}", json.dumps(body).encode())],
+        )
+        return str(body["message_id"])
+
+    async def answer(self, command_id: str) -> dict[str, Any]:
+        return await self.cm.invoices.answer(command_id)
+
+    def events_now(self, key: str) -> list[dict[str, Any]]:
+        return [
+            r.json()["payload"]
+            for r in self.events.on(self.cm.prefix + topics.SUBSCRIPTION_EVENTS)
+            if r.key == f"{self.website_key}:{key}"
+        ]
+
+    async def events_of(self, key: str, count: int) -> list[dict[str, Any]]:
+        async def enough() -> list[dict[str, Any]] | None:
+            found = self.events_now(key)
+            return found if len(found) >= count else None
+
+        return await poll_until(enough, what=f"{count} events of subscription {key}")
+
+
+@pytest.fixture
+async def subs(kafka_bootstrap: str, database_url: str) -> AsyncIterator[Subscriptions]:
+    async with platform(
+        kafka_bootstrap, database_url, "invoice", "scheduler", "subscription"
+    ) as running:
+        client = Subscriptions(running)
+        await client.events.start()
+        try:
+            yield client
+        finally:
+            await client.events.stop()
+
+
+def subscription(key: str, **overrides: Any) -> dict[str, Any]:
+    payload: dict[str, Any] = {
+        "subscription_key": key,
+        "debtor": debtor(),
+        "currency": "EUR",
+        "interval": {"unit": "month", "count": 1},
+        "billing_timing": "advance",
+        "start_date": "2026-01-01",
+        "rate_plans": [
+            {
+                "product_code": "BASIC",
+                "description": "Basic plan",
+                "unit_price": "10.00",
+                "vat_percentage": "21",
+                "start_date": "2026-01-01",
+            }
+        ],
+    }
+    payload.update(overrides)
+    return payload
+
+
+async def create(subs: Subscriptions, key: str, **overrides: Any) -> dict[str, Any]:
+    mid = await subs.command("CreateSubscription", subscription(key, **overrides))
+    answer = await subs.answer(mid)
+    assert answer["type"] == "CommandAccepted", answer
+    return answer
+
+
+def codes(answer: dict[str, Any]) -> list[tuple[str, str]]:
+    return [(e["field"], e["code"]) for e in answer["payload"]["errors"]]
+
+
+async def test_create_is_accepted_and_emits_the_snapshot(subs: Subscriptions) -> None:
+    answer = await create(subs, "SUB-1", payment_term_days=30, billing_day=5)
+    assert answer["payload"]["keys"] == {"subscription_key": "SUB-1"}
+    [event] = await subs.events_of("SUB-1", 1)
+    assert event["event"] == "SubscriptionCreated"
+    snap = event["subscription"]
+    assert snap["status"] == "active"
+    assert snap["payment_term_days"] == 30
+    assert snap["billing_day"] == 5
+    assert snap["next_period_index"] == 1
+    assert snap["next_billing_date"] == "2026-01-05"
+    assert snap["rate_plans"][0]["unit_price"] == "10.00"
+
+
+async def test_a_repeat_is_a_noop_and_other_content_is_refused(subs: Subscriptions) -> None:
+    await create(subs, "SUB-R")
+    again = await subs.command("CreateSubscription", subscription("SUB-R"))
+    assert (await subs.answer(again))["type"] == "CommandAccepted"
+    other = await subs.command("CreateSubscription", subscription("SUB-R", currency="USD"))
+    refused = await subs.answer(other)
+    assert refused["type"] == "CommandRejected"
+    assert codes(refused) == [("payload.subscription_key", "duplicate_subscription_key")]
+    # One creation event only: the repeat changed nothing.
+    assert [e["event"] for e in subs.events_now("SUB-R")] == ["SubscriptionCreated"]
+
+
+async def test_business_rules_are_refused_naming_each_field(subs: Subscriptions) -> None:
+    plan = subscription("X")["rate_plans"][0]
+    mid = await subs.command(
+        "CreateSubscription",
+        subscription(
+            "SUB-BAD",
+            end_date="2025-12-01",
+            rate_plans=[
+                {**plan, "unit_price": "10.001"},
+                {**plan, "start_date": "2025-06-01"},
+            ],
+        ),
+    )
+    refused = await subs.answer(mid)
+    assert refused["type"] == "CommandRejected"
+    assert sorted(codes(refused)) == sorted(
+        [
+            ("payload.end_date", "end_before_start"),
+            ("payload.rate_plans.0.unit_price", "too_many_decimals"),
+            ("payload.rate_plans.0.start_date", "outside_subscription"),
+            ("payload.rate_plans.1.product_code", "duplicate_product_code"),
+            ("payload.rate_plans.1.start_date", "outside_subscription"),
+        ]
+    )
+    assert subs.events_now("SUB-BAD") == []
+
+
+async def invoice_created(subs: Subscriptions, number: str) -> dict[str, Any]:
+    events = await subs.cm.invoices.events(number, 1)
+    return events[0]["invoice"]  # type: ignore[no-any-return]
+
+
+async def test_the_timer_catches_up_three_missed_months(subs: Subscriptions) -> None:
+    await create(subs, "SUB-T")
+    # The clock jumps from 1970 to mid-March: the January timer fires, and each run's
+    # next timer is already due, so February and March follow.
+    await subs.cm.tick(datetime(2026, 3, 15, 9, 0, tzinfo=UTC))
+    invoices = [await invoice_created(subs, f"SUB-T-{i}") for i in (1, 2, 3)]
+    assert [i["invoice_date"] for i in invoices] == ["2026-01-01", "2026-02-01", "2026-03-01"]
+    assert [i["due_date"] for i in invoices] == ["2026-01-15", "2026-02-15", "2026-03-15"]
+    assert {i["amount_debit"] for i in invoices} == {"12.10"}
+    assert {i["type"] for i in invoices} == {"SubscriptionInvoice"}
+    assert {i["subscription_key"] for i in invoices} == {"SUB-T"}
+    billed = await subs.events_of("SUB-T", 4)
+    assert [(e["event"], e["period_index"], e["invoice_number"]) for e in billed[1:]] == [
+        ("PeriodBilled", 1, "SUB-T-1"),
+        ("PeriodBilled", 2, "SUB-T-2"),
+        ("PeriodBilled", 3, "SUB-T-3"),
+    ]
+    assert billed[-1]["subscription"]["next_billing_date"] == "2026-04-01"
+    assert subs.cm.invoices.events_now("SUB-T-4") == []
+
+
+async def test_a_duplicated_run_bills_each_period_once(subs: Subscriptions) -> None:
+    await create(
+        subs,
+        "SUB-D",
+        start_date="2025-06-01",
+        rate_plans=[
+            {
+                "product_code": "PRO",
+                "description": "Pro plan",
+                "unit_price": "30.00",
+                "vat_percentage": "21",
+                "start_date": "2025-06-16",  # prorated in June: 15 of 30 days
+            }
+        ],
+    )
+    run = {"subscription_key": "SUB-D", "as_of": "2025-08-15"}
+    first, second = await asyncio.gather(
+        subs.command("RunBilling", run), subs.command("RunBilling", run)
+    )
+    answers = [await subs.answer(first), await subs.answer(second)]
+    assert sorted(a["payload"]["keys"]["periods_billed"] for a in answers) == ["0", "3"]
+    # The same message again: the inbox repeats the answer, nothing is billed.
+    await subs.command("RunBilling", run, message_id=first)
+    invoices = [await invoice_created(subs, f"SUB-D-{i}") for i in (1, 2, 3)]
+    assert [i["amount_debit"] for i in invoices] == ["18.15", "36.30", "36.30"]
+    # A sentinel after the runs: once its answer is out, every earlier command was handled.
+    sentinel = await subs.command("RunBilling", run)
+    assert (await subs.answer(sentinel))["payload"]["keys"]["periods_billed"] == "0"
+    repeated = subs.cm.invoices.answers(first)  # the first answer, published again
+    assert len(repeated) == 2
+    assert repeated[0]["payload"] == repeated[1]["payload"]
+    billed = [e for e in subs.events_now("SUB-D") if e["event"] == "PeriodBilled"]
+    assert [e["period_index"] for e in billed] == [1, 2, 3]
+    for number in ("SUB-D-1", "SUB-D-2", "SUB-D-3"):
+        created = [e for e in subs.cm.invoices.events_now(number) if e["event"] == "ChangedStatus"]
+        assert len(created) == 1, number
+    assert subs.cm.invoices.events_now("SUB-D-4") == []
+
+
+async def test_a_stop_ends_billing(subs: Subscriptions) -> None:
+    await create(subs, "SUB-S")
+    mid = await subs.command("RunBilling", {"subscription_key": "SUB-S", "as_of": "2026-01-15"})
+    assert (await subs.answer(mid))["payload"]["keys"]["periods_billed"] == "1"
+    await invoice_created(subs, "SUB-S-1")
+    stop = await subs.command(
+        "StopSubscription",
+        {"subscription_key": "SUB-S", "end_date": "2026-01-31", "reason": "moving away"},
+        occurred_at="2026-01-20T10:00:00+00:00",
+    )
+    assert (await subs.answer(stop))["type"] == "CommandAccepted"
+    events = await subs.events_of("SUB-S", 3)
+    stopped = events[-1]
+    assert stopped["event"] == "SubscriptionStopped"
+    assert stopped["subscription"]["status"] == "stopped"
+    assert stopped["subscription"]["end_date"] == "2026-01-31"
+    assert stopped["subscription"]["next_billing_date"] is None
+    # The clock passes the next months: no timer is left, and a run by hand bills nothing.
+    await subs.cm.tick(datetime(2026, 4, 1, tzinfo=UTC))
+    later = await subs.command("RunBilling", {"subscription_key": "SUB-S", "as_of": "2026-06-01"})
+    assert (await subs.answer(later))["payload"]["keys"]["periods_billed"] == "0"
+    assert [e["event"] for e in subs.events_now("SUB-S")] == [
+        "SubscriptionCreated",
+        "PeriodBilled",
+        "SubscriptionStopped",
+    ]
+    assert subs.cm.invoices.events_now("SUB-S-2") == []
+    # Unknown subscriptions and later end dates are refused.
+    unknown = await subs.command("StopSubscription", {"subscription_key": "NOPE"})
+    assert codes(await subs.answer(unknown)) == [
+        ("payload.subscription_key", "unknown_subscription")
+    ]
+    later_end = await subs.command(
+        "StopSubscription", {"subscription_key": "SUB-S", "end_date": "2026-05-01"}
+    )
+    assert codes(await subs.answer(later_end)) == [("payload.end_date", "after_current_end")]
+
+
+async def test_another_merchant_never_sees_the_subscription(subs: Subscriptions) -> None:
+    await create(subs, "SUB-M")
+    body = envelope(
+        "StopSubscription",
+        {"subscription_key": "SUB-M"},
+        website_key=f"other-{uuid.uuid4().hex[:6]}",
+        occurred_at="2026-01-20T10:00:00+00:00",
+    )
+    await publish(
+        subs.cm.bootstrap,
+        subs.cm.prefix + topics.SUBSCRIPTION_COMMANDS,
+        [(f"{body['website_key']}:SUB-M", json.dumps(body).encode())],
+    )
+    answer = await subs.answer(body["message_id"])
+    assert codes(answer) == [("payload.subscription_key", "unknown_subscription")]

@@ -16,8 +16,8 @@ from contracts import topics
 from contracts.debtor import Debtor, DebtorSnapshot
 from contracts.envelope import FieldError, new_envelope
 from contracts.fields import minor_unit
-from contracts.invoice import CreateInvoice, InvoiceLine
-from contracts.limits import MAX_AMOUNT, MAX_DATE
+from contracts.invoice import CreateCreditNote, CreateInvoice, InvoiceLine
+from contracts.limits import MAX_AMOUNT, MAX_DATE, MAX_TEXT_LENGTH
 from contracts.scheduler import CancelTimer, ScheduleTimer
 from contracts.subscription import (
     BillingIntervalSnapshot,
@@ -38,8 +38,12 @@ _CURRENCIES = frozenset(list_currencies())
 #: The most periods one RunBilling bills; the rest are due at once (the next timer is
 #: due in the past and fires immediately), so a long catch-up goes in steps.
 MAX_PERIODS_PER_RUN = 24
+#: A subscription key's length at most: `{key}-{period}-CR-{yyyymmdd}` fits an identifier.
+MAX_SUBSCRIPTION_KEY_LENGTH = 80
 #: Namespace of the message ids of a bill run's CreateInvoice commands.
 _INVOICE_IDS = uuid.UUID("6f1c2a52-3d0e-4a4e-9a1b-5b7f5d0c9e21")
+#: Namespace of the message ids of the credit notes of an early stop.
+_CREDIT_IDS = uuid.UUID("0b8f3c64-58a7-4d2b-8c1e-7a9d4e6f2b13")
 
 
 def _repo(ctx: HandlerContext) -> SubscriptionRepository:
@@ -71,6 +75,15 @@ def _decimals(amount: Decimal) -> int:
 def create_errors(cmd: CreateSubscription) -> list[FieldError]:
     """The business rules of a new subscription, each failing field named."""
     errors: list[FieldError] = []
+    if len(cmd.subscription_key) > MAX_SUBSCRIPTION_KEY_LENGTH:
+        errors.append(
+            FieldError(
+                "payload.subscription_key",
+                "too_long",
+                f"at most {MAX_SUBSCRIPTION_KEY_LENGTH} characters, so that invoice and "
+                "credit note numbers made from it fit",
+            )
+        )
     known_currency = cmd.currency in _CURRENCIES
     if not known_currency:
         errors.append(
@@ -123,6 +136,24 @@ def create_errors(cmd: CreateSubscription) -> list[FieldError]:
             errors.append(
                 FieldError(f"{at}.end_date", "end_before_start", "the plan ends before it starts")
             )
+        try:  # each plan must make a valid invoice line (the code becomes its sku)
+            InvoiceLine(
+                sku=plan.product_code,
+                description=plan.description,
+                quantity=plan.quantity,
+                unit_price=plan.unit_price,
+                vat_percentage=plan.vat_percentage,
+            )
+        except ValidationError as exc:
+            for error in exc.errors():
+                name = str(error["loc"][0]) if error["loc"] else ""
+                errors.append(
+                    FieldError(
+                        f"{at}.{'product_code' if name == 'sku' else name}".rstrip("."),
+                        str(error["type"]),
+                        str(error["msg"]),
+                    )
+                )
         total += abs(plan.quantity * plan.unit_price) * (1 + plan.vat_percentage / 100)
     if total > MAX_AMOUNT:
         errors.append(
@@ -303,10 +334,11 @@ def _create_invoice(sub: Subscription, period: domain.PeriodInvoice) -> CreateIn
     for line in period.lines:
         description = line.description
         if line.is_prorated:
-            description = (
-                f"{description} ({line.active_from.isoformat()} to "
+            days = (
+                f" ({line.active_from.isoformat()} to "
                 f"{line.active_until.isoformat()}, {line.active_days}/{line.period_days} days)"
             )
+            description = description[: MAX_TEXT_LENGTH - len(days)] + days
         lines.append(
             InvoiceLine(
                 sku=line.product_code,
@@ -442,8 +474,55 @@ async def stop_subscription(ctx: HandlerContext, cmd: StopSubscription) -> None:
     if errors:
         ctx.reject(errors)
         return
+    before = sub.billing
     sub = _settled_status(replace(sub, billing=replace(sub.billing, end_date=end)))
+    await _credit_unused_days(ctx, repo, before, sub)
     await repo.save(sub)
     _emit_event(ctx, sub, SubscriptionEventName.STOPPED, invoice_number=cmd.invoice_number)
     _plan_timer(ctx, sub)
     ctx.accept(subscription_key=sub.key)
+
+
+async def _credit_unused_days(
+    ctx: HandlerContext,
+    repo: SubscriptionRepository,
+    before: domain.BillingState,
+    sub: Subscription,
+) -> None:
+    """A billed period that runs past the new end date gets a CreateCreditNote on its
+    invoice for the days no longer delivered: what it was billed (as recomputed from the
+    state before the stop, with the end date then) minus what it costs now. Numbered
+    `{invoice_number}-CR-{end date}`, so a second, earlier stop credits the rest anew."""
+    end = sub.billing.end_date
+    assert end is not None
+    # Billed periods ending after the new end date: from the one containing it (or the
+    # first, when it ends before the start of every billed one) up to the last billed.
+    first = before.next_period_index
+    while (
+        first > 1
+        and domain.period_bounds(before.start_date, before.interval, first - 1)[1]
+        > end + domain.ONE_DAY
+    ):
+        first -= 1
+    if first >= before.next_period_index:
+        return
+    numbers = await repo.billed_invoices(sub.key, first)
+    for index in range(first, before.next_period_index):
+        number = numbers.get(index)
+        if number is None:
+            continue
+        credit = domain.credit_for_early_stop(domain.invoice_for_period(before, index), sub.billing)
+        if credit is None or credit.amount_credit <= 0:
+            continue
+        ctx.emit(
+            topics.INVOICE_COMMANDS,
+            f"{ctx.website_key}:{number}",
+            CreateCreditNote(
+                original_invoice_number=number,
+                credit_note_number=f"{number}-CR-{end.strftime('%Y%m%d')}",
+                amount=credit.amount_credit,
+                description=f"Subscription {sub.key} stopped on {end.isoformat()}: "
+                f"{max(line.unused_days for line in credit.lines)} days not used",
+            ),
+            message_id=uuid.uuid5(_CREDIT_IDS, f"{ctx.website_key}:{number}:{end.isoformat()}"),
+        )

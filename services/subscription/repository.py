@@ -196,6 +196,19 @@ class SubscriptionRepository:
         )
         return bool(inserted)
 
+    async def billed_invoices(self, subscription_key: str, from_index: int) -> dict[int, str]:
+        """The invoice numbers of the billed periods from `from_index` on (periods billed
+        without an invoice are left out)."""
+        rows = await self.conn.fetch(
+            "SELECT period_index, invoice_number FROM billed_periods"
+            " WHERE website_key = $1 AND subscription_key = $2 AND period_index >= $3"
+            " AND invoice_number IS NOT NULL",
+            self.website_key,
+            subscription_key,
+            from_index,
+        )
+        return {row["period_index"]: row["invoice_number"] for row in rows}
+
 
 def with_status(sub: Subscription, status: SubscriptionStatus) -> Subscription:
     return replace(sub, status=status)

@@ -284,3 +284,31 @@ async def test_another_merchant_never_sees_the_subscription(subs: Subscriptions)
     )
     answer = await subs.answer(body["message_id"])
     assert codes(answer) == [("payload.subscription_key", "unknown_subscription")]
+
+
+async def test_an_early_stop_credits_the_unused_days_of_a_billed_period(
+    subs: Subscriptions,
+) -> None:
+    await create(subs, "SUB-C")
+    mid = await subs.command("RunBilling", {"subscription_key": "SUB-C", "as_of": "2026-01-01"})
+    assert (await subs.answer(mid))["payload"]["keys"]["periods_billed"] == "1"
+    assert (await invoice_created(subs, "SUB-C-1"))["amount_debit"] == "12.10"
+    stop = await subs.command(
+        "StopSubscription",
+        {"subscription_key": "SUB-C", "end_date": "2026-01-15"},
+        occurred_at="2026-01-10T10:00:00+00:00",
+    )
+    assert (await subs.answer(stop))["type"] == "CommandAccepted"
+
+    # Used: 15 of 31 days = 4.84 + VAT 1.02; billed 10.00 + 2.10: credit 5.16 + 1.08.
+    async def credited() -> dict[str, Any] | None:
+        for event in subs.cm.invoices.events_now("SUB-C-1"):
+            if event["invoice"]["amount_credit_notes"] != "0.00":
+                return event["invoice"]  # type: ignore[no-any-return]
+        return None
+
+    invoice = await poll_until(credited, what="the credit note on SUB-C-1")
+    assert invoice["amount_credit_notes"] == "6.24"
+    assert invoice["open_amount"] == "5.86"
+    stopped = (await subs.events_of("SUB-C", 3))[-1]
+    assert stopped["subscription"]["status"] == "stopped"

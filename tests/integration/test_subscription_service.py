@@ -312,3 +312,38 @@ async def test_an_early_stop_credits_the_unused_days_of_a_billed_period(
     assert invoice["open_amount"] == "5.86"
     stopped = (await subs.events_of("SUB-C", 3))[-1]
     assert stopped["subscription"]["status"] == "stopped"
+
+
+async def test_the_dunning_step_stops_the_subscription_of_an_unpaid_invoice(
+    subs: Subscriptions,
+) -> None:
+    scheme = await subs.cm.invoices.command(
+        "UpsertScheme",
+        {
+            "scheme_key": "SubStop",
+            "name": "Stop the subscription 10 days past due",
+            "steps": [{"index": 1, "action": "StopSubscription", "days": 10}],
+        },
+        key=f"{subs.website_key}:scheme:SubStop",
+    )
+    assert (await subs.answer(scheme))["type"] == "CommandAccepted"
+    await create(subs, "SUB-U", scheme_key="SubStop")
+    mid = await subs.command("RunBilling", {"subscription_key": "SUB-U", "as_of": "2026-01-01"})
+    assert (await subs.answer(mid))["payload"]["keys"]["periods_billed"] == "1"
+    await invoice_created(subs, "SUB-U-1")  # due 2026-01-15, never paid
+    await subs.cm.tick(datetime(2026, 1, 26, 9, 0, tzinfo=UTC))
+    stopped = (await subs.events_of("SUB-U", 3))[-1]
+    assert stopped["event"] == "SubscriptionStopped"
+    assert stopped["invoice_number"] == "SUB-U-1"
+    assert stopped["subscription"]["end_date"] == "2026-01-25"
+    assert stopped["subscription"]["status"] == "stopped"
+
+    # January is billed in advance: its last 6 of 31 days are credited (used 8.06 + 1.69).
+    async def credited() -> dict[str, Any] | None:
+        for event in subs.cm.invoices.events_now("SUB-U-1"):
+            if event["invoice"]["amount_credit_notes"] != "0.00":
+                return event["invoice"]  # type: ignore[no-any-return]
+        return None
+
+    invoice = await poll_until(credited, what="the credit note on SUB-U-1")
+    assert invoice["amount_credit_notes"] == "2.35"

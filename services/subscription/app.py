@@ -24,7 +24,8 @@ def definition() -> ServiceDefinition:
                     "StopSubscription": HandlerSpec(handlers.stop_subscription),
                     # From the bill-run timer or an operator: answered either way.
                     "RunBilling": HandlerSpec(handlers.run_billing),
-                    **refuse_all("CreateCombinedSubscription", "UpdateSubscription"),
+                    "UpdateSubscription": HandlerSpec(handlers.update_subscription),
+                    **refuse_all("CreateCombinedSubscription"),
                 },
             ),
             ConsumerSpec(

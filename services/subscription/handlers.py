@@ -22,6 +22,7 @@ from contracts.scheduler import CancelTimer, ScheduleTimer
 from contracts.subscription import (
     BillingIntervalSnapshot,
     CreateSubscription,
+    RatePlan,
     RatePlanSnapshot,
     RunBilling,
     StopSubscription,
@@ -29,6 +30,7 @@ from contracts.subscription import (
     SubscriptionEventName,
     SubscriptionSnapshot,
     SubscriptionStatus,
+    UpdateSubscription,
 )
 from services.runtime.consumer import HandlerContext
 from services.subscription import domain
@@ -70,6 +72,30 @@ def _decimals(amount: Decimal) -> int:
 
 
 # --- validation ----------------------------------------------------------------------------
+
+
+def _line_errors(at: str, plan: RatePlan) -> list[FieldError]:
+    """A plan must make a valid invoice line (its product code becomes the sku)."""
+    errors = []
+    try:
+        InvoiceLine(
+            sku=plan.product_code,
+            description=plan.description,
+            quantity=plan.quantity,
+            unit_price=plan.unit_price,
+            vat_percentage=plan.vat_percentage,
+        )
+    except ValidationError as exc:
+        for error in exc.errors():
+            name = str(error["loc"][0]) if error["loc"] else ""
+            errors.append(
+                FieldError(
+                    f"{at}.{'product_code' if name == 'sku' else name}".rstrip("."),
+                    str(error["type"]),
+                    str(error["msg"]),
+                )
+            )
+    return errors
 
 
 def create_errors(cmd: CreateSubscription) -> list[FieldError]:
@@ -136,24 +162,7 @@ def create_errors(cmd: CreateSubscription) -> list[FieldError]:
             errors.append(
                 FieldError(f"{at}.end_date", "end_before_start", "the plan ends before it starts")
             )
-        try:  # each plan must make a valid invoice line (the code becomes its sku)
-            InvoiceLine(
-                sku=plan.product_code,
-                description=plan.description,
-                quantity=plan.quantity,
-                unit_price=plan.unit_price,
-                vat_percentage=plan.vat_percentage,
-            )
-        except ValidationError as exc:
-            for error in exc.errors():
-                name = str(error["loc"][0]) if error["loc"] else ""
-                errors.append(
-                    FieldError(
-                        f"{at}.{'product_code' if name == 'sku' else name}".rstrip("."),
-                        str(error["type"]),
-                        str(error["msg"]),
-                    )
-                )
+        errors += _line_errors(at, plan)
         total += abs(plan.quantity * plan.unit_price) * (1 + plan.vat_percentage / 100)
     if total > MAX_AMOUNT:
         errors.append(
@@ -526,3 +535,133 @@ async def _credit_unused_days(
             ),
             message_id=uuid.uuid5(_CREDIT_IDS, f"{ctx.website_key}:{number}:{end.isoformat()}"),
         )
+
+
+# --- UpdateSubscription --------------------------------------------------------------------
+
+
+def _plan_errors(at: str, plan: RatePlan, currency: str) -> list[FieldError]:
+    errors = []
+    if _decimals(plan.unit_price) > minor_unit(currency):
+        errors.append(
+            FieldError(
+                f"{at}.unit_price", "too_many_decimals", f"{currency} has {minor_unit(currency)}"
+            )
+        )
+    if plan.unit_price < 0:
+        errors.append(FieldError(f"{at}.unit_price", "negative", "a price is not negative"))
+    if plan.quantity <= 0:
+        errors.append(FieldError(f"{at}.quantity", "not_positive", "a quantity is positive"))
+    if plan.end_date is not None and plan.end_date < plan.start_date:
+        errors.append(
+            FieldError(f"{at}.end_date", "end_before_start", "the plan ends before it starts")
+        )
+    return errors + _line_errors(at, plan)
+
+
+async def update_subscription(ctx: HandlerContext, cmd: UpdateSubscription) -> None:
+    """Add, change or stop plans. An added plan starts after the message's date; a change
+    applies from the first unbilled period; a stopped plan is billed through its end
+    date. Adding a plan to a stopped subscription restarts it: the old plans keep the
+    old end date as theirs, so the days in between are not billed."""
+    repo = _repo(ctx)
+    sub = await repo.get(cmd.subscription_key)
+    if sub is None:
+        ctx.reject(_unknown(cmd.subscription_key))
+        return
+    if sub.status in (SubscriptionStatus.PENDING, SubscriptionStatus.FAILED):
+        ctx.reject(
+            [
+                FieldError(
+                    "payload.subscription_key",
+                    "not_active",
+                    f"subscription {sub.key} is {sub.status.value}",
+                )
+            ]
+        )
+        return
+    b = sub.billing
+    known = {plan.product_code for plan in b.plans}
+    today = ctx.now.date()
+    errors: list[FieldError] = []
+    for i, plan in enumerate(cmd.add_rate_plans):
+        at = f"payload.add_rate_plans.{i}"
+        if plan.product_code in known:
+            errors.append(
+                FieldError(
+                    f"{at}.product_code",
+                    "duplicate_product_code",
+                    f"product code {plan.product_code} exists",
+                )
+            )
+        known.add(plan.product_code)
+        if plan.start_date <= today or plan.start_date < b.start_date:
+            errors.append(
+                FieldError(
+                    f"{at}.start_date",
+                    "not_in_future",
+                    "an added plan starts after the message's date, within the subscription",
+                )
+            )
+        errors += _plan_errors(at, plan, b.currency)
+    existing = {plan.product_code for plan in b.plans}
+    for i, change in enumerate(cmd.change_rate_plans):
+        at = f"payload.change_rate_plans.{i}"
+        if change.product_code not in existing:
+            errors.append(FieldError(f"{at}.product_code", "unknown_product_code", "no such plan"))
+        if change.unit_price is not None and (
+            change.unit_price < 0 or _decimals(change.unit_price) > minor_unit(b.currency)
+        ):
+            errors.append(FieldError(f"{at}.unit_price", "invalid_price", "not a valid price"))
+        if change.quantity is not None and change.quantity <= 0:
+            errors.append(FieldError(f"{at}.quantity", "not_positive", "a quantity is positive"))
+    for i, stop in enumerate(cmd.stop_rate_plans):
+        at = f"payload.stop_rate_plans.{i}"
+        if stop.product_code not in existing:
+            errors.append(FieldError(f"{at}.product_code", "unknown_product_code", "no such plan"))
+    if errors:
+        ctx.reject(errors)
+        return
+    restart = sub.status == SubscriptionStatus.STOPPED and bool(cmd.add_rate_plans)
+    if restart and b.end_date is not None:
+        old_end = b.end_date
+        b = replace(
+            b,
+            end_date=None,
+            plans=tuple(
+                replace(p, end_date=old_end if p.end_date is None else min(p.end_date, old_end))
+                for p in b.plans
+            ),
+        )
+    for change in cmd.change_rate_plans:
+        b = domain.change_plan(b, change.product_code, change.unit_price, change.quantity)
+    for stop in cmd.stop_rate_plans:
+        b = domain.stop_plan(b, stop.product_code, stop.end_date)
+    b = replace(
+        b,
+        plans=(
+            *b.plans,
+            *(
+                domain.PlanVersion(
+                    product_code=p.product_code,
+                    description=p.description,
+                    unit_price=p.unit_price,
+                    quantity=p.quantity,
+                    vat_percentage=p.vat_percentage,
+                    start_date=p.start_date,
+                    end_date=p.end_date,
+                )
+                for p in cmd.add_rate_plans
+            ),
+        ),
+    )
+    status = SubscriptionStatus.ACTIVE if restart else sub.status
+    sub = _settled_status(replace(sub, billing=b, status=status))
+    await repo.save(sub)
+    _emit_event(
+        ctx,
+        sub,
+        SubscriptionEventName.RESTARTED if restart else SubscriptionEventName.UPDATED,
+    )
+    _plan_timer(ctx, sub)
+    ctx.accept(subscription_key=sub.key)

@@ -347,3 +347,69 @@ async def test_the_dunning_step_stops_the_subscription_of_an_unpaid_invoice(
 
     invoice = await poll_until(credited, what="the credit note on SUB-U-1")
     assert invoice["amount_credit_notes"] == "2.35"
+
+
+async def test_updates_change_prices_add_plans_and_restart(subs: Subscriptions) -> None:
+    await create(subs, "SUB-P")
+    mid = await subs.command("RunBilling", {"subscription_key": "SUB-P", "as_of": "2026-01-01"})
+    assert (await subs.answer(mid))["payload"]["keys"]["periods_billed"] == "1"
+    extra = {
+        "product_code": "EXTRA",
+        "description": "Extra seats",
+        "unit_price": "5.00",
+        "vat_percentage": "21",
+        "start_date": "2026-02-15",
+    }
+    update = await subs.command(
+        "UpdateSubscription",
+        {
+            "subscription_key": "SUB-P",
+            "change_rate_plans": [{"product_code": "BASIC", "unit_price": "20.00"}],
+            "add_rate_plans": [extra],
+        },
+        occurred_at="2026-01-10T10:00:00+00:00",
+    )
+    assert (await subs.answer(update))["type"] == "CommandAccepted"
+    # An added plan must start after the message's date.
+    late = await subs.command(
+        "UpdateSubscription",
+        {"subscription_key": "SUB-P", "add_rate_plans": [{**extra, "product_code": "OLD"}]},
+        occurred_at="2026-03-01T10:00:00+00:00",
+    )
+    assert codes(await subs.answer(late)) == [
+        ("payload.add_rate_plans.0.start_date", "not_in_future")
+    ]
+    mid = await subs.command("RunBilling", {"subscription_key": "SUB-P", "as_of": "2026-02-01"})
+    assert (await subs.answer(mid))["payload"]["keys"]["periods_billed"] == "1"
+    # February: BASIC at the new 20.00 (+4.20) and EXTRA for 14 of 28 days, 2.50 (+0.52).
+    assert (await invoice_created(subs, "SUB-P-2"))["amount_debit"] == "27.22"
+    stop = await subs.command(
+        "StopSubscription",
+        {"subscription_key": "SUB-P", "end_date": "2026-02-28"},
+        occurred_at="2026-02-20T10:00:00+00:00",
+    )
+    assert (await subs.answer(stop))["type"] == "CommandAccepted"
+    new = {**extra, "product_code": "NEW", "unit_price": "30.00", "start_date": "2026-04-10"}
+    restart = await subs.command(
+        "UpdateSubscription",
+        {"subscription_key": "SUB-P", "add_rate_plans": [new]},
+        occurred_at="2026-03-05T10:00:00+00:00",
+    )
+    assert (await subs.answer(restart))["type"] == "CommandAccepted"
+    restarted = (await subs.events_of("SUB-P", 6))[-1]
+    assert restarted["event"] == "SubscriptionRestarted"
+    assert restarted["subscription"]["status"] == "active"
+    assert restarted["subscription"]["end_date"] is None
+    mid = await subs.command("RunBilling", {"subscription_key": "SUB-P", "as_of": "2026-04-30"})
+    assert (await subs.answer(mid))["payload"]["keys"]["periods_billed"] == "2"
+    # March: nothing active (the old plans ended with the stop): billed without invoice.
+    # April: NEW from the 10th, 21 of 30 days: 21.00 + 4.41.
+    assert (await invoice_created(subs, "SUB-P-4"))["amount_debit"] == "25.41"
+    billed = [e for e in subs.events_now("SUB-P") if e["event"] == "PeriodBilled"]
+    assert [(e["period_index"], e["invoice_number"]) for e in billed] == [
+        (1, "SUB-P-1"),
+        (2, "SUB-P-2"),
+        (3, None),
+        (4, "SUB-P-4"),
+    ]
+    assert subs.cm.invoices.events_now("SUB-P-3") == []

@@ -62,6 +62,29 @@ def _unknown(key: str) -> list[FieldError]:
     ]
 
 
+def _not_running(sub: Subscription, code: str) -> FieldError | None:
+    """A pending or failed subscription is not billed nor changed (`code` says which)."""
+    if sub.status in (SubscriptionStatus.PENDING, SubscriptionStatus.FAILED):
+        return FieldError(
+            "payload.subscription_key", code, f"subscription {sub.key} is {sub.status.value}"
+        )
+    return None
+
+
+async def _running(ctx: HandlerContext, key: str, code: str) -> Subscription | None:
+    """The merchant's subscription `key` when it can be billed or changed; otherwise the
+    command is rejected (unknown, or pending/failed under `code`) and None comes back."""
+    sub = await _repo(ctx).get(key)
+    if sub is None:
+        ctx.reject(_unknown(key))
+        return None
+    error = _not_running(sub, code)
+    if error is not None:
+        ctx.reject([error])
+        return None
+    return sub
+
+
 def request_hash(cmd: CreateSubscription) -> str:
     return hashlib.sha256(cmd.model_dump_json().encode()).hexdigest()
 
@@ -377,20 +400,8 @@ async def run_billing(ctx: HandlerContext, cmd: RunBilling) -> None:
     """Bill every due period: one CreateInvoice each (a period with no active plan is
     billed without an invoice), a PeriodBilled event each, then the next timer."""
     repo = _repo(ctx)
-    sub = await repo.get(cmd.subscription_key)
+    sub = await _running(ctx, cmd.subscription_key, "not_billable")
     if sub is None:
-        ctx.reject(_unknown(cmd.subscription_key))
-        return
-    if sub.status in (SubscriptionStatus.PENDING, SubscriptionStatus.FAILED):
-        ctx.reject(
-            [
-                FieldError(
-                    "payload.subscription_key",
-                    "not_billable",
-                    f"subscription {sub.key} is {sub.status.value}",
-                )
-            ]
-        )
         return
     as_of = cmd.as_of or ctx.now.date()
     billed = 0
@@ -459,15 +470,8 @@ async def stop_subscription(ctx: HandlerContext, cmd: StopSubscription) -> None:
         ctx.reject(_unknown(cmd.subscription_key))
         return
     end = cmd.end_date or ctx.now.date()
-    errors = []
-    if sub.status in (SubscriptionStatus.PENDING, SubscriptionStatus.FAILED):
-        errors.append(
-            FieldError(
-                "payload.subscription_key",
-                "not_active",
-                f"subscription {sub.key} is {sub.status.value}",
-            )
-        )
+    not_running = _not_running(sub, "not_active")
+    errors = [not_running] if not_running is not None else []
     if end < sub.billing.start_date:
         errors.append(
             FieldError("payload.end_date", "end_before_start", "the end date is before the start")
@@ -565,20 +569,8 @@ async def update_subscription(ctx: HandlerContext, cmd: UpdateSubscription) -> N
     date. Adding a plan to a stopped subscription restarts it: the old plans keep the
     old end date as theirs, so the days in between are not billed."""
     repo = _repo(ctx)
-    sub = await repo.get(cmd.subscription_key)
+    sub = await _running(ctx, cmd.subscription_key, "not_active")
     if sub is None:
-        ctx.reject(_unknown(cmd.subscription_key))
-        return
-    if sub.status in (SubscriptionStatus.PENDING, SubscriptionStatus.FAILED):
-        ctx.reject(
-            [
-                FieldError(
-                    "payload.subscription_key",
-                    "not_active",
-                    f"subscription {sub.key} is {sub.status.value}",
-                )
-            ]
-        )
         return
     b = sub.billing
     known = {plan.product_code for plan in b.plans}

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
 from decimal import Decimal
 from fractions import Fraction
+from typing import Any
 
 from contracts.fields import minor_unit
 from contracts.subscription import BillingInterval, BillingTiming, IntervalUnit
@@ -219,8 +220,24 @@ class PeriodLine:
         return self.active_days < self.period_days
 
 
+class _LineTotals:
+    """Net and VAT totals of a document's lines, in its currency (a mixin of the
+    invoice and the credit of a period)."""
+
+    currency: str
+    lines: tuple[Any, ...]
+
+    @property
+    def amount_net(self) -> Decimal:
+        return sum((line.net_amount for line in self.lines), _zero(self.currency))
+
+    @property
+    def amount_vat(self) -> Decimal:
+        return sum((line.vat_amount for line in self.lines), _zero(self.currency))
+
+
 @dataclass(frozen=True)
-class PeriodInvoice:
+class PeriodInvoice(_LineTotals):
     """What the bill run invoices for one period."""
 
     subscription_key: str
@@ -233,14 +250,6 @@ class PeriodInvoice:
     period_start: date
     period_end: date
     lines: tuple[PeriodLine, ...] = field(default=())
-
-    @property
-    def amount_net(self) -> Decimal:
-        return sum((line.net_amount for line in self.lines), _zero(self.currency))
-
-    @property
-    def amount_vat(self) -> Decimal:
-        return sum((line.vat_amount for line in self.lines), _zero(self.currency))
 
     @property
     def amount_debit(self) -> Decimal:
@@ -399,21 +408,13 @@ class CreditLine:
 
 
 @dataclass(frozen=True)
-class PeriodCredit:
+class PeriodCredit(_LineTotals):
     """The credit for the days of a billed period that the subscription no longer runs."""
 
     invoice_number: str
     period_index: int
     currency: str
     lines: tuple[CreditLine, ...]
-
-    @property
-    def amount_net(self) -> Decimal:
-        return sum((line.net_amount for line in self.lines), _zero(self.currency))
-
-    @property
-    def amount_vat(self) -> Decimal:
-        return sum((line.vat_amount for line in self.lines), _zero(self.currency))
 
     @property
     def amount_credit(self) -> Decimal:

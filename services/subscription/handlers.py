@@ -48,6 +48,19 @@ _INVOICE_IDS = uuid.UUID("6f1c2a52-3d0e-4a4e-9a1b-5b7f5d0c9e21")
 _CREDIT_IDS = uuid.UUID("0b8f3c64-58a7-4d2b-8c1e-7a9d4e6f2b13")
 
 
+def _plan_version(plan: RatePlan) -> domain.PlanVersion:
+    """A rate plan from a command, as the domain bills it."""
+    return domain.PlanVersion(
+        product_code=plan.product_code,
+        description=plan.description,
+        unit_price=plan.unit_price,
+        quantity=plan.quantity,
+        vat_percentage=plan.vat_percentage,
+        start_date=plan.start_date,
+        end_date=plan.end_date,
+    )
+
+
 def _repo(ctx: HandlerContext) -> SubscriptionRepository:
     return SubscriptionRepository(ctx.conn, ctx.website_key)
 
@@ -331,18 +344,7 @@ async def create_subscription(ctx: HandlerContext, cmd: CreateSubscription) -> N
         end_date=cmd.end_date,
         billing_day=cmd.billing_day,
         payment_term_days=cmd.payment_term_days,
-        plans=tuple(
-            domain.PlanVersion(
-                product_code=p.product_code,
-                description=p.description,
-                unit_price=p.unit_price,
-                quantity=p.quantity,
-                vat_percentage=p.vat_percentage,
-                start_date=p.start_date,
-                end_date=p.end_date,
-            )
-            for p in cmd.rate_plans
-        ),
+        plans=tuple(_plan_version(p) for p in cmd.rate_plans),
     )
     sub = Subscription(
         status=SubscriptionStatus.ACTIVE,
@@ -633,18 +635,7 @@ async def update_subscription(ctx: HandlerContext, cmd: UpdateSubscription) -> N
         b,
         plans=(
             *b.plans,
-            *(
-                domain.PlanVersion(
-                    product_code=p.product_code,
-                    description=p.description,
-                    unit_price=p.unit_price,
-                    quantity=p.quantity,
-                    vat_percentage=p.vat_percentage,
-                    start_date=p.start_date,
-                    end_date=p.end_date,
-                )
-                for p in cmd.add_rate_plans
-            ),
+            *(_plan_version(p) for p in cmd.add_rate_plans),
         ),
     )
     status = SubscriptionStatus.ACTIVE if restart else sub.status

@@ -1,8 +1,11 @@
-"""Messages of the payment engine (`cm.payments.transactions`).
+"""Messages of the payment engine: what it reports (`cm.payments.transactions`) and what
+the platform asks of it (`cm.payments.requests`).
 
 The payment engine is outside the platform; it reports every status change of a
 transaction. The same `transaction_key` moving from `pending` to `success` is one
-transaction changing status, not two payments.
+transaction changing status, not two payments. A subscription with a stored mandate asks
+it to collect each new invoice (`CollectPayment`); it answers with the usual
+`TransactionStatusChanged` on the invoice.
 """
 
 from __future__ import annotations
@@ -11,8 +14,8 @@ from enum import StrEnum
 
 from pydantic import Field
 
-from contracts.envelope import Event, Money, register
-from contracts.fields import Identifier, OneLine, Part
+from contracts.envelope import Command, Event, Money, register
+from contracts.fields import Currency, Identifier, OneLine, Part, Text
 
 
 class TransactionStatus(StrEnum):
@@ -28,6 +31,10 @@ class TransactionStatus(StrEnum):
 PAYMENT_SERVICE_DESCRIPTION = (
     "The payment method, e.g. `ideal`, `sepadirectdebit`, `creditcard`, `paypal`."
 )
+MANDATE_DESCRIPTION = (
+    "The payment engine's reference for collecting again without the debtor (a SEPA "
+    "mandate, a stored card); set on a successful first transaction that set one up."
+)
 
 
 class Transaction(Part):
@@ -37,6 +44,9 @@ class Transaction(Part):
     service: OneLine = Field(min_length=1, max_length=64, description=PAYMENT_SERVICE_DESCRIPTION)
     amount: Money = Field(description="The transaction amount, in the invoice's currency.")
     status: TransactionStatus = Field(description="The transaction's status now.")
+    mandate_reference: OneLine | None = Field(
+        default=None, min_length=1, max_length=100, description=MANDATE_DESCRIPTION
+    )
 
 
 class TransactionStatusChanged(Event):
@@ -59,6 +69,28 @@ class TransactionStatusChanged(Event):
         description="A slow method (SEPA direct debit): while `pending` it counts "
         "towards AmountPendingSlow and holds the scheme's steps.",
     )
+    mandate_reference: OneLine | None = Field(
+        default=None, min_length=1, max_length=100, description=MANDATE_DESCRIPTION
+    )
 
 
-register(TransactionStatusChanged)
+class CollectPayment(Command):
+    """Collect an invoice with a stored mandate (subscription → payment engine).
+
+    Kafka key: `{website_key}:{invoice_number}`. The engine answers with
+    `TransactionStatusChanged` on the invoice, as for any payment; `message_id` is
+    stable per invoice, so a repeated request is the same request.
+    """
+
+    invoice_number: Identifier = Field(description="The invoice to collect.")
+    currency: Currency = Field(description="ISO 4217 currency of the amount.")
+    amount: Money = Field(description="The amount to collect, including VAT.")
+    service: OneLine = Field(min_length=1, max_length=64, description=PAYMENT_SERVICE_DESCRIPTION)
+    mandate_reference: OneLine = Field(
+        min_length=1, max_length=100, description="The mandate to collect with."
+    )
+    subscription_key: Identifier = Field(description="The subscription that billed the invoice.")
+    description: Text | None = Field(default=None, description="For the debtor's statement.")
+
+
+register(TransactionStatusChanged, CollectPayment)

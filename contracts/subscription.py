@@ -15,7 +15,7 @@ from enum import StrEnum
 from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from contracts.debtor import Debtor, DebtorSnapshot
+from contracts.debtor import Debtor, DebtorSnapshot, UnreachableFlags
 from contracts.envelope import Command, Event, Money, MoneyTotal, register
 from contracts.fields import (
     BusinessDate,
@@ -70,6 +70,8 @@ class SubscriptionEventName(StrEnum):
     STOPPED = "SubscriptionStopped"
     RESTARTED = "SubscriptionRestarted"
     PERIOD_BILLED = "PeriodBilled"
+    PAYMENT_REQUESTED = "PaymentRequested"
+    INVOICE_REJECTED = "InvoiceRejected"
 
 
 class BillingInterval(Part):
@@ -168,15 +170,20 @@ class CreateSubscription(SubscriptionFields):
 
 
 class CreateCombinedSubscription(SubscriptionFields):
-    """Start a subscription with an initial payment: it becomes active when that
-    transaction succeeds and is never created when it fails.
+    """Start a subscription with an initial payment: `pending` until that transaction
+    succeeds (then `active`, billed from its start), `failed` and never billed when it
+    fails. A `pending` transaction waits for its `TransactionStatusChanged`, matched by
+    `transaction_key`. The payment counts on the first period's invoice
+    (`{subscription_key}-1`); its payment method and mandate reference are stored and
+    collect the later invoices.
     """
 
     transaction: Transaction = Field(description="The initial payment.")
 
 
 class UpdateSubscription(Command):
-    """Add, change or stop rate plans. Adding a plan to a stopped subscription restarts it."""
+    """Add, change or stop rate plans; replace the debtor or the scheme of future
+    invoices. Adding a plan to a stopped subscription restarts it."""
 
     subscription_key: Identifier = Field(description="The subscription.")
     add_rate_plans: list[RatePlan] = Field(
@@ -192,12 +199,33 @@ class UpdateSubscription(Command):
     stop_rate_plans: list[RatePlanStop] = Field(
         default_factory=list, max_length=MAX_RATE_PLANS, description="Plans to end."
     )
+    debtor: Debtor | None = Field(
+        default=None,
+        description="The debtor's new details, replacing the stored ones on future invoices "
+        "(the debtor code stays the same).",
+    )
+    unreachable: UnreachableFlags | None = Field(
+        default=None,
+        description="Contact methods known not to work (sent as a whole); the invoice "
+        "service records them on the debtor, so future invoices skip them.",
+    )
+    scheme_key: Identifier | None = Field(
+        default=None, description="The dunning scheme of future invoices."
+    )
 
     @model_validator(mode="after")
     def _changes_something(self) -> UpdateSubscription:
-        if not (self.add_rate_plans or self.change_rate_plans or self.stop_rate_plans):
+        if not (
+            self.add_rate_plans
+            or self.change_rate_plans
+            or self.stop_rate_plans
+            or self.debtor is not None
+            or self.unreachable is not None
+            or self.scheme_key is not None
+        ):
             raise ValueError(
-                "give at least one of add_rate_plans, change_rate_plans, stop_rate_plans"
+                "give at least one of add_rate_plans, change_rate_plans, stop_rate_plans, "
+                "debtor, unreachable, scheme_key"
             )
         return self
 
@@ -223,6 +251,27 @@ class RunBilling(Command):
         default=None,
         description="Bill the periods due on or before this date; the date of "
         "`occurred_at` when omitted.",
+    )
+
+
+class RunMerchantBilling(Command):
+    """An operator's bill run over all of a merchant's active subscriptions: queues a
+    `RunBilling` (with this `as_of`) for each one whose next billing date is on or
+    before `as_of`, in pages of subscription keys. Each page is answered; the next page
+    is a `RunMerchantBilling` with `after_key` that the service sends itself.
+
+    Kafka key: `{website_key}:bill-run`.
+    """
+
+    as_of: BusinessDate | None = Field(
+        default=None,
+        description="Bill the periods due on or before this date; the date of "
+        "`occurred_at` when omitted.",
+    )
+    after_key: Identifier | None = Field(
+        default=None,
+        description="Continue after this subscription key (set by the service on the "
+        "pages after the first).",
     )
 
 
@@ -264,6 +313,16 @@ class SubscriptionSnapshot(SnapshotPart):
     next_billing_date: date | None = Field(
         default=None, description="When the next period is billed; null when none is."
     )
+    initial_transaction_key: str | None = Field(
+        default=None, description="CreateCombinedSubscription: the initial transaction."
+    )
+    payment_method: str | None = Field(
+        default=None, description="The initial transaction's payment method, once it succeeded."
+    )
+    mandate_reference: str | None = Field(
+        default=None,
+        description="The mandate that collects each new invoice (`CollectPayment`), if any.",
+    )
 
 
 class SubscriptionEvent(Event):
@@ -272,10 +331,20 @@ class SubscriptionEvent(Event):
     event: SubscriptionEventName = Field(description="What happened.")
     subscription: SubscriptionSnapshot = Field(description="The subscription after it.")
     invoice_number: str | None = Field(
-        default=None, description="PeriodBilled: the invoice created for the period."
+        default=None,
+        description="PeriodBilled: the invoice created for the period; PaymentRequested: "
+        "the invoice to collect; InvoiceRejected: the invoice the invoice service "
+        "rejected; SubscriptionStopped: the unpaid invoice whose scheme step stopped it.",
     )
     period_index: int | None = Field(
-        default=None, ge=1, description="PeriodBilled: the period that was billed."
+        default=None,
+        ge=1,
+        description="PeriodBilled, PaymentRequested, InvoiceRejected: the period.",
+    )
+    reason: str | None = Field(
+        default=None,
+        description="InvoiceRejected: the invoice service's errors; SubscriptionStopped, "
+        "SubscriptionCreationFailed: why.",
     )
 
 
@@ -285,5 +354,6 @@ register(
     UpdateSubscription,
     StopSubscription,
     RunBilling,
+    RunMerchantBilling,
     SubscriptionEvent,
 )

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 INVOICE_COMMANDS = "cm.invoice.commands"
 PAYMENT_TRANSACTIONS = "cm.payments.transactions"
+PAYMENT_REQUESTS = "cm.payments.requests"
 INVOICE_EVENTS = "cm.invoice.events"
 SCHEDULER_COMMANDS = "cm.scheduler.commands"
 SCHEDULER_EVENTS = "cm.scheduler.events"
@@ -22,6 +23,7 @@ DLQ = "cm.dlq"
 ALL_TOPICS: tuple[str, ...] = (
     INVOICE_COMMANDS,
     PAYMENT_TRANSACTIONS,
+    PAYMENT_REQUESTS,
     INVOICE_EVENTS,
     SCHEDULER_COMMANDS,
     SCHEDULER_EVENTS,

@@ -7,7 +7,6 @@ from pathlib import Path
 from contracts import topics
 from services.runtime.app import ServiceDefinition
 from services.runtime.consumer import ConsumerSpec, HandlerSpec
-from services.runtime.pending import ignore_internal, refuse_all
 from services.subscription import handlers
 
 
@@ -25,18 +24,28 @@ def definition() -> ServiceDefinition:
                     # From the bill-run timer or an operator: answered either way.
                     "RunBilling": HandlerSpec(handlers.run_billing),
                     "UpdateSubscription": HandlerSpec(handlers.update_subscription),
-                    **refuse_all("CreateCombinedSubscription"),
+                    "CreateCombinedSubscription": HandlerSpec(
+                        handlers.create_combined_subscription
+                    ),
+                    # An operator's merchant-wide bill run, page by page.
+                    "RunMerchantBilling": HandlerSpec(handlers.run_merchant_billing),
                 },
             ),
             ConsumerSpec(
                 name="invoice-events",
                 topic=topics.INVOICE_EVENTS,
-                handlers=ignore_internal("InvoiceEvent"),
+                # Rejected period invoices become InvoiceRejected; the rest is ignored.
+                handlers={"InvoiceEvent": HandlerSpec(handlers.invoice_event, answers=False)},
             ),
             ConsumerSpec(
                 name="transactions",
                 topic=topics.PAYMENT_TRANSACTIONS,
-                handlers=ignore_internal("TransactionStatusChanged"),
+                # Initial transactions of combined subscriptions, by transaction key.
+                handlers={
+                    "TransactionStatusChanged": HandlerSpec(
+                        handlers.transaction_status_changed, answers=False
+                    )
+                },
             ),
         ],
     )

@@ -16,18 +16,35 @@ from contracts import topics
 from contracts.debtor import Debtor, DebtorSnapshot
 from contracts.envelope import FieldError, new_envelope
 from contracts.fields import minor_unit
-from contracts.invoice import CreateCreditNote, CreateInvoice, InvoiceLine
+from contracts.invoice import (
+    AddOrUpdateDebtor,
+    CreateCombinedInvoice,
+    CreateCreditNote,
+    CreateInvoice,
+    InvoiceEvent,
+    InvoiceLine,
+    InvoiceStatus,
+)
 from contracts.limits import MAX_AMOUNT, MAX_DATE, MAX_TEXT_LENGTH
+from contracts.payments import (
+    CollectPayment,
+    Transaction,
+    TransactionStatus,
+    TransactionStatusChanged,
+)
 from contracts.scheduler import CancelTimer, ScheduleTimer
 from contracts.subscription import (
     BillingIntervalSnapshot,
+    CreateCombinedSubscription,
     CreateSubscription,
     RatePlan,
     RatePlanSnapshot,
     RunBilling,
+    RunMerchantBilling,
     StopSubscription,
     SubscriptionEvent,
     SubscriptionEventName,
+    SubscriptionFields,
     SubscriptionSnapshot,
     SubscriptionStatus,
     UpdateSubscription,
@@ -46,6 +63,12 @@ MAX_SUBSCRIPTION_KEY_LENGTH = 80
 _INVOICE_IDS = uuid.UUID("6f1c2a52-3d0e-4a4e-9a1b-5b7f5d0c9e21")
 #: Namespace of the message ids of the credit notes of an early stop.
 _CREDIT_IDS = uuid.UUID("0b8f3c64-58a7-4d2b-8c1e-7a9d4e6f2b13")
+#: Namespace of the message ids of CollectPayment requests (one per invoice).
+_COLLECT_IDS = uuid.UUID("a3d5e7f9-1b2c-4d6e-8f0a-2c4e6a8b0d1f")
+#: Namespace of the message ids of a merchant-wide bill run's RunBilling commands.
+_RUN_IDS = uuid.UUID("5c7e9a1b-3d5f-4a7c-9e1b-3d5f7a9c1e3b")
+#: Subscriptions per page of a merchant-wide bill run (RunMerchantBilling).
+MERCHANT_RUN_PAGE = 500
 
 
 def _plan_version(plan: RatePlan) -> domain.PlanVersion:
@@ -98,7 +121,7 @@ async def _running(ctx: HandlerContext, key: str, code: str) -> Subscription | N
     return sub
 
 
-def request_hash(cmd: CreateSubscription) -> str:
+def request_hash(cmd: SubscriptionFields) -> str:
     return hashlib.sha256(cmd.model_dump_json().encode()).hexdigest()
 
 
@@ -134,7 +157,7 @@ def _line_errors(at: str, plan: RatePlan) -> list[FieldError]:
     return errors
 
 
-def create_errors(cmd: CreateSubscription) -> list[FieldError]:
+def create_errors(cmd: SubscriptionFields) -> list[FieldError]:
     """The business rules of a new subscription, each failing field named."""
     errors: list[FieldError] = []
     if len(cmd.subscription_key) > MAX_SUBSCRIPTION_KEY_LENGTH:
@@ -211,6 +234,43 @@ def create_errors(cmd: CreateSubscription) -> list[FieldError]:
     return errors
 
 
+def transaction_errors(cmd: CreateCombinedSubscription, taken_by: str | None) -> list[FieldError]:
+    """The initial transaction: in the subscription's currency, a first status, its key
+    not already another subscription's initial transaction."""
+    t = cmd.transaction
+    errors = []
+    if cmd.currency in _CURRENCIES and _decimals(t.amount) > minor_unit(cmd.currency):
+        errors.append(
+            FieldError(
+                "payload.transaction.amount",
+                "too_many_decimals",
+                f"{cmd.currency} has {minor_unit(cmd.currency)} decimals",
+            )
+        )
+    if t.status not in _INITIAL_STATUSES:
+        errors.append(
+            FieldError(
+                "payload.transaction.status",
+                "not_initial",
+                "an initial transaction is pending, success or failed",
+            )
+        )
+    if taken_by is not None and taken_by != cmd.subscription_key:
+        errors.append(
+            FieldError(
+                "payload.transaction.transaction_key",
+                "duplicate_transaction_key",
+                "the transaction is the initial payment of another subscription",
+            )
+        )
+    return errors
+
+
+_INITIAL_STATUSES = frozenset(
+    {TransactionStatus.PENDING, TransactionStatus.SUCCESS, TransactionStatus.FAILED}
+)
+
+
 # --- snapshots, events, timers -------------------------------------------------------------
 
 
@@ -246,7 +306,12 @@ def snapshot(sub: Subscription) -> SubscriptionSnapshot:
         payment_term_days=b.payment_term_days,
         billing_day=b.billing_day,
         next_period_index=b.next_period_index,
-        next_billing_date=_next_billing_date(b),
+        next_billing_date=_next_billing_date(b)
+        if sub.status == SubscriptionStatus.ACTIVE
+        else None,
+        initial_transaction_key=sub.initial_transaction_key,
+        payment_method=sub.payment_method,
+        mandate_reference=sub.mandate_reference,
     )
 
 
@@ -264,6 +329,7 @@ def _emit_event(
     *,
     invoice_number: str | None = None,
     period_index: int | None = None,
+    reason: str | None = None,
 ) -> None:
     ctx.emit(
         topics.SUBSCRIPTION_EVENTS,
@@ -273,6 +339,7 @@ def _emit_event(
             subscription=snapshot(sub),
             invoice_number=invoice_number,
             period_index=period_index,
+            reason=reason,
         ),
     )
 
@@ -284,7 +351,7 @@ def timer_id(sub: Subscription) -> str:
 def _plan_timer(ctx: HandlerContext, sub: Subscription) -> None:
     """The bill-run timer at the next billing date (00:00 UTC), or none."""
     tid = timer_id(sub)
-    when = _next_billing_date(sub.billing) if sub.status != SubscriptionStatus.FAILED else None
+    when = _next_billing_date(sub.billing) if sub.status == SubscriptionStatus.ACTIVE else None
     if when is None:
         ctx.emit(topics.SCHEDULER_COMMANDS, tid, CancelTimer(timer_id=tid))
         return
@@ -313,13 +380,29 @@ def _settled_status(sub: Subscription) -> Subscription:
 
 
 async def create_subscription(ctx: HandlerContext, cmd: CreateSubscription) -> None:
+    """A new subscription, `active` from the start."""
+    await _create(ctx, cmd)
+
+
+async def create_combined_subscription(
+    ctx: HandlerContext, cmd: CreateCombinedSubscription
+) -> None:
+    """A new subscription with its initial payment: `active` when the transaction has
+    succeeded, `pending` while it is pending, `failed` (never billed) when it failed."""
+    await _create(ctx, cmd)
+
+
+async def _create(
+    ctx: HandlerContext, cmd: CreateSubscription | CreateCombinedSubscription
+) -> None:
     repo = _repo(ctx)
     await repo.lock_key(cmd.subscription_key)
     fingerprint = request_hash(cmd)
     existing = await repo.get(cmd.subscription_key)
     if existing is not None:
         if existing.request_hash == fingerprint:
-            ctx.accept(subscription_key=existing.key)  # a repeat: the same answer
+            # A repeat: the same answer (the status as it stands now).
+            ctx.accept(subscription_key=existing.key, status=existing.status.value)
         else:
             ctx.reject(
                 [
@@ -332,6 +415,12 @@ async def create_subscription(ctx: HandlerContext, cmd: CreateSubscription) -> N
             )
         return
     errors = create_errors(cmd)
+    transaction: Transaction | None = None
+    if isinstance(cmd, CreateCombinedSubscription):
+        transaction = cmd.transaction
+        await repo.lock_key(f"transaction:{transaction.transaction_key}")
+        taken_by = await repo.key_of_transaction(transaction.transaction_key)
+        errors += transaction_errors(cmd, taken_by)
     if errors:
         ctx.reject(errors)
         return
@@ -353,16 +442,120 @@ async def create_subscription(ctx: HandlerContext, cmd: CreateSubscription) -> N
         debtor=cmd.debtor.model_dump(mode="json"),
         scheme_key=cmd.scheme_key,
     )
+    if transaction is not None:
+        sub = replace(
+            sub,
+            status=SubscriptionStatus.PENDING,
+            initial_transaction=transaction.model_dump(mode="json"),
+        )
+        sub = _settle_initial(
+            sub, transaction.status, transaction.service, transaction.mandate_reference
+        )
     await repo.insert(sub)
-    _emit_event(ctx, sub, SubscriptionEventName.CREATED)
+    if sub.status == SubscriptionStatus.FAILED:
+        _emit_event(
+            ctx, sub, SubscriptionEventName.CREATION_FAILED, reason="the initial transaction failed"
+        )
+    else:
+        _emit_event(ctx, sub, SubscriptionEventName.CREATED)
     _plan_timer(ctx, sub)
-    ctx.accept(subscription_key=sub.key)
+    ctx.accept(subscription_key=sub.key, status=sub.status.value)
+
+
+def _settle_initial(
+    sub: Subscription,
+    status: TransactionStatus,
+    service: str,
+    mandate_reference: str | None,
+    amount: Decimal | None = None,
+) -> Subscription:
+    """A pending subscription after its initial transaction reached `status`: active
+    (method and mandate stored) on success, failed on failure, still pending otherwise."""
+    assert sub.initial_transaction is not None
+    if status == TransactionStatus.SUCCESS:
+        initial = {**sub.initial_transaction, "status": status.value, "service": service}
+        if amount is not None:
+            initial["amount"] = str(amount)
+        return replace(
+            sub,
+            status=SubscriptionStatus.ACTIVE,
+            initial_transaction=initial,
+            payment_method=service,
+            mandate_reference=mandate_reference or sub.initial_transaction.get("mandate_reference"),
+        )
+    if status in (
+        TransactionStatus.FAILED,
+        TransactionStatus.REFUNDED,
+        TransactionStatus.CHARGEBACK,
+    ):
+        return replace(
+            sub,
+            status=SubscriptionStatus.FAILED,
+            initial_transaction={**sub.initial_transaction, "status": status.value},
+        )
+    return sub
+
+
+# --- the payment engine's answers ------------------------------------------------------------
+
+
+async def transaction_status_changed(ctx: HandlerContext, evt: TransactionStatusChanged) -> None:
+    """A pending combined subscription's initial transaction, matched by its key,
+    succeeded (active: billed from its start) or failed (failed: never billed). Any
+    other transaction is the invoice service's business only."""
+    repo = _repo(ctx)
+    key = await repo.key_of_transaction(evt.transaction_key)
+    if key is None:
+        return
+    sub = await repo.get(key)
+    if sub is None or sub.status != SubscriptionStatus.PENDING:
+        return  # settled before: later changes of the payment are the invoice's
+    settled = _settle_initial(sub, evt.status, evt.service, evt.mandate_reference, evt.amount)
+    if settled.status == SubscriptionStatus.PENDING:
+        return
+    await repo.save(settled)
+    if settled.status == SubscriptionStatus.ACTIVE:
+        _emit_event(ctx, settled, SubscriptionEventName.ACTIVATED)
+        _plan_timer(ctx, settled)
+    else:
+        _emit_event(
+            ctx,
+            settled,
+            SubscriptionEventName.CREATION_FAILED,
+            reason=f"the initial transaction is {evt.status.value}",
+        )
+
+
+async def invoice_event(ctx: HandlerContext, evt: InvoiceEvent) -> None:
+    """A period invoice that the invoice service rejected (status 90) is surfaced once
+    as InvoiceRejected; every other invoice event is not the subscription's business."""
+    invoice = evt.invoice
+    if invoice.subscription_key is None or invoice.status_code != InvoiceStatus.REJECTED:
+        return
+    repo = _repo(ctx)
+    found = await repo.mark_rejected(invoice.invoice_number, ctx.now)
+    if found is None:
+        return
+    sub = await repo.get(found[0])
+    if sub is None:
+        return
+    reason = "; ".join(f"{p.key}: {p.value}" for p in evt.event_parameters) or None
+    _emit_event(
+        ctx,
+        sub,
+        SubscriptionEventName.INVOICE_REJECTED,
+        invoice_number=invoice.invoice_number,
+        period_index=found[1],
+        reason=reason,
+    )
 
 
 # --- RunBilling ----------------------------------------------------------------------------
 
 
-def _create_invoice(sub: Subscription, period: domain.PeriodInvoice) -> CreateInvoice:
+def _create_invoice(
+    sub: Subscription, period: domain.PeriodInvoice
+) -> CreateInvoice | CreateCombinedInvoice:
     last_day = period.period_end.toordinal() - 1
     lines = []
     for line in period.lines:
@@ -382,20 +575,70 @@ def _create_invoice(sub: Subscription, period: domain.PeriodInvoice) -> CreateIn
                 vat_percentage=line.vat_percentage,
             )
         )
-    return CreateInvoice(
-        invoice_number=period.invoice_number,
-        invoice_date=period.invoice_date,
-        due_date=period.due_date,
-        currency=period.currency,
-        amount_debit=period.amount_debit,
-        amount_vat=period.amount_vat,
-        description=f"Subscription {sub.key}, period {period.period_index}: "
+    fields = {
+        "invoice_number": period.invoice_number,
+        "invoice_date": period.invoice_date,
+        "due_date": period.due_date,
+        "currency": period.currency,
+        "amount_debit": period.amount_debit,
+        "amount_vat": period.amount_vat,
+        "description": f"Subscription {sub.key}, period {period.period_index}: "
         f"{period.period_start.isoformat()} to {date.fromordinal(last_day).isoformat()}",
-        scheme_key=sub.scheme_key,
-        lines=lines,
-        debtor=Debtor.model_validate(sub.debtor),
-        subscription_key=sub.key,
+        "scheme_key": sub.scheme_key,
+        "lines": lines,
+        "debtor": Debtor.model_validate(sub.debtor),
+        "subscription_key": sub.key,
+    }
+    initial = _unapplied_initial_payment(sub)
+    if initial is not None:
+        return CreateCombinedInvoice(**fields, transaction=initial)
+    return CreateInvoice(**fields)
+
+
+def _unapplied_initial_payment(sub: Subscription) -> Transaction | None:
+    """The successful initial transaction, until it has gone on an invoice (the first
+    one the subscription sends)."""
+    t = sub.initial_transaction
+    if t is None or t["status"] != TransactionStatus.SUCCESS or t.get("invoice_number"):
+        return None
+    return Transaction(
+        transaction_key=t["transaction_key"],
+        service=t["service"],
+        amount=Decimal(t["amount"]),
+        status=TransactionStatus.SUCCESS,
     )
+
+
+def _request_collection(
+    ctx: HandlerContext,
+    sub: Subscription,
+    command: CreateInvoice | CreateCombinedInvoice,
+    index: int,
+) -> bool:
+    """With a stored mandate, ask the payment engine to collect what the invoice leaves
+    open (all of it, or what the initial payment does not cover). True when asked."""
+    if sub.mandate_reference is None:
+        return False
+    amount = command.amount_debit
+    if isinstance(command, CreateCombinedInvoice):
+        amount -= command.transaction.amount
+    if amount <= 0:
+        return False
+    ctx.emit(
+        topics.PAYMENT_REQUESTS,
+        f"{ctx.website_key}:{command.invoice_number}",
+        CollectPayment(
+            invoice_number=command.invoice_number,
+            currency=command.currency,
+            amount=amount,
+            service=sub.payment_method or "sepadirectdebit",
+            mandate_reference=sub.mandate_reference,
+            subscription_key=sub.key,
+            description=command.description,
+        ),
+        message_id=uuid.uuid5(_COLLECT_IDS, f"{ctx.website_key}:{sub.key}:{index}"),
+    )
+    return True
 
 
 async def run_billing(ctx: HandlerContext, cmd: RunBilling) -> None:
@@ -438,6 +681,7 @@ async def run_billing(ctx: HandlerContext, cmd: RunBilling) -> None:
         sub = replace(sub, billing=domain.mark_billed(sub.billing, index))
         if not fresh:
             continue  # billed before (cannot happen under the row lock; the table's word)
+        collecting = False
         if command is not None:
             ctx.emit(
                 topics.INVOICE_COMMANDS,
@@ -445,6 +689,16 @@ async def run_billing(ctx: HandlerContext, cmd: RunBilling) -> None:
                 command,
                 message_id=message_id,
             )
+            collecting = _request_collection(ctx, sub, command, index)
+            if isinstance(command, CreateCombinedInvoice):
+                assert sub.initial_transaction is not None
+                sub = replace(
+                    sub,
+                    initial_transaction={
+                        **sub.initial_transaction,
+                        "invoice_number": command.invoice_number,
+                    },
+                )
         billed += 1
         sub = _settled_status(sub)
         _emit_event(
@@ -454,9 +708,47 @@ async def run_billing(ctx: HandlerContext, cmd: RunBilling) -> None:
             invoice_number=period.invoice_number if command else None,
             period_index=index,
         )
+        if collecting:
+            _emit_event(
+                ctx,
+                sub,
+                SubscriptionEventName.PAYMENT_REQUESTED,
+                invoice_number=period.invoice_number,
+                period_index=index,
+            )
     await repo.save(sub)
     _plan_timer(ctx, sub)
     ctx.accept(subscription_key=sub.key, periods_billed=str(billed))
+
+
+async def run_merchant_billing(ctx: HandlerContext, cmd: RunMerchantBilling) -> None:
+    """One page of a merchant-wide bill run: a RunBilling (with this `as_of`) for each
+    active subscription due by then, after `after_key`; the next page follows as a
+    RunMerchantBilling to this service. Message ids derive from the run's, so a replay
+    queues the same commands (and a period is never billed twice anyway)."""
+    as_of = cmd.as_of or ctx.now.date()
+    keys = await _repo(ctx).due_keys(as_of, cmd.after_key, MERCHANT_RUN_PAGE)
+    run = ctx.envelope.message_id
+    for key in keys:
+        ctx.emit(
+            topics.SUBSCRIPTION_COMMANDS,
+            f"{ctx.website_key}:{key}",
+            RunBilling(subscription_key=key, as_of=as_of),
+            message_id=uuid.uuid5(_RUN_IDS, f"{run}:{key}"),
+        )
+    more = len(keys) == MERCHANT_RUN_PAGE
+    if more:
+        ctx.emit(
+            topics.SUBSCRIPTION_COMMANDS,
+            f"{ctx.website_key}:bill-run",
+            RunMerchantBilling(as_of=as_of, after_key=keys[-1]),
+            message_id=uuid.uuid5(_RUN_IDS, f"{run}:next"),
+        )
+    ctx.accept(
+        as_of=as_of.isoformat(),
+        subscriptions_queued=str(len(keys)),
+        continues_after=keys[-1] if more else "",
+    )
 
 
 # --- StopSubscription ----------------------------------------------------------------------
@@ -491,7 +783,7 @@ async def stop_subscription(ctx: HandlerContext, cmd: StopSubscription) -> None:
         return
     before = sub.billing
     sub = _settled_status(replace(sub, billing=replace(sub.billing, end_date=end)))
-    await _credit_unused_days(ctx, repo, before, sub)
+    await _credit_unused_days(ctx, repo, before, sub, end, f"stopped on {end.isoformat()}")
     await repo.save(sub)
     _emit_event(ctx, sub, SubscriptionEventName.STOPPED, invoice_number=cmd.invoice_number)
     _plan_timer(ctx, sub)
@@ -503,15 +795,16 @@ async def _credit_unused_days(
     repo: SubscriptionRepository,
     before: domain.BillingState,
     sub: Subscription,
+    end: date,
+    why: str,
 ) -> None:
-    """A billed period that runs past the new end date gets a CreateCreditNote on its
-    invoice for the days no longer delivered: what it was billed (as recomputed from the
-    state before the stop, with the end date then) minus what it costs now. Numbered
-    `{invoice_number}-CR-{end date}`, so a second, earlier stop credits the rest anew."""
-    end = sub.billing.end_date
-    assert end is not None
-    # Billed periods ending after the new end date: from the one containing it (or the
-    # first, when it ends before the start of every billed one) up to the last billed.
+    """A billed period that runs past `end`, the earliest new end date (of the
+    subscription or of a plan), gets a CreateCreditNote on its invoice for the days no
+    longer delivered: what it was billed (as recomputed from the state before the
+    change) minus what it costs now. Numbered `{invoice_number}-CR-{yyyymmdd of end}`,
+    with `-{n}` from the invoice's second credit note on."""
+    # Billed periods ending after `end`: from the one containing it (or the first, when
+    # it ends before the start of every billed one) up to the last billed.
     first = before.next_period_index
     while (
         first > 1
@@ -529,17 +822,21 @@ async def _credit_unused_days(
         credit = domain.credit_for_early_stop(domain.invoice_for_period(before, index), sub.billing)
         if credit is None or credit.amount_credit <= 0:
             continue
+        earlier = await repo.count_credit_note(sub.key, index)
+        credit_number = f"{number}-CR-{end.strftime('%Y%m%d')}" + (
+            f"-{earlier + 1}" if earlier else ""
+        )
         ctx.emit(
             topics.INVOICE_COMMANDS,
             f"{ctx.website_key}:{number}",
             CreateCreditNote(
                 original_invoice_number=number,
-                credit_note_number=f"{number}-CR-{end.strftime('%Y%m%d')}",
+                credit_note_number=credit_number,
                 amount=credit.amount_credit,
-                description=f"Subscription {sub.key} stopped on {end.isoformat()}: "
+                description=f"Subscription {sub.key} {why}: "
                 f"{max(line.unused_days for line in credit.lines)} days not used",
             ),
-            message_id=uuid.uuid5(_CREDIT_IDS, f"{ctx.website_key}:{number}:{end.isoformat()}"),
+            message_id=uuid.uuid5(_CREDIT_IDS, f"{ctx.website_key}:{credit_number}"),
         )
 
 
@@ -617,6 +914,7 @@ async def update_subscription(ctx: HandlerContext, cmd: UpdateSubscription) -> N
         ctx.reject(errors)
         return
     restart = sub.status == SubscriptionStatus.STOPPED and bool(cmd.add_rate_plans)
+    before = b
     if restart and b.end_date is not None:
         old_end = b.end_date
         b = replace(
@@ -639,7 +937,28 @@ async def update_subscription(ctx: HandlerContext, cmd: UpdateSubscription) -> N
         ),
     )
     status = SubscriptionStatus.ACTIVE if restart else sub.status
-    sub = _settled_status(replace(sub, billing=b, status=status))
+    sub = _settled_status(
+        replace(
+            sub,
+            billing=b,
+            status=status,
+            debtor=cmd.debtor.model_dump(mode="json") if cmd.debtor else sub.debtor,
+            scheme_key=cmd.scheme_key or sub.scheme_key,
+        )
+    )
+    if cmd.stop_rate_plans:
+        earliest = min(stop.end_date for stop in cmd.stop_rate_plans)
+        codes = ", ".join(stop.product_code for stop in cmd.stop_rate_plans)
+        await _credit_unused_days(ctx, repo, before, sub, earliest, f"plans stopped ({codes})")
+    if cmd.unreachable is not None:
+        # The invoice service keeps the debtor's reachability: future invoices (and the
+        # debtor's open ones) skip what does not work.
+        debtor = Debtor.model_validate(sub.debtor)
+        ctx.emit(
+            topics.INVOICE_COMMANDS,
+            f"{ctx.website_key}:debtor:{debtor.code}",
+            AddOrUpdateDebtor(debtor=debtor, unreachable=cmd.unreachable),
+        )
     await repo.save(sub)
     _emit_event(
         ctx,

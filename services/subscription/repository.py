@@ -8,7 +8,7 @@ non-plan state as JSON), its rate plans as `rate_plan_versions` rows, and one
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
@@ -20,7 +20,9 @@ from contracts.subscription import (
     SubscriptionStatus,
 )
 from services.runtime.db import Connection
-from services.subscription.domain import BillingState, PlanVersion
+from services.subscription.domain import BillingState, PlanVersion, next_billing_date
+
+_COLUMNS = "status, request_hash, state, initial_transaction, payment_method, mandate_reference"
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,21 @@ class Subscription:
     #: The debtor as given (`Debtor` in JSON form): every period invoice carries it.
     debtor: dict[str, Any]
     scheme_key: str
+    #: CreateCombinedSubscription's transaction (`Transaction` in JSON form, with the
+    #: status it has reached); it counts on the first period's invoice.
+    initial_transaction: dict[str, Any] | None = None
+    #: Of the successful initial transaction: the method and the mandate that collects
+    #: each new invoice.
+    payment_method: str | None = None
+    mandate_reference: str | None = None
+
+    @property
+    def initial_transaction_key(self) -> str | None:
+        return (
+            None
+            if self.initial_transaction is None
+            else self.initial_transaction["transaction_key"]
+        )
 
     @property
     def key(self) -> str:
@@ -62,6 +79,9 @@ def _subscription(key: str, row: Any, plans: tuple[PlanVersion, ...]) -> Subscri
         request_hash=row["request_hash"],
         debtor=s["debtor"],
         scheme_key=s["scheme_key"],
+        initial_transaction=row["initial_transaction"],
+        payment_method=row["payment_method"],
+        mandate_reference=row["mandate_reference"],
         billing=BillingState(
             subscription_key=key,
             currency=s["currency"],
@@ -96,7 +116,7 @@ class SubscriptionRepository:
     async def get(self, subscription_key: str) -> Subscription | None:
         """The subscription, its row locked (FOR UPDATE) for this transaction."""
         row = await self.conn.fetchrow(
-            "SELECT status, request_hash, state FROM subscriptions"
+            f"SELECT {_COLUMNS} FROM subscriptions"
             " WHERE website_key = $1 AND subscription_key = $2 FOR UPDATE",
             self.website_key,
             subscription_key,
@@ -114,28 +134,64 @@ class SubscriptionRepository:
         versions = tuple(PlanVersion(**dict(plan)) for plan in plans)
         return _subscription(subscription_key, row, versions)
 
+    async def key_of_transaction(self, transaction_key: str) -> str | None:
+        """The subscription whose initial transaction this is, if any."""
+        key: str | None = await self.conn.fetchval(
+            "SELECT subscription_key FROM subscriptions"
+            " WHERE website_key = $1 AND initial_transaction_key = $2",
+            self.website_key,
+            transaction_key,
+        )
+        return key
+
     async def insert(self, sub: Subscription) -> None:
         await self.conn.execute(
             "INSERT INTO subscriptions (website_key, subscription_key, status, request_hash,"
-            " state) VALUES ($1, $2, $3, $4, $5)",
-            self.website_key,
-            sub.key,
-            sub.status.value,
-            sub.request_hash,
-            _state_json(sub),
+            " state, initial_transaction_key, initial_transaction, payment_method,"
+            " mandate_reference, next_billing_date)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            *self._row(sub),
         )
         await self._write_plans(sub)
 
     async def save(self, sub: Subscription) -> None:
         await self.conn.execute(
-            "UPDATE subscriptions SET status = $3, state = $4, updated_at = now()"
+            "UPDATE subscriptions SET status = $3, request_hash = $4, state = $5,"
+            " initial_transaction_key = $6, initial_transaction = $7, payment_method = $8,"
+            " mandate_reference = $9, next_billing_date = $10, updated_at = now()"
             " WHERE website_key = $1 AND subscription_key = $2",
+            *self._row(sub),
+        )
+        await self._write_plans(sub)
+
+    def _row(self, sub: Subscription) -> tuple[Any, ...]:
+        return (
             self.website_key,
             sub.key,
             sub.status.value,
+            sub.request_hash,
             _state_json(sub),
+            sub.initial_transaction_key,
+            sub.initial_transaction,
+            sub.payment_method,
+            sub.mandate_reference,
+            next_billing_date(sub.billing) if sub.status == SubscriptionStatus.ACTIVE else None,
         )
-        await self._write_plans(sub)
+
+    async def due_keys(self, as_of: date, after_key: str | None, limit: int) -> list[str]:
+        """Active subscriptions with a period due on or before `as_of`, by key, after
+        `after_key` (a merchant-wide bill run's page)."""
+        rows = await self.conn.fetch(
+            "SELECT subscription_key FROM subscriptions"
+            " WHERE website_key = $1 AND status = 'active' AND next_billing_date IS NOT NULL"
+            " AND next_billing_date <= $2 AND subscription_key > $3"
+            " ORDER BY subscription_key LIMIT $4",
+            self.website_key,
+            as_of,
+            after_key or "",
+            limit,
+        )
+        return [row["subscription_key"] for row in rows]
 
     async def _write_plans(self, sub: Subscription) -> None:
         order = list(dict.fromkeys(plan.product_code for plan in sub.billing.plans))
@@ -209,6 +265,27 @@ class SubscriptionRepository:
         )
         return {row["period_index"]: row["invoice_number"] for row in rows}
 
+    async def mark_rejected(self, invoice_number: str, at: datetime) -> tuple[str, int] | None:
+        """Record that a period's invoice was rejected: its (subscription key, period),
+        or None when it is not a period invoice or was recorded before."""
+        row = await self.conn.fetchrow(
+            "UPDATE billed_periods SET rejected_at = $3"
+            " WHERE website_key = $1 AND invoice_number = $2 AND rejected_at IS NULL"
+            " RETURNING subscription_key, period_index",
+            self.website_key,
+            invoice_number,
+            at,
+        )
+        return None if row is None else (row["subscription_key"], row["period_index"])
 
-def with_status(sub: Subscription, status: SubscriptionStatus) -> Subscription:
-    return replace(sub, status=status)
+    async def count_credit_note(self, subscription_key: str, period_index: int) -> int:
+        """Count one more credit note on a period's invoice; how many it has had before."""
+        before: int = await self.conn.fetchval(
+            "UPDATE billed_periods SET credit_notes = credit_notes + 1"
+            " WHERE website_key = $1 AND subscription_key = $2 AND period_index = $3"
+            " RETURNING credit_notes - 1",
+            self.website_key,
+            subscription_key,
+            period_index,
+        )
+        return before

@@ -115,7 +115,7 @@ def codes(answer: dict[str, Any]) -> list[tuple[str, str]]:
 
 async def test_create_is_accepted_and_emits_the_snapshot(subs: Subscriptions) -> None:
     answer = await create(subs, "SUB-1", payment_term_days=30, billing_day=5)
-    assert answer["payload"]["keys"] == {"subscription_key": "SUB-1"}
+    assert answer["payload"]["keys"] == {"subscription_key": "SUB-1", "status": "active"}
     [event] = await subs.events_of("SUB-1", 1)
     assert event["event"] == "SubscriptionCreated"
     snap = event["subscription"]

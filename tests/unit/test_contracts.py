@@ -272,6 +272,15 @@ SAMPLES: list[Message] = [
     ),
     subscription.StopSubscription(subscription_key="S-1", reason="unpaid", invoice_number="S-1-3"),
     subscription.RunBilling(subscription_key="S-1", as_of=date(2026, 12, 1)),
+    subscription.RunMerchantBilling(as_of=date(2026, 12, 1), after_key="S-1"),
+    payments.CollectPayment(
+        invoice_number="S-1-2",
+        currency="EUR",
+        amount=Decimal("12.10"),
+        service="sepadirectdebit",
+        mandate_reference="MANDATE-1",
+        subscription_key="S-1",
+    ),
     subscription.SubscriptionEvent(
         event=subscription.SubscriptionEventName.PERIOD_BILLED,
         invoice_number="S-1-1",

@@ -101,18 +101,22 @@ class InvoiceClient:
         website_key: str | None = None,
         occurred_at: str = OCCURRED_AT,
         message_id: str | None = None,
+        mandate_reference: str | None = None,
     ) -> str:
         website_key = website_key or self.website_key
+        payload: dict[str, Any] = {
+            "invoice_number": number,
+            "transaction_key": transaction_key,
+            "service": service,
+            "amount": amount,
+            "status": status,
+            "is_slow": is_slow,
+        }
+        if mandate_reference is not None:
+            payload["mandate_reference"] = mandate_reference
         body = envelope(
             "TransactionStatusChanged",
-            {
-                "invoice_number": number,
-                "transaction_key": transaction_key,
-                "service": service,
-                "amount": amount,
-                "status": status,
-                "is_slow": is_slow,
-            },
+            payload,
             website_key=website_key,
             occurred_at=occurred_at,
             message_id=message_id,

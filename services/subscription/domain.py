@@ -51,6 +51,11 @@ class PlanVersion:
     version, so an invoice (and the credit for an early stop) can always be recomputed.
     The dates (`start_date`, `end_date`, both inclusive) are the plan's and shared by
     all its versions.
+
+    `billed_from_period` is the first period whose invoice carries the plan: 1 for the
+    plans a subscription starts with; for a plan added later, the first period not yet
+    billed then. Its days inside periods billed before (an advance period that runs
+    when the plan starts) are caught up on that invoice, as lines of their own.
     """
 
     product_code: str
@@ -61,6 +66,7 @@ class PlanVersion:
     start_date: date
     end_date: date | None = None
     effective_from_period: int = 1
+    billed_from_period: int = 1
 
 
 @dataclass(frozen=True)
@@ -209,6 +215,9 @@ class PeriodLine:
     period_days: int
     net_amount: Decimal
     vat_amount: Decimal
+    #: The period whose days the line bills: the invoice's own, or an earlier one for
+    #: the catch-up line of a plan added after that period was billed.
+    for_period: int = 1
 
     @property
     def amount(self) -> Decimal:
@@ -218,6 +227,11 @@ class PeriodLine:
     @property
     def is_prorated(self) -> bool:
         return self.active_days < self.period_days
+
+    @property
+    def key(self) -> tuple[str, int]:
+        """Identifies the line within its invoice."""
+        return (self.product_code, self.for_period)
 
 
 class _LineTotals:
@@ -311,20 +325,44 @@ def period_line(state: BillingState, plan: PlanVersion, index: int) -> PeriodLin
         period_days=period_days,
         net_amount=net,
         vat_amount=vat_of(net, plan.vat_percentage, state.currency),
+        for_period=index,
     )
+
+
+def catch_up_lines(state: BillingState, product_code: str, index: int) -> list[PeriodLine]:
+    """The lines of a plan added when period `index` was the first unbilled one, for
+    its days in the periods billed before (in period order)."""
+    lines = []
+    earlier = index - 1
+    while earlier >= 1:
+        plan = plan_version(state, product_code, earlier)
+        if plan is None:
+            break
+        line = period_line(state, plan, earlier)
+        if line is None:
+            break  # the plan starts in a later period: nothing before this one either
+        lines.append(line)
+        earlier -= 1
+    return lines[::-1]
 
 
 def invoice_for_period(state: BillingState, index: int) -> PeriodInvoice:
     """The invoice of period `index`: one line per plan active in it, in the order the
-    plans were added. A period with no active plan has no lines (amount zero)."""
+    plans were added, each followed by its catch-up lines when it was added after
+    earlier periods were billed (`PlanVersion.billed_from_period`). A period with no
+    active plan has no lines (amount zero)."""
     first, end = _bounds(state, index)
     invoice_date = billing_date(state, index)
     lines = []
     for code in _product_codes(state):
         plan = plan_version(state, code, index)
-        line = period_line(state, plan, index) if plan is not None else None
+        if plan is None or plan.billed_from_period > index:
+            continue
+        line = period_line(state, plan, index)
         if line is not None:
             lines.append(line)
+        if plan.billed_from_period == index > 1:
+            lines += catch_up_lines(state, code, index)
     return PeriodInvoice(
         subscription_key=state.subscription_key,
         period_index=index,
@@ -431,12 +469,10 @@ def credit_for_early_stop(billed: PeriodInvoice, stopped: BillingState) -> Perio
     are cut from the same cumulative allocation. Plans added after the period was billed
     are not in `billed` and give nothing back.
     """
-    used = {
-        line.product_code: line for line in invoice_for_period(stopped, billed.period_index).lines
-    }
+    used = {line.key: line for line in invoice_for_period(stopped, billed.period_index).lines}
     lines = []
     for line in billed.lines:
-        now = used.get(line.product_code)
+        now = used.get(line.key)
         net = line.net_amount - (now.net_amount if now else ZERO)
         vat = line.vat_amount - (now.vat_amount if now else ZERO)
         if net or vat:

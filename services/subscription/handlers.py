@@ -560,9 +560,11 @@ def _create_invoice(
     lines = []
     for line in period.lines:
         description = line.description
-        if line.is_prorated:
+        catch_up = line.for_period != period.period_index
+        if line.is_prorated or catch_up:
             days = (
-                f" ({line.active_from.isoformat()} to "
+                f" ({f'period {line.for_period}: ' if catch_up else ''}"
+                f"{line.active_from.isoformat()} to "
                 f"{line.active_until.isoformat()}, {line.active_days}/{line.period_days} days)"
             )
             description = description[: MAX_TEXT_LENGTH - len(days)] + days
@@ -933,7 +935,11 @@ async def update_subscription(ctx: HandlerContext, cmd: UpdateSubscription) -> N
         b,
         plans=(
             *b.plans,
-            *(_plan_version(p) for p in cmd.add_rate_plans),
+            # Billed from the first unbilled period, catching up its days before it.
+            *(
+                replace(_plan_version(p), billed_from_period=b.next_period_index)
+                for p in cmd.add_rate_plans
+            ),
         ),
     )
     status = SubscriptionStatus.ACTIVE if restart else sub.status

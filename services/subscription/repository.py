@@ -125,7 +125,8 @@ class SubscriptionRepository:
             return None
         plans = await self.conn.fetch(
             "SELECT product_code, description, unit_price, quantity, vat_percentage,"
-            " start_date, end_date, effective_from_period FROM rate_plan_versions"
+            " start_date, end_date, effective_from_period, billed_from_period"
+            " FROM rate_plan_versions"
             " WHERE website_key = $1 AND subscription_key = $2"
             " ORDER BY position, effective_from_period",
             self.website_key,
@@ -203,8 +204,8 @@ class SubscriptionRepository:
         await self.conn.executemany(
             "INSERT INTO rate_plan_versions (website_key, subscription_key, product_code,"
             " effective_from_period, position, description, unit_price, quantity,"
-            " vat_percentage, start_date, end_date)"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            " vat_percentage, start_date, end_date, billed_from_period)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
             [
                 (
                     self.website_key,
@@ -218,6 +219,7 @@ class SubscriptionRepository:
                     plan.vat_percentage,
                     plan.start_date,
                     plan.end_date,
+                    plan.billed_from_period,
                 )
                 for plan in sub.billing.plans
             ],

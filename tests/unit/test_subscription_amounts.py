@@ -330,3 +330,38 @@ def test_credit_and_used_part_add_up_to_the_billed_amount(
         assert all(line.unused_days > 0 for line in credit.lines)
         expected_unused = (end - stop).days - 1
         assert all(line.unused_days == expected_unused for line in credit.lines)
+
+
+@given(
+    start_offset=st.integers(1, 29),
+    stop_offset=st.integers(0, 60),
+    price=money("EUR", low=1),
+)
+@settings(max_examples=200, deadline=None)
+def test_a_plan_added_inside_a_billed_period_is_caught_up_on_the_next_invoice(
+    start_offset: int, stop_offset: int, price: Decimal
+) -> None:
+    # April (period 1) is billed in advance; a plan starting inside it is added then.
+    state = mark_billed(subscription(plan()), 1)
+    added = plan("extra", unit_price=price, start_date=date(2024, 4, 1) + timedelta(start_offset))
+    late = replace(state, plans=(*state.plans, replace(added, billed_from_period=2)))
+    # Had it been there from the start, April would have billed exactly these days.
+    from_start = replace(state, plans=(*state.plans, added))
+    may = invoice_for_period(late, 2)
+    assert [(line.product_code, line.for_period) for line in may.lines] == [
+        ("basic", 2),
+        ("extra", 2),
+        ("extra", 1),
+    ]
+    [april_part] = [
+        line for line in invoice_for_period(from_start, 1).lines if line.key[0] == "extra"
+    ]
+    assert may.lines[2] == april_part
+    assert [line.key for line in invoice_for_period(late, 1).lines] == [("basic", 1)]
+    assert [line.key for line in invoice_for_period(late, 3).lines] == [("basic", 3), ("extra", 3)]
+    # A stop afterwards credits May's invoice: billed minus what is used, line by line.
+    end = date(2024, 4, 1) + timedelta(stop_offset)
+    stopped = replace(mark_billed(late, 2), end_date=end)
+    credit = credit_for_early_stop(may, stopped)
+    used = invoice_for_period(stopped, 2)
+    assert may.amount_debit - (credit.amount_credit if credit else 0) == used.amount_debit

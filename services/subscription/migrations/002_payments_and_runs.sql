@@ -30,3 +30,8 @@ ALTER TABLE billed_periods
 
 CREATE INDEX billed_periods_invoice ON billed_periods (website_key, invoice_number)
     WHERE invoice_number IS NOT NULL;
+
+-- The first period whose invoice carries the plan (domain.PlanVersion.billed_from_period):
+-- a plan added after periods were billed catches up its days in them on that invoice.
+ALTER TABLE rate_plan_versions
+    ADD COLUMN billed_from_period integer NOT NULL DEFAULT 1;

@@ -102,6 +102,16 @@ def topic_for_type(type_name: str) -> str | None:
 
 
 def message_key(envelope: dict[str, Any]) -> str | None:
+    """The Kafka key the catalog gives the message (e.g. `{website_key}:{subscription_key}`);
+    for a message that does not parse (a broken example), `{website_key}:{invoice_number}`
+    or the website key."""
+    try:
+        from contracts.catalog import key_for  # noqa: PLC0415
+        from contracts.envelope import parse_envelope  # noqa: PLC0415
+
+        return key_for(parse_envelope(json.dumps(complete(envelope))))
+    except Exception:  # not importable or not valid: the plain rule below
+        pass
     website_key = envelope.get("website_key")
     payload = envelope.get("payload")
     invoice_number = payload.get("invoice_number") if isinstance(payload, dict) else None

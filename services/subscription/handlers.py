@@ -718,7 +718,7 @@ async def run_billing(ctx: HandlerContext, cmd: RunBilling) -> None:
                 invoice_number=period.invoice_number,
                 period_index=index,
             )
-    await repo.save(sub)
+    await repo.save(sub, plans=False)
     _plan_timer(ctx, sub)
     ctx.accept(subscription_key=sub.key, periods_billed=str(billed))
 

@@ -155,7 +155,9 @@ class SubscriptionRepository:
         )
         await self._write_plans(sub)
 
-    async def save(self, sub: Subscription) -> None:
+    async def save(self, sub: Subscription, *, plans: bool = True) -> None:
+        """Write the subscription; its plan versions too unless `plans` is False (a bill
+        run changes none)."""
         await self.conn.execute(
             "UPDATE subscriptions SET status = $3, request_hash = $4, state = $5,"
             " initial_transaction_key = $6, initial_transaction = $7, payment_method = $8,"
@@ -163,7 +165,8 @@ class SubscriptionRepository:
             " WHERE website_key = $1 AND subscription_key = $2",
             *self._row(sub),
         )
-        await self._write_plans(sub)
+        if plans:
+            await self._write_plans(sub)
 
     def _row(self, sub: Subscription) -> tuple[Any, ...]:
         return (
@@ -181,11 +184,13 @@ class SubscriptionRepository:
 
     async def due_keys(self, as_of: date, after_key: str | None, limit: int) -> list[str]:
         """Active subscriptions with a period due on or before `as_of`, by key, after
-        `after_key` (a merchant-wide bill run's page)."""
+        `after_key` (a merchant-wide bill run's page). A row without a billing date
+        (written before it was kept) is taken too: its RunBilling decides."""
         rows = await self.conn.fetch(
             "SELECT subscription_key FROM subscriptions"
-            " WHERE website_key = $1 AND status = 'active' AND next_billing_date IS NOT NULL"
-            " AND next_billing_date <= $2 AND subscription_key > $3"
+            " WHERE website_key = $1 AND status = 'active'"
+            " AND (next_billing_date <= $2 OR next_billing_date IS NULL)"
+            " AND subscription_key > $3"
             " ORDER BY subscription_key LIMIT $4",
             self.website_key,
             as_of,

@@ -4,7 +4,8 @@
 --                     a pending subscription. Unique per merchant.
 --   payment_method, mandate_reference: of the successful initial transaction; a
 --                     subscription with a mandate sends CollectPayment for each invoice.
---   next_billing_date: when the next period is billed (null when none is): what a
+--   next_billing_date: when the next period is billed (null when none is, and on rows
+--                     written before this migration until their next change): what a
 --                     merchant-wide bill run (RunMerchantBilling) selects on.
 ALTER TABLE subscriptions
     ADD COLUMN initial_transaction_key text,
@@ -17,9 +18,9 @@ CREATE UNIQUE INDEX subscriptions_initial_transaction
     ON subscriptions (website_key, initial_transaction_key)
     WHERE initial_transaction_key IS NOT NULL;
 
-CREATE INDEX subscriptions_due
+CREATE INDEX subscriptions_active
     ON subscriptions (website_key, subscription_key)
-    WHERE status = 'active' AND next_billing_date IS NOT NULL;
+    WHERE status = 'active';
 
 -- rejected_at: when the invoice service rejected the period's invoice (InvoiceRejected
 -- surfaced once). credit_notes: how many credit notes the period's invoice has had, so

@@ -35,6 +35,17 @@ def _host() -> dict[str, Any]:
     }
 
 
+def _given_options(parser: argparse.ArgumentParser, argv: list[str] | None) -> frozenset[str]:
+    """The options (their `dest`) given on the command line, even when given their default
+    value: an option two benchmarks share (`--n`) may default differently in each. Only
+    options with a value as default are tracked (not those defaulting to None or a list)."""
+    unset = object()
+    defaults = vars(parser.parse_args([]))
+    tracked = {k: unset for k, v in defaults.items() if v is not None and not isinstance(v, list)}
+    parsed = parser.parse_args(argv, namespace=argparse.Namespace(**tracked))
+    return frozenset(k for k in tracked if getattr(parsed, k) is not unset)
+
+
 def main(argv: list[str] | None = None) -> int:
     _load_benchmarks()
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
@@ -50,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         if item.add_arguments is not None:
             item.add_arguments(parser.add_argument_group(item.name))
     args = parser.parse_args(argv)
+    args.given_options = _given_options(parser, argv)
     if args.list:
         for item in BENCHMARKS.values():
             print(f"{item.name}: {item.description}")

@@ -315,6 +315,35 @@ async def test_four_months_price_change_unpaid_invoice_stops_the_subscription(
     assert inv.watcher.on(cm.prefix + topics.DLQ) == []
 
 
+async def test_the_reason_of_a_stop_is_in_the_stopped_event(life: Lifecycle) -> None:
+    """StopSubscription's `reason` ("why, for the event log") comes out as the
+    SubscriptionStopped event's `reason` (contracts.subscription.SubscriptionEvent)."""
+    await life.cm.tick(datetime(2026, 1, 30, 12, 0, tzinfo=UTC))
+    created = await life.subscription_command(
+        "CreateSubscription",
+        {
+            "subscription_key": KEY,
+            "debtor": debtor(),
+            "currency": "EUR",
+            "interval": {"unit": "month", "count": 1},
+            "start_date": "2026-01-31",
+            "rate_plans": plans(),
+        },
+        "2026-01-30T12:00:00+00:00",
+    )
+    await life.accepted(created)
+    stop = await life.subscription_command(
+        "StopSubscription",
+        {"subscription_key": KEY, "end_date": "2026-02-27", "reason": "moving abroad"},
+        "2026-01-30T13:00:00+00:00",
+    )
+    await life.accepted(stop)
+    stopped = await life.subscription_event(2)
+    assert stopped["event"] == "SubscriptionStopped"
+    assert stopped["subscription"]["end_date"] == "2026-02-27"
+    assert stopped["reason"] == "moving abroad"
+
+
 # --- what the merchant sees --------------------------------------------------------------------
 
 

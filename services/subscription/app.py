@@ -8,6 +8,7 @@ from contracts import topics
 from services.runtime.app import ServiceDefinition
 from services.runtime.consumer import ConsumerSpec, HandlerSpec
 from services.subscription import handlers
+from services.subscription.batch import SubscriptionBatchHooks
 
 
 def definition() -> ServiceDefinition:
@@ -30,6 +31,7 @@ def definition() -> ServiceDefinition:
                     # An operator's merchant-wide bill run, page by page.
                     "RunMerchantBilling": HandlerSpec(handlers.run_merchant_billing),
                 },
+                batch_hooks=SubscriptionBatchHooks(),
             ),
             ConsumerSpec(
                 name="invoice-events",

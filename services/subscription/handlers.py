@@ -85,7 +85,7 @@ def _plan_version(plan: RatePlan) -> domain.PlanVersion:
 
 
 def _repo(ctx: HandlerContext) -> SubscriptionRepository:
-    return SubscriptionRepository(ctx.conn, ctx.website_key)
+    return SubscriptionRepository(ctx.conn, ctx.website_key, ctx.batch)
 
 
 def _unknown(key: str) -> list[FieldError]:
@@ -652,6 +652,7 @@ async def run_billing(ctx: HandlerContext, cmd: RunBilling) -> None:
         return
     as_of = cmd.as_of or ctx.now.date()
     billed = 0
+    invalid: list[FieldError] = []
     for index in domain.due_periods(sub.billing, as_of, limit=MAX_PERIODS_PER_RUN):
         period = domain.invoice_for_period(sub.billing, index)
         if period.due_date > MAX_DATE:
@@ -659,17 +660,15 @@ async def run_billing(ctx: HandlerContext, cmd: RunBilling) -> None:
         try:
             command = _create_invoice(sub, period) if period.lines else None
         except ValidationError as exc:  # the stored plans no longer make a valid invoice
-            ctx.reject(
-                [
-                    FieldError(
-                        f"payload.subscription_key.period.{index}",
-                        str(error["type"]),
-                        str(error["msg"]),
-                    )
-                    for error in exc.errors()
-                ]
-            )
-            return
+            invalid = [
+                FieldError(
+                    f"payload.subscription_key.period.{index}",
+                    str(error["type"]),
+                    str(error["msg"]),
+                )
+                for error in exc.errors()
+            ]
+            break
         message_id = uuid.uuid5(_INVOICE_IDS, f"{ctx.website_key}:{sub.key}:{index}")
         fresh = await repo.mark_billed(
             sub.key,
@@ -719,6 +718,11 @@ async def run_billing(ctx: HandlerContext, cmd: RunBilling) -> None:
                 period_index=index,
             )
     await repo.save(sub, plans=False)
+    if invalid:
+        # The periods before it stay billed; this one waits for a change that makes its
+        # invoice valid (no timer: it would fire and fail again at once).
+        ctx.reject(invalid)
+        return
     _plan_timer(ctx, sub)
     ctx.accept(subscription_key=sub.key, periods_billed=str(billed))
 

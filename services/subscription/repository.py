@@ -7,8 +7,9 @@ non-plan state as JSON), its rate plans as `rate_plan_versions` rows, and one
 
 from __future__ import annotations
 
+import json
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
@@ -99,12 +100,148 @@ def _subscription(key: str, row: Any, plans: tuple[PlanVersion, ...]) -> Subscri
     )
 
 
-class SubscriptionRepository:
-    """Loads and saves one merchant's subscriptions."""
+Key = tuple[str, str]  # (website_key, subscription_key)
 
-    def __init__(self, conn: Connection, website_key: str) -> None:
+_PLAN_COLUMNS = (
+    "product_code, description, unit_price, quantity, vat_percentage, start_date, end_date,"
+    " effective_from_period, billed_from_period"
+)
+
+
+class DuplicateBilling(Exception):
+    """A batch's billed periods were partly billed before: the batch is replayed message
+    by message, where each period is checked on its own."""
+
+
+@dataclass
+class SubscriptionBatch:
+    """What a batch read up front (rows locked), and the writes its handlers kept."""
+
+    subs: dict[Key, Subscription | None] = field(default_factory=dict)
+    #: Subscriptions saved without plan changes, written at the end (or before a query
+    #: that must see them).
+    dirty: dict[Key, Subscription] = field(default_factory=dict)
+    #: billed_periods rows to insert.
+    billed: list[tuple[Any, ...]] = field(default_factory=list)
+
+    @property
+    def has_writes(self) -> bool:
+        return bool(self.dirty or self.billed)
+
+
+def _row(website_key: str, sub: Subscription) -> tuple[Any, ...]:
+    """The subscriptions row's columns, in the order insert and update name them."""
+    return (
+        website_key,
+        sub.key,
+        sub.status.value,
+        sub.request_hash,
+        _state_json(sub),
+        sub.initial_transaction_key,
+        sub.initial_transaction,
+        sub.payment_method,
+        sub.mandate_reference,
+        next_billing_date(sub.billing) if sub.status == SubscriptionStatus.ACTIVE else None,
+    )
+
+
+def _prefixed(columns: str, table: str) -> str:
+    return ", ".join(f"{table}.{column}" for column in columns.split(", "))
+
+
+async def load(conn: Connection, keys: list[Key]) -> dict[Key, Subscription | None]:
+    """The subscriptions of `keys` (None for those that do not exist), rows locked FOR
+    UPDATE in key order, with their plans: two queries for the lot."""
+    found: dict[Key, Subscription | None] = dict.fromkeys(keys)
+    if not keys:
+        return found
+    sites, names = [k[0] for k in keys], [k[1] for k in keys]
+    rows = await conn.fetch(
+        f"SELECT s.website_key, s.subscription_key, {_prefixed(_COLUMNS, 's')}"
+        " FROM subscriptions s JOIN unnest($1::text[], $2::text[]) AS k(site, name)"
+        " ON s.website_key = k.site AND s.subscription_key = k.name"
+        " ORDER BY s.website_key, s.subscription_key FOR UPDATE OF s",
+        sites,
+        names,
+    )
+    plans = await conn.fetch(
+        f"SELECT p.website_key, p.subscription_key, {_prefixed(_PLAN_COLUMNS, 'p')}"
+        " FROM rate_plan_versions p JOIN unnest($1::text[], $2::text[]) AS k(site, name)"
+        " ON p.website_key = k.site AND p.subscription_key = k.name"
+        " ORDER BY p.website_key, p.subscription_key, p.position, p.effective_from_period",
+        sites,
+        names,
+    )
+    versions: dict[Key, list[PlanVersion]] = {}
+    for plan in plans:
+        values = dict(plan)
+        key = (values.pop("website_key"), values.pop("subscription_key"))
+        versions.setdefault(key, []).append(PlanVersion(**values))
+    for row in rows:
+        key = (row["website_key"], row["subscription_key"])
+        found[key] = _subscription(key[1], row, tuple(versions.get(key, ())))
+    return found
+
+
+async def flush(conn: Connection, batch: SubscriptionBatch) -> None:
+    """Write what the batch's handlers kept: one statement per table."""
+    if batch.dirty:
+        rows = [_row(key[0], sub) for key, sub in batch.dirty.items()]
+        await conn.execute(
+            "UPDATE subscriptions s SET status = u.status, request_hash = u.request_hash,"
+            " state = u.state::jsonb, initial_transaction_key = u.tx_key,"
+            " initial_transaction = u.tx::jsonb, payment_method = u.method,"
+            " mandate_reference = u.mandate, next_billing_date = u.next_date,"
+            " updated_at = now()"
+            " FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],"
+            " $6::text[], $7::text[], $8::text[], $9::text[], $10::date[])"
+            " AS u(site, name, status, request_hash, state, tx_key, tx, method, mandate,"
+            " next_date)"
+            " WHERE s.website_key = u.site AND s.subscription_key = u.name",
+            *(
+                [
+                    json.dumps(row[i]) if i in (4, 6) and row[i] is not None else row[i]
+                    for row in rows
+                ]
+                for i in range(10)
+            ),
+        )
+        batch.dirty.clear()
+    if batch.billed:
+        rows = batch.billed
+        inserted = await conn.fetchval(
+            "WITH new AS (INSERT INTO billed_periods (website_key, subscription_key,"
+            " period_index, invoice_number, message_id, amount_debit, amount_vat, billed_at)"
+            " SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::uuid[],"
+            " $6::numeric[], $7::numeric[], $8::timestamptz[])"
+            " ON CONFLICT (website_key, subscription_key, period_index) DO NOTHING"
+            " RETURNING 1) SELECT count(*) FROM new",
+            *([row[i] for row in rows] for i in range(8)),
+        )
+        batch.billed = []
+        if inserted != len(rows):
+            raise DuplicateBilling(f"{len(rows) - inserted} of {len(rows)} periods billed before")
+
+
+class SubscriptionRepository:
+    """Loads and saves one merchant's subscriptions. With a `SubscriptionBatch` (the fast
+    path of a consumed batch, services/subscription/batch.py) it serves the rows the
+    batch read up front and keeps bill-run writes until the batch ends."""
+
+    def __init__(
+        self, conn: Connection, website_key: str, batch: SubscriptionBatch | None = None
+    ) -> None:
         self.conn = conn
         self.website_key = website_key
+        self.batch = batch
+
+    def _key(self, subscription_key: str) -> Key:
+        return (self.website_key, subscription_key)
+
+    async def flush(self) -> None:
+        """Write what the batch kept, before a query that must see it."""
+        if self.batch is not None and self.batch.has_writes:
+            await flush(self.conn, self.batch)
 
     async def lock_key(self, subscription_key: str) -> None:
         """Serialize work on a key that may not exist yet (two creates of one key)."""
@@ -115,6 +252,11 @@ class SubscriptionRepository:
 
     async def get(self, subscription_key: str) -> Subscription | None:
         """The subscription, its row locked (FOR UPDATE) for this transaction."""
+        key = self._key(subscription_key)
+        if self.batch is not None:
+            if key not in self.batch.subs:
+                self.batch.subs.update(await load(self.conn, [key]))
+            return self.batch.subs[key]
         row = await self.conn.fetchrow(
             f"SELECT {_COLUMNS} FROM subscriptions"
             " WHERE website_key = $1 AND subscription_key = $2 FOR UPDATE",
@@ -124,9 +266,7 @@ class SubscriptionRepository:
         if row is None:
             return None
         plans = await self.conn.fetch(
-            "SELECT product_code, description, unit_price, quantity, vat_percentage,"
-            " start_date, end_date, effective_from_period, billed_from_period"
-            " FROM rate_plan_versions"
+            f"SELECT {_PLAN_COLUMNS} FROM rate_plan_versions"
             " WHERE website_key = $1 AND subscription_key = $2"
             " ORDER BY position, effective_from_period",
             self.website_key,
@@ -137,6 +277,7 @@ class SubscriptionRepository:
 
     async def key_of_transaction(self, transaction_key: str) -> str | None:
         """The subscription whose initial transaction this is, if any."""
+        await self.flush()
         key: str | None = await self.conn.fetchval(
             "SELECT subscription_key FROM subscriptions"
             " WHERE website_key = $1 AND initial_transaction_key = $2",
@@ -146,6 +287,9 @@ class SubscriptionRepository:
         return key
 
     async def insert(self, sub: Subscription) -> None:
+        await self.flush()
+        if self.batch is not None:
+            self.batch.subs[self._key(sub.key)] = sub
         await self.conn.execute(
             "INSERT INTO subscriptions (website_key, subscription_key, status, request_hash,"
             " state, initial_transaction_key, initial_transaction, payment_method,"
@@ -157,7 +301,15 @@ class SubscriptionRepository:
 
     async def save(self, sub: Subscription, *, plans: bool = True) -> None:
         """Write the subscription; its plan versions too unless `plans` is False (a bill
-        run changes none)."""
+        run changes none: in a batch, that write is kept until the batch ends)."""
+        key = self._key(sub.key)
+        if self.batch is not None:
+            self.batch.subs[key] = sub
+            if not plans:
+                self.batch.dirty[key] = sub
+                return
+            self.batch.dirty.pop(key, None)
+            await self.flush()
         await self.conn.execute(
             "UPDATE subscriptions SET status = $3, request_hash = $4, state = $5,"
             " initial_transaction_key = $6, initial_transaction = $7, payment_method = $8,"
@@ -169,23 +321,13 @@ class SubscriptionRepository:
             await self._write_plans(sub)
 
     def _row(self, sub: Subscription) -> tuple[Any, ...]:
-        return (
-            self.website_key,
-            sub.key,
-            sub.status.value,
-            sub.request_hash,
-            _state_json(sub),
-            sub.initial_transaction_key,
-            sub.initial_transaction,
-            sub.payment_method,
-            sub.mandate_reference,
-            next_billing_date(sub.billing) if sub.status == SubscriptionStatus.ACTIVE else None,
-        )
+        return _row(self.website_key, sub)
 
     async def due_keys(self, as_of: date, after_key: str | None, limit: int) -> list[str]:
         """Active subscriptions with a period due on or before `as_of`, by key, after
         `after_key` (a merchant-wide bill run's page). A row without a billing date
         (written before it was kept) is taken too: its RunBilling decides."""
+        await self.flush()
         rows = await self.conn.fetch(
             "SELECT subscription_key FROM subscriptions"
             " WHERE website_key = $1 AND status = 'active'"
@@ -241,13 +383,10 @@ class SubscriptionRepository:
         amount_vat: Decimal,
         billed_at: datetime,
     ) -> bool:
-        """Record a billed period; False when it was billed before (nothing written)."""
-        inserted = await self.conn.fetchval(
-            "INSERT INTO billed_periods (website_key, subscription_key, period_index,"
-            " invoice_number, message_id, amount_debit, amount_vat, billed_at)"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
-            " ON CONFLICT (website_key, subscription_key, period_index) DO NOTHING"
-            " RETURNING true",
+        """Record a billed period; False when it was billed before (nothing written). In
+        a batch the row is written when the batch ends, and a period billed before makes
+        the batch replay message by message (`DuplicateBilling`)."""
+        row = (
             self.website_key,
             subscription_key,
             period_index,
@@ -257,11 +396,23 @@ class SubscriptionRepository:
             amount_vat,
             billed_at,
         )
+        if self.batch is not None:
+            self.batch.billed.append(row)
+            return True
+        inserted = await self.conn.fetchval(
+            "INSERT INTO billed_periods (website_key, subscription_key, period_index,"
+            " invoice_number, message_id, amount_debit, amount_vat, billed_at)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+            " ON CONFLICT (website_key, subscription_key, period_index) DO NOTHING"
+            " RETURNING true",
+            *row,
+        )
         return bool(inserted)
 
     async def billed_invoices(self, subscription_key: str, from_index: int) -> dict[int, str]:
         """The invoice numbers of the billed periods from `from_index` on (periods billed
         without an invoice are left out)."""
+        await self.flush()
         rows = await self.conn.fetch(
             "SELECT period_index, invoice_number FROM billed_periods"
             " WHERE website_key = $1 AND subscription_key = $2 AND period_index >= $3"
@@ -275,6 +426,7 @@ class SubscriptionRepository:
     async def mark_rejected(self, invoice_number: str, at: datetime) -> tuple[str, int] | None:
         """Record that a period's invoice was rejected: its (subscription key, period),
         or None when it is not a period invoice or was recorded before."""
+        await self.flush()
         row = await self.conn.fetchrow(
             "UPDATE billed_periods SET rejected_at = $3"
             " WHERE website_key = $1 AND invoice_number = $2 AND rejected_at IS NULL"
@@ -287,6 +439,7 @@ class SubscriptionRepository:
 
     async def count_credit_note(self, subscription_key: str, period_index: int) -> int:
         """Count one more credit note on a period's invoice; how many it has had before."""
+        await self.flush()
         before: int = await self.conn.fetchval(
             "UPDATE billed_periods SET credit_notes = credit_notes + 1"
             " WHERE website_key = $1 AND subscription_key = $2 AND period_index = $3"

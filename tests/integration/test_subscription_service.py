@@ -319,3 +319,24 @@ async def test_updates_change_prices_add_plans_and_restart(subs: Subscriptions) 
         (4, "SUB-P-4"),
     ]
     assert subs.cm.invoices.events_now("SUB-P-3") == []
+
+
+async def test_a_period_already_in_the_table_is_never_billed_again(subs: Subscriptions) -> None:
+    """The table's unique key is the last word: a billed period the subscription's row
+    does not know of (a restore, a hand edit) makes the batch replay message by message,
+    which skips that period and bills the others."""
+    await create(subs, "SUB-G")
+    pool = subs.cm.services["subscription"].runtime.pool
+    await pool.execute(
+        "INSERT INTO billed_periods (website_key, subscription_key, period_index,"
+        " invoice_number, amount_debit, amount_vat, billed_at)"
+        " VALUES ($1, 'SUB-G', 2, 'SUB-G-2', 0, 0, now())",
+        subs.website_key,
+    )
+    mid = await subs.command("RunBilling", {"subscription_key": "SUB-G", "as_of": "2026-03-01"})
+    assert (await subs.answer(mid))["payload"]["keys"]["periods_billed"] == "2"
+    await invoice_created(subs, "SUB-G-1")
+    await invoice_created(subs, "SUB-G-3")
+    events = await subs.events_of("SUB-G", 3)
+    assert [e["period_index"] for e in events if e["event"] == "PeriodBilled"] == [1, 3]
+    assert subs.cm.invoices.events_now("SUB-G-2") == []

@@ -316,6 +316,7 @@ class Monitor:
         row: dict[str, Any] = {"t_s": round(now - self.t0, 1)}
         row.update({stage: int(self.series[stage].value) for stage in STAGES})
         row["schedule_timer_handled"] = int(self.schedule_timers.value)
+        row["load_1min"] = round(os.getloadavg()[0], 2)
         row["rss_mb"] = {
             name: status_mb(pid, "VmRSS")
             for name, pid in self.pids().items()
@@ -557,9 +558,24 @@ async def run(ctx: BenchContext) -> dict[str, Any]:
                 _log(f"bill run {outcome}; waiting for the tail (next-period timers, outboxes)")
 
                 # --- the tail: what the run left queued, timed apart ------------------
+                quiet = {"since": time.monotonic(), "counters": 0.0}
+
                 async def drained() -> bool:
+                    """Every next-period timer scheduled, every invoice event read by the
+                    subscription service, the outboxes empty and no counter moving for
+                    3 s (a scheme with steps has more to do after the creation)."""
+                    counters = sum(
+                        v
+                        for samples in monitor.samples.values()
+                        for (metric, _), v in samples.items()
+                        if metric == HANDLED
+                    )
+                    if counters != quiet["counters"]:
+                        quiet.update(since=time.monotonic(), counters=counters)
+                        return False
                     return (
-                        monitor.schedule_timers.value >= n
+                        time.monotonic() - quiet["since"] >= 3.0
+                        and monitor.schedule_timers.value >= n
                         and monitor.handled("subscription", consumer="invoice-events") >= n
                         and await _outbox_rows(conn, schemas) == 0
                     )
@@ -609,6 +625,19 @@ async def run(ctx: BenchContext) -> dict[str, Any]:
                 name: round(cpu_end[name] - monitor.cpu_start.get(name, 0.0), 1) for name in cpu_end
             },
             "cpu_capacity_seconds": round(window_s * (os.cpu_count() or 1), 1),
+            # CPU per subscription does not depend on what else the machine runs
+            "cpu_ms_per_subscription": {
+                name: round((cpu_end[name] - monitor.cpu_start.get(name, 0.0)) / n * 1000, 3)
+                for name in cpu_end
+            },
+            "cpu_ms_per_subscription_total": round(
+                sum(cpu_end[k] - monitor.cpu_start.get(k, 0.0) for k in cpu_end) / n * 1000, 3
+            ),
+            "load_1min_mean": round(
+                sum(r["load_1min"] for r in monitor.timeline) / len(monitor.timeline), 2
+            )
+            if monitor.timeline
+            else None,
             "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
             "peak_rss_mb": {
                 **{name: hwm[name] for name in services},

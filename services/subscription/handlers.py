@@ -553,30 +553,38 @@ async def invoice_event(ctx: HandlerContext, evt: InvoiceEvent) -> None:
 # --- RunBilling ----------------------------------------------------------------------------
 
 
+def _invoice_line(line: domain.PeriodLine, period_index: int) -> InvoiceLine:
+    """A period line as an invoice line. A full line is quantity times unit price; a
+    prorated or catch-up line is one unit at the amount it bills, its description
+    saying the days and the full terms, so the lines add up to the invoice."""
+    catch_up = line.for_period != period_index
+    if not (line.is_prorated or catch_up):
+        return InvoiceLine(
+            sku=line.product_code,
+            description=line.description,
+            quantity=line.quantity,
+            unit_price=line.unit_price,
+            vat_percentage=line.vat_percentage,
+        )
+    days = (
+        f" ({f'period {line.for_period}: ' if catch_up else ''}"
+        f"{line.active_from.isoformat()} to {line.active_until.isoformat()}, "
+        f"{line.active_days}/{line.period_days} days of {line.quantity:f} x {line.unit_price:f})"
+    )
+    return InvoiceLine(
+        sku=line.product_code,
+        description=line.description[: MAX_TEXT_LENGTH - len(days)] + days,
+        quantity=Decimal(1),
+        unit_price=line.net_amount,
+        vat_percentage=line.vat_percentage,
+    )
+
+
 def _create_invoice(
     sub: Subscription, period: domain.PeriodInvoice
 ) -> CreateInvoice | CreateCombinedInvoice:
     last_day = period.period_end.toordinal() - 1
-    lines = []
-    for line in period.lines:
-        description = line.description
-        catch_up = line.for_period != period.period_index
-        if line.is_prorated or catch_up:
-            days = (
-                f" ({f'period {line.for_period}: ' if catch_up else ''}"
-                f"{line.active_from.isoformat()} to "
-                f"{line.active_until.isoformat()}, {line.active_days}/{line.period_days} days)"
-            )
-            description = description[: MAX_TEXT_LENGTH - len(days)] + days
-        lines.append(
-            InvoiceLine(
-                sku=line.product_code,
-                description=description,
-                quantity=line.quantity,
-                unit_price=line.unit_price,
-                vat_percentage=line.vat_percentage,
-            )
-        )
+    lines = [_invoice_line(line, period.period_index) for line in period.lines]
     fields = {
         "invoice_number": period.invoice_number,
         "invoice_date": period.invoice_date,
@@ -776,24 +784,28 @@ async def stop_subscription(ctx: HandlerContext, cmd: StopSubscription) -> None:
         errors.append(
             FieldError("payload.end_date", "end_before_start", "the end date is before the start")
         )
-    if sub.billing.end_date is not None and end > sub.billing.end_date:
-        errors.append(
-            FieldError(
-                "payload.end_date",
-                "after_current_end",
-                f"the subscription already ends on {sub.billing.end_date.isoformat()}",
-            )
-        )
     if errors:
         ctx.reject(errors)
+        return
+    current = sub.billing.end_date
+    if current is not None and end >= current:
+        # It already ends by then (a repeat, or the stop step of a later unpaid invoice
+        # of a stopped subscription): nothing changes. Ending later is a restart.
+        ctx.accept(subscription_key=sub.key, end_date=current.isoformat(), changed="false")
         return
     before = sub.billing
     sub = _settled_status(replace(sub, billing=replace(sub.billing, end_date=end)))
     await _credit_unused_days(ctx, repo, before, sub, end, f"stopped on {end.isoformat()}")
     await repo.save(sub)
-    _emit_event(ctx, sub, SubscriptionEventName.STOPPED, invoice_number=cmd.invoice_number)
+    _emit_event(
+        ctx,
+        sub,
+        SubscriptionEventName.STOPPED,
+        invoice_number=cmd.invoice_number,
+        reason=cmd.reason,
+    )
     _plan_timer(ctx, sub)
-    ctx.accept(subscription_key=sub.key)
+    ctx.accept(subscription_key=sub.key, end_date=end.isoformat(), changed="true")
 
 
 async def _credit_unused_days(

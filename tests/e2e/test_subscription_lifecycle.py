@@ -423,11 +423,20 @@ def assert_subscription_events(life: Lifecycle) -> None:
 HOSTING_OLD = ("HOSTING", "2", "19.99", "21")
 HOSTING_NEW = ("HOSTING", "2", "24.99", "21")
 MAGAZINE = ("MAGAZINE", "1", "12.50", "9")
+#: A prorated line is one unit at the amount it bills (its description gives the days).
+MAGAZINE_PRORATED = ("MAGAZINE", "1", "6.25", "9")
 INVOICES = [
     # Period 1, Jan 31 - Feb 27 (28 days; Feb 28 is period 2's clamped start):
     # HOSTING 2 x 19.99 = 39.98, VAT 8.3958 -> 8.40; MAGAZINE from Feb 14, 14/28 days of
     # 12.50 = 6.25, VAT 0.5625 -> 0.56. Net 46.23 + VAT 8.96 = 55.19.
-    (f"{KEY}-1", "2026-01-31", "2026-02-14", "55.19", "8.96", [HOSTING_OLD, MAGAZINE]),
+    (
+        f"{KEY}-1",
+        "2026-01-31",
+        "2026-02-14",
+        "55.19",
+        "8.96",
+        [HOSTING_OLD, MAGAZINE_PRORATED],
+    ),
     # Period 2, Feb 28 - Mar 30: 39.98 + 8.40; 12.50 + 1.125 -> 1.12 (half-even).
     # Net 52.48 + VAT 9.52 = 62.00.
     (f"{KEY}-2", "2026-02-28", "2026-03-14", "62.00", "9.52", [HOSTING_OLD, MAGAZINE]),
@@ -468,7 +477,11 @@ def assert_invoice_commands(sent: list[dict[str, Any]]) -> None:
         assert c["scheme_key"] == SCHEME
         assert c["debtor"]["code"] == "D-1"
     prorated = created[0]["lines"][1]["description"]
-    assert "2026-02-14" in prorated and "14/28 days" in prorated, prorated
+    assert prorated == "Monthly magazine (2026-02-14 to 2026-02-27, 14/28 days of 1 x 12.50)"
+    # The lines add up to the invoice: quantity x unit price + VAT per line.
+    for c in created:
+        net = sum(D(li["quantity"]) * D(li["unit_price"]) for li in c["lines"])
+        assert net == D(c["amount_debit"]) - D(c["amount_vat"]), c["invoice_number"]
     assert [
         (
             c["payload"]["original_invoice_number"],

@@ -74,7 +74,7 @@ async def test_an_upsell_inside_a_billed_advance_period(subs: Subscriptions) -> 
     assert february["amount_debit"] == "55.03"
     assert lines(february) == [
         ("PRO", "30.00", "Pro plan"),
-        ("PRO", "30.00", "Pro plan (period 1: 2026-01-16 to 2026-01-31, 16/31 days)"),
+        ("PRO", "15.48", "Pro plan (period 1: 2026-01-16 to 2026-01-31, 16/31 days of 1 x 30.00)"),
     ]
     await bill(subs, "UP", "2026-03-01", 1)
     assert (await invoice_created(subs, "UP-3"))["amount_debit"] == "36.30"

@@ -169,10 +169,17 @@ async def test_a_stop_ends_billing(subs: Subscriptions) -> None:
     assert codes(await subs.answer(unknown)) == [
         ("payload.subscription_key", "unknown_subscription")
     ]
+    # A later end date changes nothing (it already ends by then): accepted, no event.
     later_end = await subs.command(
         "StopSubscription", {"subscription_key": "SUB-S", "end_date": "2026-05-01"}
     )
-    assert codes(await subs.answer(later_end)) == [("payload.end_date", "after_current_end")]
+    assert (await subs.answer(later_end))["payload"]["keys"] == {
+        "subscription_key": "SUB-S",
+        "end_date": "2026-01-31",
+        "changed": "false",
+    }
+    assert [e["event"] for e in subs.events_now("SUB-S")][-1] == "SubscriptionStopped"
+    assert len(subs.events_now("SUB-S")) == 3
 
 
 async def test_another_merchant_never_sees_the_subscription(subs: Subscriptions) -> None:

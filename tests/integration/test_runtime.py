@@ -10,9 +10,6 @@ import asyncio
 import json
 import os
 import random
-import signal
-import subprocess
-import sys
 import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterator
@@ -20,7 +17,6 @@ from datetime import timedelta
 from pathlib import Path
 
 import asyncpg
-import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
 
@@ -31,10 +27,8 @@ from services.runtime.outbox import OutboxMessage, OutboxRelay, enqueue
 from services.runtime.retention import prune
 from tests.support import ledger
 from tests.support.kafka import envelope, poll_until, publish, read_all
-from tests.support.net import free_port
+from tests.support.process import ServiceProcess
 from tests.support.services import make_settings
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -296,58 +290,34 @@ async def _at_least_records(bootstrap: str, topic: str, n: int) -> list | None: 
 # --- crashes -----------------------------------------------------------------------------
 
 
-class LedgerProcess:
+class LedgerProcess(ServiceProcess):
     """The ledger service as a real OS process."""
 
-    def __init__(self, kafka_bootstrap: str, database_url: str, prefix: str) -> None:
-        self.env = {
-            **os.environ,
-            "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
-            "DATABASE_URL": database_url,
-            "CM_TOPIC_PREFIX": prefix,
-            "LEDGER_SCHEMA": schema_for(prefix),
-            "KAFKA_SESSION_TIMEOUT_MS": "2000",
-            "KAFKA_HEARTBEAT_INTERVAL_MS": "500",
-            "LOG_LEVEL": "WARNING",
-        }
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    async def start(self, *, relay: bool = True) -> None:
-        port = free_port()
-        env = {**self.env, "RELAY_ENABLED": "true" if relay else "false", "HTTP_PORT": str(port)}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.support.ledger"], cwd=ROOT, env=env
+    def __init__(self, kafka_bootstrap: str, database_url: str, prefix: str, logs: Path) -> None:
+        super().__init__(
+            "tests.support.ledger",
+            {
+                **os.environ,
+                "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+                "DATABASE_URL": database_url,
+                "CM_TOPIC_PREFIX": prefix,
+                "LEDGER_SCHEMA": schema_for(prefix),
+                "KAFKA_SESSION_TIMEOUT_MS": "2000",
+                "KAFKA_HEARTBEAT_INTERVAL_MS": "500",
+                "LOG_LEVEL": "WARNING",
+            },
+            logs,
         )
 
-        async def healthy() -> bool:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise AssertionError(f"ledger exited with {self.proc.returncode}")
-            try:
-                async with httpx.AsyncClient() as client:
-                    return (await client.get(f"http://127.0.0.1:{port}/healthz")).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        await poll_until(healthy, timeout=30, interval=0.1, what="the ledger process to be healthy")
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.kill()
+    async def start(self, *, relay: bool = True) -> None:  # type: ignore[override]
+        await super().start(RELAY_ENABLED="true" if relay else "false")
 
 
 @pytest.fixture
-def ledger_process(kafka_bootstrap: str, database_url: str, prefix: str) -> Iterator[LedgerProcess]:
-    process = LedgerProcess(kafka_bootstrap, database_url, prefix)
+def ledger_process(
+    kafka_bootstrap: str, database_url: str, prefix: str, tmp_path: Path
+) -> Iterator[LedgerProcess]:
+    process = LedgerProcess(kafka_bootstrap, database_url, prefix, tmp_path)
     try:
         yield process
     finally:

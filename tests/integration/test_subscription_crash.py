@@ -20,9 +20,6 @@ import asyncio
 import json
 import os
 import random
-import signal
-import subprocess
-import sys
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Iterator
@@ -31,17 +28,14 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
-import httpx
 import pytest
 
 from contracts import topics
 from services.runtime.db import create_pool
 from services.subscription.handlers import _INVOICE_IDS
 from tests.support.kafka import Record, envelope, poll_until, publish, read_all
-from tests.support.net import free_ports
+from tests.support.process import ServiceProcess
 from tests.support.subscriptions import subscription
-
-ROOT = Path(__file__).resolve().parents[2]
 
 #: Subscriptions, each billed for PERIODS monthly advance periods (January to March).
 N = 150
@@ -88,62 +82,24 @@ async def own_database_url(database_url: str) -> AsyncIterator[str]:
             await admin.close()
 
 
-class SubscriptionProcess:
-    """`python -m services.subscription` as a real OS process, killed and restarted."""
+class SubscriptionProcess(ServiceProcess):
+    """The subscription service as a real OS process."""
 
     def __init__(self, kafka_bootstrap: str, database_url: str, prefix: str, logs: Path) -> None:
-        self.env = {
-            **os.environ,
-            "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
-            "DATABASE_URL": database_url,
-            "CM_TOPIC_PREFIX": prefix,
-            "KAFKA_SESSION_TIMEOUT_MS": "2000",
-            "KAFKA_HEARTBEAT_INTERVAL_MS": "500",
-            "RELAY_POLL_INTERVAL_MS": "50",
-            "LOG_LEVEL": "WARNING",
-        }
-        self.logs = logs
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.starts = 0
-
-    async def start(self) -> None:
-        port = free_ports(1)  # below the ephemeral range: no client connection takes it
-        self.starts += 1
-        log = self.logs / f"subscription-{self.starts}.log"
-        with log.open("wb") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "services.subscription"],
-                cwd=ROOT,
-                env={**self.env, "HTTP_PORT": str(port)},
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-
-        async def healthy() -> bool:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                tail = log.read_text(errors="replace")[-3000:]
-                raise AssertionError(f"the service exited with {self.proc.returncode}:\n{tail}")
-            try:
-                async with httpx.AsyncClient() as client:
-                    return (await client.get(f"http://127.0.0.1:{port}/healthz")).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        await poll_until(healthy, timeout=60, interval=0.1, what="the subscription process healthy")
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        super().__init__(
+            "services.subscription",
+            {
+                **os.environ,
+                "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+                "DATABASE_URL": database_url,
+                "CM_TOPIC_PREFIX": prefix,
+                "KAFKA_SESSION_TIMEOUT_MS": "2000",
+                "KAFKA_HEARTBEAT_INTERVAL_MS": "500",
+                "RELAY_POLL_INTERVAL_MS": "50",
+                "LOG_LEVEL": "WARNING",
+            },
+            logs,
+        )
 
 
 @pytest.fixture

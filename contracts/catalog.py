@@ -274,10 +274,10 @@ TOPICS: dict[str, TopicSpec] = {
         ),
         TopicSpec(
             name=t.AGENCY_REQUESTS,
-            description="Cases handed to a collection agency's adapter.",
+            description="Cases handed to (and recalled from) a collection agency's adapter.",
             key="{payload.agency_code}:{payload.case_key}",
-            messages=(collection.TransferCase,),
-            producers={COLLECTION: (collection.TransferCase,)},
+            messages=(collection.TransferCase, collection.RecallCase),
+            producers={COLLECTION: (collection.TransferCase, collection.RecallCase)},
             consumers=(AGENCY_ADAPTERS,),
         ),
         TopicSpec(

@@ -23,6 +23,7 @@ from contracts.envelope import Command, Event, Money, MoneyTotal, register
 from contracts.fields import (
     BusinessDate,
     CountryCode,
+    Culture,
     Currency,
     Email,
     Identifier,
@@ -50,6 +51,22 @@ class ConditionAction(StrEnum):
     REVIEW = "review"
 
 
+class CaseEnvironment(StrEnum):
+    """A `test` case never reaches an agency's production adapter nor changes a real
+    invoice; `production` is the real thing."""
+
+    TEST = "test"
+    PRODUCTION = "production"
+
+
+class Gender(StrEnum):
+    """As the agency records it."""
+
+    FEMALE = "female"
+    MALE = "male"
+    OTHER = "other"
+
+
 class CaseState(StrEnum):
     """Where a case stands."""
 
@@ -73,6 +90,7 @@ class CaseEventName(StrEnum):
     REFUSED = "CaseRefused"
     PROCESSED = "CaseProcessed"
     COLLECTED_AMOUNT_ADDED = "CollectedAmountAdded"
+    RECALLED = "CaseRecalled"
     CLOSED = "CaseClosed"
 
 
@@ -87,6 +105,18 @@ class BillingAddress(Part):
     """Who the agency collects from."""
 
     name: OneLine = Field(min_length=1, max_length=200, description="Person or company name.")
+    given_name: OneLine | None = Field(default=None, max_length=100, description="Given name.")
+    family_name: OneLine | None = Field(default=None, max_length=100, description="Family name.")
+    organization_name: OneLine | None = Field(
+        default=None, max_length=200, description="Company name, for a company debtor."
+    )
+    gender: Gender | None = Field(default=None, description="female, male or other.")
+    mobile_phone: OneLine | None = Field(
+        default=None, max_length=30, description="Mobile number, international format."
+    )
+    postal_state: OneLine | None = Field(
+        default=None, max_length=100, description="State or province, where there is one."
+    )
     street: OneLine = Field(min_length=1, max_length=200, description="Street name.")
     house_number: OneLine | None = Field(default=None, max_length=20, description="House number.")
     postal_code: OneLine | None = Field(default=None, max_length=20, description="Postal code.")
@@ -119,6 +149,22 @@ class UpsertDebtCollectorConfiguration(Command):
         max_length=MAX_COLLECTOR_CONDITIONS,
         description="Rules on the case amount.",
     )
+    priority: int = Field(
+        default=100,
+        ge=0,
+        le=10_000,
+        description="Configurations are tried from the lowest priority: the first with a "
+        "condition the case amount meets decides.",
+    )
+    is_default: bool = Field(
+        default=False,
+        description="The merchant's default: used when no configuration's condition "
+        "matches (its cases wait for review). Setting it moves the default here.",
+    )
+    open_cases_for_chargebacks: bool = Field(
+        default=False,
+        description="A chargeback on a paid invoice opens a case for the amount taken back.",
+    )
 
 
 class CaseFields(Command):
@@ -138,7 +184,21 @@ class CaseFields(Command):
     currency: Currency = Field(description="ISO 4217 currency.")
     due_date: BusinessDate = Field(description="When the debt was due.")
     amount: MoneyTotal = Field(
-        description="The amount to collect (an invoice's open amount with its costs)."
+        description="The amount to collect (an invoice's open amount with its costs); "
+        "the line items add up to it."
+    )
+    contract_date: BusinessDate | None = Field(
+        default=None, description="When the debtor entered the contract, if known."
+    )
+    language: Culture | None = Field(
+        default=None, description="The debtor's language for the agency, e.g. `nl-NL`."
+    )
+    reference: OneLine | None = Field(
+        default=None, max_length=100, description="The merchant's reference shown to the debtor."
+    )
+    environment: CaseEnvironment = Field(
+        default=CaseEnvironment.PRODUCTION,
+        description="`test`: never sent to a production adapter, never changes an invoice.",
     )
 
 
@@ -173,6 +233,11 @@ class ReviewCase(Command):
     case_key: Identifier = Field(description="The case.")
     approve: bool = Field(description="True transfers the case; false fails it.")
     reason: Text | None = Field(default=None, description="Why, for the event log.")
+    agency_code: Identifier | None = Field(
+        default=None,
+        description="The agency to transfer to, when the case has none yet (no "
+        "configuration chose one) or another is wanted.",
+    )
 
 
 class AgencyAccepted(Command):
@@ -192,11 +257,18 @@ class AgencyRefused(Command):
 
 
 class AgencyProcessed(Command):
-    """The agency finished (invoice 73 when complete, else 74; case `closed`)."""
+    """The agency finished (invoice 73 when complete, else 74; case `closed`).
+
+    `collected_amount` is the agency's total for the case, including what was already
+    reported by AddCollectedAmount: only the part above the amounts already added is
+    booked on the invoice, so no euro is booked twice (docs/collection.md).
+    """
 
     case_key: Identifier = Field(description="The case.")
     complete: bool = Field(description="Whether everything was collected.")
-    collected_amount: MoneyTotal = Field(description="Total the agency collected.")
+    collected_amount: MoneyTotal = Field(
+        description="Total the agency collected for the case, all reports included."
+    )
 
 
 class AddCollectedAmount(Command):
@@ -204,6 +276,12 @@ class AddCollectedAmount(Command):
 
     case_key: Identifier = Field(description="The case.")
     amount: Money = Field(description="The amount collected now.")
+    collection_reference: OneLine | None = Field(
+        default=None,
+        max_length=100,
+        description="The agency's reference of this collection; a repeat with the same "
+        "reference is booked once.",
+    )
 
 
 class CloseCase(Command):
@@ -226,6 +304,18 @@ class TransferCase(CaseFields):
     )
 
 
+class RecallCase(Command):
+    """Take a case back from the agency (collection → the agency's adapter): the invoice
+    was paid directly, written off, credited to zero or emergency-stopped.
+
+    Kafka key: `{agency_code}:{case_key}`.
+    """
+
+    case_key: Identifier = Field(description="The case.")
+    agency_code: Identifier = Field(description="The agency holding it.")
+    reason: Text = Field(description="Why the case is recalled.")
+
+
 class CaseSnapshot(SnapshotPart):
     """A case as it stands after a change (documents by name only)."""
 
@@ -240,6 +330,13 @@ class CaseSnapshot(SnapshotPart):
     amount: MoneyTotal = Field(description="The amount to collect.")
     collected_amount: MoneyTotal = Field(description="What the agency collected so far.")
     document_names: list[str] = Field(default_factory=list, description="Attached files.")
+    environment: CaseEnvironment = Field(
+        default=CaseEnvironment.PRODUCTION, description="test or production."
+    )
+    reference: str | None = Field(default=None, description="The merchant's reference.")
+    agency_reference: str | None = Field(
+        default=None, description="The agency's own reference, once accepted."
+    )
 
 
 class CaseEvent(Event):
@@ -262,5 +359,6 @@ register(
     AddCollectedAmount,
     CloseCase,
     TransferCase,
+    RecallCase,
     CaseEvent,
 )

@@ -322,6 +322,7 @@ SAMPLES: list[Message] = [
     collection.AgencyProcessed(case_key="C-1", complete=False, collected_amount=D("60.00")),
     collection.AddCollectedAmount(case_key="C-1", amount=D("60.00")),
     collection.CloseCase(case_key="C-1", reason="settled"),
+    collection.RecallCase(case_key="C-1", agency_code="AG-1", reason="paid directly"),
     collection.TransferCase(
         **CASE_FIELDS,
         agency_code="AG-1",

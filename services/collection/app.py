@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from contracts import topics
+from services.collection import handlers
 from services.runtime.app import ServiceDefinition
-from services.runtime.consumer import ConsumerSpec
-from services.runtime.pending import ignore_internal, refuse_all
+from services.runtime.consumer import ConsumerSpec, HandlerSpec
 
 
 def definition() -> ServiceDefinition:
@@ -18,23 +18,25 @@ def definition() -> ServiceDefinition:
             ConsumerSpec(
                 name="commands",
                 topic=topics.COLLECTION_COMMANDS,
-                handlers=refuse_all(
-                    "UpsertDebtCollectorConfiguration",
-                    "CreateCase",
-                    "AttachDocument",
-                    "MarkAsPrepared",
-                    "ReviewCase",
-                    "AgencyAccepted",
-                    "AgencyRefused",
-                    "AgencyProcessed",
-                    "AddCollectedAmount",
-                    "CloseCase",
-                ),
+                handlers={
+                    "UpsertDebtCollectorConfiguration": HandlerSpec(handlers.upsert_configuration),
+                    "CreateCase": HandlerSpec(handlers.create_case),
+                    "AttachDocument": HandlerSpec(handlers.attach_document),
+                    "MarkAsPrepared": HandlerSpec(handlers.mark_prepared),
+                    "ReviewCase": HandlerSpec(handlers.review_case),
+                    # From the agency adapters: answered like the merchants' commands.
+                    "AgencyAccepted": HandlerSpec(handlers.agency_accepted),
+                    "AgencyRefused": HandlerSpec(handlers.agency_refused),
+                    "AgencyProcessed": HandlerSpec(handlers.agency_processed),
+                    "AddCollectedAmount": HandlerSpec(handlers.add_collected_amount),
+                    "CloseCase": HandlerSpec(handlers.close_case),
+                },
             ),
             ConsumerSpec(
                 name="invoice-events",
                 topic=topics.INVOICE_EVENTS,
-                handlers=ignore_internal("InvoiceEvent"),
+                # Status 70 opens a case; a settled invoice recalls and closes it.
+                handlers={"InvoiceEvent": HandlerSpec(handlers.invoice_event, answers=False)},
             ),
         ],
     )

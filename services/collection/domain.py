@@ -271,26 +271,27 @@ def close(case: Case, reason: str) -> Outcome:
     return _closed(case, reason)
 
 
-def invoice_settled(case: Case, reason: str) -> Outcome:
+def invoice_settled(case: Case, reason: str, *, recall: bool = True) -> Outcome:
     """The invoice no longer needs collecting (paid directly, written off, credited to
-    zero, emergency-stopped): an open case is recalled (when the agency holds it) and
-    closed; a case that is over stays as it is."""
+    zero, emergency-stopped): an open case is recalled (when the agency holds it and
+    `recall`: not when the agency's own collections paid it) and closed; a case that is
+    over stays as it is."""
     if case.state in FINAL:
         return Outcome()
-    return _closed(case, reason)
+    return _closed(case, reason, recall=recall)
 
 
-def _closed(case: Case, reason: str) -> Outcome:
+def _closed(case: Case, reason: str, *, recall: bool = True) -> Outcome:
     events: list[tuple[CaseEventName, str | None]] = []
-    recall = None
-    if case.transferred:
-        recall = reason
+    recalled = None
+    if case.transferred and recall:
+        recalled = reason
         events.append((CaseEventName.RECALLED, reason))
     events.append((CaseEventName.CLOSED, reason))
     return Outcome(
         case=replace(case, state=CaseState.CLOSED, transferred=False),
         events=tuple(events),
-        recall=recall,
+        recall=recalled,
     )
 
 

@@ -656,11 +656,12 @@ async def test_hostile_records_on_every_consumed_topic_stop_no_consumer(
             assert kinds == [expected], (topic, g.partition, answered[g.message_id])
             if expected == "CommandRejected":
                 codes = [e["code"] for e in answered[g.message_id][0]["payload"]["errors"]]
-                # The good subscription command stops a subscription no one created.
+                # The good subscription and collection commands name a subscription or
+                # case no one created.
                 refusal = (
                     "unknown_subscription"
                     if topic == topics.SUBSCRIPTION_COMMANDS
-                    else "not_implemented"
+                    else "unknown_case"
                 )
                 assert codes == [refusal], codes
 

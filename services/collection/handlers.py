@@ -1,0 +1,530 @@
+"""One function per collection message: load (locked), call the domain, save, emit, in
+one transaction. The rules are in docs/collection.md."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import uuid
+from dataclasses import replace
+from datetime import date
+from decimal import Decimal
+from typing import Any
+
+from babel.numbers import list_currencies
+
+from contracts import topics
+from contracts.collection import (
+    AddCollectedAmount,
+    AgencyAccepted,
+    AgencyProcessed,
+    AgencyRefused,
+    AttachDocument,
+    BillingAddress,
+    CaseEnvironment,
+    CaseEvent,
+    CaseEventName,
+    CaseSnapshot,
+    CaseState,
+    CloseCase,
+    CreateCase,
+    Document,
+    MarkAsPrepared,
+    RecallCase,
+    ReviewCase,
+    TransferCase,
+    UpsertDebtCollectorConfiguration,
+)
+from contracts.envelope import FieldError
+from contracts.fields import minor_unit
+from contracts.invoice import (
+    InvoiceEvent,
+    InvoiceLine,
+    InvoiceStatus,
+    RegisterCollectedAmount,
+    SetCollectionStatus,
+)
+from contracts.limits import MAX_DOCUMENTS
+from services.collection import domain
+from services.collection.repository import CollectionRepository, StoredCase
+from services.runtime.consumer import HandlerContext
+
+_CURRENCIES = frozenset(list_currencies())
+#: The documents of one case together, at most (they travel in one TransferCase).
+MAX_DOCUMENT_BYTES_PER_CASE = 700_000
+#: Namespace of the ids of what the service sends for a message (booking, status, ...).
+_IDS = uuid.UUID("2f6b8d1e-4a3c-4e5f-9b7a-1c3d5e7f9a2b")
+#: Namespace of the keys of automatic cases (one per merchant and invoice).
+_AUTO_CASES = uuid.UUID("7d9f1b3a-5c7e-4a9b-8d1f-3b5d7f9a1c3e")
+#: Invoice statuses after which an open case is recalled and closed.
+_SETTLED = {
+    InvoiceStatus.WRITTEN_OFF: "the invoice was written off",
+    InvoiceStatus.CANCELLED: "the invoice was cancelled",
+    InvoiceStatus.EMERGENCY: "the invoice was emergency-stopped",
+}
+
+
+def _repo(ctx: HandlerContext) -> CollectionRepository:
+    return CollectionRepository(ctx.conn, ctx.website_key)
+
+
+def _unknown(key: str) -> list[FieldError]:
+    return [FieldError("payload.case_key", "unknown_case", f"no case {key} for this merchant")]
+
+
+def _decimals(amount: Decimal) -> int:
+    exponent = amount.normalize().as_tuple().exponent
+    return max(0, -exponent) if isinstance(exponent, int) else 0
+
+
+def _id(ctx: HandlerContext, what: str) -> uuid.UUID:
+    """The id of what this message sends (stable when the message is handled again)."""
+    return uuid.uuid5(_IDS, f"{ctx.envelope.message_id}:{what}")
+
+
+# --- configurations ------------------------------------------------------------------------
+
+
+async def upsert_configuration(ctx: HandlerContext, cmd: UpsertDebtCollectorConfiguration) -> None:
+    errors = [
+        FieldError(f"payload.conditions.{i}.min_amount", "negative", "an amount is not negative")
+        for i, c in enumerate(cmd.conditions)
+        if c.min_amount < 0
+    ]
+    amounts = [c.min_amount for c in cmd.conditions]
+    if len(set(amounts)) != len(amounts):
+        errors.append(
+            FieldError("payload.conditions", "duplicate_min_amount", "one condition per amount")
+        )
+    if errors:
+        ctx.reject(errors)
+        return
+    await _repo(ctx).upsert_configuration(
+        domain.Configuration(
+            key=cmd.configuration_key,
+            agency_code=cmd.agency_code,
+            conditions=tuple(domain.Condition(c.min_amount, c.action) for c in cmd.conditions),
+            priority=cmd.priority,
+            is_default=cmd.is_default,
+            open_cases_for_chargebacks=cmd.open_cases_for_chargebacks,
+        )
+    )
+    ctx.accept(configuration_key=cmd.configuration_key)
+
+
+# --- snapshots and effects -----------------------------------------------------------------
+
+
+async def _snapshot(
+    repo: CollectionRepository, stored: StoredCase, case: domain.Case
+) -> CaseSnapshot:
+    return CaseSnapshot(
+        case_key=case.key,
+        state=case.state,
+        invoice_number=case.invoice_number,
+        external_id=stored.data["external_id"],
+        configuration_key=case.configuration_key,
+        agency_code=case.agency_code,
+        currency=case.currency,
+        due_date=date.fromisoformat(stored.data["due_date"]),
+        amount=case.amount,
+        collected_amount=case.collected_amount,
+        document_names=await repo.document_names(case.key),
+        environment=case.environment,
+        reference=stored.data.get("reference"),
+        agency_reference=case.agency_reference,
+    )
+
+
+async def _apply(
+    ctx: HandlerContext, repo: CollectionRepository, stored: StoredCase, outcome: domain.Outcome
+) -> bool:
+    """Save the case and send everything the outcome means. False when it was refused
+    (the command is answered with its errors)."""
+    if outcome.errors:
+        ctx.reject(list(outcome.errors))
+        return False
+    before, case = stored.case, outcome.case
+    if case is None:
+        return True  # nothing changes
+    await repo.save(before, case)
+    snapshot = await _snapshot(repo, stored, case)
+    for i, (name, reason) in enumerate(outcome.events):
+        ctx.emit(
+            topics.COLLECTION_EVENTS,
+            f"{ctx.website_key}:{case.key}",
+            CaseEvent(event=name, case=snapshot, reason=reason),
+            message_id=_id(ctx, f"{case.key}:event:{i}"),
+        )
+    if outcome.transfer:
+        assert case.agency_code is not None
+        await _send_transfer(ctx, repo, stored, case)
+    if outcome.recall is not None and before.agency_code is not None:
+        ctx.emit(
+            topics.AGENCY_REQUESTS,
+            f"{before.agency_code}:{case.key}",
+            RecallCase(case_key=case.key, agency_code=before.agency_code, reason=outcome.recall),
+            message_id=_id(ctx, f"{case.key}:recall"),
+        )
+    if case.touches_invoice and case.invoice_number is not None:
+        if outcome.collection_status is not None:
+            ctx.emit(
+                topics.INVOICE_COMMANDS,
+                f"{ctx.website_key}:{case.invoice_number}",
+                SetCollectionStatus(
+                    invoice_number=case.invoice_number,
+                    status_code=outcome.collection_status,
+                    case_key=case.key,
+                ),
+                message_id=_id(ctx, f"{case.key}:status"),
+            )
+        if outcome.booked > 0:
+            ctx.emit(
+                topics.INVOICE_COMMANDS,
+                f"{ctx.website_key}:{case.invoice_number}",
+                RegisterCollectedAmount(
+                    invoice_number=case.invoice_number, amount=outcome.booked, case_key=case.key
+                ),
+                message_id=_id(ctx, f"{case.key}:booked"),
+            )
+    return True
+
+
+async def _send_transfer(
+    ctx: HandlerContext, repo: CollectionRepository, stored: StoredCase, case: domain.Case
+) -> None:
+    data = stored.data
+    assert case.agency_code is not None
+    ctx.emit(
+        topics.AGENCY_REQUESTS,
+        f"{case.agency_code}:{case.key}",
+        TransferCase(
+            case_key=case.key,
+            invoice_number=case.invoice_number,
+            external_id=data["external_id"],
+            billing_address=BillingAddress.model_validate(data["billing_address"]),
+            line_items=[InvoiceLine.model_validate(item) for item in data["line_items"]],
+            currency=case.currency,
+            due_date=date.fromisoformat(data["due_date"]),
+            amount=case.amount,
+            contract_date=data.get("contract_date"),
+            language=data.get("language"),
+            reference=data.get("reference"),
+            environment=case.environment,
+            agency_code=case.agency_code,
+            documents=[
+                Document(name=d.name, content_type=d.content_type, content_base64=d.content_base64)
+                for d in await repo.documents(case.key)
+            ],
+        ),
+        message_id=_id(ctx, f"{case.key}:transfer"),
+    )
+
+
+async def _case(ctx: HandlerContext, key: str) -> tuple[CollectionRepository, StoredCase | None]:
+    repo = _repo(ctx)
+    stored = await repo.get(key)
+    if stored is None:
+        ctx.reject(_unknown(key))
+    return repo, stored
+
+
+# --- CreateCase ----------------------------------------------------------------------------
+
+
+def create_errors(cmd: CreateCase, configuration_keys: set[str]) -> list[FieldError]:
+    errors: list[FieldError] = []
+    if cmd.currency not in _CURRENCIES:
+        errors.append(
+            FieldError("payload.currency", "unknown_currency", f"{cmd.currency} is not ISO 4217")
+        )
+    elif _decimals(cmd.amount) > minor_unit(cmd.currency):
+        errors.append(
+            FieldError(
+                "payload.amount",
+                "too_many_decimals",
+                f"{cmd.currency} has {minor_unit(cmd.currency)} decimals",
+            )
+        )
+    if cmd.amount <= 0:
+        errors.append(FieldError("payload.amount", "not_positive", "a case amount is positive"))
+    if cmd.configuration_key is not None and cmd.configuration_key not in configuration_keys:
+        errors.append(
+            FieldError(
+                "payload.configuration_key", "unknown_configuration", "no such configuration"
+            )
+        )
+    if cmd.currency in _CURRENCIES:
+        mismatch = domain.line_items_error(
+            [domain.LineItem(i.quantity, i.unit_price, i.vat_percentage) for i in cmd.line_items],
+            cmd.amount,
+            minor_unit(cmd.currency),
+        )
+        if mismatch is not None:
+            errors.append(mismatch)
+    return errors
+
+
+def _data(cmd: CreateCase) -> dict[str, Any]:
+    return cmd.model_dump(
+        mode="json",
+        include={
+            "external_id",
+            "billing_address",
+            "line_items",
+            "due_date",
+            "contract_date",
+            "language",
+            "reference",
+        },
+    )
+
+
+async def create_case(ctx: HandlerContext, cmd: CreateCase) -> None:
+    repo = _repo(ctx)
+    await repo.lock_key(cmd.case_key)
+    fingerprint = hashlib.sha256(cmd.model_dump_json().encode()).hexdigest()
+    existing = await repo.get(cmd.case_key)
+    if existing is not None:
+        if existing.request_hash == fingerprint:
+            ctx.accept(case_key=cmd.case_key)
+        else:
+            ctx.reject(
+                [
+                    FieldError(
+                        "payload.case_key",
+                        "duplicate_case_key",
+                        f"case {cmd.case_key} exists with other content",
+                    )
+                ]
+            )
+        return
+    configurations = await repo.configurations()
+    errors = create_errors(cmd, {c.key for c in configurations})
+    if errors:
+        ctx.reject(errors)
+        return
+    case = domain.Case(
+        key=cmd.case_key,
+        state=CaseState.PREPARING,
+        currency=cmd.currency,
+        amount=cmd.amount,
+        invoice_number=cmd.invoice_number,
+        environment=cmd.environment,
+        configuration_key=cmd.configuration_key,
+    )
+    stored = StoredCase(case, fingerprint, _data(cmd))
+    await repo.insert(stored)
+    await _emit_created(ctx, repo, stored)
+    ctx.accept(case_key=cmd.case_key)
+
+
+async def _emit_created(
+    ctx: HandlerContext, repo: CollectionRepository, stored: StoredCase
+) -> None:
+    ctx.emit(
+        topics.COLLECTION_EVENTS,
+        f"{ctx.website_key}:{stored.case.key}",
+        CaseEvent(event=CaseEventName.CREATED, case=await _snapshot(repo, stored, stored.case)),
+        message_id=_id(ctx, f"{stored.case.key}:created"),
+    )
+
+
+# --- the case's moves ----------------------------------------------------------------------
+
+
+async def attach_document(ctx: HandlerContext, cmd: AttachDocument) -> None:
+    repo, stored = await _case(ctx, cmd.case_key)
+    if stored is None:
+        return
+    outcome = domain.attach_document(stored.case)
+    if not outcome.errors:
+        try:
+            content = base64.b64decode(cmd.content_base64, validate=True)
+        except (binascii.Error, ValueError):
+            ctx.reject([FieldError("payload.content_base64", "not_base64", "not valid base64")])
+            return
+        count, used = await repo.document_usage(cmd.case_key)
+        if count >= MAX_DOCUMENTS:
+            ctx.reject(
+                [FieldError("payload.case_key", "too_many_documents", f"at most {MAX_DOCUMENTS}")]
+            )
+            return
+        if used + len(content) > MAX_DOCUMENT_BYTES_PER_CASE:
+            ctx.reject(
+                [
+                    FieldError(
+                        "payload.content_base64",
+                        "documents_too_large",
+                        f"a case's documents hold at most {MAX_DOCUMENT_BYTES_PER_CASE} bytes",
+                    )
+                ]
+            )
+            return
+        await repo.add_document(cmd.case_key, count, cmd.name, cmd.content_type, content)
+    if await _apply(ctx, repo, stored, outcome):
+        ctx.accept(case_key=cmd.case_key)
+
+
+async def mark_prepared(ctx: HandlerContext, cmd: MarkAsPrepared) -> None:
+    repo, stored = await _case(ctx, cmd.case_key)
+    if stored is None:
+        return
+    choice = domain.choose(
+        await repo.configurations(), stored.case.amount, only=stored.case.configuration_key
+    )
+    if await _apply(ctx, repo, stored, domain.mark_prepared(stored.case, choice)):
+        ctx.accept(case_key=cmd.case_key)
+
+
+async def review_case(ctx: HandlerContext, cmd: ReviewCase) -> None:
+    repo, stored = await _case(ctx, cmd.case_key)
+    if stored is None:
+        return
+    outcome = domain.review(stored.case, cmd.approve, cmd.agency_code, cmd.reason)
+    if await _apply(ctx, repo, stored, outcome):
+        ctx.accept(case_key=cmd.case_key)
+
+
+async def agency_accepted(ctx: HandlerContext, cmd: AgencyAccepted) -> None:
+    repo, stored = await _case(ctx, cmd.case_key)
+    if stored is None:
+        return
+    if await _apply(ctx, repo, stored, domain.agency_accepted(stored.case, cmd.agency_reference)):
+        ctx.accept(case_key=cmd.case_key)
+
+
+async def agency_refused(ctx: HandlerContext, cmd: AgencyRefused) -> None:
+    repo, stored = await _case(ctx, cmd.case_key)
+    if stored is None:
+        return
+    if await _apply(ctx, repo, stored, domain.agency_refused(stored.case, cmd.reason)):
+        ctx.accept(case_key=cmd.case_key)
+
+
+async def agency_processed(ctx: HandlerContext, cmd: AgencyProcessed) -> None:
+    repo, stored = await _case(ctx, cmd.case_key)
+    if stored is None:
+        return
+    outcome = domain.agency_processed(stored.case, cmd.complete, cmd.collected_amount)
+    if await _apply(ctx, repo, stored, outcome):
+        ctx.accept(case_key=cmd.case_key)
+
+
+async def add_collected_amount(ctx: HandlerContext, cmd: AddCollectedAmount) -> None:
+    repo, stored = await _case(ctx, cmd.case_key)
+    if stored is None:
+        return
+    outcome = domain.add_collected(stored.case, cmd.amount, cmd.collection_reference)
+    if await _apply(ctx, repo, stored, outcome):
+        ctx.accept(case_key=cmd.case_key)
+
+
+async def close_case(ctx: HandlerContext, cmd: CloseCase) -> None:
+    repo, stored = await _case(ctx, cmd.case_key)
+    if stored is None:
+        return
+    if await _apply(ctx, repo, stored, domain.close(stored.case, cmd.reason)):
+        ctx.accept(case_key=cmd.case_key)
+
+
+# --- invoice events ------------------------------------------------------------------------
+
+
+def _billing_address(evt: InvoiceEvent) -> BillingAddress | None:
+    debtor = evt.invoice.debtor
+    if debtor is None or debtor.address is None:
+        return None
+    person, company, address = debtor.person, debtor.company, debtor.address
+    name = company.name if company else f"{person.first_name} {person.last_name}" if person else ""
+    if not name:
+        return None
+    return BillingAddress(
+        name=name,
+        given_name=person.first_name if person else None,
+        family_name=person.last_name if person else None,
+        organization_name=company.name if company else None,
+        mobile_phone=debtor.phone.mobile if debtor.phone else None,
+        street=address.street,
+        house_number=address.house_number,
+        postal_code=address.postal_code,
+        city=address.city,
+        country=address.country,
+        email=debtor.email,
+    )
+
+
+def auto_case_key(website_key: str, invoice_number: str) -> str:
+    return f"case-{uuid.uuid5(_AUTO_CASES, f'{website_key}:{invoice_number}')}"
+
+
+async def invoice_event(ctx: HandlerContext, evt: InvoiceEvent) -> None:
+    """Status 70 opens the invoice's case (once) and prepares it; an invoice settled
+    elsewhere (paid, written off, cancelled, emergency) recalls and closes its open case."""
+    invoice = evt.invoice
+    if invoice.is_test:
+        return
+    if invoice.status_code == InvoiceStatus.PENDING_TRANSFER_TO_COLLECTION_AGENCY:
+        await _open_automatic_case(ctx, evt)
+        return
+    reason = _SETTLED.get(invoice.status_code)
+    if reason is None and invoice.is_paid:
+        reason = "the invoice was paid"
+    if reason is None:
+        return
+    repo = _repo(ctx)
+    for key in await repo.open_case_keys(invoice.invoice_number):
+        stored = await repo.get(key)
+        if stored is not None and stored.case.environment == CaseEnvironment.PRODUCTION:
+            # Paid through the agency's own collections: nothing to recall.
+            collected = stored.case.collected_amount >= stored.case.amount
+            outcome = domain.invoice_settled(stored.case, reason, recall=not collected)
+            await _apply(ctx, repo, stored, outcome)
+
+
+async def _open_automatic_case(ctx: HandlerContext, evt: InvoiceEvent) -> None:
+    invoice = evt.invoice
+    repo = _repo(ctx)
+    key = auto_case_key(ctx.website_key, invoice.invoice_number)
+    await repo.lock_key(key)
+    if await repo.get(key) is not None:
+        return  # opened before (the event again, or another event at status 70)
+    address = _billing_address(evt)
+    amount = Decimal(str(invoice.open_amount_incl_admin_costs))
+    if address is None or amount <= 0:
+        return  # nothing an agency could collect from: the invoice stays at 70
+    agency = next((p.value for p in evt.event_parameters if p.key == "AgencyCode"), None)
+    case = domain.Case(
+        key=key,
+        state=CaseState.PREPARING,
+        currency=invoice.currency,
+        amount=amount,
+        invoice_number=invoice.invoice_number,
+    )
+    stored = StoredCase(
+        case,
+        None,
+        {
+            "external_id": invoice.invoice_number,
+            "billing_address": address.model_dump(mode="json"),
+            "line_items": [
+                InvoiceLine(
+                    description=f"Invoice {invoice.invoice_number}: open amount incl. costs",
+                    quantity=Decimal(1),
+                    unit_price=amount,
+                    vat_percentage=Decimal(0),
+                ).model_dump(mode="json")
+            ],
+            "due_date": invoice.due_date.isoformat(),
+            "contract_date": None,
+            "language": invoice.culture,
+            "reference": invoice.invoice_number,
+        },
+    )
+    await repo.insert(stored)
+    await _emit_created(ctx, repo, stored)
+    choice = domain.choose(await repo.configurations(), amount)
+    if agency is not None:
+        choice = replace(choice, agency_code=agency)
+    await _apply(ctx, repo, stored, domain.mark_prepared(case, choice))

@@ -1,4 +1,5 @@
-"""`python -m devstack run|up`: the embedded stack plus the five services, supervised."""
+"""`python -m devstack run|up`: the embedded stack plus the five services (and the
+agency simulator), supervised."""
 
 from __future__ import annotations
 
@@ -27,6 +28,10 @@ SERVICES: tuple[tuple[str, int], ...] = (
     ("subscription", 8084),
     ("collection", 8085),
 )
+#: Outside actors started next to the services, as (name, module): no HTTP port, no
+#: health check. Left out when `--service-cmd` replaces the services (stand-ins), unless
+#: named in `--services`.
+ADAPTERS: tuple[tuple[str, str], ...] = (("agency-sim", "services.collection.agency_sim"),)
 DATABASE = "cm"
 DEFAULT_KAFKA_PORT = 9092
 DEFAULT_PG_PORT = 5432
@@ -73,7 +78,7 @@ class Console:
 @dataclass
 class Service:
     name: str
-    port: int
+    port: int | None  # None: an adapter, without /healthz
     index: int
     process: asyncio.subprocess.Process | None = None
     pump: asyncio.Task[None] | None = None
@@ -309,9 +314,9 @@ class Stack:
     async def wait_healthy(self, within_s: float) -> list[str]:
         """Poll every /healthz until all answer 200; return the names still unhealthy."""
         deadline = time.monotonic() + within_s
-        pending = {s.name: s for s in self.services}
+        pending = {s.name: s.port for s in self.services if s.port is not None}
         while pending:
-            statuses = await asyncio.gather(*(http_status(s.port) for s in pending.values()))
+            statuses = await asyncio.gather(*(http_status(port) for port in pending.values()))
             for name, status in zip(list(pending), statuses, strict=True):
                 if status == 200:
                     self.console.say(f"{name} is healthy")
@@ -387,7 +392,7 @@ async def run(
             base_env |= {"SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(mailbox.port)}
         base_env.setdefault("LETTER_SPOOL_DIR", str(devstack_dir() / "letters"))
         names = list(only) if only else [name for name, _ in SERVICES]
-        known = {name for name, _ in SERVICES}
+        known = {name for name, _ in SERVICES} | {name for name, _ in ADAPTERS}
         unknown = sorted(set(names) - known)
         if unknown:
             console.say(f"unknown services: {', '.join(unknown)}", error=True)
@@ -400,6 +405,12 @@ async def run(
             stack.services.append(service)
             service_env = base_env | {"HTTP_PORT": str(port)}
             await stack.start_service(service, service_command(name, service_cmd), service_env)
+        for index, (name, module) in enumerate(ADAPTERS, start=len(SERVICES)):
+            wanted = name in only if only else service_cmd is None
+            if wanted:
+                adapter = Service(name, None, index)
+                stack.services.append(adapter)
+                await stack.start_service(adapter, [sys.executable, "-m", module], base_env)
         try:
             unhealthy = await stack.wait_healthy(health_timeout)
         except _Trouble as trouble:
@@ -414,8 +425,9 @@ async def run(
                 error=True,
             )
             return 1
+        checked = [s for s in stack.services if s.port is not None]
         lines = [
-            f"all {len(stack.services)} services healthy in {time.monotonic() - started:.1f} s",
+            f"all {len(checked)} services healthy in {time.monotonic() - started:.1f} s",
             "",
         ]
         lines.append(f"  kafka     {env['KAFKA_BOOTSTRAP_SERVERS']}")
@@ -424,7 +436,8 @@ async def run(
             lines.append(f"  e-mail    {stack.mailbox.directory} (Maildir)")
         lines.append(f"  letters   {base_env['LETTER_SPOOL_DIR']}")
         for service in stack.services:
-            lines.append(f"  {service.name:<12}  {service.health_url}")
+            where = service.health_url if service.port is not None else "(no HTTP)"
+            lines.append(f"  {service.name:<12}  {where}")
         lines += ["", "  cm topics | cm tail cm.invoice.events --follow | Ctrl-C stops all"]
         console.say("\n".join(lines))
         problem = await stack.wait_for_trouble()

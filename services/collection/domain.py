@@ -271,20 +271,19 @@ def close(case: Case, reason: str) -> Outcome:
     return _closed(case, reason)
 
 
-def invoice_settled(case: Case, reason: str, *, recall: bool = True) -> Outcome:
+def invoice_settled(case: Case, reason: str) -> Outcome:
     """The invoice no longer needs collecting (paid directly, written off, credited to
-    zero, emergency-stopped): an open case is recalled (when the agency holds it and
-    `recall`: not when the agency's own collections paid it) and closed; a case that is
-    over stays as it is."""
+    zero, emergency-stopped): an open case is recalled (when the agency holds it) and
+    closed; a case that is over stays as it is."""
     if case.state in FINAL:
         return Outcome()
-    return _closed(case, reason, recall=recall)
+    return _closed(case, reason)
 
 
-def _closed(case: Case, reason: str, *, recall: bool = True) -> Outcome:
+def _closed(case: Case, reason: str) -> Outcome:
     events: list[tuple[CaseEventName, str | None]] = []
     recalled = None
-    if case.transferred and recall:
+    if case.transferred:
         recalled = reason
         events.append((CaseEventName.RECALLED, reason))
     events.append((CaseEventName.CLOSED, reason))

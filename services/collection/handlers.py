@@ -476,11 +476,11 @@ async def invoice_event(ctx: HandlerContext, evt: InvoiceEvent) -> None:
     repo = _repo(ctx)
     for key in await repo.open_case_keys(invoice.invoice_number):
         stored = await repo.get(key)
-        if stored is not None and stored.case.environment == CaseEnvironment.PRODUCTION:
-            # Paid through the agency's own collections: nothing to recall.
-            collected = stored.case.collected_amount >= stored.case.amount
-            outcome = domain.invoice_settled(stored.case, reason, recall=not collected)
-            await _apply(ctx, repo, stored, outcome)
+        if stored is None or stored.case.environment != CaseEnvironment.PRODUCTION:
+            continue
+        if invoice.is_paid and stored.case.collected_amount >= stored.case.amount:
+            continue  # paid by the agency's own collections: its AgencyProcessed closes it
+        await _apply(ctx, repo, stored, domain.invoice_settled(stored.case, reason))
 
 
 async def _open_automatic_case(ctx: HandlerContext, evt: InvoiceEvent) -> None:

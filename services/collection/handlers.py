@@ -157,10 +157,12 @@ async def _apply(
             CaseEvent(event=name, case=snapshot, reason=reason),
             message_id=_id(ctx, f"{case.key}:event:{i}"),
         )
-    if outcome.transfer:
+    # A test case plays its moves without an agency: nothing goes to an adapter.
+    live = case.environment == CaseEnvironment.PRODUCTION
+    if outcome.transfer and live:
         assert case.agency_code is not None
         await _send_transfer(ctx, repo, stored, case)
-    if outcome.recall is not None and before.agency_code is not None:
+    if outcome.recall is not None and before.agency_code is not None and live:
         ctx.emit(
             topics.AGENCY_REQUESTS,
             f"{before.agency_code}:{case.key}",

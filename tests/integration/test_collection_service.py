@@ -305,3 +305,26 @@ async def test_status_70_opens_one_case_that_goes_to_the_agency(col: Collection)
     requests = await col.requests(key, 2)
     assert [r["type"] for r in requests] == ["TransferCase", "RecallCase"]
     assert len([e for e in col.events_now(key) if e["event"] == "CaseCreated"]) == 1
+
+
+async def test_a_test_case_never_reaches_an_agency_nor_the_invoice(col: Collection) -> None:
+    await configure(col, "main", "AG-1", ("0", "transfer"))
+    payload = manual_case("C-T", environment="test", invoice_number="INV-REAL")
+    assert (await col.command("CreateCase", payload))["type"] == "CommandAccepted"
+    assert (await col.command("MarkAsPrepared", {"case_key": "C-T"}))["type"] == "CommandAccepted"
+    for type_, extra in (
+        ("AgencyAccepted", {}),
+        ("AddCollectedAmount", {"amount": "121.00"}),
+        ("AgencyProcessed", {"complete": True, "collected_amount": "121.00"}),
+    ):
+        answer = await col.command(type_, {"case_key": "C-T", **extra})
+        assert answer["type"] == "CommandAccepted", answer
+    events = await col.events("C-T", 7)
+    assert events[-1]["case"]["state"] == "closed"
+    assert events[-1]["case"]["environment"] == "test"
+    # A sentinel case in production goes out after it: the test case's never did.
+    assert (await col.command("CreateCase", manual_case("C-P")))["type"] == "CommandAccepted"
+    assert (await col.command("MarkAsPrepared", {"case_key": "C-P"}))["type"] == "CommandAccepted"
+    await col.requests("C-P", 1)
+    assert col.requests_now("C-T") == []
+    assert col.cm.invoices.events_now("INV-REAL") == []

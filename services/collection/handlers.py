@@ -7,6 +7,7 @@ import base64
 import binascii
 import hashlib
 import uuid
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import date
 from decimal import Decimal
@@ -369,66 +370,58 @@ async def attach_document(ctx: HandlerContext, cmd: AttachDocument) -> None:
         ctx.accept(case_key=cmd.case_key)
 
 
+async def _move(
+    ctx: HandlerContext, case_key: str, step: Callable[[domain.Case], domain.Outcome]
+) -> None:
+    """The case's move: load it (locked), let the domain decide, apply, answer."""
+    repo, stored = await _case(ctx, case_key)
+    if stored is not None and await _apply(ctx, repo, stored, step(stored.case)):
+        ctx.accept(case_key=case_key)
+
+
 async def mark_prepared(ctx: HandlerContext, cmd: MarkAsPrepared) -> None:
-    repo, stored = await _case(ctx, cmd.case_key)
-    if stored is None:
-        return
-    choice = domain.choose(
-        await repo.configurations(), stored.case.amount, only=stored.case.configuration_key
+    configurations = await _repo(ctx).configurations()
+    await _move(
+        ctx,
+        cmd.case_key,
+        lambda case: domain.mark_prepared(
+            case, domain.choose(configurations, case.amount, only=case.configuration_key)
+        ),
     )
-    if await _apply(ctx, repo, stored, domain.mark_prepared(stored.case, choice)):
-        ctx.accept(case_key=cmd.case_key)
 
 
 async def review_case(ctx: HandlerContext, cmd: ReviewCase) -> None:
-    repo, stored = await _case(ctx, cmd.case_key)
-    if stored is None:
-        return
-    outcome = domain.review(stored.case, cmd.approve, cmd.agency_code, cmd.reason)
-    if await _apply(ctx, repo, stored, outcome):
-        ctx.accept(case_key=cmd.case_key)
+    await _move(
+        ctx, cmd.case_key, lambda c: domain.review(c, cmd.approve, cmd.agency_code, cmd.reason)
+    )
 
 
 async def agency_accepted(ctx: HandlerContext, cmd: AgencyAccepted) -> None:
-    repo, stored = await _case(ctx, cmd.case_key)
-    if stored is None:
-        return
-    if await _apply(ctx, repo, stored, domain.agency_accepted(stored.case, cmd.agency_reference)):
-        ctx.accept(case_key=cmd.case_key)
+    await _move(ctx, cmd.case_key, lambda c: domain.agency_accepted(c, cmd.agency_reference))
 
 
 async def agency_refused(ctx: HandlerContext, cmd: AgencyRefused) -> None:
-    repo, stored = await _case(ctx, cmd.case_key)
-    if stored is None:
-        return
-    if await _apply(ctx, repo, stored, domain.agency_refused(stored.case, cmd.reason)):
-        ctx.accept(case_key=cmd.case_key)
+    await _move(ctx, cmd.case_key, lambda c: domain.agency_refused(c, cmd.reason))
 
 
 async def agency_processed(ctx: HandlerContext, cmd: AgencyProcessed) -> None:
-    repo, stored = await _case(ctx, cmd.case_key)
-    if stored is None:
-        return
-    outcome = domain.agency_processed(stored.case, cmd.complete, cmd.collected_amount)
-    if await _apply(ctx, repo, stored, outcome):
-        ctx.accept(case_key=cmd.case_key)
+    await _move(
+        ctx,
+        cmd.case_key,
+        lambda c: domain.agency_processed(c, cmd.complete, cmd.collected_amount),
+    )
 
 
 async def add_collected_amount(ctx: HandlerContext, cmd: AddCollectedAmount) -> None:
-    repo, stored = await _case(ctx, cmd.case_key)
-    if stored is None:
-        return
-    outcome = domain.add_collected(stored.case, cmd.amount, cmd.collection_reference)
-    if await _apply(ctx, repo, stored, outcome):
-        ctx.accept(case_key=cmd.case_key)
+    await _move(
+        ctx,
+        cmd.case_key,
+        lambda c: domain.add_collected(c, cmd.amount, cmd.collection_reference),
+    )
 
 
 async def close_case(ctx: HandlerContext, cmd: CloseCase) -> None:
-    repo, stored = await _case(ctx, cmd.case_key)
-    if stored is None:
-        return
-    if await _apply(ctx, repo, stored, domain.close(stored.case, cmd.reason)):
-        ctx.accept(case_key=cmd.case_key)
+    await _move(ctx, cmd.case_key, lambda c: domain.close(c, cmd.reason))
 
 
 # --- invoice events ------------------------------------------------------------------------

@@ -41,12 +41,14 @@ from contracts.envelope import FieldError
 from contracts.fields import minor_unit
 from contracts.invoice import (
     InvoiceEvent,
+    InvoiceEventName,
     InvoiceLine,
     InvoiceStatus,
     RegisterCollectedAmount,
     SetCollectionStatus,
 )
 from contracts.limits import MAX_DOCUMENTS
+from contracts.payments import TransactionStatus
 from services.collection import domain
 from services.collection.repository import CollectionRepository, StoredCase
 from services.runtime.consumer import HandlerContext
@@ -463,6 +465,9 @@ async def invoice_event(ctx: HandlerContext, evt: InvoiceEvent) -> None:
     if invoice.status_code == InvoiceStatus.PENDING_TRANSFER_TO_COLLECTION_AGENCY:
         await _open_automatic_case(ctx, evt)
         return
+    if _chargeback(evt) is not None:
+        await _open_chargeback_case(ctx, evt)
+        return
     reason = _SETTLED.get(invoice.status_code)
     if reason is None and invoice.is_paid:
         reason = "the invoice was paid"
@@ -478,18 +483,61 @@ async def invoice_event(ctx: HandlerContext, evt: InvoiceEvent) -> None:
         await _apply(ctx, repo, stored, domain.invoice_settled(stored.case, reason))
 
 
+def _parameter(evt: InvoiceEvent, key: str) -> str | None:
+    return next((p.value for p in evt.event_parameters if p.key == key), None)
+
+
+def _chargeback(evt: InvoiceEvent) -> str | None:
+    """The transaction key of a chargeback this event reports, if it does."""
+    if evt.event != InvoiceEventName.CHANGED_TRANSACTION_STATUS:
+        return None
+    if _parameter(evt, "Status") != TransactionStatus.CHARGEBACK:
+        return None
+    return _parameter(evt, "TransactionKey")
+
+
+async def _open_chargeback_case(ctx: HandlerContext, evt: InvoiceEvent) -> None:
+    """A chargeback opens a case for what it took back (at most what is open), when one
+    of the merchant's configurations says so; those configurations decide."""
+    repo = _repo(ctx)
+    configurations = [c for c in await repo.configurations() if c.open_cases_for_chargebacks]
+    transaction = _chargeback(evt)
+    if not configurations or transaction is None:
+        return
+    number = evt.invoice.invoice_number
+    amount = min(
+        Decimal(_parameter(evt, "Amount") or "0"),
+        Decimal(str(evt.invoice.open_amount_incl_admin_costs)),
+    )
+    key = f"case-{uuid.uuid5(_AUTO_CASES, f'{ctx.website_key}:{number}:chargeback:{transaction}')}"
+    await _open_case(ctx, evt, key, amount, domain.choose(configurations, amount))
+
+
 async def _open_automatic_case(ctx: HandlerContext, evt: InvoiceEvent) -> None:
     invoice = evt.invoice
     repo = _repo(ctx)
+    amount = Decimal(str(invoice.open_amount_incl_admin_costs))
+    choice = domain.choose(await repo.configurations(), amount)
+    agency = _parameter(evt, "AgencyCode")
+    if agency is not None:
+        choice = replace(choice, agency_code=agency)
     key = auto_case_key(ctx.website_key, invoice.invoice_number)
+    await _open_case(ctx, evt, key, amount, choice)
+
+
+async def _open_case(
+    ctx: HandlerContext, evt: InvoiceEvent, key: str, amount: Decimal, choice: domain.Choice
+) -> None:
+    """Open the invoice's case `key` for `amount` (once: a key that exists is left as
+    it is) and prepare it with `choice`."""
+    invoice = evt.invoice
+    repo = _repo(ctx)
     await repo.lock_key(key)
     if await repo.get(key) is not None:
         return  # opened before (the event again, or another event at status 70)
     address = _billing_address(evt)
-    amount = Decimal(str(invoice.open_amount_incl_admin_costs))
     if address is None or amount <= 0:
-        return  # nothing an agency could collect from: the invoice stays at 70
-    agency = next((p.value for p in evt.event_parameters if p.key == "AgencyCode"), None)
+        return  # nothing an agency could collect from
     case = domain.Case(
         key=key,
         state=CaseState.PREPARING,
@@ -519,7 +567,4 @@ async def _open_automatic_case(ctx: HandlerContext, evt: InvoiceEvent) -> None:
     )
     await repo.insert(stored)
     await _emit_created(ctx, repo, stored)
-    choice = domain.choose(await repo.configurations(), amount)
-    if agency is not None:
-        choice = replace(choice, agency_code=agency)
     await _apply(ctx, repo, stored, domain.mark_prepared(case, choice))

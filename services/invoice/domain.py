@@ -638,6 +638,8 @@ TRANSITIONS: dict[str, dict[InvoiceStatus, InvoiceStatus]] = {
 
 #: The collection service's answers: status now → statuses it may move to.
 COLLECTION_TRANSITIONS: dict[InvoiceStatus, frozenset[InvoiceStatus]] = {
+    # A case opened outside dunning (a chargeback, or by hand) hands over an active invoice.
+    S.ACTIVE: frozenset({S.TRANSFERRED_TO_COLLECTION_AGENCY}),
     S.PENDING_TRANSFER_TO_COLLECTION_AGENCY: frozenset({S.TRANSFERRED_TO_COLLECTION_AGENCY}),
     S.REFUSED_BY_COLLECTION_AGENCY: frozenset({S.TRANSFERRED_TO_COLLECTION_AGENCY}),
     S.TRANSFERRED_TO_COLLECTION_AGENCY: frozenset(

@@ -328,3 +328,32 @@ async def test_a_test_case_never_reaches_an_agency_nor_the_invoice(col: Collecti
     await col.requests("C-P", 1)
     assert col.requests_now("C-T") == []
     assert col.cm.invoices.events_now("INV-REAL") == []
+
+
+async def test_a_chargeback_on_a_paid_invoice_opens_a_case_when_configured(col: Collection) -> None:
+    await configure(col, "cb", "AG-CB", ("0", "transfer"), open_cases_for_chargebacks=True)
+    inv = col.cm.invoices
+    created = await inv.command(
+        "CreateInvoice", invoice_payload("INV-CB", scheme_key="DefaultNone")
+    )
+    assert (await inv.answer(created))["type"] == "CommandAccepted"
+    await inv.transaction("INV-CB", "TX-1", "121.00", "success")
+    await inv.transaction("INV-CB", "TX-1", "121.00", "chargeback")
+
+    async def opened() -> list[dict[str, Any]] | None:
+        found = [
+            r.json()["payload"]
+            for r in col.watcher.on(col.cm.prefix + topics.COLLECTION_EVENTS)
+            if r.json()["payload"]["case"]["invoice_number"] == "INV-CB"
+            and r.json()["website_key"] == col.website_key
+        ]
+        return found if len(found) >= 3 else None
+
+    events = await poll_until(opened, what="the chargeback's case transferred")
+    assert [e["event"] for e in events] == ["CaseCreated", "CasePrepared", "CaseTransferred"]
+    assert (events[-1]["case"]["amount"], events[-1]["case"]["agency_code"]) == ("121.00", "AG-CB")
+
+    async def handed_over() -> bool:
+        return any(e["invoice"]["status_code"] == 71 for e in inv.events_now("INV-CB"))
+
+    await poll_until(handed_over, what="the invoice at 71")

@@ -14,6 +14,7 @@ from decimal import Decimal
 from typing import Any
 
 from babel.numbers import list_currencies
+from pydantic import ValidationError
 
 from contracts import topics
 from contracts.collection import (
@@ -525,6 +526,48 @@ async def _open_automatic_case(ctx: HandlerContext, evt: InvoiceEvent) -> None:
     await _open_case(ctx, evt, key, amount, choice)
 
 
+def _line_items(evt: InvoiceEvent, amount: Decimal) -> list[InvoiceLine]:
+    """The invoice's lines (or one for its amount when it has none), its open admin
+    costs, and one line for what was paid, credited or otherwise settled, so that the
+    items add up to the case amount exactly (an invoice's lines are informational and
+    need not match its amount). Only the case amount's line when the invoice's lines
+    cannot be carried over."""
+    invoice = evt.invoice
+    digits = Decimal(1).scaleb(-minor_unit(invoice.currency))
+    try:
+        lines = [
+            InvoiceLine(
+                sku=line.sku,
+                description=line.description,
+                quantity=line.quantity,
+                unit_price=line.unit_price,
+                vat_percentage=line.vat_percentage,
+            )
+            for line in invoice.lines
+        ] or [_one(f"Invoice {invoice.invoice_number}", Decimal(str(invoice.amount_debit)))]
+        costs = Decimal(str(invoice.open_amount_admin_costs))
+        if costs > 0:
+            lines.append(_one("Administration costs", costs))
+        total = sum(
+            (
+                (li.quantity * li.unit_price * (1 + li.vat_percentage / 100)).quantize(digits)
+                for li in lines
+            ),
+            Decimal(0),
+        )
+        if total != amount:
+            lines.append(_one("Paid, credited or otherwise settled", amount - total))
+        return lines
+    except ValidationError:
+        return [_one(f"Invoice {invoice.invoice_number}: open amount incl. costs", amount)]
+
+
+def _one(description: str, amount: Decimal) -> InvoiceLine:
+    return InvoiceLine(
+        description=description, quantity=Decimal(1), unit_price=amount, vat_percentage=Decimal(0)
+    )
+
+
 async def _open_case(
     ctx: HandlerContext, evt: InvoiceEvent, key: str, amount: Decimal, choice: domain.Choice
 ) -> None:
@@ -551,14 +594,7 @@ async def _open_case(
         {
             "external_id": invoice.invoice_number,
             "billing_address": address.model_dump(mode="json"),
-            "line_items": [
-                InvoiceLine(
-                    description=f"Invoice {invoice.invoice_number}: open amount incl. costs",
-                    quantity=Decimal(1),
-                    unit_price=amount,
-                    vat_percentage=Decimal(0),
-                ).model_dump(mode="json")
-            ],
+            "line_items": [line.model_dump(mode="json") for line in _line_items(evt, amount)],
             "due_date": invoice.due_date.isoformat(),
             "contract_date": None,
             "language": invoice.culture,

@@ -273,6 +273,19 @@ async def test_status_70_opens_one_case_that_goes_to_the_agency(col: Collection)
     )
     [transfer] = await col.requests(key, 1)
     assert transfer["billing_address"]["name"] == "Jan Jansen"
+    assert [(li["description"], li["unit_price"]) for li in transfer["line_items"]] == [
+        ("Invoice INV-70", "121.00")
+    ]
+    # The invoice event again (a redelivery): no second case.
+    again = next(
+        r
+        for r in col.cm.invoices.watcher.on(col.cm.prefix + topics.INVOICE_EVENTS)
+        if r.json()["payload"]["invoice"]["status_code"] == 70
+        and r.key == f"{col.website_key}:INV-70"
+    )
+    await publish(
+        col.cm.bootstrap, col.cm.prefix + topics.INVOICE_EVENTS, [(again.key, again.value)]
+    )
 
     async def status(code: int) -> bool:
         return any(
@@ -357,3 +370,38 @@ async def test_a_chargeback_on_a_paid_invoice_opens_a_case_when_configured(col: 
         return any(e["invoice"]["status_code"] == 71 for e in inv.events_now("INV-CB"))
 
     await poll_until(handed_over, what="the invoice at 71")
+
+
+async def test_another_merchant_never_sees_a_case_and_a_refusal_fails_it(col: Collection) -> None:
+    await configure(col, "main", "AG-1", ("0", "transfer"))
+    assert (await col.command("CreateCase", manual_case("C-M")))["type"] == "CommandAccepted"
+    body = envelope(
+        "CloseCase", {"case_key": "C-M", "reason": "mine now"}, website_key="other-shop"
+    )
+    await publish(
+        col.cm.bootstrap,
+        col.cm.prefix + topics.COLLECTION_COMMANDS,
+        [("other-shop:C-M", json.dumps(body).encode())],
+    )
+    assert codes(await col.cm.invoices.answer(str(body["message_id"]))) == [
+        ("payload.case_key", "unknown_case")
+    ]
+    assert (await col.command("MarkAsPrepared", {"case_key": "C-M"}))["type"] == "CommandAccepted"
+    refused = await col.command("AgencyRefused", {"case_key": "C-M", "reason": "too old"})
+    assert refused["type"] == "CommandAccepted"
+    last = (await col.events("C-M", 4))[-1]
+    assert (last["event"], last["case"]["state"], last["reason"]) == (
+        "CaseRefused",
+        "failed",
+        "too old",
+    )
+    # A transferred case closed by hand is recalled from its agency.
+    assert (await col.command("CreateCase", manual_case("C-H")))["type"] == "CommandAccepted"
+    assert (await col.command("MarkAsPrepared", {"case_key": "C-H"}))["type"] == "CommandAccepted"
+    closed = await col.command("CloseCase", {"case_key": "C-H", "reason": "settled"})
+    assert closed["type"] == "CommandAccepted"
+    requests = await col.requests("C-H", 2)
+    assert [(r["type"], r.get("reason")) for r in requests] == [
+        ("TransferCase", None),
+        ("RecallCase", "settled"),
+    ]

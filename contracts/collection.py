@@ -17,7 +17,7 @@ from datetime import date
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from contracts.envelope import Command, Event, Money, MoneyTotal, register
 from contracts.fields import (
@@ -31,6 +31,7 @@ from contracts.fields import (
     Part,
     SnapshotPart,
     Text,
+    pad_amounts,
 )
 from contracts.invoice import InvoiceLine
 from contracts.limits import MAX_COLLECTOR_CONDITIONS, MAX_DOCUMENTS, MAX_INVOICE_LINES
@@ -337,6 +338,12 @@ class CaseSnapshot(SnapshotPart):
     agency_reference: str | None = Field(
         default=None, description="The agency's own reference, once accepted."
     )
+
+    @model_validator(mode="after")
+    def _pad_amounts(self) -> CaseSnapshot:
+        """Amounts with the currency's minor-unit digits (`0` in EUR is `0.00`)."""
+        pad_amounts(self, ("amount", "collected_amount"), self.currency)
+        return self
 
 
 class CaseEvent(Event):

@@ -306,6 +306,12 @@ def minor_unit(currency: str) -> int:
     return _MINOR_UNITS.get(currency, 2)
 
 
+def decimals_of(amount: Decimal) -> int:
+    """How many decimals `amount` really has (`Decimal("10.50")` has 1, `10` has 0)."""
+    exponent = amount.normalize().as_tuple().exponent
+    return max(0, -exponent) if isinstance(exponent, int) else 0
+
+
 def with_minor_unit(amount: Decimal, currency: str) -> Decimal:
     """`amount` written with at least the currency's decimals: pads, never rounds.
 

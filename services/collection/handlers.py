@@ -39,7 +39,7 @@ from contracts.collection import (
     UpsertDebtCollectorConfiguration,
 )
 from contracts.envelope import FieldError
-from contracts.fields import minor_unit
+from contracts.fields import decimals_of, minor_unit
 from contracts.invoice import (
     InvoiceEvent,
     InvoiceEventName,
@@ -75,11 +75,6 @@ def _repo(ctx: HandlerContext) -> CollectionRepository:
 
 def _unknown(key: str) -> list[FieldError]:
     return [FieldError("payload.case_key", "unknown_case", f"no case {key} for this merchant")]
-
-
-def _decimals(amount: Decimal) -> int:
-    exponent = amount.normalize().as_tuple().exponent
-    return max(0, -exponent) if isinstance(exponent, int) else 0
 
 
 def _id(ctx: HandlerContext, what: str) -> uuid.UUID:
@@ -245,7 +240,7 @@ def create_errors(cmd: CreateCase, configuration_keys: set[str]) -> list[FieldEr
         errors.append(
             FieldError("payload.currency", "unknown_currency", f"{cmd.currency} is not ISO 4217")
         )
-    elif _decimals(cmd.amount) > minor_unit(cmd.currency):
+    elif decimals_of(cmd.amount) > minor_unit(cmd.currency):
         errors.append(
             FieldError(
                 "payload.amount",

@@ -23,7 +23,7 @@ from babel.numbers import list_currencies
 from pydantic import BaseModel, ConfigDict, Field
 
 from contracts.envelope import FieldError
-from contracts.fields import minor_unit
+from contracts.fields import decimals_of, minor_unit
 from contracts.invoice import (
     EventCategory,
     InvoiceEventName,
@@ -332,11 +332,6 @@ def add_admin_costs(invoice: Invoice, amount: Decimal) -> None:
 
 
 # --- validation ----------------------------------------------------------------------------
-
-
-def decimals_of(amount: Decimal) -> int:
-    exponent = amount.normalize().as_tuple().exponent
-    return max(0, -exponent) if isinstance(exponent, int) else 0
 
 
 def money_errors(

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from contracts import topics
 from contracts.debtor import Debtor, DebtorSnapshot
 from contracts.envelope import FieldError, new_envelope
-from contracts.fields import minor_unit
+from contracts.fields import decimals_of, minor_unit
 from contracts.invoice import (
     AddOrUpdateDebtor,
     CreateCombinedInvoice,
@@ -125,11 +125,6 @@ def request_hash(cmd: SubscriptionFields) -> str:
     return hashlib.sha256(cmd.model_dump_json().encode()).hexdigest()
 
 
-def _decimals(amount: Decimal) -> int:
-    exponent = amount.normalize().as_tuple().exponent
-    return max(0, -exponent) if isinstance(exponent, int) else 0
-
-
 # --- validation ----------------------------------------------------------------------------
 
 
@@ -195,7 +190,7 @@ def create_errors(cmd: SubscriptionFields) -> list[FieldError]:
                 )
             )
         seen.add(plan.product_code)
-        if known_currency and _decimals(plan.unit_price) > minor_unit(cmd.currency):
+        if known_currency and decimals_of(plan.unit_price) > minor_unit(cmd.currency):
             errors.append(
                 FieldError(
                     f"{at}.unit_price",
@@ -239,7 +234,7 @@ def transaction_errors(cmd: CreateCombinedSubscription, taken_by: str | None) ->
     not already another subscription's initial transaction."""
     t = cmd.transaction
     errors = []
-    if cmd.currency in _CURRENCIES and _decimals(t.amount) > minor_unit(cmd.currency):
+    if cmd.currency in _CURRENCIES and decimals_of(t.amount) > minor_unit(cmd.currency):
         errors.append(
             FieldError(
                 "payload.transaction.amount",
@@ -863,7 +858,7 @@ async def _credit_unused_days(
 
 def _plan_errors(at: str, plan: RatePlan, currency: str) -> list[FieldError]:
     errors = []
-    if _decimals(plan.unit_price) > minor_unit(currency):
+    if decimals_of(plan.unit_price) > minor_unit(currency):
         errors.append(
             FieldError(
                 f"{at}.unit_price", "too_many_decimals", f"{currency} has {minor_unit(currency)}"
@@ -919,7 +914,7 @@ async def update_subscription(ctx: HandlerContext, cmd: UpdateSubscription) -> N
         if change.product_code not in existing:
             errors.append(FieldError(f"{at}.product_code", "unknown_product_code", "no such plan"))
         if change.unit_price is not None and (
-            change.unit_price < 0 or _decimals(change.unit_price) > minor_unit(b.currency)
+            change.unit_price < 0 or decimals_of(change.unit_price) > minor_unit(b.currency)
         ):
             errors.append(FieldError(f"{at}.unit_price", "invalid_price", "not a valid price"))
         if change.quantity is not None and change.quantity <= 0:

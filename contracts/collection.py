@@ -113,7 +113,7 @@ class BillingAddress(Part):
     )
     gender: Gender | None = Field(default=None, description="female, male or other.")
     mobile_phone: OneLine | None = Field(
-        default=None, max_length=30, description="Mobile number, international format."
+        default=None, max_length=32, description="Mobile number, international format."
     )
     postal_state: OneLine | None = Field(
         default=None, max_length=100, description="State or province, where there is one."

@@ -206,3 +206,31 @@ def test_line_items_must_add_up_to_the_amount() -> None:
         "payload.line_items",
         "total_mismatch",
     )
+
+
+def test_every_debtor_a_snapshot_holds_makes_an_agency_address() -> None:
+    from contracts.debtor import DebtorSnapshot  # noqa: PLC0415
+    from services.collection.handlers import _billing_address  # noqa: PLC0415
+
+    def event(**debtor: object) -> object:
+        snapshot = DebtorSnapshot.model_validate({"code": "D-1", **debtor})
+
+        class Invoice:
+            pass
+
+        class Event:
+            pass
+
+        invoice, evt = Invoice(), Event()
+        invoice.debtor = snapshot  # type: ignore[attr-defined]
+        evt.invoice = invoice  # type: ignore[attr-defined]
+        return evt
+
+    address = {"street": "Dorpsstraat", "city": "Utrecht", "country": "NL"}
+    long_names = {"first_name": "J" * 100, "last_name": "J" * 100}
+    found = _billing_address(event(person=long_names, address=address))  # type: ignore[arg-type]
+    assert found is not None and len(found.name) == 200  # 201 characters, cut to fit
+    mobile = {"mobile": "+31" + "6" * 29}  # as long as a debtor's may be
+    found = _billing_address(event(person=long_names, address=address, phone=mobile))  # type: ignore[arg-type]
+    assert found is not None and found.mobile_phone == mobile["mobile"]
+    assert _billing_address(event(person=long_names)) is None  # type: ignore[arg-type]

@@ -30,6 +30,7 @@ from aiokafka.structs import ConsumerRecord
 
 from bench.billrun_data import index_of
 from bench.loadcore import TopicReader, child_main
+from bench.procs import status_mb
 
 _EVENT_NAME = re.compile(rb'"event":\s*"(\w+)"')
 _ACTIVE = {"key": "StatusCode", "value": "10"}
@@ -114,18 +115,6 @@ class InvoiceEvents(TopicReader):
 def peak_rss_mb() -> float | None:
     """This process's peak resident set (VmHWM), MB."""
     return status_mb("self", "VmHWM")
-
-
-def status_mb(pid: int | str, field: str) -> float | None:
-    """A `kB` field of /proc/<pid>/status in MB (None when the process is gone)."""
-    try:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                if line.startswith(field + ":"):
-                    return round(int(line.split()[1]) / 1024, 1)
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return None
-    return None
 
 
 async def _run(spec: WatchSpec, conn: Connection) -> None:

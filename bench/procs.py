@@ -145,8 +145,9 @@ def total(samples: Mapping[SampleKey, float], name: str, **labels: str) -> float
     return sum(v for (n, ls), v in samples.items() if n == name and wanted <= set(ls))
 
 
-def status_mb(pid: int, field: str) -> float | None:
-    """A `kB` field of /proc/<pid>/status (VmRSS, VmHWM) in MB; None when gone."""
+def status_mb(pid: int | str, field: str) -> float | None:
+    """A `kB` field of /proc/<pid>/status (VmRSS, VmHWM; pid `self` for this process)
+    in MB; None when gone."""
     try:
         with open(f"/proc/{pid}/status") as status:
             for line in status:

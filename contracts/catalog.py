@@ -46,6 +46,7 @@ class TopicSpec:
     `key` is the topic's key template, overridden per message type in `keys`; templates
     name `{website_key}` (the envelope's) and `{payload.<field>}`. `producers` maps each
     writer to the message types it writes. `enveloped` is False only for the push.
+    `platform_only` topics carry what no outside party may send or see.
     """
 
     name: str
@@ -56,6 +57,9 @@ class TopicSpec:
     consumers: tuple[str, ...]
     keys: Mapping[str, str] = field(default_factory=dict)
     enveloped: bool = True
+    #: Only the platform (its services and operators) writes and reads this topic; no
+    #: merchant, payment engine or agency principal gets any access to it.
+    platform_only: bool = False
 
     def key_template(self, type_name: str) -> str:
         return self.keys.get(type_name, self.key)
@@ -105,12 +109,21 @@ _SUBSCRIPTION_REQUESTS: tuple[type[Message], ...] = (
 )
 _RESULTS: tuple[type[Message], ...] = (results.CommandAccepted, results.CommandRejected)
 
+_INTERNAL_INVOICE_COMMANDS: tuple[type[Message], ...] = (
+    invoice.StepDue,
+    invoice.RecordMessageOutcome,
+    invoice.SetCollectionStatus,
+    invoice.RegisterCollectedAmount,
+)
+_BILL_RUNS: tuple[type[Message], ...] = (subscription.RunBilling, subscription.RunMerchantBilling)
+
 TOPICS: dict[str, TopicSpec] = {
     spec.name: spec
     for spec in (
         TopicSpec(
             name=t.INVOICE_COMMANDS,
-            description="Commands to the invoice service, the single writer of invoice state.",
+            description="Commands to the invoice service from merchants (and from the "
+            "subscription service on their behalf).",
             key=_INVOICE_KEY,
             keys={
                 "CreateCreditNote": "{website_key}:{payload.original_invoice_number}",
@@ -119,18 +132,9 @@ TOPICS: dict[str, TopicSpec] = {
                 "TerminatePaymentPlan": "{website_key}:plan:{payload.dossier_number}",
                 "UpsertScheme": "{website_key}:scheme:{payload.scheme_key}",
             },
-            messages=(
-                *_MERCHANT_INVOICE_COMMANDS,
-                invoice.StepDue,
-                invoice.RecordMessageOutcome,
-                invoice.SetCollectionStatus,
-                invoice.RegisterCollectedAmount,
-            ),
+            messages=_MERCHANT_INVOICE_COMMANDS,
             producers={
                 MERCHANTS: _MERCHANT_INVOICE_COMMANDS,
-                SCHEDULER: (invoice.StepDue,),
-                NOTIFIER: (invoice.RecordMessageOutcome,),
-                COLLECTION: (invoice.SetCollectionStatus, invoice.RegisterCollectedAmount),
                 SUBSCRIPTION: (
                     invoice.CreateInvoice,
                     invoice.CreateCombinedInvoice,
@@ -139,6 +143,20 @@ TOPICS: dict[str, TopicSpec] = {
                 ),
             },
             consumers=(INVOICE,),
+        ),
+        TopicSpec(
+            name=t.INVOICE_INTERNAL,
+            description="Commands to the invoice service that only the platform sends: "
+            "due dunning steps, message outcomes and collection results.",
+            key=_INVOICE_KEY,
+            messages=_INTERNAL_INVOICE_COMMANDS,
+            producers={
+                SCHEDULER: (invoice.StepDue,),
+                NOTIFIER: (invoice.RecordMessageOutcome,),
+                COLLECTION: (invoice.SetCollectionStatus, invoice.RegisterCollectedAmount),
+            },
+            consumers=(INVOICE,),
+            platform_only=True,
         ),
         TopicSpec(
             name=t.PAYMENT_TRANSACTIONS,
@@ -163,7 +181,8 @@ TOPICS: dict[str, TopicSpec] = {
             key="{website_key}:{payload.invoice.invoice_number}",
             messages=(invoice.InvoiceEvent,),
             producers={INVOICE: (invoice.InvoiceEvent,)},
-            consumers=(NOTIFIER, SUBSCRIPTION, COLLECTION),
+            consumers=(NOTIFIER, SUBSCRIPTION, COLLECTION, OPERATORS),
+            platform_only=True,
         ),
         TopicSpec(
             name=t.SCHEDULER_COMMANDS,
@@ -178,6 +197,7 @@ TOPICS: dict[str, TopicSpec] = {
                 OPERATORS: (scheduler.Tick,),
             },
             consumers=(SCHEDULER,),
+            platform_only=True,
         ),
         TopicSpec(
             name=t.SCHEDULER_EVENTS,
@@ -187,90 +207,112 @@ TOPICS: dict[str, TopicSpec] = {
             messages=(scheduler.TimerFired, scheduler.TickCompleted),
             producers={SCHEDULER: (scheduler.TimerFired, scheduler.TickCompleted)},
             consumers=(OPERATORS,),
+            platform_only=True,
         ),
         TopicSpec(
             name=t.NOTIFIER_COMMANDS,
-            description="Step messages to send, templates, webhook endpoints and retries.",
+            description="Merchants' message templates and webhook endpoints.",
             key=_INVOICE_KEY,
             keys={
                 "UpsertTemplate": "{website_key}:template:{payload.template_key}",
                 "RegisterWebhook": "{website_key}:webhook",
             },
-            messages=(
-                notifier.SendMessage,
-                notifier.UpsertTemplate,
-                notifier.RegisterWebhook,
-                notifier.RetryWebhookDelivery,
-            ),
-            producers={
-                INVOICE: (notifier.SendMessage,),
-                MERCHANTS: (notifier.UpsertTemplate, notifier.RegisterWebhook),
-                SCHEDULER: (notifier.RetryWebhookDelivery,),
-            },
+            messages=(notifier.UpsertTemplate, notifier.RegisterWebhook),
+            producers={MERCHANTS: (notifier.UpsertTemplate, notifier.RegisterWebhook)},
             consumers=(NOTIFIER,),
         ),
         TopicSpec(
+            name=t.NOTIFIER_INTERNAL,
+            description="Step messages to send and webhook retries: only the platform "
+            "sends them.",
+            key=_INVOICE_KEY,
+            messages=(notifier.SendMessage, notifier.RetryWebhookDelivery),
+            producers={
+                INVOICE: (notifier.SendMessage,),
+                SCHEDULER: (notifier.RetryWebhookDelivery,),
+            },
+            consumers=(NOTIFIER,),
+            platform_only=True,
+        ),
+        TopicSpec(
             name=t.PUSH_INVOICE,
-            description="The merchant invoice push (Buckaroo format), bare, not enveloped; "
-            "header `message-id` is the InvoiceEvent's message_id.",
+            description="Every merchant's invoice push (Buckaroo format), bare, not "
+            "enveloped; header `message-id` is the InvoiceEvent's message_id. Platform-only: "
+            "a merchant reads its own pushes on `cm.push.{website_key}.invoice`.",
             key=_INVOICE_KEY,
             messages=(),
             producers={NOTIFIER: ()},
-            consumers=(MERCHANTS,),
+            consumers=(OPERATORS,),
             enveloped=False,
+            platform_only=True,
         ),
         TopicSpec(
             name=t.SUBSCRIPTION_COMMANDS,
-            description="Commands to the subscription service, including bill runs.",
+            description="Merchants' commands to the subscription service.",
             key="{website_key}:{payload.subscription_key}",
-            keys={"RunMerchantBilling": "{website_key}:bill-run"},
-            messages=(
-                *_SUBSCRIPTION_REQUESTS,
-                subscription.RunBilling,
-                subscription.RunMerchantBilling,
-            ),
+            messages=_SUBSCRIPTION_REQUESTS,
             producers={
                 MERCHANTS: _SUBSCRIPTION_REQUESTS,
                 INVOICE: (subscription.StopSubscription,),
-                SCHEDULER: (subscription.RunBilling,),
-                OPERATORS: (subscription.RunBilling, subscription.RunMerchantBilling),
-                SUBSCRIPTION: (subscription.RunBilling, subscription.RunMerchantBilling),
             },
             consumers=(SUBSCRIPTION,),
         ),
         TopicSpec(
+            name=t.SUBSCRIPTION_INTERNAL,
+            description="Bill runs: one subscription's (from its timer) or a merchant's "
+            "(from an operator), sent by the platform only.",
+            key="{website_key}:{payload.subscription_key}",
+            keys={"RunMerchantBilling": "{website_key}:bill-run"},
+            messages=_BILL_RUNS,
+            producers={
+                SCHEDULER: (subscription.RunBilling,),
+                OPERATORS: _BILL_RUNS,
+                SUBSCRIPTION: _BILL_RUNS,
+            },
+            consumers=(SUBSCRIPTION,),
+            platform_only=True,
+        ),
+        TopicSpec(
             name=t.SUBSCRIPTION_EVENTS,
-            description="Every change of every subscription.",
+            description="Every change of every subscription. Platform-only: a merchant "
+            "reads its own on `cm.push.{website_key}.subscription`.",
             key="{website_key}:{payload.subscription.subscription_key}",
             messages=(subscription.SubscriptionEvent,),
             producers={SUBSCRIPTION: (subscription.SubscriptionEvent,)},
-            consumers=(MERCHANTS,),
+            consumers=(OPERATORS,),
+            platform_only=True,
         ),
         TopicSpec(
             name=t.COLLECTION_COMMANDS,
-            description="Debt collection: configurations, cases and the agencies' answers.",
+            description="Merchants' debt collection commands: configurations and cases.",
             key="{website_key}:{payload.case_key}",
             keys={
                 "UpsertDebtCollectorConfiguration": (
                     "{website_key}:collector:{payload.configuration_key}"
                 ),
             },
-            messages=(
-                *_MERCHANT_COLLECTION_COMMANDS,
-                collection.AgencyAccepted,
-                collection.AgencyRefused,
-                collection.AgencyProcessed,
-            ),
-            producers={MERCHANTS: _MERCHANT_COLLECTION_COMMANDS, AGENCY_ADAPTERS: _AGENCY_ANSWERS},
+            messages=_MERCHANT_COLLECTION_COMMANDS,
+            producers={MERCHANTS: _MERCHANT_COLLECTION_COMMANDS},
+            consumers=(COLLECTION,),
+        ),
+        TopicSpec(
+            name=t.AGENCY_ANSWERS,
+            description="What the collection agencies' adapters answer about the cases "
+            "handed to them.",
+            key="{website_key}:{payload.case_key}",
+            messages=_AGENCY_ANSWERS,
+            producers={AGENCY_ADAPTERS: _AGENCY_ANSWERS},
             consumers=(COLLECTION,),
         ),
         TopicSpec(
             name=t.COLLECTION_EVENTS,
-            description="Every change of every collection case.",
+            description="Every change of every collection case. Platform-only: a merchant "
+            "reads its own on `cm.push.{website_key}.collection`.",
             key="{website_key}:{payload.case.case_key}",
             messages=(collection.CaseEvent,),
             producers={COLLECTION: (collection.CaseEvent,)},
-            consumers=(MERCHANTS,),
+            consumers=(OPERATORS,),
+            platform_only=True,
         ),
         TopicSpec(
             name=t.AGENCY_REQUESTS,
@@ -283,11 +325,13 @@ TOPICS: dict[str, TopicSpec] = {
         TopicSpec(
             name=t.COMMAND_RESULTS,
             description="Exactly one result per command from outside; `command_id` is the "
-            "command's message_id.",
+            "command's message_id. Platform-only: a merchant reads its own results on "
+            "`cm.push.{website_key}.results`.",
             key="{website_key}",
             messages=_RESULTS,
             producers={service: _RESULTS for service in SERVICES},
-            consumers=(MERCHANTS, OPERATORS),
+            consumers=(OPERATORS,),
+            platform_only=True,
         ),
         TopicSpec(
             name=t.DLQ,
@@ -296,9 +340,29 @@ TOPICS: dict[str, TopicSpec] = {
             messages=(results.DeadLetter,),
             producers={service: (results.DeadLetter,) for service in SERVICES},
             consumers=(OPERATORS,),
+            platform_only=True,
         ),
     )
 }
+
+#: Each merchant's own feed topics (`cm.push.{website_key}.{feed}`): the notifier copies
+#: the merchant's records of the shared topic there; only that merchant reads them.
+MERCHANT_FEED_TOPICS: dict[str, str] = dict(t.MERCHANT_FEEDS)
+
+#: Actors that are the platform itself: they may write and read platform-only topics.
+PLATFORM_ACTORS: tuple[str, ...] = (*SERVICES, OPERATORS)
+
+
+def _check_platform_only() -> None:
+    for spec in TOPICS.values():
+        if not spec.platform_only:
+            continue
+        outsiders = (set(spec.producers) | set(spec.consumers)) - set(PLATFORM_ACTORS)
+        if outsiders:
+            raise ValueError(f"{spec.name} is platform-only but names {sorted(outsiders)}")
+
+
+_check_platform_only()
 
 
 def topic_spec(topic_base_name: str) -> TopicSpec:
@@ -316,9 +380,31 @@ def topic_for_type(type_name: str) -> str:
     return _TOPIC_OF_TYPE[type_name]
 
 
-_TOPIC_OF_TYPE: dict[str, str] = {
-    cls.TYPE: spec.name for spec in TOPICS.values() for cls in spec.messages
-}
+def _topic_of_type() -> dict[str, str]:
+    """Each type's topic; a type on two topics (AddCollectedAmount, from merchants and
+    from agencies) is sent by default on the first one in the catalog."""
+    found: dict[str, str] = {}
+    for spec in TOPICS.values():
+        for cls in spec.messages:
+            found.setdefault(cls.TYPE, spec.name)
+    return found
+
+
+_TOPIC_OF_TYPE: dict[str, str] = _topic_of_type()
+
+
+def topics_of_type(type_name: str) -> list[str]:
+    """Every topic a message type may travel on (base names)."""
+    return [name for name, spec in TOPICS.items() if type_name in types_for_topic(name)]
+
+
+def platform_only_types() -> frozenset[str]:
+    """The types only the platform sends: every topic they travel on is platform-only."""
+    return frozenset(
+        type_name
+        for type_name in _TOPIC_OF_TYPE
+        if all(TOPICS[name].platform_only for name in topics_of_type(type_name))
+    )
 
 
 def key_for(envelope: Envelope[Any]) -> str | None:

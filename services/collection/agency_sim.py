@@ -43,7 +43,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from pydantic import field_validator
 
 from contracts import topics as t
-from contracts.catalog import key_for, topic_for_type, types_for_topic
+from contracts.catalog import key_for, types_for_topic
 from contracts.collection import (
     AddCollectedAmount,
     AgencyAccepted,
@@ -456,7 +456,7 @@ class AgencySim:
     async def _send(self, answer: Envelope[Any]) -> None:
         """Publish one answer and wait for all in-sync replicas; retry until it is taken."""
         assert self._producer is not None
-        topic = self.topics(topic_for_type(answer.type))
+        topic = self.topics(t.AGENCY_ANSWERS)  # the agencies' own topic, for every answer
         key = key_for(answer)
         backoff = Backoff(initial_s=self.settings.retry_backoff_ms / 1000, max_s=30.0)
         while True:

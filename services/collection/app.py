@@ -24,12 +24,19 @@ def definition() -> ServiceDefinition:
                     "AttachDocument": HandlerSpec(handlers.attach_document),
                     "MarkAsPrepared": HandlerSpec(handlers.mark_prepared),
                     "ReviewCase": HandlerSpec(handlers.review_case),
-                    # From the agency adapters: answered like the merchants' commands.
+                    "AddCollectedAmount": HandlerSpec(handlers.add_collected_amount),
+                    "CloseCase": HandlerSpec(handlers.close_case),
+                },
+            ),
+            ConsumerSpec(
+                name="agency-answers",
+                topic=topics.AGENCY_ANSWERS,
+                # From the agency adapters: answered like the merchants' commands.
+                handlers={
                     "AgencyAccepted": HandlerSpec(handlers.agency_accepted),
                     "AgencyRefused": HandlerSpec(handlers.agency_refused),
                     "AgencyProcessed": HandlerSpec(handlers.agency_processed),
                     "AddCollectedAmount": HandlerSpec(handlers.add_collected_amount),
-                    "CloseCase": HandlerSpec(handlers.close_case),
                 },
             ),
             ConsumerSpec(

@@ -172,7 +172,7 @@ async def _apply(
     if case.touches_invoice and case.invoice_number is not None:
         if outcome.collection_status is not None:
             ctx.emit(
-                topics.INVOICE_COMMANDS,
+                topics.INVOICE_INTERNAL,
                 f"{ctx.website_key}:{case.invoice_number}",
                 SetCollectionStatus(
                     invoice_number=case.invoice_number,
@@ -183,7 +183,7 @@ async def _apply(
             )
         if outcome.booked > 0:
             ctx.emit(
-                topics.INVOICE_COMMANDS,
+                topics.INVOICE_INTERNAL,
                 f"{ctx.website_key}:{case.invoice_number}",
                 RegisterCollectedAmount(
                     invoice_number=case.invoice_number, amount=outcome.booked, case_key=case.key

@@ -30,14 +30,17 @@ def definition() -> ServiceDefinition:
         "CreatePaymentPlan": HandlerSpec(handlers.create_payment_plan),
         "TerminatePaymentPlan": HandlerSpec(handlers.terminate_payment_plan),
         "CreateCustomEvent": HandlerSpec(handlers.create_custom_event),
-        "SetCollectionStatus": HandlerSpec(handlers.set_collection_status),
-        "RegisterCollectedAmount": HandlerSpec(handlers.register_collected_amount),
         **{name: HandlerSpec(handlers.change_status) for name in STATUS_COMMANDS},
         "UpsertScheme": HandlerSpec(handlers.upsert_scheme),
         "TriggerNextStep": HandlerSpec(handlers.trigger_next_step),
-        # Internal: the scheduler's timers and the notifier's outcomes (no answer owed).
+    }
+    # Platform-only (cm.invoice.internal): the scheduler's timers, the notifier's
+    # outcomes (no answer owed) and the collection service's results.
+    internal: dict[str, HandlerSpec] = {
         "StepDue": HandlerSpec(handlers.step_due, answers=False),
         "RecordMessageOutcome": HandlerSpec(handlers.record_message_outcome, answers=False),
+        "SetCollectionStatus": HandlerSpec(handlers.set_collection_status),
+        "RegisterCollectedAmount": HandlerSpec(handlers.register_collected_amount),
     }
     return ServiceDefinition(
         name="invoice",
@@ -47,6 +50,12 @@ def definition() -> ServiceDefinition:
                 name="commands",
                 topic=topics.INVOICE_COMMANDS,
                 handlers=commands,
+                batch_hooks=InvoiceBatchHooks(),
+            ),
+            ConsumerSpec(
+                name="internal",
+                topic=topics.INVOICE_INTERNAL,
+                handlers=internal,
                 batch_hooks=InvoiceBatchHooks(),
             ),
             ConsumerSpec(

@@ -230,13 +230,21 @@ def step_due(
     invoice: Invoice, *, step_index: int, scheme_version: int, schedule_version: int, now: datetime
 ) -> Outcome:
     """A timer fired. Ignored when stale (versions), when the invoice no longer runs
-    steps (paid, paused, past its max_step_index, a test invoice) or already ran it."""
+    steps (paid, paused, past its max_step_index, a test invoice) or already ran it;
+    refused (`not_due`) before the time the invoice's own schedule set for the step."""
     if (
         scheme_version != invoice.scheme_version
         or schedule_version != invoice.schedule_version
         or invoice.timer_step != step_index
     ):
         return Outcome()
+    if invoice.timer_due_at is not None and now < invoice.timer_due_at:
+        return reject(
+            "occurred_at",
+            "not_due",
+            f"step {step_index} is due at {invoice.timer_due_at.isoformat()}, "
+            f"not at {now.isoformat()}",
+        )
     updated = invoice.changed()
     updated.timer_step = updated.timer_due_at = None  # the timer is spent
     step = updated.next_step

@@ -126,7 +126,7 @@ class Changes:
         timer = ScheduleTimer.model_construct(
             timer_id=timer_id,
             due_at=plan.due_at,
-            topic=topics.INVOICE_COMMANDS,
+            topic=topics.INVOICE_INTERNAL,
             key=f"{invoice.website_key}:{invoice.invoice_number}",
             message=step_due.model_dump(mode="json"),
         )
@@ -143,7 +143,7 @@ class Changes:
         if isinstance(request, domain.SendStepMessage):
             step = request.step
             self.ctx.emit(
-                topics.NOTIFIER_COMMANDS,
+                topics.NOTIFIER_INTERNAL,
                 key,
                 SendMessage(
                     invoice_number=invoice.invoice_number,
@@ -554,6 +554,8 @@ async def step_due(ctx: HandlerContext, cmd: StepDue) -> None:
         schedule_version=cmd.schedule_version,
         now=ctx.now,
     )
+    if outcome.errors:
+        raise Unprocessable(outcome.errors)
     await Changes(ctx, repo).apply(outcome)
 
 

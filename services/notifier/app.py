@@ -67,7 +67,13 @@ def definition() -> ServiceDefinition:
                 handlers={
                     "UpsertTemplate": HandlerSpec(handlers.upsert_template),
                     "RegisterWebhook": HandlerSpec(handlers.register_webhook),
-                    # Internal: from the invoice service and the scheduler (no answer owed).
+                },
+            ),
+            ConsumerSpec(
+                name="internal",
+                topic=topics.NOTIFIER_INTERNAL,
+                handlers={
+                    # From the invoice service and the scheduler (no answer owed).
                     "SendMessage": HandlerSpec(handlers.send_message, answers=False),
                     "RetryWebhookDelivery": HandlerSpec(
                         handlers.retry_webhook_delivery, answers=False

@@ -319,7 +319,7 @@ class MessageSender:
                 ),
             )
             return OutboxMessage(
-                self.runtime.topics(topics.INVOICE_COMMANDS),
+                self.runtime.topics(topics.INVOICE_INTERNAL),
                 f"{job.website_key}:{job.invoice_number}",
                 answer.to_json(),
             )
@@ -348,7 +348,7 @@ class MessageSender:
             message_id=uuid.uuid5(_OUTCOME_IDS, str(envelope.message_id)),
         )
         return OutboxMessage(
-            self.runtime.topics(topics.INVOICE_COMMANDS),
+            self.runtime.topics(topics.INVOICE_INTERNAL),
             f"{envelope.website_key}:{cmd.invoice_number}",
             answer.to_json(),
         )

@@ -31,6 +31,7 @@ import asyncpg
 import structlog
 from prometheus_client import Counter, Histogram
 
+from contracts.catalog import platform_only_types
 from contracts.envelope import (
     Envelope,
     FieldError,
@@ -39,6 +40,7 @@ from contracts.envelope import (
     envelope_class,
     new_envelope,
     parse_envelope,
+    payload_class,
     registered_types,
 )
 from contracts.results import CommandAccepted, CommandRejected, DeadLetter, ResultError
@@ -326,6 +328,28 @@ def _key_error(key: bytes | None) -> FieldError | None:
     return None
 
 
+def _not_allowed_here(error: ParseError) -> None:
+    """A known type on a topic that does not carry it (StepDue on cm.invoice.commands,
+    an agency's answer on the merchants' topic) is refused as `not_allowed_here`, not
+    as an unknown type: the sender may be trying to pass for the platform."""
+    if error.type is None or payload_class(error.type) is None:
+        return
+    for index, found in enumerate(error.errors):
+        if found.field == "type" and found.code == "unknown_type":
+            platform = error.type in _PLATFORM_ONLY
+            error.errors[index] = FieldError(
+                "type",
+                "not_allowed_here",
+                f"{error.type} is sent by the platform only"
+                if platform
+                else f"{error.type} is not accepted on this topic",
+            )
+
+
+#: Types only the platform sends (every topic they travel on is platform-only).
+_PLATFORM_ONLY = platform_only_types()
+
+
 _KNOWN_TYPES: frozenset[str] | None = None
 
 
@@ -408,6 +432,7 @@ class BatchConsumer:
         try:
             envelope = parse_envelope(value, self.allowed)
         except ParseError as error:
+            _not_allowed_here(error)
             if key_error is not None:
                 error.errors.insert(0, key_error)
             raise

@@ -22,12 +22,19 @@ def definition() -> ServiceDefinition:
                 handlers={
                     "CreateSubscription": HandlerSpec(handlers.create_subscription),
                     "StopSubscription": HandlerSpec(handlers.stop_subscription),
-                    # From the bill-run timer or an operator: answered either way.
-                    "RunBilling": HandlerSpec(handlers.run_billing),
                     "UpdateSubscription": HandlerSpec(handlers.update_subscription),
                     "CreateCombinedSubscription": HandlerSpec(
                         handlers.create_combined_subscription
                     ),
+                },
+                batch_hooks=SubscriptionBatchHooks(),
+            ),
+            ConsumerSpec(
+                name="internal",
+                topic=topics.SUBSCRIPTION_INTERNAL,
+                handlers={
+                    # From the bill-run timer or an operator: answered either way.
+                    "RunBilling": HandlerSpec(handlers.run_billing),
                     # An operator's merchant-wide bill run, page by page.
                     "RunMerchantBilling": HandlerSpec(handlers.run_merchant_billing),
                 },

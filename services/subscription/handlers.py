@@ -740,7 +740,7 @@ async def run_merchant_billing(ctx: HandlerContext, cmd: RunMerchantBilling) -> 
     run = ctx.envelope.message_id
     for key in keys:
         ctx.emit(
-            topics.SUBSCRIPTION_COMMANDS,
+            topics.SUBSCRIPTION_INTERNAL,
             f"{ctx.website_key}:{key}",
             RunBilling(subscription_key=key, as_of=as_of),
             message_id=uuid.uuid5(_RUN_IDS, f"{run}:{key}"),
@@ -748,7 +748,7 @@ async def run_merchant_billing(ctx: HandlerContext, cmd: RunMerchantBilling) -> 
     more = len(keys) == MERCHANT_RUN_PAGE
     if more:
         ctx.emit(
-            topics.SUBSCRIPTION_COMMANDS,
+            topics.SUBSCRIPTION_INTERNAL,
             f"{ctx.website_key}:bill-run",
             RunMerchantBilling(as_of=as_of, after_key=keys[-1]),
             message_id=uuid.uuid5(_RUN_IDS, f"{run}:next"),

@@ -11,7 +11,7 @@ from typing import Any
 from contracts import topics
 from services.invoice.app import definition
 from services.runtime.app import Service, build_service
-from tests.support.kafka import TopicWatcher, envelope, poll_until, publish
+from tests.support.kafka import TopicWatcher, envelope, poll_until, publish, topic_of
 from tests.support.services import make_settings
 
 OCCURRED_AT = "2026-11-01T09:00:00+00:00"
@@ -84,7 +84,7 @@ class InvoiceClient:
         key = key or f"{website_key}:{number}"
         await publish(
             self.bootstrap,
-            self.prefix + topics.INVOICE_COMMANDS,
+            self.prefix + topic_of(type_, topics.INVOICE_COMMANDS),
             [(key, json.dumps(body).encode())],
         )
         return str(body["message_id"])

@@ -14,7 +14,18 @@ from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from contracts import catalog
+
 T = TypeVar("T")
+
+
+def topic_of(type_name: str, default: str) -> str:
+    """The catalog's topic (base name) for a message type; `default` for a type the
+    catalog does not know (tests send unknown types on purpose)."""
+    try:
+        return catalog.topic_for_type(type_name)
+    except KeyError:
+        return default
 
 
 @dataclass

@@ -19,7 +19,7 @@ from typing import Any
 from aiosmtpd.controller import Controller
 
 from contracts import topics
-from tests.support.kafka import envelope, poll_until, publish
+from tests.support.kafka import envelope, poll_until, publish, topic_of
 from tests.support.net import free_port
 
 
@@ -242,7 +242,8 @@ async def notifier_command(
 ) -> str:
     """Publish a command on the notifier's topic; returns its message id."""
     body = envelope(type_, payload, website_key=website_key, occurred_at=occurred_at)
-    await publish(bootstrap, prefix + topics.NOTIFIER_COMMANDS, [(key, json.dumps(body).encode())])
+    topic = topic_of(type_, topics.NOTIFIER_COMMANDS)
+    await publish(bootstrap, prefix + topic, [(key, json.dumps(body).encode())])
     return str(body["message_id"])
 
 

@@ -48,7 +48,7 @@ class StandInNotifier:
 
     async def start(self) -> None:
         self._consumer = AIOKafkaConsumer(
-            self.prefix + topics.NOTIFIER_COMMANDS,
+            self.prefix + topics.NOTIFIER_INTERNAL,
             bootstrap_servers=self.bootstrap,
             group_id=f"{self.prefix}stand-in-notifier",
             auto_offset_reset="earliest",
@@ -84,7 +84,7 @@ class StandInNotifier:
                     )
                     await publish(
                         self.bootstrap,
-                        self.prefix + topics.INVOICE_COMMANDS,
+                        self.prefix + topics.INVOICE_INTERNAL,
                         [
                             (
                                 record.key.decode() if record.key else None,

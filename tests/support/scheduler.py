@@ -18,7 +18,7 @@ from tests.support.kafka import Record, TopicWatcher, envelope, poll_until, publ
 from tests.support.services import make_settings
 
 #: Where the timers of these tests publish (StepDue is a message the catalog allows there).
-TARGET = topics.INVOICE_COMMANDS
+TARGET = topics.INVOICE_INTERNAL
 
 
 def schema_for(prefix: str) -> str:

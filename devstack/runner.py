@@ -44,6 +44,30 @@ def state_file() -> StateFile:
     return StateFile(devstack_dir() / "state.json")
 
 
+def local_secret_key() -> str:
+    """The notifier's CM_SECRET_KEY for local runs: generated once and kept in the state
+    dir (`secret.key`, readable by its owner only), so webhook secrets stored in the dev
+    database stay readable from one `make run` to the next."""
+    path = devstack_dir() / "secret.key"
+    if not path.exists():
+        from cryptography.fernet import Fernet  # noqa: PLC0415
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(Fernet.generate_key().decode() + "\n")
+    return path.read_text().strip()
+
+
+def local_service_env() -> dict[str, str]:
+    """What services get in a local run unless the environment says otherwise: the
+    notifier's key, and webhooks to loopback/private receivers over http allowed."""
+    return {
+        "CM_SECRET_KEY": os.environ.get("CM_SECRET_KEY") or local_secret_key(),
+        "WEBHOOK_ALLOW_PRIVATE_NETWORKS": os.environ.get("WEBHOOK_ALLOW_PRIVATE_NETWORKS", "true"),
+    }
+
+
 def _use_colour() -> bool:
     if os.environ.get("NO_COLOR"):
         return False
@@ -370,7 +394,7 @@ async def run(
             await ensure_database(stack.postgres.dsn, DATABASE)
         if not with_services:
             console.say("stack is up; for a service run by hand:")
-            print(_exports(env), flush=True)
+            print(_exports(env | local_service_env()), flush=True)
             console.say("Ctrl-C stops it.")
             trouble = await stack.wait_for_trouble()
             if trouble:
@@ -385,6 +409,7 @@ async def run(
         base_env.setdefault("KAFKA_HEARTBEAT_INTERVAL_MS", "500")
         base_env["PYTHONUNBUFFERED"] = "1"
         base_env.update(env)
+        base_env.update(local_service_env())
         if "SMTP_HOST" not in os.environ:
             mailbox = LocalMailbox(devstack_dir() / "mail")
             mailbox.start()

@@ -5,10 +5,14 @@ Consumers (handlers.py): `cm.invoice.events` → one push per InvoiceEvent on
 registration, message jobs and webhook retries. Background tasks do the talking to the
 outside world after commit: webhook deliveries (webhooks.py) and messages to debtors
 (messages.py), so no SMTP or HTTP call ever runs inside a consumer's transaction.
+At start the webhook secrets are re-encrypted with the first `CM_SECRET_KEY` (trust.py);
+a background task drops personal data of finished work after `NOTIFIER_RETENTION_DAYS`.
 """
 
 from __future__ import annotations
 
+import functools
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
@@ -17,21 +21,69 @@ from contracts import topics
 from services.notifier import handlers
 from services.notifier.limits import NotifierLimits
 from services.notifier.messages import MessageSender
+from services.notifier.repository import NotifierRepository
+from services.notifier.trust import WebhookTrust, reseal_secrets
 from services.notifier.webhooks import WebhookDispatcher, webhook_client
 from services.runtime.app import Runtime, ServiceDefinition
 from services.runtime.consumer import ConsumerSpec, HandlerSpec
-from services.runtime.worker import run_worker
+from services.runtime.logs import get_logger
+from services.runtime.worker import StopFlag, run_worker
+
+log = get_logger(__name__)
 
 #: How often an idle worker looks for work (a busy one goes on at once, and one whose
 #: send just ended looks at once: the invoice's next push may be due).
 IDLE_POLL_S = 0.05
+#: Rows of each table whose personal data one pruning round drops.
+PRUNE_BATCH = 1000
 
 
-async def webhook_deliveries(runtime: Runtime) -> None:
+async def secrets_at_rest(runtime: Runtime, trust: WebhookTrust) -> None:
+    """Read CM_SECRET_KEY, then encrypt stored webhook secrets with its first key."""
+    if not trust.configure(runtime.settings):
+        return
+    _, box = trust.require()
+    stop = StopFlag()
+
+    async def step() -> int:
+        resealed, unreadable = await reseal_secrets(runtime.pool, box)
+        if resealed:
+            log.info("webhook secrets encrypted with the current key", count=resealed)
+        if unreadable:
+            log.warning(
+                "webhook secrets no key of CM_SECRET_KEY decrypts (their deliveries fail"
+                " with secret_unreadable)",
+                count=unreadable,
+            )
+        stop.stopped = True
+        return 0
+
+    await run_worker("notifier-secrets", step, idle_s=1.0, stop=stop)
+
+
+async def personal_data_retention(runtime: Runtime) -> None:
+    """Drop bodies and invoice snapshots of finished work after the retention window."""
+    settings = runtime.settings
+    older_than = timedelta(days=settings.notifier_retention_days)
+
+    async def step() -> int:
+        async with runtime.pool.acquire() as conn:
+            pruned = await NotifierRepository(conn).prune_personal_data(older_than, PRUNE_BATCH)
+        if pruned:
+            log.info("personal data of finished pushes and messages dropped", rows=pruned)
+        return pruned
+
+    await run_worker("notifier-retention", step, idle_s=settings.notifier_prune_interval_s)
+
+
+async def webhook_deliveries(runtime: Runtime, trust: WebhookTrust) -> None:
     """Post due pushes to merchants' webhooks."""
+    if not trust.configure(runtime.settings):
+        return  # no key: the reason is logged once
+    policy, box = trust.require()
     limits = NotifierLimits.of(runtime.settings)
-    async with webhook_client(limits) as client:
-        dispatcher = WebhookDispatcher(runtime, client, limits)
+    async with webhook_client(limits, policy) as client:
+        dispatcher = WebhookDispatcher(runtime, client, limits, box)
         try:
             await run_worker(
                 "notifier-webhooks", dispatcher.step, idle_s=IDLE_POLL_S, wake=dispatcher.wake
@@ -56,7 +108,17 @@ async def debtor_messages(runtime: Runtime) -> None:
             await sender.close()
 
 
-def definition() -> ServiceDefinition:
+def definition(trust: WebhookTrust | None = None) -> ServiceDefinition:
+    """The notifier; `trust` (tests: a resolver of their own) is filled in from the
+    settings when the service starts."""
+    trust = trust or WebhookTrust()
+
+    async def webhook_secrets(runtime: Runtime) -> None:
+        await secrets_at_rest(runtime, trust)
+
+    async def webhooks(runtime: Runtime) -> None:
+        await webhook_deliveries(runtime, trust)
+
     return ServiceDefinition(
         name="notifier",
         migrations=Path(__file__).parent / "migrations",
@@ -66,7 +128,9 @@ def definition() -> ServiceDefinition:
                 topic=topics.NOTIFIER_COMMANDS,
                 handlers={
                     "UpsertTemplate": HandlerSpec(handlers.upsert_template),
-                    "RegisterWebhook": HandlerSpec(handlers.register_webhook),
+                    "RegisterWebhook": HandlerSpec(
+                        functools.partial(handlers.register_webhook, trust=trust)
+                    ),
                 },
             ),
             ConsumerSpec(
@@ -87,5 +151,10 @@ def definition() -> ServiceDefinition:
                 batch_hooks=handlers.PushBatchHooks(),
             ),
         ],
-        background_tasks=(webhook_deliveries, debtor_messages),
+        background_tasks=(
+            webhook_secrets,
+            webhooks,
+            debtor_messages,
+            personal_data_retention,
+        ),
     )

@@ -10,11 +10,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from contracts import topics
+from contracts.envelope import FieldError
 from contracts.invoice import InvoiceEvent
 from contracts.notifier import RegisterWebhook, RetryWebhookDelivery, SendMessage, UpsertTemplate
 from contracts.push import MESSAGE_ID_HEADER, push_from_event
 from services.notifier.repository import DeliveryRow, NotifierRepository
 from services.notifier.templates import template_errors
+from services.notifier.trust import WebhookTrust
 from services.runtime.consumer import HandlerContext
 from services.runtime.db import Connection
 from services.runtime.logs import get_logger
@@ -68,10 +70,18 @@ class PushBatchHooks:
             await NotifierRepository(conn).add_deliveries(state.deliveries)
 
 
-async def register_webhook(ctx: HandlerContext, cmd: RegisterWebhook) -> None:
-    """Set (replace) the merchant's endpoint; open deliveries go to the new one."""
+async def register_webhook(ctx: HandlerContext, cmd: RegisterWebhook, trust: WebhookTrust) -> None:
+    """Set (replace) the merchant's endpoint; open deliveries go to the new one. A target
+    that is not a public https endpoint is refused (netguard.py; the name's addresses
+    are looked up for at most WEBHOOK_DNS_TIMEOUT_S); the secret is stored encrypted."""
+    policy, box = trust.require()
+    refusal = await policy.registration_refusal(cmd.url)
+    if refusal is not None:
+        log.info("webhook target refused", website_key=ctx.website_key)  # never the URL
+        ctx.reject([FieldError("payload.url", "webhook_target_not_allowed", refusal)])
+        return
     await NotifierRepository(ctx.conn).upsert_webhook(
-        ctx.website_key, cmd.url, cmd.secret, cmd.enabled
+        ctx.website_key, cmd.url, box.seal(cmd.secret), cmd.enabled
     )
     ctx.accept(webhook=f"{ctx.website_key}:webhook")
 

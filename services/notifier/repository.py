@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from contracts.invoice import Channel
@@ -24,6 +24,7 @@ class ClaimedDelivery:
     attempts: int
     business_time: datetime
     url: str
+    #: As stored: encrypted (`fernet:…`, see secrets.py) or plain text from before that.
     secret: str
     claim_token: uuid.UUID
 
@@ -169,6 +170,7 @@ class NotifierRepository:
     # --- webhooks ---
 
     async def upsert_webhook(self, website_key: str, url: str, secret: str, enabled: bool) -> None:
+        """Set the merchant's endpoint; `secret` is the stored (encrypted) form."""
         await self.conn.execute(
             "INSERT INTO webhooks (website_key, url, secret, enabled) VALUES ($1, $2, $3, $4)"
             " ON CONFLICT (website_key) DO UPDATE SET url = EXCLUDED.url,"
@@ -178,6 +180,27 @@ class NotifierRepository:
             secret,
             enabled,
         )
+
+    async def webhook_secrets(self, after: str, limit: int) -> list[tuple[str, str]]:
+        """Stored secrets (website_key, stored form), in website-key order after `after`."""
+        rows = await self.conn.fetch(
+            "SELECT website_key, secret FROM webhooks WHERE website_key > $1"
+            " ORDER BY website_key LIMIT $2",
+            after,
+            limit,
+        )
+        return [(row["website_key"], row["secret"]) for row in rows]
+
+    async def replace_secret(self, website_key: str, old: str, new: str) -> bool:
+        """The stored secret re-encrypted, unless it changed since it was read."""
+        updated = await self.conn.fetchval(
+            "UPDATE webhooks SET secret = $3 WHERE website_key = $1 AND secret = $2"
+            " RETURNING website_key",
+            website_key,
+            old,
+            new,
+        )
+        return updated is not None
 
     async def add_deliveries(self, rows: list[DeliveryRow]) -> None:
         """`add_delivery` for a whole batch, in one statement."""
@@ -276,7 +299,8 @@ class NotifierRepository:
         updated = await self.conn.fetchval(
             "UPDATE webhook_deliveries SET status = $2, attempts = $3, last_status = $4,"
             " last_error = $5, lease_until = NULL, claim_token = NULL,"
-            " delivered_at = CASE WHEN $2 = 'delivered' THEN now() END"
+            " delivered_at = CASE WHEN $2 = 'delivered' THEN now() END,"
+            " settled_at = CASE WHEN $2 IN ('delivered', 'failed') THEN now() END"
             " WHERE id = $1 AND claim_token = $6 AND status = 'sending' RETURNING id",
             delivery.id,
             status,
@@ -307,6 +331,33 @@ class NotifierRepository:
             entries,
         )
         return True
+
+    async def prune_personal_data(self, older_than: timedelta, limit: int) -> int:
+        """Drop the bodies of up to `limit` pushes delivered or given up, and the commands
+        (invoice snapshots) of up to `limit` message jobs done or given up, longer than
+        `older_than` ago; the rows stay (ids, order, status, outcome and the logs keep
+        deduplication and the history working). Returns how many rows lost data."""
+        pushes = await self.conn.fetchval(
+            "WITH old AS (SELECT id FROM webhook_deliveries"
+            "  WHERE status IN ('delivered', 'failed') AND body IS NOT NULL"
+            "    AND settled_at < now() - $1::interval ORDER BY settled_at LIMIT $2)"
+            " , pruned AS (UPDATE webhook_deliveries d SET body = NULL, pruned_at = now()"
+            "  FROM old WHERE d.id = old.id RETURNING d.id)"
+            " SELECT count(*) FROM pruned",
+            older_than,
+            limit,
+        )
+        jobs = await self.conn.fetchval(
+            "WITH old AS (SELECT id FROM message_jobs"
+            "  WHERE status IN ('done', 'failed') AND command IS NOT NULL"
+            "    AND done_at < now() - $1::interval ORDER BY done_at LIMIT $2)"
+            " , pruned AS (UPDATE message_jobs j SET command = NULL, pruned_at = now()"
+            "  FROM old WHERE j.id = old.id RETURNING j.id)"
+            " SELECT count(*) FROM pruned",
+            older_than,
+            limit,
+        )
+        return int(pushes) + int(jobs)
 
     # --- messages to debtors ---
 

@@ -14,8 +14,10 @@ Each delivery is its own unit: claim, commit, send, record.
   deadline (`WEBHOOK_TIMEOUT_S`: connect, send and read together), reading at most
   `NOTIFIER_RESPONSE_MAX_BYTES` of the answer (only its status counts). Any exception
   of one delivery, expected or not, becomes that delivery's error code; a stored URL
-  that does not parse (`invalid_url`) or a secret that is not a `whsec_` key
-  (`invalid_secret`) fails only that delivery.
+  that does not parse (`invalid_url`), a secret that is not a `whsec_` key
+  (`invalid_secret`) or that no key of `CM_SECRET_KEY` decrypts (`secret_unreadable`),
+  and a target that is not a public https endpoint (`target_not_allowed`, netguard.py)
+  fail only that delivery.
 - **Record**: each outcome in a transaction of its own, only while the claim token
   still matches: the delivery log, and for a failure a `ScheduleTimer` whose
   `RetryWebhookDelivery` makes it pending again after its backoff. After the last
@@ -55,7 +57,9 @@ from services.notifier.limits import (
     header_value,
     read_capped,
 )
+from services.notifier.netguard import TargetNotAllowed, TargetPolicy, guarded_transport
 from services.notifier.repository import ClaimedDelivery, NotifierRepository
+from services.notifier.secrets import SecretBox, SecretUnreadable
 from services.runtime.app import Runtime
 from services.runtime.logs import get_logger
 from services.runtime.outbox import OutboxMessage
@@ -160,11 +164,13 @@ async def post(
     *,
     timeout_s: float,
     max_response_bytes: int,
+    secrets: SecretBox | None = None,
 ) -> PostResult:
     """POST one delivery; every failure is a result with an error code, never raised.
 
-    One deadline covers connect, send and read; at most `max_response_bytes` of the
-    answer are read (only its status counts)."""
+    The stored secret is decrypted with `secrets` (None: it is stored in plain text). One
+    deadline covers connect, send and read; at most `max_response_bytes` of the answer
+    are read (only its status counts)."""
     started = time.perf_counter()
 
     def failed(code: str) -> PostResult:
@@ -173,14 +179,15 @@ async def post(
     status: int | None = None
     try:
         url = endpoint_url(delivery.url)
+        secret = secrets.open(delivery.secret) if secrets is not None else delivery.secret
         headers = signed_headers(
-            delivery.secret, str(delivery.push_message_id), delivery.body, datetime.now(UTC)
+            secret, str(delivery.push_message_id), delivery.body, datetime.now(UTC)
         )
         async with asyncio.timeout(timeout_s):
             async with client.stream("POST", url, content=delivery.body, headers=headers) as r:
                 status = r.status_code
                 await read_capped(r, max_response_bytes)
-    except InvalidDelivery as error:
+    except (InvalidDelivery, TargetNotAllowed, SecretUnreadable) as error:
         return failed(error.code)
     except (TimeoutError, httpx.HTTPError) as error:
         if status is None:  # else only the (unneeded) rest of the body was lost
@@ -265,10 +272,15 @@ class WebhookDispatcher:
     invoice's next push may be claimable)."""
 
     def __init__(
-        self, runtime: Runtime, client: httpx.AsyncClient, limits: NotifierLimits | None = None
+        self,
+        runtime: Runtime,
+        client: httpx.AsyncClient,
+        limits: NotifierLimits | None = None,
+        secrets: SecretBox | None = None,
     ) -> None:
         self.runtime = runtime
         self.client = client
+        self.secrets = secrets
         self.limits = limits or NotifierLimits.of(runtime.settings)
         self.wake = asyncio.Event()
         self._in_flight = asyncio.Semaphore(self.limits.webhook_max_in_flight)
@@ -333,6 +345,7 @@ class WebhookDispatcher:
                     delivery,
                     timeout_s=self.limits.webhook_timeout_s,
                     max_response_bytes=self.limits.response_max_bytes,
+                    secrets=self.secrets,
                 )
             await self.record(delivery, result)
         except asyncio.CancelledError:
@@ -417,13 +430,19 @@ class WebhookDispatcher:
 
 
 @contextlib.asynccontextmanager
-async def webhook_client(limits: NotifierLimits) -> AsyncIterator[httpx.AsyncClient]:
-    """The HTTP client of webhook deliveries: no redirects, a pool the size of the
-    in-flight bound, per-operation timeouts within the overall deadline."""
+async def webhook_client(
+    limits: NotifierLimits, policy: TargetPolicy | None = None
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The HTTP client of webhook deliveries: no redirects, no proxies from the
+    environment, connections only to targets `policy` allows (netguard.py; None: the
+    strict default), a pool the size of the in-flight bound, per-operation timeouts within
+    the overall deadline."""
     connections = limits.webhook_max_in_flight
+    pool_limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
     async with httpx.AsyncClient(
+        transport=guarded_transport(policy or TargetPolicy(), pool_limits),
         timeout=httpx.Timeout(limits.webhook_timeout_s),
         follow_redirects=False,
-        limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
+        trust_env=False,
     ) as client:
         yield client

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: Default HTTP port (health and metrics) per service.
@@ -89,6 +89,22 @@ class Settings(BaseSettings):
     message_max_in_flight: int = 16
     message_max_in_flight_per_provider: int = 8
     message_lease_s: float = 300.0
+    # Notifier trust boundaries (docs/notifier.md).
+    webhook_allow_private_networks: bool = Field(
+        False,
+        description="Allow webhooks over http and to loopback/private addresses (local runs).",
+    )
+    webhook_dns_timeout_s: float = Field(
+        1.0, description="How long RegisterWebhook waits for the name's addresses."
+    )
+    cm_secret_key: SecretStr | None = Field(
+        None,
+        description="Fernet keys (comma-separated, the first encrypts) for webhook secrets.",
+    )
+    notifier_retention_days: float = Field(
+        30.0, description="Days a sent or given-up push or message keeps its personal data."
+    )
+    notifier_prune_interval_s: float = 3600.0
 
     def port_for(self, service: str) -> int:
         return (

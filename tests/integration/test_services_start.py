@@ -17,6 +17,7 @@ import pytest
 from contracts import catalog, topics
 from tests.support.kafka import envelope, poll_until, publish, read_all
 from tests.support.net import free_port
+from tests.support.services import SERVICE_ENV
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -45,6 +46,7 @@ def platform(kafka_bootstrap: str, database_url: str) -> Iterator[tuple[str, dic
             "KAFKA_SESSION_TIMEOUT_MS": "2000",
             "KAFKA_HEARTBEAT_INTERVAL_MS": "500",
             "LOG_LEVEL": "WARNING",
+            **SERVICE_ENV,  # the notifier's CM_SECRET_KEY
         }
         procs.append(
             subprocess.Popen([sys.executable, "-m", f"services.{name}"], cwd=ROOT, env=env)

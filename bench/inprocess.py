@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
+from cryptography.fernet import Fernet
+
 from bench.infra import Count, drop_run
 from bench.registry import BenchContext
 from services.runtime.app import Service, ServiceDefinition, build_service
@@ -82,6 +84,10 @@ class InProcessService:
             kafka_heartbeat_interval_ms=500,
             kafka_max_records=self.max_records,
             log_level="WARNING",
+            # The notifier's: a key for this run's webhook secrets, and the benchmark's
+            # endpoint on loopback allowed (docs/notifier.md, "Webhook targets").
+            cm_secret_key=Fernet.generate_key().decode(),
+            webhook_allow_private_networks=True,
         )
         service_definition = self.definition
         if self.probe is not None:

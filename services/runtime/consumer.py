@@ -3,7 +3,7 @@
 What happens to a message:
 - it does not parse (bad JSON, unknown `type`, missing/unknown field, wrong type) → a
   `DeadLetter` on `cm.dlq`, plus a `CommandRejected` when it is an attributable command;
-- it was handled before (its `message_id` is in the inbox) → no effect; the stored
+- it was handled before (its website's `message_id` is in the inbox) → no effect; the stored
   result of a command is published again;
 - its handler reports a broken business rule → `CommandRejected` with field errors;
 - its handler raises an unexpected (non-infrastructure) error → the batch is rolled back
@@ -101,6 +101,14 @@ class Unprocessable(Exception):
     def __init__(self, errors: Sequence[FieldError]) -> None:
         super().__init__("; ".join(f"{e.field}: {e.code}" for e in errors))
         self.errors = list(errors)
+
+
+#: A message as the inbox and the stored answers know it: ids are unique per website.
+MessageRef = tuple[str, uuid.UUID]
+
+
+def _ref(envelope: Envelope[Any]) -> MessageRef:
+    return (envelope.website_key, envelope.message_id)
 
 
 @dataclass
@@ -462,7 +470,7 @@ class BatchConsumer:
         """The fast path: the whole batch in one transaction, set-based where it can."""
         outcome = BatchOutcome()
         outbox: list[OutboxMessage] = []
-        results: list[tuple[uuid.UUID, OutboxMessage]] = []
+        results: list[tuple[MessageRef, OutboxMessage]] = []
         parsed: list[tuple[RawRecord, Envelope[Any]]] = []
         counts: list[tuple[str, str]] = []
         for record in records:
@@ -474,29 +482,31 @@ class BatchConsumer:
                 counts.append((type_label(error.type), "dead_letter"))
 
         async with self.pool.acquire() as conn, conn.transaction():
-            ids = [envelope.message_id for _, envelope in parsed]
-            fresh: set[uuid.UUID] = set()
-            if ids:
+            fresh: set[MessageRef] = set()
+            if parsed:
                 rows = await conn.fetch(
-                    "INSERT INTO inbox (consumer, message_id) SELECT $1, unnest($2::uuid[])"
-                    " ON CONFLICT DO NOTHING RETURNING message_id",
+                    "INSERT INTO inbox (consumer, website_key, message_id)"
+                    " SELECT $1, unnest($2::text[]), unnest($3::uuid[])"
+                    " ON CONFLICT DO NOTHING RETURNING website_key, message_id",
                     self.inbox_name,
-                    ids,
+                    [envelope.website_key for _, envelope in parsed],
+                    [envelope.message_id for _, envelope in parsed],
                 )
-                fresh = {row["message_id"] for row in rows}
+                fresh = {(row["website_key"], row["message_id"]) for row in rows}
             hooks = self.spec.batch_hooks
             state = None
             if hooks is not None and fresh:
                 state = await hooks.begin(
-                    conn, [envelope for _, envelope in parsed if envelope.message_id in fresh]
+                    conn, [envelope for _, envelope in parsed if _ref(envelope) in fresh]
                 )
-            duplicates: list[uuid.UUID] = []
+            duplicates: list[MessageRef] = []
             for _, envelope in parsed:
-                if envelope.message_id not in fresh:
-                    duplicates.append(envelope.message_id)
+                ref = _ref(envelope)
+                if ref not in fresh:
+                    duplicates.append(ref)
                     outcome.duplicates += 1
                     continue
-                fresh.discard(envelope.message_id)  # a repeat inside the batch is a duplicate
+                fresh.discard(ref)  # a repeat inside the batch is a duplicate
                 kind = await self._handle_one(conn, envelope, outbox, results, state)
                 self._count(outcome, kind)
                 counts.append((type_label(envelope.type), kind))
@@ -536,18 +546,19 @@ class BatchConsumer:
         errors: list[FieldError] = []
         for attempt in range(1, max(1, limits.handler_retry_attempts) + 1):
             outbox: list[OutboxMessage] = []
-            results: list[tuple[uuid.UUID, OutboxMessage]] = []
+            results: list[tuple[MessageRef, OutboxMessage]] = []
             try:
                 async with conn.transaction():  # a savepoint: all of this record or none
                     fresh = await conn.fetchval(
-                        "INSERT INTO inbox (consumer, message_id) VALUES ($1, $2)"
-                        " ON CONFLICT DO NOTHING RETURNING message_id",
+                        "INSERT INTO inbox (consumer, website_key, message_id)"
+                        " VALUES ($1, $2, $3) ON CONFLICT DO NOTHING RETURNING message_id",
                         self.inbox_name,
+                        envelope.website_key,
                         envelope.message_id,
                     )
                     if fresh is None:
                         kind = "duplicate"
-                        outbox.extend(await self._stored_answers(conn, [envelope.message_id]))
+                        outbox.extend(await self._stored_answers(conn, [_ref(envelope)]))
                     else:
                         kind = await self._handle_one(conn, envelope, outbox, results, None)
                     await self._write(conn, outbox, results)
@@ -601,7 +612,7 @@ class BatchConsumer:
             envelope.type,
             envelope.correlation,
         )
-        await self._dead_letter_now(conn, record, failed, errors, outcome, envelope.message_id)
+        await self._dead_letter_now(conn, record, failed, errors, outcome, _ref(envelope))
 
     async def _dead_letter_now(
         self,
@@ -610,7 +621,7 @@ class BatchConsumer:
         error: ParseError,
         errors: Sequence[FieldError],
         outcome: BatchOutcome,
-        inbox_id: uuid.UUID | None = None,
+        inbox_ref: MessageRef | None = None,
     ) -> None:
         """Write one record's dead letter in its own savepoint; if even that fails, a bare
         one (no answer, no attribution); if that fails too, count it dropped and go on."""
@@ -618,14 +629,14 @@ class BatchConsumer:
         try:
             async with conn.transaction():
                 outbox: list[OutboxMessage] = []
-                results: list[tuple[uuid.UUID, OutboxMessage]] = []
+                results: list[tuple[MessageRef, OutboxMessage]] = []
                 self._dead_letter(outbox, results, record, error, errors)
-                if inbox_id is not None:  # a redelivery gets the same answer, not a retry
+                if inbox_ref is not None:  # a redelivery gets the same answer, not a retry
                     await conn.execute(
-                        "INSERT INTO inbox (consumer, message_id) VALUES ($1, $2)"
-                        " ON CONFLICT DO NOTHING",
+                        "INSERT INTO inbox (consumer, website_key, message_id)"
+                        " VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
                         self.inbox_name,
-                        inbox_id,
+                        *inbox_ref,
                     )
                 await self._write(conn, outbox, results)
         except Exception as exc:
@@ -657,11 +668,15 @@ class BatchConsumer:
         HANDLED.labels(self.service, self.spec.name, label, "dead_letter").inc()
 
     async def _stored_answers(
-        self, conn: Connection, command_ids: list[uuid.UUID]
+        self, conn: Connection, commands: list[MessageRef]
     ) -> list[OutboxMessage]:
+        """The stored answers of these commands, each of its own website only."""
         stored = await conn.fetch(
-            "SELECT topic, key, value FROM command_results WHERE command_id = ANY($1::uuid[])",
-            command_ids,
+            "SELECT r.topic, r.key, r.value FROM command_results r"
+            " JOIN unnest($1::text[], $2::uuid[]) AS c (website_key, command_id)"
+            " USING (website_key, command_id)",
+            [website_key for website_key, _ in commands],
+            [command_id for _, command_id in commands],
         )
         return [OutboxMessage(r["topic"], r["key"], bytes(r["value"])) for r in stored]
 
@@ -669,15 +684,15 @@ class BatchConsumer:
         self,
         conn: Connection,
         outbox: list[OutboxMessage],
-        results: list[tuple[uuid.UUID, OutboxMessage]],
+        results: list[tuple[MessageRef, OutboxMessage]],
     ) -> None:
         """Store the answers and enqueue everything (sizes checked before any write)."""
         check_sizes(outbox, self.limits.max_message_bytes)
         if results:
             await conn.executemany(
-                "INSERT INTO command_results (command_id, topic, key, value)"
-                " VALUES ($1, $2, $3, $4) ON CONFLICT (command_id) DO NOTHING",
-                [(cid, m.topic, m.key, m.value) for cid, m in results],
+                "INSERT INTO command_results (website_key, command_id, topic, key, value)"
+                " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (website_key, command_id) DO NOTHING",
+                [(ref[0], ref[1], m.topic, m.key, m.value) for ref, m in results],
             )
         await enqueue(conn, outbox, self.relay_shards)
 
@@ -693,7 +708,7 @@ class BatchConsumer:
         conn: Connection,
         envelope: Envelope[Any],
         outbox: list[OutboxMessage],
-        results: list[tuple[uuid.UUID, OutboxMessage]],
+        results: list[tuple[MessageRef, OutboxMessage]],
         batch: Any,
     ) -> str:
         """Run the message's handler and build its answer; returns what happened
@@ -727,7 +742,7 @@ class BatchConsumer:
                 self.topics(COMMAND_RESULTS), envelope.website_key, ctx.result.to_json()
             )
             outbox.append(result)
-            results.append((envelope.message_id, result))
+            results.append((_ref(envelope), result))
             return "rejected" if isinstance(ctx.result.payload, CommandRejected) else "accepted"
         finally:
             structlog.contextvars.unbind_contextvars(
@@ -771,7 +786,7 @@ class BatchConsumer:
     def _dead_letter(
         self,
         outbox: list[OutboxMessage],
-        results: list[tuple[uuid.UUID, OutboxMessage]],
+        results: list[tuple[MessageRef, OutboxMessage]],
         record: RawRecord,
         error: ParseError,
         errors: Sequence[FieldError],
@@ -814,7 +829,7 @@ class BatchConsumer:
                 self.topics(COMMAND_RESULTS), error.website_key, answer.to_json()
             )
             outbox.append(message)
-            results.append((error.message_id, message))
+            results.append(((error.website_key, error.message_id), message))
 
     def _is_command(self, type_name: str | None) -> bool:
         """An unknown type on a command topic is still answered; internal ones are not."""

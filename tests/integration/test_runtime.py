@@ -103,6 +103,35 @@ async def test_the_same_message_delivered_twice_has_one_effect(
     assert [e.json()["payload"]["entry_id"] for e in events] == ["e-1"]
 
 
+async def test_the_same_message_id_from_two_websites_is_two_commands(
+    service: Service, kafka_bootstrap: str, prefix: str
+) -> None:
+    """Ids are unique per website: B reusing A's message_id is B's own command, handled
+    and answered with B's answer, and B's redelivery gets B's stored answer, not A's."""
+    topic = prefix + topics.INVOICE_COMMANDS
+    first = envelope("RecordEntry", {"entry_id": "e-a", "amount": "1.00"}, website_key="shop-a")
+    second = envelope(
+        "RecordEntry",
+        {"entry_id": "e-b", "amount": "2.00"},
+        website_key="shop-b",
+        message_id=str(first["message_id"]),
+    )
+    await send(kafka_bootstrap, topic, first, second, second)
+
+    answers = await poll_until(
+        lambda: _at_least(results_for(kafka_bootstrap, prefix, str(first["message_id"])), 3),
+        what="three answers to one message id",
+    )
+    by_website: dict[str, list[dict[str, object]]] = defaultdict(list)
+    for answer in answers:
+        by_website[str(answer["website_key"])].append(answer)
+    assert [a["payload"]["keys"] for a in by_website["shop-a"]] == [{"entry_id": "e-a"}]  # type: ignore[index]
+    assert [a["payload"]["keys"] for a in by_website["shop-b"]] == [{"entry_id": "e-b"}] * 2  # type: ignore[index]
+    assert by_website["shop-b"][0] == by_website["shop-b"][1], "B's stored answer, repeated"
+    rows = await entries(service.runtime.pool)
+    assert [(r["entry_id"], str(r["amount"])) for r in rows] == [("e-a", "1.00"), ("e-b", "2.00")]
+
+
 async def _at_least(coro: object, n: int) -> list[dict[str, object]] | None:
     items = await coro  # type: ignore[misc]
     return items if len(items) >= n else None

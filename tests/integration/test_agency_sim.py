@@ -170,12 +170,12 @@ async def handled(bootstrap: str, prefix: str, sent: list[RecordMetadata]) -> No
 
 
 async def answers(bootstrap: str, prefix: str) -> dict[str, list[dict[str, Any]]]:
-    """Every answer on the prefixed cm.collection.commands, by Kafka key, in order; each
+    """Every answer on the prefixed cm.agency.answers, by Kafka key, in order; each
     one must parse as a command the collection service takes on that topic."""
-    allowed = types_for_topic(topics.COLLECTION_COMMANDS)
+    allowed = types_for_topic(topics.AGENCY_ANSWERS)
     found: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for record in sorted(
-        await read_all(bootstrap, prefix + topics.COLLECTION_COMMANDS),
+        await read_all(bootstrap, prefix + topics.AGENCY_ANSWERS),
         key=lambda r: (r.partition, r.offset),
     ):
         parse_envelope(record.value, allowed)

@@ -15,7 +15,7 @@ import pytest
 from contracts import topics
 from services.collection.handlers import auto_case_key
 from tests.support.invoices import invoice_payload
-from tests.support.kafka import TopicWatcher, envelope, poll_until, publish
+from tests.support.kafka import TopicWatcher, envelope, poll_until, publish, topic_of
 from tests.support.platform import Platform, platform
 
 
@@ -38,7 +38,7 @@ class Collection:
         )
         await publish(
             self.cm.bootstrap,
-            self.cm.prefix + topics.COLLECTION_COMMANDS,
+            self.cm.prefix + topic_of(type_, topics.COLLECTION_COMMANDS),
             [(key or f"{self.website_key}:{payload['case_key']}", json.dumps(body).encode())],
         )
         return await self.cm.invoices.answer(str(body["message_id"]))

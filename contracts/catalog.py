@@ -108,6 +108,12 @@ _SUBSCRIPTION_REQUESTS: tuple[type[Message], ...] = (
     subscription.StopSubscription,
 )
 _RESULTS: tuple[type[Message], ...] = (results.CommandAccepted, results.CommandRejected)
+_MERCHANT_NOTIFIER_COMMANDS: tuple[type[Message], ...] = (
+    notifier.UpsertTemplate,
+    notifier.RegisterWebhook,
+    notifier.EnableKafkaPush,
+    notifier.DisableKafkaPush,
+)
 
 _INTERNAL_INVOICE_COMMANDS: tuple[type[Message], ...] = (
     invoice.StepDue,
@@ -211,20 +217,22 @@ TOPICS: dict[str, TopicSpec] = {
         ),
         TopicSpec(
             name=t.NOTIFIER_COMMANDS,
-            description="Merchants' message templates and webhook endpoints.",
+            description="Merchants' message templates, webhook endpoints and own Kafka "
+            "topics (`cm.push.{website_key}.{feed}`).",
             key=_INVOICE_KEY,
             keys={
                 "UpsertTemplate": "{website_key}:template:{payload.template_key}",
                 "RegisterWebhook": "{website_key}:webhook",
+                "EnableKafkaPush": "{website_key}:kafka-push",
+                "DisableKafkaPush": "{website_key}:kafka-push",
             },
-            messages=(notifier.UpsertTemplate, notifier.RegisterWebhook),
-            producers={MERCHANTS: (notifier.UpsertTemplate, notifier.RegisterWebhook)},
+            messages=_MERCHANT_NOTIFIER_COMMANDS,
+            producers={MERCHANTS: _MERCHANT_NOTIFIER_COMMANDS},
             consumers=(NOTIFIER,),
         ),
         TopicSpec(
             name=t.NOTIFIER_INTERNAL,
-            description="Step messages to send and webhook retries: only the platform "
-            "sends them.",
+            description="Step messages to send and webhook retries: only the platform sends them.",
             key=_INVOICE_KEY,
             messages=(notifier.SendMessage, notifier.RetryWebhookDelivery),
             producers={
@@ -279,7 +287,7 @@ TOPICS: dict[str, TopicSpec] = {
             key="{website_key}:{payload.subscription.subscription_key}",
             messages=(subscription.SubscriptionEvent,),
             producers={SUBSCRIPTION: (subscription.SubscriptionEvent,)},
-            consumers=(OPERATORS,),
+            consumers=(NOTIFIER, OPERATORS),
             platform_only=True,
         ),
         TopicSpec(
@@ -311,7 +319,7 @@ TOPICS: dict[str, TopicSpec] = {
             key="{website_key}:{payload.case.case_key}",
             messages=(collection.CaseEvent,),
             producers={COLLECTION: (collection.CaseEvent,)},
-            consumers=(OPERATORS,),
+            consumers=(NOTIFIER, OPERATORS),
             platform_only=True,
         ),
         TopicSpec(
@@ -330,7 +338,7 @@ TOPICS: dict[str, TopicSpec] = {
             key="{website_key}",
             messages=_RESULTS,
             producers={service: _RESULTS for service in SERVICES},
-            consumers=(OPERATORS,),
+            consumers=(NOTIFIER, OPERATORS),
             platform_only=True,
         ),
         TopicSpec(

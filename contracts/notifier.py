@@ -1,8 +1,10 @@
-"""Commands of the notifier (`cm.notifier.commands`): step messages, templates, webhooks.
+"""Commands of the notifier (`cm.notifier.commands`): step messages, templates, webhooks,
+the merchant's own Kafka topics.
 
 Kafka keys: `{website_key}:{invoice_number}` for SendMessage and RetryWebhookDelivery,
-`{website_key}:template:{template_key}` for UpsertTemplate and `{website_key}:webhook`
-for RegisterWebhook (one webhook endpoint per merchant).
+`{website_key}:template:{template_key}` for UpsertTemplate, `{website_key}:webhook`
+for RegisterWebhook (one webhook endpoint per merchant) and `{website_key}:kafka-push`
+for EnableKafkaPush and DisableKafkaPush.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ from contracts.limits import (
 
 #: A Standard Webhooks signing key decodes to this many bytes.
 WEBHOOK_KEY_BYTES = range(24, 65)
+
+#: The most partitions a merchant's own topic may have (EnableKafkaPush `partitions`).
+MAX_MERCHANT_TOPIC_PARTITIONS = 64
 
 
 class SendMessage(Command):
@@ -151,4 +156,42 @@ class RetryWebhookDelivery(Command):
     )
 
 
-register(SendMessage, UpsertTemplate, RegisterWebhook, RetryWebhookDelivery)
+class EnableKafkaPush(Command):
+    """Give the merchant its own Kafka topics and copy its records there from now on.
+
+    The notifier creates `cm.push.{website_key}.{feed}` for each feed (`invoice`,
+    `results`, `subscription`, `collection`) and from then on copies there every
+    record of this merchant that lands on `cm.push.invoice`, `cm.command.results`,
+    `cm.subscription.events` and `cm.collection.events` (those shared topics are
+    platform-only). Records from before the command are not copied. Sending it again
+    is harmless: existing topics are kept. A website key with a `.` is refused
+    (`website_key_not_topic_safe`): the merchant's topic prefix would cover another
+    merchant's topics.
+    """
+
+    partitions: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_MERCHANT_TOPIC_PARTITIONS,
+        description="Partitions of each new topic; the platform's `KAFKA_TOPIC_PARTITIONS` "
+        "when null. Existing topics with fewer partitions grow to this many, when the "
+        "broker can add partitions; a topic never shrinks (a smaller number is refused "
+        "with `partitions_cannot_shrink`). Adding partitions moves keys to other "
+        "partitions: records of one key written before and after are no longer in one "
+        "partition.",
+    )
+
+
+class DisableKafkaPush(Command):
+    """Stop copying the merchant's records to its own topics; the topics and what they
+    hold are kept, and EnableKafkaPush starts copying again (no catch-up)."""
+
+
+register(
+    SendMessage,
+    UpsertTemplate,
+    RegisterWebhook,
+    RetryWebhookDelivery,
+    EnableKafkaPush,
+    DisableKafkaPush,
+)

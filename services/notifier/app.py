@@ -2,9 +2,14 @@
 
 Consumers (handlers.py): `cm.invoice.events` → one push per InvoiceEvent on
 `cm.push.invoice` plus a webhook delivery; `cm.notifier.commands` → templates, webhook
-registration, message jobs and webhook retries. Background tasks do the talking to the
-outside world after commit: webhook deliveries (webhooks.py) and messages to debtors
-(messages.py), so no SMTP or HTTP call ever runs inside a consumer's transaction.
+registration, message jobs and webhook retries, Kafka push on and off. Background tasks
+do the talking to the outside world after commit: webhook deliveries (webhooks.py) and
+messages to debtors (messages.py), so no SMTP or HTTP call ever runs inside a consumer's
+transaction.
+A merchant that sent EnableKafkaPush gets topics of its own (feeds.py): its pushes are
+also written to `cm.push.{website_key}.invoice`, and consumers of `cm.command.results`,
+`cm.subscription.events` and `cm.collection.events` copy its records to
+`cm.push.{website_key}.results|subscription|collection`.
 At start the webhook secrets are re-encrypted with the first `CM_SECRET_KEY` (trust.py);
 a background task drops personal data of finished work after `NOTIFIER_RETENTION_DAYS`.
 """
@@ -17,8 +22,9 @@ from pathlib import Path
 
 import httpx
 
-from contracts import topics
+from contracts import catalog, topics
 from services.notifier import handlers
+from services.notifier.feeds import MerchantFeeds, feed_consumers
 from services.notifier.limits import NotifierLimits
 from services.notifier.messages import MessageSender
 from services.notifier.repository import NotifierRepository
@@ -119,6 +125,8 @@ def definition(trust: WebhookTrust | None = None) -> ServiceDefinition:
     async def webhooks(runtime: Runtime) -> None:
         await webhook_deliveries(runtime, trust)
 
+    feeds = MerchantFeeds()
+
     return ServiceDefinition(
         name="notifier",
         migrations=Path(__file__).parent / "migrations",
@@ -131,6 +139,8 @@ def definition(trust: WebhookTrust | None = None) -> ServiceDefinition:
                     "RegisterWebhook": HandlerSpec(
                         functools.partial(handlers.register_webhook, trust=trust)
                     ),
+                    "EnableKafkaPush": HandlerSpec(feeds.enable_kafka_push),
+                    "DisableKafkaPush": HandlerSpec(feeds.disable_kafka_push),
                 },
             ),
             ConsumerSpec(
@@ -150,8 +160,12 @@ def definition(trust: WebhookTrust | None = None) -> ServiceDefinition:
                 handlers={"InvoiceEvent": HandlerSpec(handlers.invoice_event, answers=False)},
                 batch_hooks=handlers.PushBatchHooks(),
             ),
+            # Copies of each merchant's results, subscription and case events to its
+            # own topics (feeds.py).
+            *feed_consumers(catalog.types_for_topic),
         ],
         background_tasks=(
+            feeds.configure,
             webhook_secrets,
             webhooks,
             debtor_messages,

@@ -14,6 +14,8 @@ from contracts.envelope import FieldError
 from contracts.invoice import InvoiceEvent
 from contracts.notifier import RegisterWebhook, RetryWebhookDelivery, SendMessage, UpsertTemplate
 from contracts.push import MESSAGE_ID_HEADER, push_from_event
+from contracts.topics import merchant_topic
+from services.notifier.feeds import enabled_merchants
 from services.notifier.repository import DeliveryRow, NotifierRepository
 from services.notifier.templates import template_errors
 from services.notifier.trust import WebhookTrust
@@ -25,20 +27,23 @@ log = get_logger(__name__)
 
 
 async def invoice_event(ctx: HandlerContext, event: InvoiceEvent) -> None:
-    """Every InvoiceEvent becomes one push on `cm.push.invoice` and, when the merchant has
-    a webhook, one delivery to it."""
+    """Every InvoiceEvent becomes one push on `cm.push.invoice` (the same on the merchant's
+    own `cm.push.{website_key}.invoice` once it sent EnableKafkaPush, feeds.py) and, when
+    the merchant has a webhook, one delivery to it."""
     invoice = event.invoice
     body = push_from_event(ctx.envelope).to_json()
     key = f"{ctx.website_key}:{invoice.invoice_number}"
-    ctx.emit_raw(
-        topics.PUSH_INVOICE,
-        key,
-        body,
-        headers=(
-            ("content-type", "application/json"),
-            (MESSAGE_ID_HEADER, str(ctx.envelope.message_id)),
-        ),
+    headers = (
+        ("content-type", "application/json"),
+        (MESSAGE_ID_HEADER, str(ctx.envelope.message_id)),
     )
+    ctx.emit_raw(topics.PUSH_INVOICE, key, body, headers=headers)
+    if isinstance(ctx.batch, PushBatch):
+        own_topic = ctx.website_key in ctx.batch.kafka_push
+    else:
+        own_topic = bool(await enabled_merchants(ctx.conn, (ctx.website_key,)))
+    if own_topic:
+        ctx.emit_raw(merchant_topic(ctx.website_key, "invoice"), key, body, headers=headers)
     row: DeliveryRow = (
         ctx.website_key,
         invoice.invoice_number,
@@ -57,13 +62,17 @@ async def invoice_event(ctx: HandlerContext, event: InvoiceEvent) -> None:
 @dataclass
 class PushBatch:
     deliveries: list[DeliveryRow] = field(default_factory=list)
+    #: The batch's merchants whose pushes are copied to their own topic (feeds.py).
+    kafka_push: set[str] = field(default_factory=set)
 
 
 class PushBatchHooks:
-    """Webhook deliveries of a batch of invoice events, inserted in one statement."""
+    """Webhook deliveries of a batch of invoice events, inserted in one statement; the
+    merchants with their own push topic, looked up in one."""
 
     async def begin(self, conn: Connection, envelopes: Sequence[Any]) -> PushBatch:
-        return PushBatch()
+        merchants = {envelope.website_key for envelope in envelopes}
+        return PushBatch(kafka_push=await enabled_merchants(conn, merchants))
 
     async def finish(self, conn: Connection, state: PushBatch) -> None:
         if state.deliveries:

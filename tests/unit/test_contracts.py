@@ -263,6 +263,8 @@ SAMPLES: list[Message] = [
     notifier.RetryWebhookDelivery(
         invoice_number="INV-0001", delivery_id="d-1", push_message_id=uuid.uuid4(), attempt=2
     ),
+    notifier.EnableKafkaPush(partitions=4),
+    notifier.DisableKafkaPush(),
     subscription.CreateSubscription(**SUBSCRIPTION_FIELDS),
     subscription.CreateCombinedSubscription(**SUBSCRIPTION_FIELDS, transaction=TRANSACTION),
     subscription.UpdateSubscription(
@@ -828,6 +830,8 @@ def test_every_topic_is_in_the_catalog_and_every_producer_sends_what_it_carries(
             notifier.RegisterWebhook(url="https://x.example", secret=WEBHOOK_SECRET),
             "shop-1:webhook",
         ),
+        (notifier.EnableKafkaPush(), "shop-1:kafka-push"),
+        (notifier.DisableKafkaPush(), "shop-1:kafka-push"),
         (collection.MarkAsPrepared(case_key="C-1"), "shop-1:C-1"),
         (sample_of("TransferCase"), "AG-1:C-1"),
         (sample_of("DeadLetter"), "k"),  # the original key

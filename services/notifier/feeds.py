@@ -10,7 +10,8 @@ records there:
   key and headers go to `cm.push.{website_key}.invoice` too;
 - command results, subscription events and case events: one consumer per shared topic
   (`definition()` in app.py, from `feed_consumers`) copies each record of an enabled
-  merchant, as it is (same envelope, `message_id` and key), to the merchant's topic.
+  merchant, as it is (same envelope, `message_id` and key), to the merchant's topic;
+  not the answers to commands only the platform sends (the scheduler's to timers).
 
 Everything goes through the transactional outbox of the consuming batch, so a copy is
 written exactly when the record is handled. Merchants that did not enable it cost one
@@ -31,7 +32,7 @@ from typing import Any
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 
-from contracts.catalog import key_for
+from contracts.catalog import key_for, platform_only_types
 from contracts.envelope import Envelope, FieldError
 from contracts.notifier import DisableKafkaPush, EnableKafkaPush
 from contracts.topics import MERCHANT_FEEDS, PUSH_INVOICE, TopicNames, merchant_topic
@@ -54,6 +55,8 @@ ADMIN_TIMEOUT_MS = 10_000
 #: The commands whose answers reach the merchant's `results` topic even while copying is
 #: off (the answer to DisableKafkaPush is the last record copied).
 KAFKA_PUSH_COMMANDS = frozenset({EnableKafkaPush.TYPE, DisableKafkaPush.TYPE})
+#: Commands only the platform sends (every topic they travel on is platform-only).
+_PLATFORM_COMMANDS = platform_only_types()
 _JSON = (("content-type", "application/json"),)
 
 
@@ -334,15 +337,24 @@ class FeedBatchHooks:
         return None
 
 
+def _answers_the_platform(envelope: Envelope[Any]) -> bool:
+    """An answer to a command only the platform sends (the scheduler's to a timer the
+    invoice service set for the merchant's invoice): the platform's, not the merchant's.
+    A platform-only type that the merchant sent on its own topic was refused as
+    `not_allowed_here`: that answer is the merchant's."""
+    payload = envelope.payload
+    if getattr(payload, "command_type", None) not in _PLATFORM_COMMANDS:
+        return False
+    return not any(error.code == "not_allowed_here" for error in getattr(payload, "errors", ()))
+
+
 def _copies(envelope: Envelope[Any], enabled: bool | None) -> bool:
     """Whether a record goes to its merchant's topic: copying is on, or it answers the
     merchant's EnableKafkaPush or DisableKafkaPush (its topics exist: `enabled` is
-    False, not None)."""
-    if enabled:
-        return True
-    return enabled is not None and getattr(envelope.payload, "command_type", None) in (
-        KAFKA_PUSH_COMMANDS
-    )
+    False, not None); never an answer to the platform's own commands."""
+    if enabled is None or _answers_the_platform(envelope):
+        return False
+    return enabled or getattr(envelope.payload, "command_type", None) in KAFKA_PUSH_COMMANDS
 
 
 def copier(feed: str) -> Callable[[HandlerContext, Any], Awaitable[None]]:

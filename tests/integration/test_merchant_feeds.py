@@ -24,7 +24,13 @@ from tests.support.subscriptions import subscription
 @pytest.fixture(scope="module")
 async def cm(kafka_bootstrap: str, database_url: str) -> AsyncIterator[Platform]:
     async with platform(
-        kafka_bootstrap, database_url, "invoice", "notifier", "subscription", "collection"
+        kafka_bootstrap,
+        database_url,
+        "invoice",
+        "scheduler",
+        "notifier",
+        "subscription",
+        "collection",
     ) as running:
         yield running
 
@@ -93,7 +99,7 @@ class Merchant:
         return await poll_until(found, what=what)
 
     async def invoice(self, number: str, **overrides: Any) -> dict[str, Any]:
-        payload = invoice_payload(number, scheme_key="DefaultNone", **overrides)
+        payload = invoice_payload(number, **{"scheme_key": "DefaultNone", **overrides})
         return await self.command("CreateInvoice", payload, f"{self.website_key}:{number}")
 
 
@@ -230,7 +236,7 @@ async def test_each_merchant_topic_holds_only_its_own_invoice_pushes(
 
 
 async def test_the_results_feed_holds_the_merchants_own_answers_only(
-    cm: Platform, merchants: list[Merchant]
+    cm: Platform, merchants: list[Merchant], shared: TopicWatcher
 ) -> None:
     a, b, _ = merchants
     enabled = await a.enable()
@@ -255,7 +261,25 @@ async def test_the_results_feed_holds_the_merchants_own_answers_only(
     assert other["message_id"] not in {r.json()["message_id"] for r in records}
     copied = {r.json()["message_id"]: r.json() for r in records}
     for answer in (enabled, accepted, rejected):
-        assert copied[answer["message_id"]] == answer  # the same envelope, byte for byte
+        assert copied[answer["message_id"]] == answer  # the same envelope
+
+    # A dunning scheme makes the invoice service set a timer, which the scheduler
+    # answers under the merchant's website key: the platform's answer, not copied.
+    assert_accepted(await a.invoice("R-3", scheme_key="DefaultCM1"))
+    results = cm.prefix + topics.COMMAND_RESULTS
+
+    async def timer_answered() -> list[Record]:
+        return [
+            r
+            for r in shared.on(results)
+            if r.json()["website_key"] == a.website_key
+            and r.json()["payload"]["command_type"] == "ScheduleTimer"
+        ]
+
+    await poll_until(timer_answered, what="the scheduler's answer on cm.command.results")
+    later = await a.invoice("R-4")  # the same key on cm.command.results: handled after
+    await a.wait("results", lambda r: r.json()["message_id"] == later["message_id"], "R-4")
+    assert "ScheduleTimer" not in {r.json()["payload"]["command_type"] for r in a.on("results")}
 
 
 async def test_subscription_and_case_events_reach_only_their_merchant(

@@ -12,7 +12,7 @@ import pytest
 
 from contracts import catalog, topics
 from contracts.envelope import Envelope, new_envelope
-from contracts.results import CommandAccepted, CommandRejected
+from contracts.results import CommandAccepted, CommandRejected, ResultError
 from contracts.topics import MERCHANT_FEEDS, TopicNames, merchant_prefix
 from services.notifier.app import definition
 from services.notifier.feeds import _copies, feed_consumers, feed_topics, topic_safety_errors
@@ -79,6 +79,22 @@ def test_copied_while_enabled_and_only_the_kafka_push_answers_after() -> None:
         occurred_at=NOW,
     )
     assert _copies(rejected, False)
+
+
+def test_answers_to_the_platforms_own_commands_are_not_the_merchants() -> None:
+    timer = _answer("ScheduleTimer")  # the scheduler answering the invoice service
+    assert not _copies(timer, True)
+    refused = new_envelope(
+        CommandRejected(
+            command_type="StepDue",  # a merchant trying to pass for the platform
+            command_id=uuid.uuid4(),
+            errors=[ResultError(field="type", code="not_allowed_here", message="no")],
+        ),
+        website_key="shop-1",
+        occurred_at=NOW,
+    )
+    assert _copies(refused, True)
+    assert _copies(_answer("Unknown"), True)  # an unknown type the merchant sent
 
 
 def test_one_copying_consumer_per_shared_topic_the_notifier_does_not_write() -> None:

@@ -322,6 +322,19 @@ def result_errors(errors: Sequence[FieldError]) -> list[ResultError]:
     return shown
 
 
+def _for_answer(error: ResultError) -> ResultError:
+    """An error as the sender reads it. A handler's crash is described only by its code:
+    an exception's text may quote the data it failed on (a name, an address), and the
+    dead letter, which only the platform reads, keeps it."""
+    if error.code != "handler_error":
+        return error
+    return ResultError.model_construct(
+        field=error.field,
+        code=error.code,
+        message="the platform could not handle this command; an operator has it",
+    )
+
+
 def _key_error(key: bytes | None) -> FieldError | None:
     """A Kafka key the platform would never write: not UTF-8, or with control characters
     (keys are `{website_key}:{aggregate}` text; no key at all is fine)."""
@@ -814,7 +827,7 @@ class BatchConsumer:
             rejected = CommandRejected.model_construct(
                 command_type=_clean(error.type or "", MAX_ERROR_FIELD_CHARS),
                 command_id=error.message_id,
-                errors=shown,
+                errors=[_for_answer(e) for e in shown],
             )
             answer = envelope_class(CommandRejected).model_construct(
                 message_id=uuid.uuid4(),

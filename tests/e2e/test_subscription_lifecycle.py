@@ -30,7 +30,7 @@ import pytest
 
 from contracts import topics
 from tests.support.invoices import debtor
-from tests.support.kafka import TopicWatcher, envelope, poll_until, publish, read_all
+from tests.support.kafka import TopicWatcher, envelope, poll_until, publish, read_all, topic_of
 from tests.support.notifier import SmtpSink
 from tests.support.platform import Platform, platform
 
@@ -95,7 +95,7 @@ class Lifecycle:
         body = envelope(type_, payload, website_key=self.website_key, occurred_at=at)
         await publish(
             self.cm.bootstrap,
-            self.cm.prefix + topics.SUBSCRIPTION_COMMANDS,
+            self.cm.prefix + topic_of(type_, topics.SUBSCRIPTION_COMMANDS),
             [(f"{self.website_key}:{KEY}", json.dumps(body).encode())],
         )
         return str(body["message_id"])

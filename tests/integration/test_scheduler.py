@@ -53,7 +53,7 @@ async def test_a_timer_fires_on_a_tick_past_its_due_time(sch: SchedulerClient) -
     [record] = await sch.arrivals(key, 1)
 
     body = record.json()
-    assert record.topic == sch.prefix + topics.INVOICE_COMMANDS
+    assert record.topic == sch.prefix + topics.INVOICE_INTERNAL
     assert record.key == key
     assert record.headers.get("content-type") == "application/json"
     assert body["message_id"] == message["message_id"]
@@ -64,7 +64,7 @@ async def test_a_timer_fires_on_a_tick_past_its_due_time(sch: SchedulerClient) -
     assert parse_time(completed["payload"]["as_of"]) == due + timedelta(hours=1)
     assert completed["payload"]["fired"] == 1
     [fired] = await poll_until(lambda: _async(sch.fired_events("t-1")), what="TimerFired")
-    assert fired["payload"]["topic"] == topics.INVOICE_COMMANDS
+    assert fired["payload"]["topic"] == topics.INVOICE_INTERNAL
     assert parse_time(fired["payload"]["due_at"]) == due
     assert parse_time(fired["payload"]["fired_at"]) == due + timedelta(hours=1)
     assert fired["correlation_id"] == message["message_id"]  # the chain of the message

@@ -33,7 +33,7 @@ import pytest
 from contracts import topics
 from services.runtime.db import create_pool
 from services.subscription.handlers import _INVOICE_IDS
-from tests.support.kafka import Record, envelope, poll_until, publish, read_all
+from tests.support.kafka import Record, envelope, poll_until, publish, read_all, topic_of
 from tests.support.process import ServiceProcess
 from tests.support.subscriptions import subscription
 
@@ -126,7 +126,7 @@ async def pool(own_database_url: str) -> AsyncIterator[asyncpg.Pool]:
 async def send(bootstrap: str, prefix: str, bodies: list[dict[str, Any]]) -> None:
     await publish(
         bootstrap,
-        prefix + topics.SUBSCRIPTION_COMMANDS,
+        prefix + topic_of(bodies[0]["type"], topics.SUBSCRIPTION_COMMANDS),  # one type each
         [
             (f"{b['website_key']}:{b['payload']['subscription_key']}", json.dumps(b).encode())
             for b in bodies
@@ -144,7 +144,10 @@ async def answers_to(bootstrap: str, prefix: str, ids: set[str]) -> list[Record]
 async def handled(pool: asyncpg.Pool) -> int:
     """Commands in the inbox: what committed transactions have handled so far."""
     return int(
-        await pool.fetchval("SELECT count(*) FROM inbox WHERE consumer = 'subscription.commands'")
+        await pool.fetchval(
+            "SELECT count(*) FROM inbox"
+            " WHERE consumer IN ('subscription.commands', 'subscription.internal')"
+        )
     )
 
 

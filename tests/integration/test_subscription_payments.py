@@ -287,7 +287,7 @@ async def test_a_merchant_wide_run_bills_every_due_subscription_in_pages(
     )
     await publish(
         subs.cm.bootstrap,
-        subs.cm.prefix + topics.SUBSCRIPTION_COMMANDS,
+        subs.cm.prefix + topics.SUBSCRIPTION_INTERNAL,
         [(f"{subs.website_key}:bill-run", json.dumps(body).encode())],
     )
     first = await subs.answer(body["message_id"])

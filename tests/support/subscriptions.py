@@ -11,7 +11,7 @@ import pytest
 
 from contracts import topics
 from tests.support.invoices import debtor
-from tests.support.kafka import TopicWatcher, envelope, poll_until, publish
+from tests.support.kafka import TopicWatcher, envelope, poll_until, publish, topic_of
 from tests.support.platform import Platform, platform
 
 
@@ -40,7 +40,7 @@ class Subscriptions:
         )
         await publish(
             self.cm.bootstrap,
-            self.cm.prefix + topics.SUBSCRIPTION_COMMANDS,
+            self.cm.prefix + topic_of(type_, topics.SUBSCRIPTION_COMMANDS),
             [(f"{self.website_key}:{payload['subscription_key']}", json.dumps(body).encode())],
         )
         return str(body["message_id"])

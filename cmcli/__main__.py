@@ -6,7 +6,9 @@
 
 Bootstrap servers: $KAFKA_BOOTSTRAP_SERVERS, else the address the running
 `python -m devstack run|up` recorded in .devstack/, else 127.0.0.1:9092.
-Topic names get $CM_TOPIC_PREFIX in front.
+Topic names get $CM_TOPIC_PREFIX in front. Authentication as for the services:
+$KAFKA_SECURITY_PROTOCOL (default PLAINTEXT), $KAFKA_SASL_MECHANISM,
+$KAFKA_SASL_USERNAME, $KAFKA_SASL_PASSWORD (docs/deploy.md, "The cm CLI").
 """
 
 from __future__ import annotations
@@ -139,16 +141,31 @@ def _load(path: str) -> list[dict[str, Any]]:
     return items
 
 
+def kafka_options() -> dict[str, Any]:
+    """Authentication from the environment, read as the services read it."""
+    from services.runtime.kafka_auth import KafkaAuthError, client_options  # noqa: PLC0415
+    from services.runtime.settings import Settings  # noqa: PLC0415
+
+    try:
+        return client_options(Settings())
+    except (KafkaAuthError, ValueError) as err:  # pydantic's ValidationError is one
+        raise CliError(str(err)) from err
+
+
 def _producer() -> AIOKafkaProducer:
     # Never idempotent: the embedded broker (Tansu) cannot hand out producer ids.
     return AIOKafkaProducer(
-        bootstrap_servers=bootstrap_servers(), enable_idempotence=False, acks="all"
+        bootstrap_servers=bootstrap_servers(),
+        enable_idempotence=False,
+        acks="all",
+        **kafka_options(),
     )
 
 
 def _consumer() -> AIOKafkaConsumer:
     return AIOKafkaConsumer(
         bootstrap_servers=bootstrap_servers(),
+        **kafka_options(),
         group_id=None,
         enable_auto_commit=False,
         fetch_max_wait_ms=20,

@@ -56,6 +56,7 @@ from contracts.envelope import Envelope, Message, ParseError, new_envelope, pars
 from contracts.fields import minor_unit, with_minor_unit
 from contracts.topics import TopicNames
 from services.runtime.app import ensure_topics
+from services.runtime.kafka_auth import client_options
 from services.runtime.logs import configure_logging, failure_site, get_logger
 from services.runtime.records import UNREADABLE, install_record_guard
 from services.runtime.settings import Settings
@@ -64,8 +65,9 @@ from services.runtime.worker import Backoff, StopFlag, run_worker
 log = get_logger("services.collection.agency_sim")  # the same under `python -m`
 
 NAME = "agency-sim"
-#: The consumer group (behind CM_TOPIC_PREFIX, like the services' groups).
-GROUP = "cm.agency-sim.requests"
+#: The consumer group (behind CM_TOPIC_PREFIX, like the services' groups), under the
+#: agency adapters' group prefix of the ACL plan (deploy/kafka/acl-plan.json).
+GROUP = "cm.agency-adapter.sim"
 #: The longest agency / collection reference the contracts take.
 MAX_REFERENCE = 100
 
@@ -276,6 +278,7 @@ class AgencySim:
             acks="all",
             enable_idempotence=False,  # the embedded broker has no idempotent producer
             linger_ms=settings.kafka_linger_ms,
+            **client_options(settings),
         )
         self._consumer = AIOKafkaConsumer(
             self.topics(t.AGENCY_REQUESTS),
@@ -289,6 +292,7 @@ class AgencySim:
             heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
             max_poll_records=settings.kafka_max_records,
             max_partition_fetch_bytes=max(1_048_576, settings.kafka_max_message_bytes),
+            **client_options(settings),
         )
         await self._producer.start()
         try:

@@ -37,6 +37,7 @@ from services.runtime.consumer import (
     is_infrastructure_error,
 )
 from services.runtime.db import Connection, create_pool, migrate
+from services.runtime.kafka_auth import broker_security, client_options
 from services.runtime.logs import configure_logging, failure_site, get_logger
 from services.runtime.outbox import OutboxMessage, OutboxRelay, enqueue
 from services.runtime.records import UNREADABLE, install_record_guard
@@ -98,7 +99,9 @@ class ServiceDefinition:
 
 async def ensure_topics(settings: Settings, topics: TopicNames) -> None:
     """Create every platform topic with the configured partitions, if missing."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.kafka_bootstrap_servers, **client_options(settings)
+    )
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -194,6 +197,7 @@ def build_service(definition: ServiceDefinition, settings: Settings | None = Non
         enable_idempotence=False,
         client_id=f"cm-{service}",
         log_level=logging.DEBUG,  # per-message lines only when debugging
+        security=broker_security(settings),
     )
     state: dict[str, Any] = {"runtime": None, "tasks": [], "consumers": {}}
 
@@ -223,6 +227,7 @@ def build_service(definition: ServiceDefinition, settings: Settings | None = Non
                 poll_interval_s=settings.relay_poll_interval_ms / 1000,
                 linger_ms=settings.kafka_linger_ms,
                 max_message_bytes=settings.kafka_max_message_bytes,
+                kafka_options=client_options(settings),
             )
             await relay.start()
         runtime = Runtime(settings, service, definition.schema_name, topics, pool, relay)

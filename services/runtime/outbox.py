@@ -18,7 +18,7 @@ import json
 import random
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -178,9 +178,12 @@ class OutboxRelay:
         poll_interval_s: float = 0.1,
         linger_ms: int = 2,
         max_message_bytes: int = 1_048_576,
+        kafka_options: Mapping[str, Any] | None = None,
     ) -> None:
         self._pool = pool
         self._bootstrap = bootstrap_servers
+        #: Authentication (services/runtime/kafka_auth.client_options): none by default.
+        self._kafka_options = dict(kafka_options or {})
         self._lock_ns = schema_lock_id(f"{schema}.outbox")
         self._service = service
         self._shards = shards
@@ -204,6 +207,7 @@ class OutboxRelay:
             # be: the batch holds just it).
             max_batch_size=self._max_message_bytes,
             max_request_size=max(8 * 1024 * 1024, 2 * self._max_message_bytes),
+            **self._kafka_options,
         )
         await self._producer.start()
         self._task = asyncio.create_task(self._run(), name=f"outbox-relay-{self._service}")

@@ -46,6 +46,19 @@ class Settings(BaseSettings):
     #: body above it is dead-lettered unparsed; an effect above it is refused when enqueued.
     kafka_max_message_bytes: int = 1_048_576
 
+    # Kafka authentication (services/runtime/kafka_auth.py, docs/deploy.md). The default,
+    # PLAINTEXT without credentials, is the embedded broker's (`make run`, the tests);
+    # deploy/compose.yaml uses SASL_PLAINTEXT + SCRAM-SHA-512 with one user per service.
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="How to reach the brokers."
+    )
+    kafka_sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"] = "SCRAM-SHA-512"
+    kafka_sasl_username: str | None = Field(None, description="SASL user (e.g. cm-invoice).")
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: str | None = Field(
+        None, description="CA bundle for SSL/SASL_SSL (default: the system's CAs)."
+    )
+
     db_pool_min_size: int = 2
     db_pool_max_size: int = 10
 

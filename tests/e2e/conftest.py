@@ -1,6 +1,5 @@
 """The e2e suite's trust-boundary check (issue 11): no personal data the tests sent may
-appear in a log line of the services or in the errors of a CommandRejected or dead
-letter. The scan piggybacks on the tests (tests/support/pii.py) and runs once, after
+appear in a log line of the services or in the errors of a CommandRejected. The scan piggybacks on the tests (tests/support/pii.py) and runs once, after
 the last e2e test; a hit fails that test's teardown with a report of what leaked where.
 """
 

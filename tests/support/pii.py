@@ -1,7 +1,7 @@
 """Personal data in logs and answers: a scan for what the tests sent (issue 11).
 
-The services must never log personal data, and a `CommandRejected` (or a dead letter's
-errors) must never echo it. This module records, while tests run,
+The services must never log personal data, and a `CommandRejected` must never echo it.
+This module records, while tests run,
 
 - every log line of the in-process services: a handler on the root logger at DEBUG, put
   back each time a service calls `configure_logging` (which replaces the root handlers);
@@ -13,8 +13,10 @@ errors) must never echo it. This module records, while tests run,
 and then finds the personal data *by construction*: every string under a personal field
 name (`email`, `first_name`, `mobile`, `iban`, a person's or company's `name`, ...) in
 every message on those topics and in `examples/*.json`. No hand-kept list of values.
-`scan` looks for each value in the log lines and in the errors of every CommandRejected
-and dead letter, and names what leaked (redacted), where and in which test.
+`scan` looks for each value in the log lines and in the errors of every CommandRejected,
+and names what leaked (redacted), where and in which test. Dead letters are not scanned:
+they are the platform's own record of a message (its `raw_value` is the message), read by
+operators only.
 """
 
 from __future__ import annotations
@@ -202,26 +204,23 @@ def scan(texts: Iterable[Text], needles: Needles) -> list[Finding]:
 
 
 def answer_texts(records: Iterable[tuple[str, bytes]], test_of: Callable[[str], str]) -> list[Text]:
-    """What a CommandRejected or a dead letter says of the input: its errors (a dead
-    letter's `raw_value` is the message itself, on purpose, and is not scanned)."""
+    """What a CommandRejected says: its command type and errors. (A dead letter is the
+    platform's own record of a message, personal data and all, and is not scanned.)"""
     found = []
     for topic, value in records:
         try:
             body = json.loads(value)
         except ValueError:
             continue
-        if not isinstance(body, dict) or not isinstance(body.get("payload"), dict):
+        if not isinstance(body, dict) or body.get("type") != "CommandRejected":
             continue
-        payload = body["payload"]
-        if body.get("type") == "CommandRejected":
-            shown = {"command_type": payload.get("command_type"), "errors": payload.get("errors")}
-        elif body.get("type") == "DeadLetter":
-            shown = {"error": payload.get("error"), "errors": payload.get("errors")}
-        else:
+        payload = body.get("payload")
+        if not isinstance(payload, dict):
             continue
+        shown = {"command_type": payload.get("command_type"), "errors": payload.get("errors")}
         found.append(
             Text(
-                f"a {body['type']} on {topic}",
+                f"a CommandRejected on {topic}",
                 test_of(topic),
                 json.dumps(shown, ensure_ascii=False),
             )
@@ -363,12 +362,10 @@ class Recorder:
                 needles.add_from(body, topic)
                 answers.append((topic, value))
         texts = answer_texts(answers, self.test_of)
-        rejected = sum(1 for t in texts if "CommandRejected" in t.where)
         summary = (
             f"{len(needles.origins)} personal values (from {len(answers)} messages on "
             f"{sum(len(c) for c in self.topics.values())} topics and the examples) looked for "
-            f"in {len(self.lines)} log lines, {rejected} CommandRejected and "
-            f"{len(texts) - rejected} dead letters"
+            f"in {len(self.lines)} log lines and {len(texts)} CommandRejected"
         )
         return scan([*self.lines, *texts], needles), summary
 

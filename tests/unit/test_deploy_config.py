@@ -4,10 +4,12 @@ default passwords, pinned images, one message size limit."""
 from __future__ import annotations
 
 import ast
+import importlib
 import itertools
 import os
 import re
 import shutil
+import ssl
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +19,8 @@ import pytest
 import yaml
 
 from contracts import acl, catalog
-from services.runtime.kafka_auth import client_options
+from services.runtime.app import build_service
+from services.runtime.kafka_auth import KafkaAuthError, broker_security, client_options
 from services.runtime.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -421,3 +424,44 @@ def test_the_broker_formats_with_the_admin_credential_and_adds_the_logins(
 def test_the_broker_healthcheck_reads_the_client_settings_broker_sh_writes() -> None:
     test = " ".join(SERVICES["kafka"]["healthcheck"]["test"])
     assert "--command-config /tmp/cm-admin.properties" in test
+
+
+# --- the settings behind it ----------------------------------------------------------------
+
+
+def test_by_default_clients_connect_without_authentication() -> None:
+    # `make run` and the tests: the embedded broker speaks PLAINTEXT only.
+    assert client_options(Settings()) == {}
+    assert broker_security(Settings()) is None
+
+
+def test_sasl_without_credentials_is_refused() -> None:
+    settings = Settings(kafka_security_protocol="SASL_PLAINTEXT", kafka_sasl_username="cm-x")
+    with pytest.raises(KafkaAuthError):
+        client_options(settings)
+
+
+def test_sasl_ssl_verifies_the_broker() -> None:
+    options = client_options(
+        Settings(
+            kafka_security_protocol="SASL_SSL",
+            kafka_sasl_username="cm-invoice",
+            kafka_sasl_password="p" * 32,
+        )
+    )
+    assert options["security_protocol"] == "SASL_SSL"
+    assert options["sasl_mechanism"] == "SCRAM-SHA-512"
+    assert options["ssl_context"].verify_mode == ssl.CERT_REQUIRED
+
+
+def test_a_service_broker_logs_in_with_the_settings() -> None:
+    settings = Settings(
+        kafka_security_protocol="SASL_PLAINTEXT",
+        kafka_sasl_username="cm-scheduler",
+        kafka_sasl_password="p" * 32,
+    )
+    definition = importlib.import_module("services.scheduler.app").definition()
+    connection = build_service(definition, settings).broker._connection_kwargs
+    assert connection["security_protocol"] == "SASL_PLAINTEXT"
+    assert connection["sasl_mechanism"] == "SCRAM-SHA-512"
+    assert connection["sasl_plain_username"] == "cm-scheduler"

@@ -17,7 +17,7 @@ help:
 	@echo "make lint      ruff check, ruff format --check, mypy"
 	@echo "make format    ruff format + ruff check --fix"
 	@echo "make bench     benchmarks (JSON results in bench/results/)"
-	@echo "make docs      docs/asyncapi.json and the Kafka ACL plan (deploy/kafka/acl-plan.*) from the contracts"
+	@echo "make docs      docs/asyncapi.json, the topic table of docs/contracts.md and the Kafka ACL plan (deploy/kafka/acl-plan.*)"
 
 ensure-uv:
 	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m uv --version >/dev/null 2>&1 || { \
@@ -54,3 +54,4 @@ bench: ensure-uv
 docs: ensure-uv
 	$(RUN) python -m contracts.asyncapi docs/asyncapi.json
 	$(RUN) python -m contracts.acl deploy/kafka
+	$(RUN) python -m contracts.topic_table docs/contracts.md

@@ -43,6 +43,7 @@ from services.runtime.consumer import (
     InfrastructureError,
 )
 from services.runtime.db import Connection
+from services.runtime.kafka_auth import client_options
 from services.runtime.logs import get_logger
 from services.runtime.settings import Settings
 
@@ -183,6 +184,7 @@ class MerchantTopics:
             bootstrap_servers=self.settings.kafka_bootstrap_servers,
             request_timeout_ms=ADMIN_TIMEOUT_MS,
             client_id="cm-notifier-feeds",
+            **client_options(self.settings),  # the notifier's own user (ACL: cm.push.*)
         )
         try:
             await admin.start()

@@ -240,14 +240,14 @@ async def test_a_stale_or_duplicated_step_due_has_no_effect(
     key = f"{cm.invoices.website_key}:INV-1"
     await publish(
         cm.bootstrap,
-        cm.prefix + topics.INVOICE_COMMANDS,
+        cm.prefix + topics.INVOICE_INTERNAL,
         [(key, json.dumps(stale).encode()), (key, json.dumps(wrong_scheme).encode())],
     )
     await tick_days(cm, CREATED + days(1), DUE + days(7), expect={"2026-11-22": 3})
     # The timer that fired step 2, delivered again as it was and as a fresh copy.
     [fired] = [
         r.json()
-        for r in await read_all(cm.bootstrap, cm.prefix + topics.INVOICE_COMMANDS)
+        for r in await read_all(cm.bootstrap, cm.prefix + topics.INVOICE_INTERNAL)
         if r.json()["type"] == "StepDue"
         and r.json()["payload"]["step_index"] == 2
         and r.json()["website_key"] == cm.invoices.website_key
@@ -256,7 +256,7 @@ async def test_a_stale_or_duplicated_step_due_has_no_effect(
     copy = {**fired, "message_id": str(uuid.uuid4())}
     await publish(
         cm.bootstrap,
-        cm.prefix + topics.INVOICE_COMMANDS,
+        cm.prefix + topics.INVOICE_INTERNAL,
         [(key, json.dumps(fired).encode()), (key, json.dumps(copy).encode())],
     )
     events = await settle(cm, "INV-1")

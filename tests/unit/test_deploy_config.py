@@ -347,8 +347,6 @@ def test_the_init_step_refuses_a_weak_or_missing_password(tmp_path: Path) -> Non
 # --- every Kafka client of the platform authenticates -------------------------------------
 
 KAFKA_CLIENTS = {"AIOKafkaProducer", "AIOKafkaConsumer", "AIOKafkaAdminClient", "KafkaBroker"}
-#: Clients of work in progress elsewhere (report: they need `**client_options(settings)`).
-PENDING = {"services/notifier/feeds.py"}
 
 
 def _client_calls() -> list[tuple[str, int, bool]]:
@@ -369,14 +367,7 @@ def _client_calls() -> list[tuple[str, int, bool]]:
 
 @pytest.mark.parametrize(
     "site",
-    [
-        pytest.param(
-            site,
-            id=f"{site[0]}:{site[1]}",
-            marks=[pytest.mark.xfail(reason="in progress elsewhere")] if site[0] in PENDING else [],
-        )
-        for site in _client_calls()
-    ],
+    [pytest.param(site, id=f"{site[0]}:{site[1]}") for site in _client_calls()],
 )
 def test_every_kafka_client_gets_the_authentication_settings(site: tuple[str, int, bool]) -> None:
     path, line, authenticated = site

@@ -282,6 +282,8 @@ class Recorder:
     lines: list[Text] = field(default_factory=list)
     #: bootstrap servers -> topic -> the test that created it
     topics: dict[str, dict[str, str]] = field(default_factory=dict)
+    #: How many times a service configured its logging (one per service started).
+    services: int = 0
     _undo: list[Callable[[], None]] = field(default_factory=list)
     _handler: LogCapture | None = None
     _level: int | None = None
@@ -297,6 +299,7 @@ class Recorder:
 
         def configure_logging(service: str, *, fmt: str = "console", level: str = "INFO") -> None:
             original_configure(service, fmt=fmt, level=level)
+            self.services += 1
             self.attach()
 
         async def ensure_topics(settings: Any, topics: Any) -> None:
@@ -350,8 +353,6 @@ class Recorder:
     async def findings(self, examples: Path = ROOT / "examples") -> tuple[list[Finding], str]:
         """Every personal value found in the output, and a summary of what was scanned."""
         needles = Needles()
-        for path in sorted(examples.glob("*.json")):
-            needles.add_from(json.loads(path.read_text()), f"examples/{path.name}")
         answers: list[tuple[str, bytes]] = []
         for bootstrap, created in self.topics.items():
             for topic, value in await read_topics(bootstrap, sorted(created)):
@@ -361,6 +362,8 @@ class Recorder:
                     continue
                 needles.add_from(body, topic)
                 answers.append((topic, value))
+        for path in sorted(examples.glob("*.json")):
+            needles.add_from(json.loads(path.read_text()), f"examples/{path.name}")
         texts = answer_texts(answers, self.test_of)
         summary = (
             f"{len(needles.origins)} personal values (from {len(answers)} messages on "

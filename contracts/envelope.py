@@ -42,8 +42,9 @@ Money = Annotated[MoneyTotal, Field(ge=-MAX_AMOUNT, le=MAX_AMOUNT)]
 
 #: A merchant (tenant) key as it appears in every message and every Kafka key.
 WebsiteKey = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")]
-#: The same rule, for reading the header of a message that does not parse.
-_WEBSITE_KEY = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+#: The same rule, for reading the header of a message that does not parse (and a Kafka
+#: key's website part): use with `fullmatch`.
+WEBSITE_KEY_RE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 
 
 class Message(BaseModel):
@@ -180,7 +181,7 @@ def _readable_header(data: dict[str, Any]) -> dict[str, Any]:
         with contextlib.suppress(ValueError):
             found[key] = uuid.UUID(str(data.get(key)))
     website_key = data.get("website_key")
-    if isinstance(website_key, str) and _WEBSITE_KEY.fullmatch(website_key):
+    if isinstance(website_key, str) and WEBSITE_KEY_RE.fullmatch(website_key):
         found["website_key"] = website_key
     if isinstance(data.get("type"), str):
         found["type"] = data["type"]

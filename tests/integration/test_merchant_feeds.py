@@ -11,10 +11,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from contracts import topics
 from contracts.topics import MERCHANT_FEEDS, merchant_topic
+from services.notifier.feeds import merchants_with_feeds
+from services.runtime.consumer import RawRecord
 from tests.support.invoices import InvoiceClient, invoice_payload
 from tests.support.kafka import Record, TopicWatcher, envelope, poll_until, publish, topic_of
 from tests.support.platform import Platform, platform
@@ -396,3 +399,66 @@ def manual_case(key: str) -> dict[str, Any]:
         "amount": "121.00",
         "language": "nl-NL",
     }
+
+
+async def test_records_of_merchants_without_topics_are_left_out_before_parsing(
+    cm: Platform, merchants: list[Merchant]
+) -> None:
+    """The feed consumers' prefilter: by the Kafka key, one query per batch; a merchant
+    without topics of its own costs no parse and no inbox row; a key that names no
+    website goes the normal way."""
+    with_topics, without, _ = merchants
+    assert_accepted(await with_topics.enable())
+    records = [
+        RawRecord("t", 0, 0, with_topics.website_key.encode(), b"{}"),
+        RawRecord("t", 0, 1, f"{without.website_key}:S-1".encode(), b"{}"),
+        RawRecord("t", 0, 2, f"{with_topics.website_key}:C-1".encode(), b"{}"),
+        RawRecord("t", 0, 3, None, b"{}"),
+        RawRecord("t", 0, 4, b"\xff\xfe:x", b"{}"),
+    ]
+    kept = await merchants_with_feeds(cm.services["notifier"].runtime.pool, records)
+    assert [r.offset for r in kept] == [0, 2, 3, 4]
+
+    # On the running notifier: once its results-feed consumer has committed past the
+    # answer to the merchant without topics, that answer left no inbox row.
+    answer = await without.invoice("P-1")
+    assert answer["type"] == "CommandAccepted"
+    results = cm.prefix + topics.COMMAND_RESULTS
+    ends = await end_offsets(cm.bootstrap, results)
+    group = cm.prefix + "cm.notifier.results-feed"
+    await poll_until(
+        lambda: committed_past(cm.bootstrap, group, ends), what="the results feed consumed"
+    )
+    rows = await cm.services["notifier"].runtime.pool.fetch(
+        "SELECT 1 FROM inbox WHERE consumer = 'notifier.results-feed' AND website_key = $1",
+        without.website_key,
+    )
+    assert rows == []
+
+
+async def end_offsets(bootstrap: str, topic: str) -> dict[TopicPartition, int]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    try:
+        partitions = consumer.partitions_for_topic(topic) or set()
+        if not partitions:
+            await consumer.topics()
+            partitions = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in partitions]
+        return dict(await consumer.end_offsets(tps))
+    finally:
+        await consumer.stop()
+
+
+async def committed_past(bootstrap: str, group: str, ends: dict[TopicPartition, int]) -> bool:
+    """Whether `group` has committed at least `ends` on every partition (read with the
+    group's id, never joining it)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group)
+    await consumer.start()
+    try:
+        for tp, end in ends.items():
+            if end and ((await consumer.committed(tp)) or 0) < end:
+                return False
+        return True
+    finally:
+        await consumer.stop()

@@ -161,7 +161,13 @@ def build() -> dict[str, Any]:
         channels[channel_id] = {
             "address": spec.name,
             "title": spec.name,
-            "description": f"{spec.description} Kafka key: `{spec.key}`.",
+            "description": f"{spec.description} Kafka key: `{spec.key}`."
+            + (
+                " Platform-only: no merchant, payment engine or agency has access."
+                if spec.platform_only
+                else ""
+            ),
+            "tags": [{"name": "platform-only" if spec.platform_only else "external"}],
             "messages": {name: {"$ref": f"#/components/messages/{name}"} for name in names},
             "bindings": {"kafka": {"topic": spec.name, "bindingVersion": _KAFKA_BINDING_VERSION}},
         }

@@ -14,7 +14,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from contracts import topics
+from contracts import catalog, topics
 from contracts.topics import MERCHANT_FEEDS, merchant_topic
 from services.notifier.feeds import merchants_with_feeds
 from services.runtime.consumer import RawRecord
@@ -26,15 +26,7 @@ from tests.support.subscriptions import subscription
 
 @pytest.fixture(scope="module")
 async def cm(kafka_bootstrap: str, database_url: str) -> AsyncIterator[Platform]:
-    async with platform(
-        kafka_bootstrap,
-        database_url,
-        "invoice",
-        "scheduler",
-        "notifier",
-        "subscription",
-        "collection",
-    ) as running:
+    async with platform(kafka_bootstrap, database_url, *catalog.SERVICES) as running:
         yield running
 
 

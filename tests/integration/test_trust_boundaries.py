@@ -36,15 +36,7 @@ IMPERSONATIONS = [
 
 @pytest.fixture
 async def cm(kafka_bootstrap: str, database_url: str) -> AsyncIterator[Platform]:
-    async with platform(
-        kafka_bootstrap,
-        database_url,
-        "invoice",
-        "scheduler",
-        "notifier",
-        "subscription",
-        "collection",
-    ) as running:
+    async with platform(kafka_bootstrap, database_url, *catalog.SERVICES) as running:
         yield running
 
 

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
-from decimal import ROUND_HALF_EVEN, Decimal
+from decimal import Decimal
 
 from contracts.envelope import FieldError
-from contracts.fields import minor_unit
 from contracts.invoice import (
     DEFAULT_SCHEME_KEY,
     NO_STEPS_SCHEME_KEY,
@@ -22,6 +21,7 @@ from contracts.invoice import (
     SchemeStep,
     StepAction,
 )
+from contracts.statutory import statutory_costs
 from services.invoice.domain import (
     ZERO,
     EventOut,
@@ -42,37 +42,12 @@ BUILT_IN_SCHEME_KEYS = frozenset({DEFAULT_SCHEME_KEY, NO_STEPS_SCHEME_KEY})
 
 # --- the Dutch statutory collection costs (art. 6:96 BW, Besluit vergoeding BIK) ---------
 
-#: (band width, rate): 15% of the first 2,500, 10% of the next 2,500, 5% of the next
-#: 5,000, 1% of the next 190,000, 0.5% above.
-STATUTORY_BANDS: tuple[tuple[Decimal | None, Decimal], ...] = (
-    (Decimal(2500), Decimal("0.15")),
-    (Decimal(2500), Decimal("0.10")),
-    (Decimal(5000), Decimal("0.05")),
-    (Decimal(190000), Decimal("0.01")),
-    (None, Decimal("0.005")),
-)
-STATUTORY_MINIMUM = Decimal(40)
-STATUTORY_MAXIMUM = Decimal(6775)
 #: The 14-day term counts from the day after receipt: the costs may be charged from this
 #: many days after the day the letter went out (e-mail/SMS arrive the same day, a letter
 #: is taken to arrive two days later).
 LETTER_TERM_DAYS = {"email": 15, "sms": 15, "letter": 17}
 #: A scheme's statutory step must be at least this many days after its 14-day letter.
 STATUTORY_MIN_GAP_DAYS = 17
-
-
-def statutory_costs(principal: Decimal, currency: str) -> Decimal:
-    """The statutory scale on `principal`, at least 40 and at most 6,775."""
-    remaining = max(ZERO, principal)
-    total = ZERO
-    for width, rate in STATUTORY_BANDS:
-        part = remaining if width is None else min(remaining, width)
-        total += part * rate
-        remaining -= part
-        if remaining <= ZERO:
-            break
-    total = min(max(total, STATUTORY_MINIMUM), STATUTORY_MAXIMUM)
-    return total.quantize(Decimal(1).scaleb(-minor_unit(currency)), rounding=ROUND_HALF_EVEN)
 
 
 # --- schemes -------------------------------------------------------------------------------

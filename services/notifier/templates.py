@@ -22,6 +22,7 @@ from babel.numbers import format_currency
 from contracts.envelope import FieldError
 from contracts.fields import minor_unit
 from contracts.invoice import Channel, InvoiceSnapshot, StepAction
+from contracts.statutory import statutory_costs
 
 #: A tag in a template: `[Name]`.
 TAG = re.compile(r"\[([^\[\]\r\n]{1,80})\]")
@@ -34,32 +35,6 @@ FALLBACK_CULTURE = "en-US"
 
 #: The Dutch statutory 14-day term (art. 6:96 lid 6 BW) the 14-day letter states.
 STATUTORY_TERM_DAYS = 14
-
-# The Dutch statutory scale of collection costs (Besluit vergoeding BIK). The invoice
-# service charges them; the notifier only states them in the 14-day letter. Copied
-# here, not imported, because services never import each other.
-_STATUTORY_BANDS: tuple[tuple[Decimal | None, Decimal], ...] = (
-    (Decimal(2500), Decimal("0.15")),
-    (Decimal(2500), Decimal("0.10")),
-    (Decimal(5000), Decimal("0.05")),
-    (Decimal(190000), Decimal("0.01")),
-    (None, Decimal("0.005")),
-)
-_STATUTORY_MINIMUM = Decimal(40)
-_STATUTORY_MAXIMUM = Decimal(6775)
-
-
-def statutory_costs(principal: Decimal, currency: str) -> Decimal:
-    """The statutory scale on `principal`: at least 40, at most 6,775."""
-    remaining = max(Decimal(0), principal)
-    total = Decimal(0)
-    for width, rate in _STATUTORY_BANDS:
-        part = remaining if width is None else min(remaining, width)
-        total += part * rate
-        remaining -= part
-    total = min(max(total, _STATUTORY_MINIMUM), _STATUTORY_MAXIMUM)
-    return total.quantize(Decimal(1).scaleb(-minor_unit(currency)), rounding=ROUND_HALF_EVEN)
-
 
 # --- formatting ----------------------------------------------------------------------------
 

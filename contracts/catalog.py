@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from contracts import collection, invoice, notifier, payments, results, scheduler, subscription
@@ -426,3 +427,20 @@ def key_for(envelope: Envelope[Any]) -> str | None:
         original: str | None = getattr(envelope.payload, "key", None)
         return original
     return template.format(website_key=envelope.website_key, payload=envelope.payload)
+
+
+def timer_for(timer_id: str, due_at: datetime, envelope: Envelope[Any]) -> scheduler.ScheduleTimer:
+    """A ScheduleTimer that publishes `envelope` at `due_at` on its own topic with its own
+    Kafka key.
+
+    Built from a typed envelope: not validated again (the scheduler validates what it
+    receives), so a due time beyond the parseable years is refused there, never raised in
+    the service that schedules it.
+    """
+    return scheduler.ScheduleTimer.model_construct(
+        timer_id=timer_id,
+        due_at=due_at,
+        topic=topic_for_type(envelope.type),
+        key=key_for(envelope) or "",
+        message=envelope.model_dump(mode="json"),
+    )

@@ -12,13 +12,12 @@ Kafka key: `timer_id`; Tick and TickCompleted use the key `clock`.
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any
 
 from pydantic import AwareDatetime, Field, field_validator
 from pydantic_core import PydanticCustomError
 
-from contracts.envelope import Command, Envelope, Event, register
+from contracts.envelope import Command, Event, register
 from contracts.fields import BusinessDateTime, OneLine, unstorable_strings
 from contracts.limits import MAX_TOPIC_LENGTH
 from contracts.topics import ALL_TOPICS, PUSH_INVOICE
@@ -38,7 +37,8 @@ class ScheduleTimer(Command):
     """Publish `message` to `topic` at `due_at`; scheduling the same `timer_id` again
     replaces the timer.
 
-    A timer due at or before the clock's now fires at once.
+    A timer due at or before the clock's now fires at once. A service builds one for its
+    envelope with `contracts.catalog.timer_for` (topic and key from the catalog).
     """
 
     timer_id: TimerId = Field(
@@ -55,24 +55,6 @@ class ScheduleTimer(Command):
         description="A full envelope (JSON object) to publish; its `occurred_at` is "
         "replaced by `due_at` when the timer fires."
     )
-
-    @classmethod
-    def for_envelope(
-        cls, timer_id: str, due_at: datetime, envelope: Envelope[Any]
-    ) -> ScheduleTimer:
-        """A timer that publishes `envelope` on its own topic with its own Kafka key."""
-        from contracts import catalog  # noqa: PLC0415 - catalog imports this module
-
-        # Built from a typed envelope: not validated again (the scheduler validates what
-        # it receives), so a due time beyond the parseable years is refused there, never
-        # raised in the service that schedules it.
-        return cls.model_construct(
-            timer_id=timer_id,
-            due_at=due_at,
-            topic=catalog.topic_for_type(envelope.type),
-            key=catalog.key_for(envelope) or "",
-            message=envelope.model_dump(mode="json"),
-        )
 
     @field_validator("topic")
     @classmethod

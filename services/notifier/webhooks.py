@@ -48,9 +48,9 @@ from prometheus_client import Counter, Histogram
 from standardwebhooks import Webhook
 
 from contracts import topics
+from contracts.catalog import timer_for
 from contracts.envelope import Message, envelope_class
 from contracts.notifier import RetryWebhookDelivery
-from contracts.scheduler import ScheduleTimer
 from services.notifier.limits import (
     NotifierLimits,
     error_code,
@@ -239,7 +239,7 @@ def retry_timer(delivery: ClaimedDelivery, failed_attempt: int, prefix: str) -> 
         message_id=uuid.uuid5(_RETRY_IDS, f"{delivery.id}:{failed_attempt + 1}"),
     )
     schedule = _envelope_json(
-        ScheduleTimer.for_envelope(timer_id, due_at, retry),
+        timer_for(timer_id, due_at, retry),
         website_key=delivery.website_key,
         occurred_at=delivery.business_time,
         correlation_id=delivery.correlation_id,

@@ -13,6 +13,7 @@ from babel.numbers import list_currencies
 from pydantic import ValidationError
 
 from contracts import topics
+from contracts.catalog import timer_for
 from contracts.debtor import Debtor, DebtorSnapshot
 from contracts.envelope import FieldError, new_envelope
 from contracts.fields import decimals_of, minor_unit
@@ -32,7 +33,7 @@ from contracts.payments import (
     TransactionStatus,
     TransactionStatusChanged,
 )
-from contracts.scheduler import CancelTimer, ScheduleTimer
+from contracts.scheduler import CancelTimer
 from contracts.subscription import (
     BillingIntervalSnapshot,
     CreateCombinedSubscription,
@@ -51,7 +52,11 @@ from contracts.subscription import (
 )
 from services.runtime.consumer import HandlerContext
 from services.subscription import domain
-from services.subscription.repository import Subscription, SubscriptionRepository
+from services.subscription.repository import (
+    Subscription,
+    SubscriptionBatch,
+    SubscriptionRepository,
+)
 
 _CURRENCIES = frozenset(list_currencies())
 #: The most periods one RunBilling bills; the rest are due at once (the next timer is
@@ -85,7 +90,7 @@ def _plan_version(plan: RatePlan) -> domain.PlanVersion:
 
 
 def _repo(ctx: HandlerContext) -> SubscriptionRepository:
-    return SubscriptionRepository(ctx.conn, ctx.website_key, ctx.batch)
+    return SubscriptionRepository(ctx.conn, ctx.website_key, ctx.batch_state(SubscriptionBatch))
 
 
 def _unknown(key: str) -> list[FieldError]:
@@ -357,7 +362,7 @@ def _plan_timer(ctx: HandlerContext, sub: Subscription) -> None:
         occurred_at=due_at,
         caused_by=ctx.envelope,
     )
-    ctx.emit(topics.SCHEDULER_COMMANDS, tid, ScheduleTimer.for_envelope(tid, due_at, run))
+    ctx.emit(topics.SCHEDULER_COMMANDS, tid, timer_for(tid, due_at, run))
 
 
 def _settled_status(sub: Subscription) -> Subscription:

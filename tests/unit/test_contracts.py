@@ -568,7 +568,7 @@ def test_a_timer_names_a_base_topic_and_carries_an_envelope() -> None:
 def test_a_timer_for_an_envelope_names_its_topic_and_key() -> None:
     envelope = new_envelope(STEP_DUE, website_key="shop-1", occurred_at=NOW)
 
-    timer = scheduler.ScheduleTimer.for_envelope("t-1", NOW, envelope)
+    timer = catalog.timer_for("t-1", NOW, envelope)
 
     assert (timer.topic, timer.key) == ("cm.invoice.internal", "shop-1:INV-0001")
     assert parse_envelope(json.dumps(timer.message)) == envelope

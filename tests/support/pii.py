@@ -210,7 +210,7 @@ def answer_texts(records: Iterable[tuple[str, bytes]], test_of: Callable[[str], 
     for topic, value in records:
         try:
             body = json.loads(value)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or hostile (nested too deeply)
             continue
         if not isinstance(body, dict) or body.get("type") != "CommandRejected":
             continue
@@ -358,7 +358,7 @@ class Recorder:
             for topic, value in await read_topics(bootstrap, sorted(created)):
                 try:
                     body = json.loads(value)
-                except ValueError:
+                except (ValueError, RecursionError):  # not JSON, or hostile (nested too deeply)
                     continue
                 needles.add_from(body, topic)
                 answers.append((topic, value))

@@ -371,6 +371,7 @@ def test_the_scan_reads_the_errors_of_rejections_only() -> None:
     )
     event = _envelope("InvoiceEvent", {"invoice": {"debtor": _debtor()}})
     records = [("p.cm.command.results", json.dumps(b).encode()) for b in (rejected, dead, event)]
+    records += [("p.cm.dlq", b"[" * 100_000), ("p.cm.dlq", b"\xff not json")]  # hostile bodies
     texts = answer_texts(records, lambda topic: "test_x")
     assert [t.where for t in texts] == ["a CommandRejected on p.cm.command.results"]
     assert [f.value for f in scan(texts, _needles())] == [EMAIL]

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
 import json
 import os
+import re
 import sys
 import uuid
 from datetime import UTC, datetime
@@ -26,25 +26,10 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
+from contracts import catalog
+from contracts.envelope import ParseError, parse_envelope
 
-#: Used when contracts.catalog is not importable (or does not know the type).
-FALLBACK_TOPICS: dict[str, str] = {
-    "CreateInvoice": "cm.invoice.commands",
-    "CancelInvoice": "cm.invoice.commands",
-    "PauseInvoice": "cm.invoice.commands",
-    "ResumeInvoice": "cm.invoice.commands",
-    "RegisterPayment": "cm.invoice.commands",
-    "StepDue": "cm.invoice.commands",
-    "PaymentTransaction": "cm.payments.transactions",
-    "ScheduleTimer": "cm.scheduler.commands",
-    "CancelTimer": "cm.scheduler.commands",
-    "Tick": "cm.scheduler.commands",
-    "CreateSubscription": "cm.subscription.commands",
-    "StopSubscription": "cm.subscription.commands",
-    "AddCollectedAmount": "cm.collection.commands",
-}
-_SUFFIX_TOPICS = (("Command", "commands"),)
+DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 
 
 class CliError(Exception):
@@ -68,58 +53,46 @@ def topic_prefix() -> str:
     return os.environ.get("CM_TOPIC_PREFIX", "")
 
 
-def _type_name(item: Any) -> str:
-    if isinstance(item, str):
-        return item
-    return str(getattr(item, "TYPE", None) or getattr(item, "__name__", item))
-
-
 def topic_for_type(type_name: str) -> str | None:
-    """The base topic a message type travels on: contracts.catalog, else a small table."""
-    catalog: Any = None
+    """The base topic a message type travels on, from the catalog (None: unknown type)."""
     try:
-        catalog = importlib.import_module("contracts.catalog")
-        from contracts.topics import ALL_TOPICS  # noqa: PLC0415
-    except Exception:  # not written yet, or broken: the fallback table still works
-        catalog = None
-    if catalog is not None:
-        direct = getattr(catalog, "topic_for_type", None)
-        if callable(direct):
-            try:
-                found = direct(type_name)
-            except (KeyError, LookupError, ValueError):
-                found = None
-            if found:
-                return str(found)
-        types_for_topic = getattr(catalog, "types_for_topic", None)
-        if callable(types_for_topic):
-            for topic in ALL_TOPICS:
-                try:
-                    names = {_type_name(t) for t in types_for_topic(topic)}
-                except (KeyError, LookupError, ValueError):
-                    continue
-                if type_name in names:
-                    return topic
-    return FALLBACK_TOPICS.get(type_name)
+        return catalog.topic_for_type(type_name)
+    except KeyError:
+        return None
+
+
+#: A field of a key template: `{website_key}`, `{payload.debtor.code}`.
+_TEMPLATE_FIELD = re.compile(r"\{([^{}]+)\}")
 
 
 def message_key(envelope: dict[str, Any]) -> str | None:
-    """The Kafka key the catalog gives the message (e.g. `{website_key}:{subscription_key}`);
-    for a message that does not parse (a broken example), `{website_key}:{invoice_number}`
-    or the website key."""
+    """The Kafka key the catalog gives the message (e.g. `{website_key}:{subscription_key}`).
+    A message that does not parse (a broken example) gets its type's key template filled
+    in from the JSON as it is, or else its website key."""
     try:
-        from contracts.catalog import key_for  # noqa: PLC0415
-        from contracts.envelope import parse_envelope  # noqa: PLC0415
-
-        return key_for(parse_envelope(json.dumps(complete(envelope))))
-    except Exception:  # not importable or not valid: the plain rule below
+        return catalog.key_for(parse_envelope(json.dumps(complete(envelope))))
+    except ParseError:
         pass
     website_key = envelope.get("website_key")
-    payload = envelope.get("payload")
-    invoice_number = payload.get("invoice_number") if isinstance(payload, dict) else None
-    if website_key and invoice_number:
-        return f"{website_key}:{invoice_number}"
-    return str(website_key) if website_key else None
+    fallback = str(website_key) if website_key else None
+    type_name = str(envelope.get("type", ""))
+    topic = topic_for_type(type_name)
+    if topic is None:
+        return fallback
+    template = catalog.topic_spec(topic).key_template(type_name)
+
+    def value(match: re.Match[str]) -> str:
+        found: Any = {"website_key": website_key, "payload": envelope.get("payload")}
+        for part in match.group(1).split("."):
+            if not isinstance(found, dict) or found.get(part) in (None, ""):
+                raise LookupError(match.group(1))
+            found = found[part]
+        return str(found)
+
+    try:
+        return _TEMPLATE_FIELD.sub(value, template)
+    except LookupError:  # the template names a field the message lacks
+        return fallback
 
 
 def complete(envelope: dict[str, Any]) -> dict[str, Any]:
@@ -291,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     p_pub = sub.add_parser("publish", help="publish one envelope or a JSON list of envelopes")
     p_pub.add_argument("file", help="JSON file, or - for stdin")
     p_pub.add_argument("--topic", help="base topic name (default: from the message type)")
-    p_pub.add_argument("--key", help="Kafka key (default: website_key[:invoice_number])")
+    p_pub.add_argument("--key", help="Kafka key (default: the catalog's key of the type)")
     p_tail = sub.add_parser("tail", help="print a topic's messages as JSON lines")
     p_tail.add_argument("topic", help="base topic name, e.g. cm.invoice.events")
     p_tail.add_argument("--from-beginning", action="store_true")

@@ -57,3 +57,20 @@ def test_cm_publish_keys_a_message_as_the_catalog_does() -> None:
         "payload": {"invoice_number": "I-1"},
     }
     assert message_key(broken) == "shop-1:I-1"
+
+
+def test_cm_publish_keys_a_broken_message_by_its_type_template() -> None:
+    from cmcli.__main__ import message_key, topic_for_type  # noqa: PLC0415
+
+    broken_debtor = {
+        "type": "AddOrUpdateDebtor",
+        "website_key": "shop-1",
+        "payload": {"debtor": {"code": "D-1"}},
+    }
+    assert message_key(broken_debtor) == "shop-1:debtor:D-1"
+    assert message_key({"type": "Tick", "payload": {}}) == "clock"
+    # A field the template names is missing, or the type is unknown: the merchant.
+    assert message_key({"type": "AddOrUpdateDebtor", "website_key": "shop-1"}) == "shop-1"
+    assert message_key({"type": "ResumeInvoice", "website_key": "shop-1"}) == "shop-1"
+    assert topic_for_type("ResumeInvoice") is None
+    assert topic_for_type("StepDue") == "cm.invoice.internal"

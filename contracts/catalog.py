@@ -421,12 +421,17 @@ def key_for(envelope: Envelope[Any]) -> str | None:
 
     Dead letters keep the original message's key (None when it had none).
     """
-    spec = TOPICS[topic_for_type(envelope.type)]
-    template = spec.key_template(envelope.type)
+    return key_for_payload(envelope.payload, envelope.website_key)
+
+
+def key_for_payload(payload: Message, website_key: str) -> str | None:
+    """The Kafka key of `payload` sent for `website_key`: what `key_for` gives the envelope
+    it will travel in (for a handler that names the key before `ctx.emit` builds it)."""
+    template = TOPICS[topic_for_type(payload.TYPE)].key_template(payload.TYPE)
     if template == ORIGINAL_KEY:
-        original: str | None = getattr(envelope.payload, "key", None)
+        original: str | None = getattr(payload, "key", None)
         return original
-    return template.format(website_key=envelope.website_key, payload=envelope.payload)
+    return template.format(website_key=website_key, payload=payload)
 
 
 def timer_for(timer_id: str, due_at: datetime, envelope: Envelope[Any]) -> scheduler.ScheduleTimer:

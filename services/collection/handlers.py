@@ -17,6 +17,7 @@ from babel.numbers import list_currencies
 from pydantic import ValidationError
 
 from contracts import topics
+from contracts.catalog import key_for_payload
 from contracts.collection import (
     AddCollectedAmount,
     AgencyAccepted,
@@ -39,7 +40,7 @@ from contracts.collection import (
     UpsertDebtCollectorConfiguration,
 )
 from contracts.debtor import DebtorSnapshot
-from contracts.envelope import FieldError
+from contracts.envelope import FieldError, Message
 from contracts.fields import decimals_of, minor_unit
 from contracts.invoice import (
     InvoiceEvent,
@@ -81,6 +82,11 @@ def _unknown(key: str) -> list[FieldError]:
 def _id(ctx: HandlerContext, what: str) -> uuid.UUID:
     """The id of what this message sends (stable when the message is handled again)."""
     return uuid.uuid5(_IDS, f"{ctx.envelope.message_id}:{what}")
+
+
+def _emit(ctx: HandlerContext, topic: str, payload: Message, what: str) -> None:
+    """Send `payload` with the catalog's Kafka key and the stable id of `what`."""
+    ctx.emit(topic, key_for_payload(payload, ctx.website_key), payload, message_id=_id(ctx, what))
 
 
 # --- configurations ------------------------------------------------------------------------
@@ -151,11 +157,11 @@ async def _apply(
     await repo.save(before, case)
     snapshot = await _snapshot(repo, stored, case)
     for i, (name, reason) in enumerate(outcome.events):
-        ctx.emit(
+        _emit(
+            ctx,
             topics.COLLECTION_EVENTS,
-            f"{ctx.website_key}:{case.key}",
             CaseEvent(event=name, case=snapshot, reason=reason),
-            message_id=_id(ctx, f"{case.key}:event:{i}"),
+            f"{case.key}:event:{i}",
         )
     # A test case plays its moves without an agency: nothing goes to an adapter.
     live = case.environment == CaseEnvironment.PRODUCTION
@@ -163,32 +169,32 @@ async def _apply(
         assert case.agency_code is not None
         await _send_transfer(ctx, repo, stored, case)
     if outcome.recall is not None and before.agency_code is not None and live:
-        ctx.emit(
+        _emit(
+            ctx,
             topics.AGENCY_REQUESTS,
-            f"{before.agency_code}:{case.key}",
             RecallCase(case_key=case.key, agency_code=before.agency_code, reason=outcome.recall),
-            message_id=_id(ctx, f"{case.key}:recall"),
+            f"{case.key}:recall",
         )
     if case.touches_invoice and case.invoice_number is not None:
         if outcome.collection_status is not None:
-            ctx.emit(
+            _emit(
+                ctx,
                 topics.INVOICE_INTERNAL,
-                f"{ctx.website_key}:{case.invoice_number}",
                 SetCollectionStatus(
                     invoice_number=case.invoice_number,
                     status_code=outcome.collection_status,
                     case_key=case.key,
                 ),
-                message_id=_id(ctx, f"{case.key}:status"),
+                f"{case.key}:status",
             )
         if outcome.booked > 0:
-            ctx.emit(
+            _emit(
+                ctx,
                 topics.INVOICE_INTERNAL,
-                f"{ctx.website_key}:{case.invoice_number}",
                 RegisterCollectedAmount(
                     invoice_number=case.invoice_number, amount=outcome.booked, case_key=case.key
                 ),
-                message_id=_id(ctx, f"{case.key}:booked"),
+                f"{case.key}:booked",
             )
     return True
 
@@ -198,9 +204,9 @@ async def _send_transfer(
 ) -> None:
     data = stored.data
     assert case.agency_code is not None
-    ctx.emit(
+    _emit(
+        ctx,
         topics.AGENCY_REQUESTS,
-        f"{case.agency_code}:{case.key}",
         TransferCase(
             case_key=case.key,
             invoice_number=case.invoice_number,
@@ -220,7 +226,7 @@ async def _send_transfer(
                 for d in await repo.documents(case.key)
             ],
         ),
-        message_id=_id(ctx, f"{case.key}:transfer"),
+        f"{case.key}:transfer",
     )
 
 
@@ -325,11 +331,11 @@ async def create_case(ctx: HandlerContext, cmd: CreateCase) -> None:
 async def _emit_created(
     ctx: HandlerContext, repo: CollectionRepository, stored: StoredCase
 ) -> None:
-    ctx.emit(
+    _emit(
+        ctx,
         topics.COLLECTION_EVENTS,
-        f"{ctx.website_key}:{stored.case.key}",
         CaseEvent(event=CaseEventName.CREATED, case=await _snapshot(repo, stored, stored.case)),
-        message_id=_id(ctx, f"{stored.case.key}:created"),
+        f"{stored.case.key}:created",
     )
 
 

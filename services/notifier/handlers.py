@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from contracts import topics
+from contracts.catalog import key_for
 from contracts.envelope import FieldError
 from contracts.invoice import InvoiceEvent
 from contracts.notifier import RegisterWebhook, RetryWebhookDelivery, SendMessage, UpsertTemplate
@@ -32,7 +33,7 @@ async def invoice_event(ctx: HandlerContext, event: InvoiceEvent) -> None:
     the merchant has a webhook, one delivery to it."""
     invoice = event.invoice
     body = push_from_event(ctx.envelope).to_json()
-    key = f"{ctx.website_key}:{invoice.invoice_number}"
+    key = key_for(ctx.envelope)  # the push is keyed as its event: by invoice
     headers = (
         ("content-type", "application/json"),
         (MESSAGE_ID_HEADER, str(ctx.envelope.message_id)),

@@ -47,6 +47,7 @@ import httpx
 from prometheus_client import Counter
 
 from contracts import topics
+from contracts.catalog import key_for
 from contracts.envelope import Envelope, envelope_class, new_envelope, parse_envelope
 from contracts.invoice import Channel, MessageOutcome, RecordMessageOutcome
 from contracts.notifier import SendMessage
@@ -320,7 +321,7 @@ class MessageSender:
             )
             return OutboxMessage(
                 self.runtime.topics(topics.INVOICE_INTERNAL),
-                f"{job.website_key}:{job.invoice_number}",
+                key_for(answer),
                 answer.to_json(),
             )
         except Exception as error:
@@ -349,7 +350,7 @@ class MessageSender:
         )
         return OutboxMessage(
             self.runtime.topics(topics.INVOICE_INTERNAL),
-            f"{envelope.website_key}:{cmd.invoice_number}",
+            key_for(answer),
             answer.to_json(),
         )
 

@@ -13,7 +13,7 @@ from babel.numbers import list_currencies
 from pydantic import ValidationError
 
 from contracts import topics
-from contracts.catalog import timer_for
+from contracts.catalog import key_for_payload, timer_for
 from contracts.debtor import Debtor, DebtorSnapshot
 from contracts.envelope import FieldError, new_envelope
 from contracts.fields import decimals_of, minor_unit
@@ -331,17 +331,14 @@ def _emit_event(
     period_index: int | None = None,
     reason: str | None = None,
 ) -> None:
-    ctx.emit(
-        topics.SUBSCRIPTION_EVENTS,
-        f"{ctx.website_key}:{sub.key}",
-        SubscriptionEvent(
-            event=name,
-            subscription=snapshot(sub),
-            invoice_number=invoice_number,
-            period_index=period_index,
-            reason=reason,
-        ),
+    event = SubscriptionEvent(
+        event=name,
+        subscription=snapshot(sub),
+        invoice_number=invoice_number,
+        period_index=period_index,
+        reason=reason,
     )
+    ctx.emit(topics.SUBSCRIPTION_EVENTS, key_for_payload(event, ctx.website_key), event)
 
 
 def timer_id(sub: Subscription) -> str:
@@ -634,18 +631,19 @@ def _request_collection(
         amount -= command.transaction.amount
     if amount <= 0:
         return False
+    collect = CollectPayment(
+        invoice_number=command.invoice_number,
+        currency=command.currency,
+        amount=amount,
+        service=sub.payment_method or "sepadirectdebit",
+        mandate_reference=sub.mandate_reference,
+        subscription_key=sub.key,
+        description=command.description,
+    )
     ctx.emit(
         topics.PAYMENT_REQUESTS,
-        f"{ctx.website_key}:{command.invoice_number}",
-        CollectPayment(
-            invoice_number=command.invoice_number,
-            currency=command.currency,
-            amount=amount,
-            service=sub.payment_method or "sepadirectdebit",
-            mandate_reference=sub.mandate_reference,
-            subscription_key=sub.key,
-            description=command.description,
-        ),
+        key_for_payload(collect, ctx.website_key),
+        collect,
         message_id=uuid.uuid5(_COLLECT_IDS, f"{ctx.website_key}:{sub.key}:{index}"),
     )
     return True
@@ -694,7 +692,7 @@ async def run_billing(ctx: HandlerContext, cmd: RunBilling) -> None:
         if command is not None:
             ctx.emit(
                 topics.INVOICE_COMMANDS,
-                f"{ctx.website_key}:{period.invoice_number}",
+                key_for_payload(command, ctx.website_key),
                 command,
                 message_id=message_id,
             )
@@ -744,18 +742,20 @@ async def run_merchant_billing(ctx: HandlerContext, cmd: RunMerchantBilling) -> 
     keys = await _repo(ctx).due_keys(as_of, cmd.after_key, MERCHANT_RUN_PAGE)
     run = ctx.envelope.message_id
     for key in keys:
+        one = RunBilling(subscription_key=key, as_of=as_of)
         ctx.emit(
             topics.SUBSCRIPTION_INTERNAL,
-            f"{ctx.website_key}:{key}",
-            RunBilling(subscription_key=key, as_of=as_of),
+            key_for_payload(one, ctx.website_key),
+            one,
             message_id=uuid.uuid5(_RUN_IDS, f"{run}:{key}"),
         )
     more = len(keys) == MERCHANT_RUN_PAGE
     if more:
+        page = RunMerchantBilling(as_of=as_of, after_key=keys[-1])
         ctx.emit(
             topics.SUBSCRIPTION_INTERNAL,
-            f"{ctx.website_key}:bill-run",
-            RunMerchantBilling(as_of=as_of, after_key=keys[-1]),
+            key_for_payload(page, ctx.website_key),
+            page,
             message_id=uuid.uuid5(_RUN_IDS, f"{run}:next"),
         )
     ctx.accept(
@@ -844,16 +844,17 @@ async def _credit_unused_days(
         credit_number = f"{number}-CR-{end.strftime('%Y%m%d')}" + (
             f"-{earlier + 1}" if earlier else ""
         )
+        credit_note = CreateCreditNote(
+            original_invoice_number=number,
+            credit_note_number=credit_number,
+            amount=credit.amount_credit,
+            description=f"Subscription {sub.key} {why}: "
+            f"{max(line.unused_days for line in credit.lines)} days not used",
+        )
         ctx.emit(
             topics.INVOICE_COMMANDS,
-            f"{ctx.website_key}:{number}",
-            CreateCreditNote(
-                original_invoice_number=number,
-                credit_note_number=credit_number,
-                amount=credit.amount_credit,
-                description=f"Subscription {sub.key} {why}: "
-                f"{max(line.unused_days for line in credit.lines)} days not used",
-            ),
+            key_for_payload(credit_note, ctx.website_key),
+            credit_note,
             message_id=uuid.uuid5(_CREDIT_IDS, f"{ctx.website_key}:{credit_number}"),
         )
 
@@ -975,12 +976,10 @@ async def update_subscription(ctx: HandlerContext, cmd: UpdateSubscription) -> N
     if cmd.unreachable is not None:
         # The invoice service keeps the debtor's reachability: future invoices (and the
         # debtor's open ones) skip what does not work.
-        debtor = Debtor.model_validate(sub.debtor)
-        ctx.emit(
-            topics.INVOICE_COMMANDS,
-            f"{ctx.website_key}:debtor:{debtor.code}",
-            AddOrUpdateDebtor(debtor=debtor, unreachable=cmd.unreachable),
+        update = AddOrUpdateDebtor(
+            debtor=Debtor.model_validate(sub.debtor), unreachable=cmd.unreachable
         )
+        ctx.emit(topics.INVOICE_COMMANDS, key_for_payload(update, ctx.website_key), update)
     await repo.save(sub)
     _emit_event(
         ctx,

@@ -849,6 +849,7 @@ def test_every_message_has_a_kafka_key(sample: Message) -> None:
 
     assert key
     assert "None" not in key
+    assert catalog.key_for_payload(sample, "shop-1") == key  # what a handler names up front
 
 
 def _refs(node: Any) -> list[str]:

@@ -35,7 +35,7 @@ from contracts.scheduler import CancelTimer, ScheduleTimer
 from contracts.subscription import StopSubscription
 from services.invoice import domain, dunning
 from services.invoice.domain import Invoice, Outcome
-from services.invoice.repository import DebtorRecord, InvoiceRepository
+from services.invoice.repository import DebtorRecord, InvoiceBatch, InvoiceRepository
 from services.invoice.snapshot import debtor_snapshot, invoice_snapshot
 from services.runtime.consumer import HandlerContext, Unprocessable
 
@@ -168,7 +168,7 @@ class Changes:
 
 
 def _repo(ctx: HandlerContext) -> InvoiceRepository:
-    return InvoiceRepository(ctx.conn, ctx.website_key, ctx.batch)
+    return InvoiceRepository(ctx.conn, ctx.website_key, ctx.batch_state(InvoiceBatch))
 
 
 def _unknown(field: str, number: str) -> list[FieldError]:

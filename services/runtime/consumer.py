@@ -18,20 +18,22 @@ messages) commits in one transaction; the offsets are committed only afterwards.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from operator import attrgetter
+from typing import Any, Protocol, TypeVar
 
 import asyncpg
 import structlog
 from prometheus_client import Counter, Histogram
 
-from contracts.catalog import platform_only_types
+from contracts.catalog import TOPICS, platform_only_types, topic_for_type
 from contracts.envelope import (
     Envelope,
     FieldError,
@@ -118,6 +120,9 @@ class Rejection:
     errors: list[FieldError]
 
 
+StateT = TypeVar("StateT")
+
+
 @dataclass
 class HandlerContext:
     """What a handler gets: its connection (inside the batch transaction), the message,
@@ -130,9 +135,10 @@ class HandlerContext:
     outbox: list[OutboxMessage]
     result: Envelope[Any] | None = None
     keys: dict[str, str] = field(default_factory=dict)
-    #: What the consumer's `BatchHooks.begin` prepared for the batch (None when replaying
-    #: message by message): prefetched rows, writes to make once at the end.
-    batch: Any = None
+    #: What the consumer's `BatchHooks.begin` prepared for the batch (for a replayed
+    #: message, for that message alone; None without hooks). Read it typed with
+    #: `batch_state`.
+    batch: object = None
 
     @property
     def now(self) -> datetime:
@@ -142,6 +148,13 @@ class HandlerContext:
     @property
     def website_key(self) -> str:
         return self.envelope.website_key
+
+    def batch_state(self, kind: type[StateT]) -> StateT:
+        """The state the consumer's `BatchHooks.begin` prepared, as the type the hooks
+        return (a unit of work: rows read, writes kept until `finish`)."""
+        if not isinstance(self.batch, kind):
+            raise TypeError(f"this consumer's batch hooks prepare no {kind.__name__}")
+        return self.batch
 
     def emit(
         self,
@@ -220,16 +233,43 @@ class HandlerSpec:
     answers: bool = True
 
 
-class BatchHooks(Protocol):
+class BatchHooks(Protocol[StateT]):
     """Set-based work around a batch, so a hot path costs round trips per batch, not per
     message: `begin` reads (and locks) what the batch's messages will need, handlers work
-    on that state, `finish` writes what they changed. Both run inside the batch's
-    transaction. When a batch is replayed message by message (after a handler failed),
-    the hooks are not used and handlers fall back to per-message queries."""
+    on that state (`HandlerContext.batch_state`), `finish` writes what they changed. Both
+    run inside the batch's transaction. When a batch is replayed message by message
+    (after a handler failed), each message is a batch of its own: `begin` with that one
+    envelope and `finish` inside its savepoint, so handlers have one code path."""
 
-    async def begin(self, conn: Connection, envelopes: Sequence[Envelope[Any]]) -> Any: ...
+    async def begin(self, conn: Connection, envelopes: Sequence[Envelope[Any]]) -> StateT: ...
 
-    async def finish(self, conn: Connection, state: Any) -> None: ...
+    async def finish(self, conn: Connection, state: StateT) -> None: ...
+
+
+#: A catalog key template that names one aggregate of the merchant by one payload field.
+_ONE_FIELD_KEY = re.compile(r"\{website_key\}:\{payload\.(?P<field>[a-z_.]+)\}")
+
+
+@functools.cache
+def key_field(type_name: str) -> str | None:
+    """The payload field (a dotted path) that a message's Kafka key names, when its
+    catalog key template is `{website_key}:{payload.<field>}`; None for other keys."""
+    template = TOPICS[topic_for_type(type_name)].key_template(type_name)
+    match = _ONE_FIELD_KEY.fullmatch(template)
+    return match["field"] if match else None
+
+
+def aggregate_keys(
+    envelopes: Iterable[Envelope[Any]], fields: Collection[str]
+) -> list[tuple[str, str]]:
+    """The sorted (website_key, value) pairs of the messages keyed by one of `fields`
+    (per the catalog: `key_field`), for `BatchHooks.begin` to read and lock at once."""
+    keys = set()
+    for envelope in envelopes:
+        name = key_field(envelope.type)
+        if name is not None and name in fields:
+            keys.add((envelope.website_key, attrgetter(name)(envelope.payload)))
+    return sorted(keys)
 
 
 @dataclass
@@ -241,7 +281,7 @@ class ConsumerSpec:
     handlers: dict[str, HandlerSpec]
     #: types that may appear on the topic but that this consumer ignores (no effect).
     ignored_types: frozenset[str] = frozenset()
-    batch_hooks: BatchHooks | None = None
+    batch_hooks: BatchHooks[Any] | None = None
     #: Drops the records this consumer has nothing to do with before they are parsed
     #: (no inbox row, no effect), for a consumer that acts on few of a busy topic's
     #: records. Should it fail, every record goes the normal way.
@@ -604,7 +644,7 @@ class BatchConsumer:
                         kind = "duplicate"
                         outbox.extend(await self._stored_answers(conn, [_ref(envelope)]))
                     else:
-                        kind = await self._handle_one(conn, envelope, outbox, results, None)
+                        kind = await self._handle_alone(conn, envelope, outbox, results)
                     await self._write(conn, outbox, results)
             except Exception as exc:
                 if is_infrastructure_error(exc):
@@ -657,6 +697,22 @@ class BatchConsumer:
             envelope.correlation,
         )
         await self._dead_letter_now(conn, record, failed, errors, outcome, _ref(envelope))
+
+    async def _handle_alone(
+        self,
+        conn: Connection,
+        envelope: Envelope[Any],
+        outbox: list[OutboxMessage],
+        results: list[tuple[MessageRef, OutboxMessage]],
+    ) -> str:
+        """One replayed message as a batch of its own: the hooks prepare and write its
+        state as they do a batch's."""
+        hooks = self.spec.batch_hooks
+        state = None if hooks is None else await hooks.begin(conn, [envelope])
+        kind = await self._handle_one(conn, envelope, outbox, results, state)
+        if hooks is not None:
+            await hooks.finish(conn, state)
+        return kind
 
     async def _dead_letter_now(
         self,
@@ -753,7 +809,7 @@ class BatchConsumer:
         envelope: Envelope[Any],
         outbox: list[OutboxMessage],
         results: list[tuple[MessageRef, OutboxMessage]],
-        batch: Any,
+        batch: object,
     ) -> str:
         """Run the message's handler and build its answer; returns what happened
         (`accepted`, `rejected`, `handled`, `ignored`). Raises what the handler raises."""

@@ -45,6 +45,7 @@ def definition() -> ServiceDefinition:
                 topic=topics.INVOICE_EVENTS,
                 # Rejected period invoices become InvoiceRejected; the rest is ignored.
                 handlers={"InvoiceEvent": HandlerSpec(handlers.invoice_event, answers=False)},
+                batch_hooks=SubscriptionBatchHooks(),
             ),
             ConsumerSpec(
                 name="transactions",
@@ -55,6 +56,7 @@ def definition() -> ServiceDefinition:
                         handlers.transaction_status_changed, answers=False
                     )
                 },
+                batch_hooks=SubscriptionBatchHooks(),
             ),
         ],
     )

@@ -1,12 +1,12 @@
-"""Set-based reads and writes around a batch of subscription commands.
+"""The subscription consumers' batch hooks: one `SubscriptionBatch` per batch, filled up front.
 
-`SubscriptionBatchHooks.begin` loads (and locks, in key order) every subscription the
-batch's commands name, with their plans, in two queries; the repository serves them from
-memory and keeps a bill run's writes (the subscription row, its billed periods) until
-`finish` writes them in one statement per table. A batch of 500 timer-fired RunBilling
-commands costs a handful of round trips instead of about five per subscription. When a
-handler fails the batch is replayed message by message without the hooks, where every
-query runs on its own (services/runtime/consumer.py).
+`SubscriptionBatchHooks.begin` reads (and locks, in key order) every subscription the
+batch's messages are about (their Kafka keys, per the catalog), with their plans, in two
+queries; the repository serves them from memory and keeps a bill run's writes (the
+subscription row, its billed periods) until `finish` writes them in one statement per
+table. A batch of 500 timer-fired RunBilling commands costs a handful of round trips
+instead of about five per subscription. A message replayed on its own
+(services/runtime/consumer.py) is a batch of one: the same path.
 """
 
 from __future__ import annotations
@@ -14,22 +14,21 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from contracts.envelope import Envelope
+from services.runtime.consumer import aggregate_keys
 from services.runtime.db import Connection
-from services.subscription.repository import SubscriptionBatch, flush, load
+from services.subscription.repository import SubscriptionBatch
 
 
 class SubscriptionBatchHooks:
-    """The subscription commands consumer's `BatchHooks` (services.runtime.consumer)."""
+    """The subscription consumers' `BatchHooks` (services.runtime.consumer)."""
 
-    async def begin(self, conn: Connection, envelopes: Sequence[Any]) -> SubscriptionBatch:
-        keys = sorted(
-            {
-                (e.website_key, key)
-                for e in envelopes
-                if isinstance(key := getattr(e.payload, "subscription_key", None), str)
-            }
-        )
-        return SubscriptionBatch(subs=await load(conn, keys))
+    async def begin(
+        self, conn: Connection, envelopes: Sequence[Envelope[Any]]
+    ) -> SubscriptionBatch:
+        batch = SubscriptionBatch()
+        await batch.load(conn, aggregate_keys(envelopes, {"subscription_key"}))
+        return batch
 
     async def finish(self, conn: Connection, state: SubscriptionBatch) -> None:
-        await flush(conn, state)
+        await state.flush(conn)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
@@ -109,24 +110,8 @@ _PLAN_COLUMNS = (
 
 
 class DuplicateBilling(Exception):
-    """A batch's billed periods were partly billed before: the batch is replayed message
-    by message, where each period is checked on its own."""
-
-
-@dataclass
-class SubscriptionBatch:
-    """What a batch read up front (rows locked), and the writes its handlers kept."""
-
-    subs: dict[Key, Subscription | None] = field(default_factory=dict)
-    #: Subscriptions saved without plan changes, written at the end (or before a query
-    #: that must see them).
-    dirty: dict[Key, Subscription] = field(default_factory=dict)
-    #: billed_periods rows to insert.
-    billed: list[tuple[Any, ...]] = field(default_factory=list)
-
-    @property
-    def has_writes(self) -> bool:
-        return bool(self.dirty or self.billed)
+    """The table refused billed periods the batch did not know to be billed (a write
+    past the row lock): the batch is rolled back, and read again when it is replayed."""
 
 
 def _row(website_key: str, sub: Subscription) -> tuple[Any, ...]:
@@ -149,88 +134,108 @@ def _prefixed(columns: str, table: str) -> str:
     return ", ".join(f"{table}.{column}" for column in columns.split(", "))
 
 
-async def load(conn: Connection, keys: list[Key]) -> dict[Key, Subscription | None]:
-    """The subscriptions of `keys` (None for those that do not exist), rows locked FOR
-    UPDATE in key order, with their plans: two queries for the lot."""
-    found: dict[Key, Subscription | None] = dict.fromkeys(keys)
-    if not keys:
-        return found
-    sites, names = [k[0] for k in keys], [k[1] for k in keys]
-    rows = await conn.fetch(
-        f"SELECT s.website_key, s.subscription_key, {_prefixed(_COLUMNS, 's')}"
-        " FROM subscriptions s JOIN unnest($1::text[], $2::text[]) AS k(site, name)"
-        " ON s.website_key = k.site AND s.subscription_key = k.name"
-        " ORDER BY s.website_key, s.subscription_key FOR UPDATE OF s",
-        sites,
-        names,
-    )
-    plans = await conn.fetch(
-        f"SELECT p.website_key, p.subscription_key, {_prefixed(_PLAN_COLUMNS, 'p')}"
-        " FROM rate_plan_versions p JOIN unnest($1::text[], $2::text[]) AS k(site, name)"
-        " ON p.website_key = k.site AND p.subscription_key = k.name"
-        " ORDER BY p.website_key, p.subscription_key, p.position, p.effective_from_period",
-        sites,
-        names,
-    )
-    versions: dict[Key, list[PlanVersion]] = {}
-    for plan in plans:
-        values = dict(plan)
-        key = (values.pop("website_key"), values.pop("subscription_key"))
-        versions.setdefault(key, []).append(PlanVersion(**values))
-    for row in rows:
-        key = (row["website_key"], row["subscription_key"])
-        found[key] = _subscription(key[1], row, tuple(versions.get(key, ())))
-    return found
+@dataclass
+class SubscriptionBatch:
+    """The unit of work of one consumed batch (or of one replayed message): the
+    subscriptions read so far (rows locked), and the writes its handlers kept until
+    `flush`. A key is present once read, with None when the subscription does not exist.
+    """
 
+    subs: dict[Key, Subscription | None] = field(default_factory=dict)
+    #: Periods the `billed_periods` table holds from each subscription's next period on
+    #: (normally none: the table's word over the row's, after a restore or a hand edit).
+    billed_ahead: dict[Key, set[int]] = field(default_factory=dict)
+    #: Subscriptions saved without plan changes, written at the end (or before a query
+    #: that must see them).
+    dirty: dict[Key, Subscription] = field(default_factory=dict)
+    #: billed_periods rows to insert.
+    billed: list[tuple[Any, ...]] = field(default_factory=list)
 
-async def flush(conn: Connection, batch: SubscriptionBatch) -> None:
-    """Write what the batch's handlers kept: one statement per table."""
-    if batch.dirty:
-        rows = [_row(key[0], sub) for key, sub in batch.dirty.items()]
-        await conn.execute(
-            "UPDATE subscriptions s SET status = u.status, request_hash = u.request_hash,"
-            " state = u.state::jsonb, initial_transaction_key = u.tx_key,"
-            " initial_transaction = u.tx::jsonb, payment_method = u.method,"
-            " mandate_reference = u.mandate, next_billing_date = u.next_date,"
-            " updated_at = now()"
-            " FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],"
-            " $6::text[], $7::text[], $8::text[], $9::text[], $10::date[])"
-            " AS u(site, name, status, request_hash, state, tx_key, tx, method, mandate,"
-            " next_date)"
-            " WHERE s.website_key = u.site AND s.subscription_key = u.name",
-            *(
-                [
-                    json.dumps(row[i]) if i in (4, 6) and row[i] is not None else row[i]
-                    for row in rows
-                ]
-                for i in range(10)
-            ),
+    async def load(self, conn: Connection, keys: Iterable[Key]) -> None:
+        """Read the subscriptions not read yet, rows locked FOR UPDATE in key order, with
+        their plans: two queries for the lot."""
+        new = sorted(set(keys) - self.subs.keys())
+        if not new:
+            return
+        self.subs.update(dict.fromkeys(new))
+        sites, names = [k[0] for k in new], [k[1] for k in new]
+        rows = await conn.fetch(
+            f"SELECT s.website_key, s.subscription_key, {_prefixed(_COLUMNS, 's')},"
+            " array(SELECT b.period_index FROM billed_periods b"
+            " WHERE b.website_key = s.website_key AND b.subscription_key = s.subscription_key"
+            " AND b.period_index >= (s.state->>'next_period_index')::int) AS billed_ahead"
+            " FROM subscriptions s JOIN unnest($1::text[], $2::text[]) AS k(site, name)"
+            " ON s.website_key = k.site AND s.subscription_key = k.name"
+            " ORDER BY s.website_key, s.subscription_key FOR UPDATE OF s",
+            sites,
+            names,
         )
-        batch.dirty.clear()
-    if batch.billed:
-        rows = batch.billed
-        inserted = await conn.fetchval(
-            "WITH new AS (INSERT INTO billed_periods (website_key, subscription_key,"
-            " period_index, invoice_number, message_id, amount_debit, amount_vat, billed_at)"
-            " SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::uuid[],"
-            " $6::numeric[], $7::numeric[], $8::timestamptz[])"
-            " ON CONFLICT (website_key, subscription_key, period_index) DO NOTHING"
-            " RETURNING 1) SELECT count(*) FROM new",
-            *([row[i] for row in rows] for i in range(8)),
+        plans = await conn.fetch(
+            f"SELECT p.website_key, p.subscription_key, {_prefixed(_PLAN_COLUMNS, 'p')}"
+            " FROM rate_plan_versions p JOIN unnest($1::text[], $2::text[]) AS k(site, name)"
+            " ON p.website_key = k.site AND p.subscription_key = k.name"
+            " ORDER BY p.website_key, p.subscription_key, p.position, p.effective_from_period",
+            sites,
+            names,
         )
-        batch.billed = []
-        if inserted != len(rows):
-            raise DuplicateBilling(f"{len(rows) - inserted} of {len(rows)} periods billed before")
+        versions: dict[Key, list[PlanVersion]] = {}
+        for plan in plans:
+            values = dict(plan)
+            key = (values.pop("website_key"), values.pop("subscription_key"))
+            versions.setdefault(key, []).append(PlanVersion(**values))
+        for row in rows:
+            key = (row["website_key"], row["subscription_key"])
+            self.subs[key] = _subscription(key[1], row, tuple(versions.get(key, ())))
+            self.billed_ahead[key] = set(row["billed_ahead"])
+
+    async def flush(self, conn: Connection) -> None:
+        """Write what the handlers kept: one statement per table."""
+        if self.dirty:
+            rows = [_row(key[0], sub) for key, sub in self.dirty.items()]
+            await conn.execute(
+                "UPDATE subscriptions s SET status = u.status, request_hash = u.request_hash,"
+                " state = u.state::jsonb, initial_transaction_key = u.tx_key,"
+                " initial_transaction = u.tx::jsonb, payment_method = u.method,"
+                " mandate_reference = u.mandate, next_billing_date = u.next_date,"
+                " updated_at = now()"
+                " FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],"
+                " $6::text[], $7::text[], $8::text[], $9::text[], $10::date[])"
+                " AS u(site, name, status, request_hash, state, tx_key, tx, method, mandate,"
+                " next_date)"
+                " WHERE s.website_key = u.site AND s.subscription_key = u.name",
+                *(
+                    [
+                        json.dumps(row[i]) if i in (4, 6) and row[i] is not None else row[i]
+                        for row in rows
+                    ]
+                    for i in range(10)
+                ),
+            )
+            self.dirty.clear()
+        if self.billed:
+            rows = self.billed
+            inserted = await conn.fetchval(
+                "WITH new AS (INSERT INTO billed_periods (website_key, subscription_key,"
+                " period_index, invoice_number, message_id, amount_debit, amount_vat,"
+                " billed_at) SELECT * FROM unnest($1::text[], $2::text[], $3::int[],"
+                " $4::text[], $5::uuid[], $6::numeric[], $7::numeric[], $8::timestamptz[])"
+                " ON CONFLICT (website_key, subscription_key, period_index) DO NOTHING"
+                " RETURNING 1) SELECT count(*) FROM new",
+                *([row[i] for row in rows] for i in range(8)),
+            )
+            self.billed = []
+            if inserted != len(rows):
+                raise DuplicateBilling(
+                    f"{len(rows) - inserted} of {len(rows)} periods billed before"
+                )
 
 
 class SubscriptionRepository:
-    """Loads and saves one merchant's subscriptions. With a `SubscriptionBatch` (the fast
-    path of a consumed batch, services/subscription/batch.py) it serves the rows the
-    batch read up front and keeps bill-run writes until the batch ends."""
+    """Loads and saves one merchant's subscriptions through the batch's
+    `SubscriptionBatch`: reads of what it holds cost nothing, and a bill run's writes
+    wait for its `flush` (the consumer's `BatchHooks.finish`, batch.py)."""
 
-    def __init__(
-        self, conn: Connection, website_key: str, batch: SubscriptionBatch | None = None
-    ) -> None:
+    def __init__(self, conn: Connection, website_key: str, batch: SubscriptionBatch) -> None:
         self.conn = conn
         self.website_key = website_key
         self.batch = batch
@@ -240,8 +245,7 @@ class SubscriptionRepository:
 
     async def flush(self) -> None:
         """Write what the batch kept, before a query that must see it."""
-        if self.batch is not None and self.batch.has_writes:
-            await flush(self.conn, self.batch)
+        await self.batch.flush(self.conn)
 
     async def lock_key(self, subscription_key: str) -> None:
         """Serialize work on a key that may not exist yet (two creates of one key)."""
@@ -253,27 +257,8 @@ class SubscriptionRepository:
     async def get(self, subscription_key: str) -> Subscription | None:
         """The subscription, its row locked (FOR UPDATE) for this transaction."""
         key = self._key(subscription_key)
-        if self.batch is not None:
-            if key not in self.batch.subs:
-                self.batch.subs.update(await load(self.conn, [key]))
-            return self.batch.subs[key]
-        row = await self.conn.fetchrow(
-            f"SELECT {_COLUMNS} FROM subscriptions"
-            " WHERE website_key = $1 AND subscription_key = $2 FOR UPDATE",
-            self.website_key,
-            subscription_key,
-        )
-        if row is None:
-            return None
-        plans = await self.conn.fetch(
-            f"SELECT {_PLAN_COLUMNS} FROM rate_plan_versions"
-            " WHERE website_key = $1 AND subscription_key = $2"
-            " ORDER BY position, effective_from_period",
-            self.website_key,
-            subscription_key,
-        )
-        versions = tuple(PlanVersion(**dict(plan)) for plan in plans)
-        return _subscription(subscription_key, row, versions)
+        await self.batch.load(self.conn, [key])
+        return self.batch.subs[key]
 
     async def key_of_transaction(self, transaction_key: str) -> str | None:
         """The subscription whose initial transaction this is, if any."""
@@ -288,8 +273,8 @@ class SubscriptionRepository:
 
     async def insert(self, sub: Subscription) -> None:
         await self.flush()
-        if self.batch is not None:
-            self.batch.subs[self._key(sub.key)] = sub
+        self.batch.subs[self._key(sub.key)] = sub
+        self.batch.billed_ahead[self._key(sub.key)] = set()
         await self.conn.execute(
             "INSERT INTO subscriptions (website_key, subscription_key, status, request_hash,"
             " state, initial_transaction_key, initial_transaction, payment_method,"
@@ -303,13 +288,12 @@ class SubscriptionRepository:
         """Write the subscription; its plan versions too unless `plans` is False (a bill
         run changes none: in a batch, that write is kept until the batch ends)."""
         key = self._key(sub.key)
-        if self.batch is not None:
-            self.batch.subs[key] = sub
-            if not plans:
-                self.batch.dirty[key] = sub
-                return
-            self.batch.dirty.pop(key, None)
-            await self.flush()
+        self.batch.subs[key] = sub
+        if not plans:
+            self.batch.dirty[key] = sub
+            return
+        self.batch.dirty.pop(key, None)
+        await self.flush()
         await self.conn.execute(
             "UPDATE subscriptions SET status = $3, request_hash = $4, state = $5,"
             " initial_transaction_key = $6, initial_transaction = $7, payment_method = $8,"
@@ -383,9 +367,14 @@ class SubscriptionRepository:
         amount_vat: Decimal,
         billed_at: datetime,
     ) -> bool:
-        """Record a billed period; False when it was billed before (nothing written). In
-        a batch the row is written when the batch ends, and a period billed before makes
-        the batch replay message by message (`DuplicateBilling`)."""
+        """Record a billed period, written when the batch ends; False when it was billed
+        before (nothing written)."""
+        key = self._key(subscription_key)
+        await self.batch.load(self.conn, [key])
+        billed = self.batch.billed_ahead.setdefault(key, set())
+        if period_index in billed:
+            return False
+        billed.add(period_index)
         row = (
             self.website_key,
             subscription_key,
@@ -396,18 +385,8 @@ class SubscriptionRepository:
             amount_vat,
             billed_at,
         )
-        if self.batch is not None:
-            self.batch.billed.append(row)
-            return True
-        inserted = await self.conn.fetchval(
-            "INSERT INTO billed_periods (website_key, subscription_key, period_index,"
-            " invoice_number, message_id, amount_debit, amount_vat, billed_at)"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
-            " ON CONFLICT (website_key, subscription_key, period_index) DO NOTHING"
-            " RETURNING true",
-            *row,
-        )
-        return bool(inserted)
+        self.batch.billed.append(row)
+        return True
 
     async def billed_invoices(self, subscription_key: str, from_index: int) -> dict[int, str]:
         """The invoice numbers of the billed periods from `from_index` on (periods billed

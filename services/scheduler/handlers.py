@@ -12,7 +12,6 @@ flight and they wait for the Tick: a timer is never scheduled "before" a Tick it
 from __future__ import annotations
 
 import json
-import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -21,14 +20,13 @@ from typing import Any
 from prometheus_client import Counter, Histogram
 
 from contracts import catalog, topics
-from contracts.envelope import Envelope, FieldError, ParseError, envelope_class, parse_envelope
+from contracts.envelope import Envelope, FieldError, ParseError, parse_envelope
 from contracts.scheduler import (
     CLOCK_KEY,
     CancelTimer,
     ScheduleTimer,
     Tick,
     TickCompleted,
-    TimerFired,
 )
 from contracts.topics import ALL_TOPICS, PUSH_INVOICE, TopicNames
 from services.runtime.consumer import HandlerContext, InfrastructureError
@@ -73,34 +71,6 @@ def _dumps(value: Any) -> str:
 def iso(moment: datetime) -> str:
     """`occurred_at` of a fired message: the due time in UTC (as the SQL path writes it)."""
     return moment.astimezone(UTC).isoformat()
-
-
-def fired_event(
-    *,
-    website_key: str,
-    timer_id: str,
-    due_at: datetime,
-    topic: str,
-    message: dict[str, Any],
-    fired_at: datetime,
-    caused_by: Envelope[Any] | None,
-) -> str:
-    """The TimerFired envelope of one timer, as the firing SQL builds it (repository.FIRE):
-    the chain of the timer's message goes on (its correlation id)."""
-    event = TimerFired.model_construct(
-        timer_id=timer_id, due_at=due_at, fired_at=fired_at, topic=topic
-    )
-    correlation = message.get("correlation_id") or message["message_id"]
-    envelope = envelope_class(TimerFired).model_construct(
-        message_id=uuid.uuid4(),
-        type=TimerFired.TYPE,
-        website_key=website_key,
-        occurred_at=due_at,
-        correlation_id=uuid.UUID(str(correlation)),
-        causation_id=caused_by.message_id if caused_by is not None else None,
-        payload=event,
-    )
-    return envelope.model_dump_json()
 
 
 def fired_messages(
@@ -149,27 +119,13 @@ class Handlers:
             return
         repo = TimerRepository(ctx.conn)
         now = await self._now(repo)
+        timer = (ctx.website_key, cmd.timer_id, cmd.due_at, cmd.topic, cmd.key, _dumps(cmd.message))
         if cmd.due_at <= now:
             # Due already: fire at once (replacing any earlier timer of that id).
-            await repo.delete(ctx.website_key, cmd.timer_id)
-            body = _dumps({**cmd.message, "occurred_at": iso(cmd.due_at)})
-            event = fired_event(
-                website_key=ctx.website_key,
-                timer_id=cmd.timer_id,
-                due_at=cmd.due_at,
-                topic=cmd.topic,
-                message=cmd.message,
-                fired_at=now,
-                caused_by=ctx.envelope,
-            )
-            timer = DueTimer(
-                ctx.website_key, cmd.timer_id, cmd.due_at, cmd.topic, cmd.key, body, event
-            )
-            ctx.outbox.extend(fired_messages([timer], topic_names=ctx.topics, fired_at=now))
+            fired = await repo.fire_now(*timer, iso(now), ctx.envelope.message_id)
+            ctx.outbox.extend(fired_messages([fired], topic_names=ctx.topics, fired_at=now))
         else:
-            await repo.upsert(
-                ctx.website_key, cmd.timer_id, cmd.due_at, cmd.topic, cmd.key, _dumps(cmd.message)
-            )
+            await repo.upsert(*timer)
         ctx.accept(timer_id=cmd.timer_id)
 
     async def cancel_timer(self, ctx: HandlerContext, cmd: CancelTimer) -> None:

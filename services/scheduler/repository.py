@@ -2,8 +2,9 @@
 
 Firing is one statement: claim the next due timers in due order (`FOR UPDATE SKIP
 LOCKED`, so replicas firing at the same time never take the same timer), delete them and
-return them with their message ready to publish (`occurred_at` replaced by `due_at`).
-The caller enqueues the messages in the same transaction.
+return them with their message ready to publish (`occurred_at` replaced by `due_at`) and
+their TimerFired event; a timer scheduled when it is due already goes through the same
+SQL (`FIRE_NOW`). The caller enqueues the messages in the same transaction.
 """
 
 from __future__ import annotations
@@ -20,34 +21,55 @@ _ISO = """(to_char({col} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS')
        ELSE to_char({col} AT TIME ZONE 'UTC', '.US') END
     || '+00:00')"""
 
-#: Claim in due order (then id: a stable order for equal due times), delete, and build
-#: both bodies in the database: the message with `occurred_at` = `due_at`, and its
-#: TimerFired envelope ($3 = fired_at text, $4 = causation id or NULL). The timer's
-#: message was validated as an envelope when it was scheduled.
-FIRE = f"""
-WITH due AS (
-    SELECT website_key, timer_id, {_ISO.format(col="due_at")} AS due_iso FROM timers
-    WHERE due_at <= $1
-    ORDER BY due_at, timer_id
-    LIMIT $2
-    FOR UPDATE SKIP LOCKED
-)
-DELETE FROM timers t USING due
-WHERE t.website_key = due.website_key AND t.timer_id = due.timer_id
-RETURNING t.website_key, t.timer_id, t.due_at, t.topic, t.key,
-    jsonb_set(t.message, '{{occurred_at}}', to_jsonb(due.due_iso))::text AS body,
+
+def _fired(rows: str, fired_at: str, causation_id: str) -> str:
+    """Both bodies of each fired timer of `rows` (a timers row `t` per timer), built in
+    the database: its message with `occurred_at` = `due_at`, and its TimerFired envelope
+    (`fired_at` text, causation id or NULL). The message was validated as an envelope
+    when it was scheduled. The one place a TimerFired is written."""
+    return f"""
+SELECT t.website_key, t.timer_id, t.due_at, t.topic, t.key,
+    jsonb_set(t.message, '{{occurred_at}}', to_jsonb(d.due_iso))::text AS body,
     jsonb_build_object(
         'message_id', gen_random_uuid(),
         'type', 'TimerFired',
         'website_key', t.website_key,
-        'occurred_at', due.due_iso,
+        'occurred_at', d.due_iso,
         'correlation_id', coalesce(t.message ->> 'correlation_id', t.message ->> 'message_id'),
-        'causation_id', $4::uuid,
+        'causation_id', {causation_id}::uuid,
         'payload', jsonb_build_object(
-            'timer_id', t.timer_id, 'due_at', due.due_iso, 'fired_at', $3::text, 'topic', t.topic
+            'timer_id', t.timer_id, 'due_at', d.due_iso, 'fired_at', {fired_at}::text,
+            'topic', t.topic
         )
     )::text AS event
+FROM {rows} CROSS JOIN LATERAL (SELECT {_ISO.format(col="t.due_at")} AS due_iso) d
 """
+
+
+#: Claim the timers due by $1 in due order (then id: a stable order for equal due times),
+#: at most $2, and delete them; their bodies ($3 = fired_at text, $4 = causation id).
+FIRE = """
+WITH due AS (
+    SELECT website_key, timer_id FROM timers
+    WHERE due_at <= $1
+    ORDER BY due_at, timer_id
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+), claimed AS (
+    DELETE FROM timers t USING due
+    WHERE t.website_key = due.website_key AND t.timer_id = due.timer_id
+    RETURNING t.website_key, t.timer_id, t.due_at, t.topic, t.key, t.message
+)""" + _fired("claimed AS t", "$3", "$4")
+
+#: A timer scheduled when it is due already: it replaces any earlier timer of its id
+#: ($1, $2) and fires at once, never stored ($3 due_at, $4 topic, $5 key, $6 message;
+#: $7 = fired_at text, $8 = causation id).
+FIRE_NOW = "WITH earlier AS (DELETE FROM timers WHERE website_key = $1 AND timer_id = $2)" + _fired(
+    "(VALUES ($1::text, $2::text, $3::timestamptz, $4::text, $5::text, $6::text::jsonb))"
+    " AS t (website_key, timer_id, due_at, topic, key, message)",
+    "$7",
+    "$8",
+)
 
 
 @dataclass(frozen=True)
@@ -112,6 +134,32 @@ class TimerRepository:
             "DELETE FROM timers WHERE website_key = $1 AND timer_id = $2", website_key, timer_id
         )
         return status != "DELETE 0"
+
+    async def fire_now(
+        self,
+        website_key: str,
+        timer_id: str,
+        due_at: datetime,
+        topic: str,
+        key: str,
+        message_json: str,
+        fired_at: str,
+        causation_id: uuid.UUID | None,
+    ) -> DueTimer:
+        """Fire a timer that is due already, replacing any earlier one of its id."""
+        row = await self.conn.fetchrow(
+            FIRE_NOW,
+            website_key,
+            timer_id,
+            due_at,
+            topic,
+            key,
+            message_json,
+            fired_at,
+            causation_id,
+        )
+        assert row is not None
+        return DueTimer(*row)
 
     async def claim_due(
         self, now: datetime, limit: int, fired_at: str, causation_id: uuid.UUID | None

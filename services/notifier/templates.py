@@ -2,9 +2,9 @@
 substitution (pure: no I/O).
 
 A template is text with tags such as `[InvoiceNumber]` or `[OpenAmount]`. The tags form
-a fixed table; filling one in is a dictionary lookup and one regex pass over the text,
-so a merchant's template can never run code, and a value that itself looks like a tag
-is not expanded again. Amounts and dates are written per culture with Babel.
+a fixed table; filling one in is a dictionary lookup and one regex pass over the text
+(contracts/tags.py), so a merchant's template can never run code, and a value that
+itself looks like a tag is not expanded again. Amounts and dates are written per culture with Babel.
 """
 
 from __future__ import annotations
@@ -19,13 +19,12 @@ from babel.core import Locale, UnknownLocaleError
 from babel.dates import format_date
 from babel.numbers import format_currency
 
+from contracts import tags
 from contracts.envelope import FieldError
 from contracts.fields import minor_unit
 from contracts.invoice import Channel, InvoiceSnapshot, StepAction
 from contracts.statutory import statutory_costs
 
-#: A tag in a template: `[Name]`.
-TAG = re.compile(r"\[([^\[\]\r\n]{1,80})\]")
 #: Syntax of template engines; refused so nobody mistakes a template for code.
 ENGINE_SYNTAX = re.compile(r"\{\{|\{%|\$\{|<%|#\{")
 
@@ -163,7 +162,7 @@ def template_errors(field: str, text: str | None) -> list[FieldError]:
                 "are not allowed",
             )
         )
-    unknown = sorted({m.group(1) for m in TAG.finditer(text)} - TAGS.keys())
+    unknown = sorted(tags.names(text) - TAGS.keys())
     if unknown:
         errors.append(
             FieldError(field, "unknown_tag", f"unknown tags: {', '.join(unknown)}; see TAGS")
@@ -173,10 +172,7 @@ def template_errors(field: str, text: str | None) -> list[FieldError]:
 
 def fill(text: str, ctx: MessageContext) -> str:
     """Replace every known tag in one pass (values are never scanned again)."""
-    return TAG.sub(
-        lambda m: TAGS[m.group(1)](ctx) if m.group(1) in TAGS else m.group(0),
-        text,
-    )
+    return tags.fill(text, lambda name: TAGS[name](ctx) if name in TAGS else None)
 
 
 # --- built-in templates --------------------------------------------------------------------

@@ -1,0 +1,24 @@
+"""Bracket tags (contracts/tags.py): the one filler of merchants' texts."""
+
+from __future__ import annotations
+
+from contracts import tags
+
+VALUES = {"InvoiceNumber": "INV-1", "OpenAmount": "[InvoiceNumber]"}
+
+
+def test_known_tags_are_filled_in_one_pass_and_unknown_ones_stay() -> None:
+    text = "[InvoiceNumber]: [OpenAmount] [Unknown] [Two Words] [[InvoiceNumber]]"
+
+    filled = tags.fill(text, VALUES.get)
+
+    # A value that looks like a tag is not expanded again.
+    assert filled == "INV-1: [InvoiceNumber] [Unknown] [Two Words] [INV-1]"
+
+
+def test_a_tag_has_no_brackets_or_line_breaks_and_at_most_80_characters() -> None:
+    assert tags.names("[A] [B\nC] [" + "x" * 81 + "] [" + "y" * 80 + "] [D]") == {
+        "A",
+        "y" * 80,
+        "D",
+    }

@@ -1,10 +1,13 @@
-"""Set-based reads and writes around a batch of invoice messages.
+"""The invoice consumers' batch hooks: one `InvoiceBatch` per batch, filled up front.
 
-`InvoiceBatchHooks.begin` takes the batch's invoice-number locks, loads (and locks) the
-invoices, schemes, debtors and early transactions its messages need in a handful of
-queries; the repository then serves those from memory and keeps its writes;
-`finish` writes every changed invoice, debtor and logged event in one statement each.
-A batch of 500 CreateInvoice costs about ten round trips instead of seven per invoice.
+`InvoiceBatchHooks.begin` takes the locks of the invoice numbers that the batch's
+messages are about (their Kafka keys, per the catalog) and reads (and locks) those
+invoices, their debtors and, for creations, their early transactions and schemes: one
+query each for the whole batch, the repository's own queries asked for many keys at once.
+Handlers then read from memory and keep their writes; `finish` writes every changed
+invoice and debtor, logged event and early transaction in one statement each. A batch of
+500 CreateInvoice costs about ten round trips instead of seven per invoice. A message
+replayed on its own (services/runtime/consumer.py) is a batch of one: the same path.
 """
 
 from __future__ import annotations
@@ -12,100 +15,53 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from services.invoice.domain import Invoice
-from services.invoice.repository import DebtorRecord, InvoiceBatch, SchemeVersion, flush
+from contracts.envelope import Envelope
+from contracts.invoice import CreateCombinedInvoice, CreateInvoice
+from services.invoice.repository import InvoiceBatch
+from services.runtime.consumer import aggregate_keys
 from services.runtime.db import Connection
 
-_CREATES = ("CreateInvoice", "CreateCombinedInvoice")
-
-
-def _number(payload: Any) -> str | None:
-    number = getattr(payload, "invoice_number", None) or getattr(
-        payload, "original_invoice_number", None
-    )
-    return number if isinstance(number, str) else None
+#: The payload fields that name the invoice a message is about, in its Kafka key.
+INVOICE_KEY_FIELDS = frozenset({"invoice_number", "original_invoice_number"})
 
 
 class InvoiceBatchHooks:
-    """The invoice service's `BatchHooks` (services.runtime.consumer)."""
+    """The invoice consumers' `BatchHooks` (services.runtime.consumer)."""
 
-    async def begin(self, conn: Connection, envelopes: Sequence[Any]) -> InvoiceBatch:
+    async def begin(self, conn: Connection, envelopes: Sequence[Envelope[Any]]) -> InvoiceBatch:
         batch = InvoiceBatch()
-        keys = sorted({(e.website_key, n) for e in envelopes if (n := _number(e.payload))})
+        keys = aggregate_keys(envelopes, INVOICE_KEY_FIELDS)
         if not keys:
             return batch
-        sites, numbers = [k[0] for k in keys], [k[1] for k in keys]
-        # The same locks the per-message path takes, in one sorted sweep (no deadlocks).
-        await conn.execute(
-            "SELECT pg_advisory_xact_lock(hashtext(k))"
-            " FROM (SELECT k FROM unnest($1::text[]) AS k ORDER BY k) AS sorted",
-            [f"{site}:{number}" for site, number in keys],
-        )
-        batch.locked.update(keys)
-        batch.invoices.update(dict.fromkeys(keys))
-        rows = await conn.fetch(
-            "SELECT i.website_key, i.invoice_number, i.state FROM invoices i"
-            " JOIN unnest($1::text[], $2::text[]) AS k(site, number)"
-            " ON i.website_key = k.site AND i.invoice_number = k.number"
-            " ORDER BY i.website_key, i.invoice_number FOR UPDATE OF i",
-            sites,
-            numbers,
-        )
-        for row in rows:
-            key = (row["website_key"], row["invoice_number"])
-            batch.invoices[key] = Invoice.model_validate(row["state"])
-        creates = [e for e in envelopes if e.type in _CREATES]
+        # The same locks a handler takes, all at once, before any row is read.
+        await batch.lock(conn, keys)
+        await batch.load_invoices(conn, keys)
+        creates = [
+            (e.website_key, e.payload)
+            for e in envelopes
+            if isinstance(e.payload, CreateInvoice | CreateCombinedInvoice)
+        ]
         if creates:
-            await self._load_for_creates(conn, batch, creates)
+            await batch.take_parked(
+                conn,
+                [
+                    key
+                    for site, cmd in creates
+                    if batch.invoices[key := (site, cmd.invoice_number)] is None
+                ],
+            )
+            await batch.load_schemes(conn, [(site, cmd.scheme_key) for site, cmd in creates])
+        # Every change emits the invoice's snapshot, with its debtor.
+        await batch.load_debtors(
+            conn,
+            [(site, cmd.debtor.code) for site, cmd in creates]
+            + [
+                (site, invoice.debtor_code)
+                for (site, _), invoice in batch.invoices.items()
+                if invoice is not None and invoice.debtor_code is not None
+            ],
+        )
         return batch
 
-    async def _load_for_creates(
-        self, conn: Connection, batch: InvoiceBatch, creates: Sequence[Any]
-    ) -> None:
-        new = sorted(
-            {(e.website_key, e.payload.invoice_number) for e in creates}
-            - {k for k, v in batch.invoices.items() if v is not None}
-        )
-        if new:
-            rows = await conn.fetch(
-                "DELETE FROM early_transactions t USING unnest($1::text[], $2::text[])"
-                " AS k(site, number) WHERE t.website_key = k.site AND t.invoice_number = k.number"
-                " RETURNING t.website_key, t.invoice_number, t.transaction, t.occurred_at",
-                [k[0] for k in new],
-                [k[1] for k in new],
-            )
-            for row in sorted(rows, key=lambda r: r["occurred_at"]):
-                batch.parked.setdefault((row["website_key"], row["invoice_number"]), []).append(
-                    row["transaction"]
-                )
-            batch.parked_loaded.update(new)
-        wanted = sorted({(e.website_key, e.payload.scheme_key) for e in creates})
-        rows = await conn.fetch(
-            "SELECT DISTINCT ON (k.site, k.scheme) k.site, k.scheme, s.version, s.steps"
-            " FROM unnest($1::text[], $2::text[]) AS k(site, scheme)"
-            " JOIN schemes s ON s.scheme_key = k.scheme AND s.website_key IN (k.site, '')"
-            " ORDER BY k.site, k.scheme, s.website_key DESC, s.version DESC",
-            [k[0] for k in wanted],
-            [k[1] for k in wanted],
-        )
-        batch.schemes.update(dict.fromkeys(wanted))
-        for row in rows:
-            batch.schemes[(row["site"], row["scheme"])] = SchemeVersion(
-                row["scheme"], row["version"], row["steps"]
-            )
-        debtors = sorted({(e.website_key, e.payload.debtor.code) for e in creates})
-        rows = await conn.fetch(
-            "SELECT d.website_key, d.debtor_code, d.debtor_guid, d.data, d.unreachable"
-            " FROM debtors d JOIN unnest($1::text[], $2::text[]) AS k(site, code)"
-            " ON d.website_key = k.site AND d.debtor_code = k.code",
-            [k[0] for k in debtors],
-            [k[1] for k in debtors],
-        )
-        for row in rows:
-            batch.debtors[(row["website_key"], row["debtor_code"])] = DebtorRecord(
-                row["debtor_code"], row["debtor_guid"], row["data"], row["unreachable"]
-            )
-        batch.debtors_loaded.update(debtors)
-
     async def finish(self, conn: Connection, state: InvoiceBatch) -> None:
-        await flush(conn, state)
+        await state.flush(conn)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -48,87 +49,176 @@ Key = tuple[str, str]  # (website_key, invoice number / debtor code / scheme key
 EventRow = tuple[str, str, int, UUID, datetime, str, dict[str, str]]
 
 
+def _columns(keys: list[Key]) -> tuple[list[str], list[str]]:
+    """Keys as the two arrays the set-based queries `unnest`."""
+    return [key[0] for key in keys], [key[1] for key in keys]
+
+
 @dataclass
 class InvoiceBatch:
-    """What a batch read up front, and what its handlers changed."""
+    """The unit of work of one consumed batch (or of one replayed message): the rows read
+    and locked so far, and the writes kept until `flush`.
+
+    Every read goes through it: a key it holds costs nothing, the others are read in one
+    query for all of them (so a batch reads up front for all its messages, batch.py, and
+    a handler's own reads are the same queries for one key). A key is present once read,
+    with None when the row does not exist.
+    """
 
     locked: set[Key] = field(default_factory=set)
     invoices: dict[Key, Invoice | None] = field(default_factory=dict)
+    #: Early transactions taken (deleted) for an invoice about to be created, by time.
     parked: dict[Key, list[dict[str, Any]]] = field(default_factory=dict)
-    parked_loaded: set[Key] = field(default_factory=set)
     schemes: dict[Key, SchemeVersion | None] = field(default_factory=dict)
-    debtors: dict[Key, DebtorRecord] = field(default_factory=dict)
-    debtors_loaded: set[Key] = field(default_factory=set)
+    debtors: dict[Key, DebtorRecord | None] = field(default_factory=dict)
     dirty: dict[Key, Invoice] = field(default_factory=dict)
     debtor_writes: dict[Key, DebtorRecord] = field(default_factory=dict)
     events: list[EventRow] = field(default_factory=list)
+    #: Early transactions to keep: (website, number, message id, occurred at, transaction).
+    parking: list[tuple[str, str, UUID, datetime, dict[str, Any]]] = field(default_factory=list)
 
-    @property
-    def has_writes(self) -> bool:
-        return bool(self.dirty or self.debtor_writes or self.events)
+    async def lock(self, conn: Connection, keys: Iterable[Key]) -> None:
+        """Serialize work on invoice numbers that may not exist yet (creation against an
+        early transaction) until the transaction ends: one sorted sweep, no deadlocks."""
+        new = sorted(set(keys) - self.locked)
+        if not new:
+            return
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock(hashtext(k))"
+            " FROM (SELECT k FROM unnest($1::text[]) AS k ORDER BY k) AS sorted",
+            [f"{site}:{number}" for site, number in new],
+        )
+        self.locked.update(new)
 
+    async def load_invoices(self, conn: Connection, keys: Iterable[Key]) -> None:
+        """Read the invoices not read yet, locked FOR UPDATE in key order."""
+        new = sorted(set(keys) - self.invoices.keys())
+        if not new:
+            return
+        self.invoices.update(dict.fromkeys(new))
+        rows = await conn.fetch(
+            "SELECT i.website_key, i.invoice_number, i.state FROM invoices i"
+            " JOIN unnest($1::text[], $2::text[]) AS k(site, number)"
+            " ON i.website_key = k.site AND i.invoice_number = k.number"
+            " ORDER BY i.website_key, i.invoice_number FOR UPDATE OF i",
+            *_columns(new),
+        )
+        for row in rows:
+            key = (row["website_key"], row["invoice_number"])
+            self.invoices[key] = Invoice.model_validate(row["state"])
 
-async def flush(conn: Connection, batch: InvoiceBatch) -> None:
-    """Write what the batch's handlers changed so far (one statement per table)."""
-    if batch.debtor_writes:
-        records = list(batch.debtor_writes.items())
-        await conn.execute(
-            "INSERT INTO debtors (website_key, debtor_code, debtor_guid, data)"
-            " SELECT * FROM unnest($1::text[], $2::text[], $3::uuid[], $4::jsonb[])"
-            " ON CONFLICT (website_key, debtor_code)"
-            " DO UPDATE SET data = EXCLUDED.data, updated_at = now()",
-            [k[0] for k, _ in records],
-            [k[1] for k, _ in records],
-            [r.guid for _, r in records],
-            [r.data for _, r in records],
+    async def take_parked(self, conn: Connection, keys: Iterable[Key]) -> None:
+        """Take (delete) the early transactions of invoice numbers not taken yet."""
+        new = sorted(set(keys) - self.parked.keys())
+        if not new:
+            return
+        rows = await conn.fetch(
+            "DELETE FROM early_transactions t USING unnest($1::text[], $2::text[])"
+            " AS k(site, number) WHERE t.website_key = k.site AND t.invoice_number = k.number"
+            " RETURNING t.website_key, t.invoice_number, t.transaction, t.occurred_at",
+            *_columns(new),
         )
-        batch.debtor_writes.clear()
-    if batch.dirty:
-        invoices = list(batch.dirty.values())
-        await conn.execute(
-            "INSERT INTO invoices (website_key, invoice_number, invoice_key, status, debtor_code,"
-            " plan_dossier, state, updated_at)"
-            " SELECT w, n, k, s, d, p, j::jsonb, now() FROM unnest($1::text[], $2::text[],"
-            " $3::text[], $4::smallint[], $5::text[], $6::text[], $7::text[])"
-            " AS u(w, n, k, s, d, p, j)"
-            " ON CONFLICT (website_key, invoice_number) DO UPDATE SET status = EXCLUDED.status,"
-            " debtor_code = EXCLUDED.debtor_code, plan_dossier = EXCLUDED.plan_dossier,"
-            " state = EXCLUDED.state, updated_at = now()",
-            [i.website_key for i in invoices],
-            [i.invoice_number for i in invoices],
-            [i.invoice_key for i in invoices],
-            [int(i.status) for i in invoices],
-            [i.debtor_code for i in invoices],
-            [i.plan_dossier for i in invoices],
-            [i.model_dump_json() for i in invoices],
+        for key in new:
+            self.parked[key] = []
+        for row in sorted(rows, key=lambda r: r["occurred_at"]):
+            self.parked[(row["website_key"], row["invoice_number"])].append(row["transaction"])
+
+    async def load_schemes(self, conn: Connection, keys: Iterable[Key]) -> None:
+        """Read the latest version of each scheme: the merchant's, else the built-in."""
+        new = sorted(set(keys) - self.schemes.keys())
+        if not new:
+            return
+        self.schemes.update(dict.fromkeys(new))
+        rows = await conn.fetch(
+            "SELECT DISTINCT ON (k.site, k.scheme) k.site, k.scheme, s.version, s.steps"
+            " FROM unnest($1::text[], $2::text[]) AS k(site, scheme)"
+            " JOIN schemes s ON s.scheme_key = k.scheme AND s.website_key IN (k.site, '')"
+            " ORDER BY k.site, k.scheme, s.website_key DESC, s.version DESC",
+            *_columns(new),
         )
-        batch.dirty.clear()
-    if batch.events:
-        rows = batch.events
-        await conn.execute(
-            "INSERT INTO invoice_events (website_key, invoice_number, sequence, message_id,"
-            " occurred_at, event, parameters) SELECT * FROM unnest($1::text[], $2::text[],"
-            " $3::int[], $4::uuid[], $5::timestamptz[], $6::text[], $7::jsonb[])",
-            [r[0] for r in rows],
-            [r[1] for r in rows],
-            [r[2] for r in rows],
-            [r[3] for r in rows],
-            [r[4] for r in rows],
-            [r[5] for r in rows],
-            [r[6] for r in rows],
+        for row in rows:
+            self.schemes[(row["site"], row["scheme"])] = SchemeVersion(
+                row["scheme"], row["version"], row["steps"]
+            )
+
+    async def load_debtors(self, conn: Connection, keys: Iterable[Key]) -> None:
+        new = sorted(set(keys) - self.debtors.keys())
+        if not new:
+            return
+        self.debtors.update(dict.fromkeys(new))
+        rows = await conn.fetch(
+            "SELECT d.website_key, d.debtor_code, d.debtor_guid, d.data, d.unreachable"
+            " FROM debtors d JOIN unnest($1::text[], $2::text[]) AS k(site, code)"
+            " ON d.website_key = k.site AND d.debtor_code = k.code",
+            *_columns(new),
         )
-        batch.events = []
+        for row in rows:
+            self.debtors[(row["website_key"], row["debtor_code"])] = DebtorRecord(
+                row["debtor_code"], row["debtor_guid"], row["data"], row["unreachable"]
+            )
+
+    async def flush(self, conn: Connection) -> None:
+        """Write what the handlers changed so far: one statement per table."""
+        if self.debtor_writes:
+            records = list(self.debtor_writes.items())
+            await conn.execute(
+                "INSERT INTO debtors (website_key, debtor_code, debtor_guid, data)"
+                " SELECT * FROM unnest($1::text[], $2::text[], $3::uuid[], $4::jsonb[])"
+                " ON CONFLICT (website_key, debtor_code)"
+                " DO UPDATE SET data = EXCLUDED.data, updated_at = now()",
+                *_columns([key for key, _ in records]),
+                [r.guid for _, r in records],
+                [r.data for _, r in records],
+            )
+            self.debtor_writes.clear()
+        if self.dirty:
+            invoices = list(self.dirty.values())
+            await conn.execute(
+                "INSERT INTO invoices (website_key, invoice_number, invoice_key, status,"
+                " debtor_code, plan_dossier, state, updated_at)"
+                " SELECT w, n, k, s, d, p, j::jsonb, now() FROM unnest($1::text[], $2::text[],"
+                " $3::text[], $4::smallint[], $5::text[], $6::text[], $7::text[])"
+                " AS u(w, n, k, s, d, p, j)"
+                " ON CONFLICT (website_key, invoice_number) DO UPDATE SET status ="
+                " EXCLUDED.status, debtor_code = EXCLUDED.debtor_code, plan_dossier ="
+                " EXCLUDED.plan_dossier, state = EXCLUDED.state, updated_at = now()",
+                [i.website_key for i in invoices],
+                [i.invoice_number for i in invoices],
+                [i.invoice_key for i in invoices],
+                [int(i.status) for i in invoices],
+                [i.debtor_code for i in invoices],
+                [i.plan_dossier for i in invoices],
+                [i.model_dump_json() for i in invoices],
+            )
+            self.dirty.clear()
+        if self.events:
+            rows = self.events
+            await conn.execute(
+                "INSERT INTO invoice_events (website_key, invoice_number, sequence, message_id,"
+                " occurred_at, event, parameters) SELECT * FROM unnest($1::text[], $2::text[],"
+                " $3::int[], $4::uuid[], $5::timestamptz[], $6::text[], $7::jsonb[])",
+                *([row[i] for row in rows] for i in range(7)),
+            )
+            self.events = []
+        if self.parking:
+            parked = self.parking
+            await conn.execute(
+                "INSERT INTO early_transactions (website_key, invoice_number, message_id,"
+                " occurred_at, transaction) SELECT * FROM unnest($1::text[], $2::text[],"
+                " $3::uuid[], $4::timestamptz[], $5::jsonb[]) ON CONFLICT DO NOTHING",
+                *([row[i] for row in parked] for i in range(5)),
+            )
+            self.parking = []
 
 
 class InvoiceRepository:
-    """Loads and saves one merchant's invoices, debtors, schemes and plans."""
+    """Loads and saves one merchant's invoices, debtors, schemes and plans, through the
+    batch's `InvoiceBatch`: reads of what it holds cost nothing, writes wait for its
+    `flush` (the consumer's `BatchHooks.finish`, batch.py)."""
 
-    def __init__(
-        self, conn: Connection, website_key: str, batch: InvoiceBatch | None = None
-    ) -> None:
+    def __init__(self, conn: Connection, website_key: str, batch: InvoiceBatch) -> None:
         self.conn = conn
         self.website_key = website_key
-        #: Rows read for the whole batch and writes kept until its end (see batch.py).
         self.batch = batch
 
     def _key(self, name: str) -> Key:
@@ -136,64 +226,36 @@ class InvoiceRepository:
 
     async def flush(self) -> None:
         """Write what the batch kept, before a query that must see it."""
-        if self.batch is not None and self.batch.has_writes:
-            await flush(self.conn, self.batch)
+        await self.batch.flush(self.conn)
 
     # --- invoices ---
 
     async def lock_number(self, invoice_number: str) -> None:
         """Serialize work on an invoice number that may not exist yet (creation against
         an early transaction), for the rest of this transaction."""
-        if self.batch is not None and self._key(invoice_number) in self.batch.locked:
-            return
-        await self.conn.execute(
-            "SELECT pg_advisory_xact_lock(hashtext($1))", f"{self.website_key}:{invoice_number}"
-        )
+        await self.batch.lock(self.conn, [self._key(invoice_number)])
 
     async def get(self, invoice_number: str) -> Invoice | None:
         """The invoice, locked for this transaction."""
         key = self._key(invoice_number)
-        if self.batch is not None and key in self.batch.invoices:
-            return self.batch.invoices[key]
-        state = await self.conn.fetchval(
-            "SELECT state FROM invoices WHERE website_key = $1 AND invoice_number = $2 FOR UPDATE",
-            self.website_key,
-            invoice_number,
-        )
-        invoice = Invoice.model_validate(state) if state is not None else None
-        if self.batch is not None:
-            self.batch.invoices[key] = invoice
-        return invoice
+        await self.batch.load_invoices(self.conn, [key])
+        return self.batch.invoices[key]
 
     async def get_many(self, numbers: list[str]) -> list[Invoice]:
-        """Several invoices, locked in number order (a fixed order avoids deadlocks)."""
-        if self.batch is not None:
-            found = [await self.get(number) for number in sorted(set(numbers))]
-            return [invoice for invoice in found if invoice is not None]
-        rows = await self.conn.fetch(
-            "SELECT state FROM invoices WHERE website_key = $1 AND invoice_number = ANY($2)"
-            " ORDER BY invoice_number FOR UPDATE",
-            self.website_key,
-            numbers,
-        )
-        return [Invoice.model_validate(row["state"]) for row in rows]
+        """Several invoices, in number order (locked in that order: no deadlocks)."""
+        keys = sorted({self._key(number) for number in numbers})
+        await self.batch.load_invoices(self.conn, keys)
+        return [invoice for key in keys if (invoice := self.batch.invoices[key]) is not None]
 
     async def save(self, invoice: Invoice) -> None:
-        """Keep the change for the batch's end, or write it now (the same statement)."""
+        """Keep the change; the batch writes it at its end."""
         key = self._key(invoice.invoice_number)
-        if self.batch is not None:
-            self.batch.invoices[key] = self.batch.dirty[key] = invoice
-            return
-        await flush(self.conn, InvoiceBatch(dirty={key: invoice}))
+        self.batch.invoices[key] = self.batch.dirty[key] = invoice
 
     async def log_events(
         self, rows: list[tuple[str, int, uuid.UUID, datetime, str, dict[str, str]]]
     ) -> None:
-        events = [(self.website_key, *row) for row in rows]
-        if self.batch is not None:
-            self.batch.events.extend(events)
-        elif events:
-            await flush(self.conn, InvoiceBatch(events=events))
+        self.batch.events.extend((self.website_key, *row) for row in rows)
 
     # --- early transactions ---
 
@@ -204,39 +266,29 @@ class InvoiceRepository:
         occurred_at: datetime,
         transaction: dict[str, Any],
     ) -> None:
-        await self.conn.execute(
-            "INSERT INTO early_transactions (website_key, invoice_number, message_id, occurred_at,"
-            " transaction) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
-            self.website_key,
-            invoice_number,
-            message_id,
-            occurred_at,
-            transaction,
+        """Keep a transaction until its invoice is created; the batch writes it."""
+        self.batch.parking.append(
+            (self.website_key, invoice_number, message_id, occurred_at, transaction)
         )
 
     async def take_parked(self, invoice_number: str) -> list[dict[str, Any]]:
+        """The invoice number's early transactions, oldest first, taken (once)."""
         key = self._key(invoice_number)
-        if self.batch is not None and key in self.batch.parked_loaded:
-            self.batch.parked_loaded.discard(key)
-            return self.batch.parked.pop(key, [])
-        rows = await self.conn.fetch(
-            "DELETE FROM early_transactions WHERE website_key = $1 AND invoice_number = $2"
-            " RETURNING transaction, occurred_at",
-            self.website_key,
-            invoice_number,
-        )
-        return [row["transaction"] for row in sorted(rows, key=lambda r: r["occurred_at"])]
+        await self.batch.take_parked(self.conn, [key])
+        return self.batch.parked.pop(key)
 
     # --- debtors ---
 
     async def upsert_debtor(
         self, debtor: Debtor, unreachable: UnreachableFlags | None = None
     ) -> DebtorRecord:
-        """Store the debtor's details; the unreachable flags change only when given."""
+        """Store the debtor's details; the unreachable flags change only when given. A
+        debtor the batch has read is kept for its end; otherwise written now, which
+        gives a new debtor its guid for good."""
         data = debtor.model_dump(mode="json", exclude_none=True)
         key = self._key(debtor.code)
-        if self.batch is not None and unreachable is None and key in self.batch.debtors_loaded:
-            known = self.batch.debtors.get(key)
+        if unreachable is None and key in self.batch.debtors:
+            known = self.batch.debtors[key]
             record = DebtorRecord(
                 debtor.code,
                 known.guid if known else uuid.uuid4(),
@@ -261,48 +313,29 @@ class InvoiceRepository:
         )
         assert row is not None
         record = DebtorRecord(debtor.code, row["debtor_guid"], data, row["unreachable"])
-        if self.batch is not None:
-            self.batch.debtors[key] = record
-            self.batch.debtors_loaded.add(key)
+        self.batch.debtors[key] = record
         return record
 
     async def debtor(self, code: str | None) -> DebtorRecord | None:
         if code is None:
             return None
-        if self.batch is not None and self._key(code) in self.batch.debtors_loaded:
-            return self.batch.debtors.get(self._key(code))
-        row = await self.conn.fetchrow(
-            "SELECT debtor_code, debtor_guid, data, unreachable FROM debtors"
-            " WHERE website_key = $1 AND debtor_code = $2",
-            self.website_key,
-            code,
-        )
-        if row is None:
-            return None
-        return DebtorRecord(row["debtor_code"], row["debtor_guid"], row["data"], row["unreachable"])
+        key = self._key(code)
+        await self.batch.load_debtors(self.conn, [key])
+        return self.batch.debtors[key]
 
     # --- schemes ---
 
     async def scheme(self, scheme_key: str) -> SchemeVersion | None:
         """The latest version of the merchant's scheme, else of the built-in one."""
-        if self.batch is not None and self._key(scheme_key) in self.batch.schemes:
-            return self.batch.schemes[self._key(scheme_key)]
-        row = await self.conn.fetchrow(
-            "SELECT scheme_key, version, steps FROM schemes WHERE scheme_key = $2"
-            " AND website_key IN ($1, '') ORDER BY website_key DESC, version DESC LIMIT 1",
-            self.website_key,
-            scheme_key,
-        )
-        if row is None:
-            return None
-        return SchemeVersion(row["scheme_key"], row["version"], row["steps"])
+        key = self._key(scheme_key)
+        await self.batch.load_schemes(self.conn, [key])
+        return self.batch.schemes[key]
 
     async def add_scheme_version(
         self, scheme_key: str, name: str, steps: list[dict[str, Any]]
     ) -> int:
         """Store a new version of the merchant's scheme; returns its number."""
-        if self.batch is not None:
-            self.batch.schemes.pop(self._key(scheme_key), None)
+        self.batch.schemes.pop(self._key(scheme_key), None)
         version: int = await self.conn.fetchval(
             "INSERT INTO schemes (website_key, scheme_key, version, name, steps)"
             " SELECT $1, $2, coalesce(max(version), 0) + 1, $3, $4 FROM schemes"

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import functools
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
+
+from asyncpg import Record
 
 from contracts.debtor import Debtor, UnreachableFlags
 from services.invoice.domain import Invoice, PaymentPlan, SchemeStepState
@@ -47,11 +49,90 @@ class DebtorRecord:
 
 Key = tuple[str, str]  # (website_key, invoice number / debtor code / scheme key)
 EventRow = tuple[str, str, int, UUID, datetime, str, dict[str, str]]
+T = TypeVar("T")
 
 
-def _columns(keys: list[Key]) -> tuple[list[str], list[str]]:
-    """Keys as the two arrays the set-based queries `unnest`."""
-    return [key[0] for key in keys], [key[1] for key in keys]
+def _columns(rows: Sequence[tuple[Any, ...]]) -> list[list[Any]]:
+    """Rows as the column arrays a set-based statement `unnest`s."""
+    return [list(column) for column in zip(*rows, strict=True)]
+
+
+#: Set-based reads: $1 the websites, $2 the names; each row names its key.
+_INVOICES = (
+    "SELECT i.website_key, i.invoice_number, i.state FROM invoices i"
+    " JOIN unnest($1::text[], $2::text[]) AS k(site, number)"
+    " ON i.website_key = k.site AND i.invoice_number = k.number"
+    " ORDER BY i.website_key, i.invoice_number FOR UPDATE OF i"
+)
+_SCHEMES = (
+    "SELECT DISTINCT ON (k.site, k.scheme) k.site, k.scheme, s.version, s.steps"
+    " FROM unnest($1::text[], $2::text[]) AS k(site, scheme)"
+    " JOIN schemes s ON s.scheme_key = k.scheme AND s.website_key IN (k.site, '')"
+    " ORDER BY k.site, k.scheme, s.website_key DESC, s.version DESC"
+)
+_DEBTORS = (
+    "SELECT d.website_key, d.debtor_code, d.debtor_guid, d.data, d.unreachable"
+    " FROM debtors d JOIN unnest($1::text[], $2::text[]) AS k(site, code)"
+    " ON d.website_key = k.site AND d.debtor_code = k.code"
+)
+
+
+#: Set-based writes: one array per column.
+_WRITE_DEBTORS = (
+    "INSERT INTO debtors (website_key, debtor_code, debtor_guid, data)"
+    " SELECT * FROM unnest($1::text[], $2::text[], $3::uuid[], $4::jsonb[])"
+    " ON CONFLICT (website_key, debtor_code)"
+    " DO UPDATE SET data = EXCLUDED.data, updated_at = now()"
+)
+_WRITE_INVOICES = (
+    "INSERT INTO invoices (website_key, invoice_number, invoice_key, status,"
+    " debtor_code, plan_dossier, state, updated_at)"
+    " SELECT w, n, k, s, d, p, j::jsonb, now() FROM unnest($1::text[], $2::text[],"
+    " $3::text[], $4::smallint[], $5::text[], $6::text[], $7::text[])"
+    " AS u(w, n, k, s, d, p, j)"
+    " ON CONFLICT (website_key, invoice_number) DO UPDATE SET status ="
+    " EXCLUDED.status, debtor_code = EXCLUDED.debtor_code, plan_dossier ="
+    " EXCLUDED.plan_dossier, state = EXCLUDED.state, updated_at = now()"
+)
+_WRITE_EVENTS = (
+    "INSERT INTO invoice_events (website_key, invoice_number, sequence, message_id,"
+    " occurred_at, event, parameters) SELECT * FROM unnest($1::text[], $2::text[],"
+    " $3::int[], $4::uuid[], $5::timestamptz[], $6::text[], $7::jsonb[])"
+)
+_WRITE_PARKED = (
+    "INSERT INTO early_transactions (website_key, invoice_number, message_id,"
+    " occurred_at, transaction) SELECT * FROM unnest($1::text[], $2::text[],"
+    " $3::uuid[], $4::timestamptz[], $5::jsonb[]) ON CONFLICT DO NOTHING"
+)
+
+
+def _invoice(row: Record) -> tuple[Key, Invoice]:
+    return (row["website_key"], row["invoice_number"]), Invoice.model_validate(row["state"])
+
+
+def _scheme(row: Record) -> tuple[Key, SchemeVersion]:
+    return (row["site"], row["scheme"]), SchemeVersion(row["scheme"], row["version"], row["steps"])
+
+
+def _debtor(row: Record) -> tuple[Key, DebtorRecord]:
+    record = DebtorRecord(row["debtor_code"], row["debtor_guid"], row["data"], row["unreachable"])
+    return (row["website_key"], record.code), record
+
+
+async def _read_missing(
+    conn: Connection,
+    held: dict[Key, T | None],
+    keys: Iterable[Key],
+    query: str,
+    entry: Callable[[Record], tuple[Key, T]],
+) -> None:
+    """Read the keys `held` lacks with `query`, in one round trip; a key without a row is
+    held as None."""
+    new = sorted(set(keys) - held.keys())
+    if not new:
+        return
+    held.update(dict.fromkeys(new))
+    held.update(entry(row) for row in await conn.fetch(query, *_columns(new)))
 
 
 @dataclass
@@ -92,20 +173,7 @@ class InvoiceBatch:
 
     async def load_invoices(self, conn: Connection, keys: Iterable[Key]) -> None:
         """Read the invoices not read yet, locked FOR UPDATE in key order."""
-        new = sorted(set(keys) - self.invoices.keys())
-        if not new:
-            return
-        self.invoices.update(dict.fromkeys(new))
-        rows = await conn.fetch(
-            "SELECT i.website_key, i.invoice_number, i.state FROM invoices i"
-            " JOIN unnest($1::text[], $2::text[]) AS k(site, number)"
-            " ON i.website_key = k.site AND i.invoice_number = k.number"
-            " ORDER BY i.website_key, i.invoice_number FOR UPDATE OF i",
-            *_columns(new),
-        )
-        for row in rows:
-            key = (row["website_key"], row["invoice_number"])
-            self.invoices[key] = Invoice.model_validate(row["state"])
+        await _read_missing(conn, self.invoices, keys, _INVOICES, _invoice)
 
     async def take_parked(self, conn: Connection, keys: Iterable[Key]) -> None:
         """Take (delete) the early transactions of invoice numbers not taken yet."""
@@ -125,90 +193,43 @@ class InvoiceBatch:
 
     async def load_schemes(self, conn: Connection, keys: Iterable[Key]) -> None:
         """Read the latest version of each scheme: the merchant's, else the built-in."""
-        new = sorted(set(keys) - self.schemes.keys())
-        if not new:
-            return
-        self.schemes.update(dict.fromkeys(new))
-        rows = await conn.fetch(
-            "SELECT DISTINCT ON (k.site, k.scheme) k.site, k.scheme, s.version, s.steps"
-            " FROM unnest($1::text[], $2::text[]) AS k(site, scheme)"
-            " JOIN schemes s ON s.scheme_key = k.scheme AND s.website_key IN (k.site, '')"
-            " ORDER BY k.site, k.scheme, s.website_key DESC, s.version DESC",
-            *_columns(new),
-        )
-        for row in rows:
-            self.schemes[(row["site"], row["scheme"])] = SchemeVersion(
-                row["scheme"], row["version"], row["steps"]
-            )
+        await _read_missing(conn, self.schemes, keys, _SCHEMES, _scheme)
 
     async def load_debtors(self, conn: Connection, keys: Iterable[Key]) -> None:
-        new = sorted(set(keys) - self.debtors.keys())
-        if not new:
-            return
-        self.debtors.update(dict.fromkeys(new))
-        rows = await conn.fetch(
-            "SELECT d.website_key, d.debtor_code, d.debtor_guid, d.data, d.unreachable"
-            " FROM debtors d JOIN unnest($1::text[], $2::text[]) AS k(site, code)"
-            " ON d.website_key = k.site AND d.debtor_code = k.code",
-            *_columns(new),
-        )
-        for row in rows:
-            self.debtors[(row["website_key"], row["debtor_code"])] = DebtorRecord(
-                row["debtor_code"], row["debtor_guid"], row["data"], row["unreachable"]
-            )
+        await _read_missing(conn, self.debtors, keys, _DEBTORS, _debtor)
 
     async def flush(self, conn: Connection) -> None:
         """Write what the handlers changed so far: one statement per table."""
-        if self.debtor_writes:
-            records = list(self.debtor_writes.items())
-            await conn.execute(
-                "INSERT INTO debtors (website_key, debtor_code, debtor_guid, data)"
-                " SELECT * FROM unnest($1::text[], $2::text[], $3::uuid[], $4::jsonb[])"
-                " ON CONFLICT (website_key, debtor_code)"
-                " DO UPDATE SET data = EXCLUDED.data, updated_at = now()",
-                *_columns([key for key, _ in records]),
-                [r.guid for _, r in records],
-                [r.data for _, r in records],
-            )
-            self.debtor_writes.clear()
-        if self.dirty:
-            invoices = list(self.dirty.values())
-            await conn.execute(
-                "INSERT INTO invoices (website_key, invoice_number, invoice_key, status,"
-                " debtor_code, plan_dossier, state, updated_at)"
-                " SELECT w, n, k, s, d, p, j::jsonb, now() FROM unnest($1::text[], $2::text[],"
-                " $3::text[], $4::smallint[], $5::text[], $6::text[], $7::text[])"
-                " AS u(w, n, k, s, d, p, j)"
-                " ON CONFLICT (website_key, invoice_number) DO UPDATE SET status ="
-                " EXCLUDED.status, debtor_code = EXCLUDED.debtor_code, plan_dossier ="
-                " EXCLUDED.plan_dossier, state = EXCLUDED.state, updated_at = now()",
-                [i.website_key for i in invoices],
-                [i.invoice_number for i in invoices],
-                [i.invoice_key for i in invoices],
-                [int(i.status) for i in invoices],
-                [i.debtor_code for i in invoices],
-                [i.plan_dossier for i in invoices],
-                [i.model_dump_json() for i in invoices],
-            )
-            self.dirty.clear()
-        if self.events:
-            rows = self.events
-            await conn.execute(
-                "INSERT INTO invoice_events (website_key, invoice_number, sequence, message_id,"
-                " occurred_at, event, parameters) SELECT * FROM unnest($1::text[], $2::text[],"
-                " $3::int[], $4::uuid[], $5::timestamptz[], $6::text[], $7::jsonb[])",
-                *([row[i] for row in rows] for i in range(7)),
-            )
-            self.events = []
-        if self.parking:
-            parked = self.parking
-            await conn.execute(
-                "INSERT INTO early_transactions (website_key, invoice_number, message_id,"
-                " occurred_at, transaction) SELECT * FROM unnest($1::text[], $2::text[],"
-                " $3::uuid[], $4::timestamptz[], $5::jsonb[]) ON CONFLICT DO NOTHING",
-                *([row[i] for row in parked] for i in range(5)),
-            )
-            self.parking = []
+        writes = (
+            (
+                _WRITE_DEBTORS,
+                [(*key, r.guid, r.data) for key, r in self.debtor_writes.items()],
+            ),
+            (
+                _WRITE_INVOICES,
+                [
+                    (
+                        i.website_key,
+                        i.invoice_number,
+                        i.invoice_key,
+                        int(i.status),
+                        i.debtor_code,
+                        i.plan_dossier,
+                        i.model_dump_json(),
+                    )
+                    for i in self.dirty.values()
+                ],
+            ),
+            (_WRITE_EVENTS, self.events),
+            (_WRITE_PARKED, self.parking),
+        )
+        for statement, rows in writes:
+            if rows:
+                await conn.execute(statement, *_columns(rows))
+        self.debtor_writes.clear()
+        self.dirty.clear()
+        self.events = []
+        self.parking = []
 
 
 class InvoiceRepository:

@@ -113,11 +113,36 @@ def _ref(envelope: Envelope[Any]) -> MessageRef:
     return (envelope.website_key, envelope.message_id)
 
 
-@dataclass
-class Rejection:
-    """A broken business rule, as a value."""
+@dataclass(frozen=True)
+class Failure:
+    """Why a record is dead-lettered, and whose it is when that could be read: it did not
+    parse (`of_parse`), or its handler failed on it (`of_handler`). An attributable
+    command is answered with CommandRejected as well."""
 
-    errors: list[FieldError]
+    errors: Sequence[FieldError]
+    message_id: uuid.UUID | None = None
+    website_key: str | None = None
+    type: str | None = None
+    correlation_id: uuid.UUID | None = None
+
+    @classmethod
+    def of_parse(cls, error: ParseError) -> Failure:
+        return cls(
+            error.errors, error.message_id, error.website_key, error.type, error.correlation_id
+        )
+
+    @classmethod
+    def of_handler(cls, envelope: Envelope[Any], errors: Sequence[FieldError]) -> Failure:
+        return cls(
+            errors, envelope.message_id, envelope.website_key, envelope.type, envelope.correlation
+        )
+
+    @property
+    def attributable(self) -> bool:
+        return self.message_id is not None and self.website_key is not None
+
+    def __str__(self) -> str:
+        return "; ".join(f"{e.field}: {e.code}: {e.message}" for e in self.errors)
 
 
 StateT = TypeVar("StateT")
@@ -202,8 +227,9 @@ class HandlerContext:
             )
         )
 
-    def reject(self, errors: Sequence[FieldError]) -> Rejection:
-        """Answer the command with `CommandRejected`; returns the rejection as a value."""
+    def reject(self, errors: Sequence[FieldError]) -> None:
+        """Answer the command with `CommandRejected` (a broken business rule is an answer,
+        not an exception)."""
         self.result = self._result(
             CommandRejected(
                 command_type=self.envelope.type,
@@ -211,7 +237,6 @@ class HandlerContext:
                 errors=[ResultError(field=e.field, code=e.code, message=e.message) for e in errors],
             )
         )
-        return Rejection(list(errors))
 
     def _result(self, payload: Message) -> Envelope[Any]:
         return new_envelope(
@@ -562,7 +587,7 @@ class BatchConsumer:
                 parsed.append((record, self._parse(record)))
             except ParseError as error:
                 outcome.dead_lettered += 1
-                self._dead_letter(outbox, results, record, error, error.errors)
+                self._dead_letter(outbox, results, record, Failure.of_parse(error))
                 counts.append((type_label(error.type), "dead_letter"))
 
         async with self.pool.acquire() as conn, conn.transaction():
@@ -623,7 +648,7 @@ class BatchConsumer:
         try:
             envelope = self._parse(record)
         except ParseError as error:
-            await self._dead_letter_now(conn, record, error, error.errors, outcome)
+            await self._dead_letter_now(conn, record, Failure.of_parse(error), outcome)
             return
         label = type_label(envelope.type)
         limits = self.limits
@@ -689,14 +714,8 @@ class BatchConsumer:
                     self._count(outcome, kind)
                     HANDLED.labels(self.service, self.spec.name, label, kind).inc()
                 return
-        failed = ParseError(
-            errors,
-            envelope.message_id,
-            envelope.website_key,
-            envelope.type,
-            envelope.correlation,
-        )
-        await self._dead_letter_now(conn, record, failed, errors, outcome, _ref(envelope))
+        failed = Failure.of_handler(envelope, errors)
+        await self._dead_letter_now(conn, record, failed, outcome, _ref(envelope))
 
     async def _handle_alone(
         self,
@@ -718,19 +737,18 @@ class BatchConsumer:
         self,
         conn: Connection,
         record: RawRecord,
-        error: ParseError,
-        errors: Sequence[FieldError],
+        failure: Failure,
         outcome: BatchOutcome,
         inbox_ref: MessageRef | None = None,
     ) -> None:
         """Write one record's dead letter in its own savepoint; if even that fails, a bare
         one (no answer, no attribution); if that fails too, count it dropped and go on."""
-        label = type_label(error.type)
+        label = type_label(failure.type)
         try:
             async with conn.transaction():
                 outbox: list[OutboxMessage] = []
                 results: list[tuple[MessageRef, OutboxMessage]] = []
-                self._dead_letter(outbox, results, record, error, errors)
+                self._dead_letter(outbox, results, record, failure)
                 if inbox_ref is not None:  # a redelivery gets the same answer, not a retry
                     await conn.execute(
                         "INSERT INTO inbox (consumer, website_key, message_id)"
@@ -888,18 +906,17 @@ class BatchConsumer:
         outbox: list[OutboxMessage],
         results: list[tuple[MessageRef, OutboxMessage]],
         record: RawRecord,
-        error: ParseError,
-        errors: Sequence[FieldError],
+        failure: Failure,
     ) -> None:
         parts = self._raw_parts(record)
-        shown = result_errors(errors)
+        shown = result_errors(failure.errors)
         letter = DeadLetter.model_construct(
             **parts,
-            error=_clean(str(error), MAX_ERROR_MESSAGE_CHARS * 4),
+            error=_clean(str(failure), MAX_ERROR_MESSAGE_CHARS * 4),
             errors=shown,
         )
         now = datetime.now().astimezone()  # transport time: the message has no readable time
-        website_key = error.website_key or "unknown"
+        website_key = failure.website_key or "unknown"
         dead = new_envelope(letter, website_key=website_key, occurred_at=now)
         outbox.append(OutboxMessage(self.topics(DLQ), parts["key"], dead.to_json()))
         log.warning(
@@ -909,27 +926,27 @@ class BatchConsumer:
             offset=record.offset,
             codes=sorted({e.code for e in shown})[:10],
         )
-        if error.attributable and self._is_command(error.type):
-            assert error.message_id is not None and error.website_key is not None
+        if failure.attributable and self._is_command(failure.type):
+            assert failure.message_id is not None and failure.website_key is not None
             rejected = CommandRejected.model_construct(
-                command_type=_clean(error.type or "", MAX_ERROR_FIELD_CHARS),
-                command_id=error.message_id,
+                command_type=_clean(failure.type or "", MAX_ERROR_FIELD_CHARS),
+                command_id=failure.message_id,
                 errors=[_for_answer(e) for e in shown],
             )
             answer = envelope_class(CommandRejected).model_construct(
                 message_id=uuid.uuid4(),
                 type=CommandRejected.TYPE,
-                website_key=error.website_key,
+                website_key=failure.website_key,
                 occurred_at=now,
-                correlation_id=error.correlation_id or error.message_id,
-                causation_id=error.message_id,
+                correlation_id=failure.correlation_id or failure.message_id,
+                causation_id=failure.message_id,
                 payload=rejected,
             )
             message = OutboxMessage(
-                self.topics(COMMAND_RESULTS), error.website_key, answer.to_json()
+                self.topics(COMMAND_RESULTS), failure.website_key, answer.to_json()
             )
             outbox.append(message)
-            results.append(((error.website_key, error.message_id), message))
+            results.append(((failure.website_key, failure.message_id), message))
 
     def _is_command(self, type_name: str | None) -> bool:
         """An unknown type on a command topic is still answered; internal ones are not."""

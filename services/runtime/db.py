@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import zlib
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import TypeAlias
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
@@ -92,7 +92,3 @@ async def migrate(pool: asyncpg.Pool, schema: str, service_migrations: Path | No
         finally:
             await conn.execute("SELECT pg_advisory_unlock($1, 0)", schema_lock_id(schema))
     return applied
-
-
-def record_to_dict(record: asyncpg.Record | None) -> dict[str, Any] | None:
-    return dict(record) if record is not None else None

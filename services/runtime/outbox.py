@@ -19,7 +19,7 @@ import random
 import time
 import zlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -110,19 +110,6 @@ def check_sizes(messages: Sequence[OutboxMessage], max_bytes: int) -> None:
             size = message.size
             if size > max_bytes:
                 raise OutboxMessageTooLarge(message.topic, size, max_bytes)
-
-
-@dataclass
-class PendingMessages:
-    """The messages a unit of work collected, inserted in one round trip."""
-
-    messages: list[OutboxMessage] = field(default_factory=list)
-
-    def add(self, message: OutboxMessage) -> None:
-        self.messages.append(message)
-
-    def __len__(self) -> int:
-        return len(self.messages)
 
 
 @functools.lru_cache(maxsize=256)

@@ -1,13 +1,15 @@
 """Which message travels on which topic, with which Kafka key, from whom to whom.
 
-The table follows CONTRACTS.md (topics and keys) and ARCHITECTURE.md (who produces and
-consumes). Consumers use `types_for_topic` to decide which envelope types they accept on
-a topic (anything else is a parse error, `unknown_type`); producers use `key_for` to
-compute the Kafka key of an envelope. The AsyncAPI document is generated from it.
+The table is the one source of topics, keys, producers and consumers: docs/contracts.md's
+topic table, the AsyncAPI document (docs/asyncapi.json) and the Kafka ACL plan are
+generated from it (`make docs`). Consumers use `types_for_topic` to decide which envelope
+types they accept on a topic (anything else is a parse error, `unknown_type`); producers
+use `key_for` (or `key_for_payload`) for the Kafka key of what they send, and `timer_for`
+to have the scheduler send it later.
 
 Actors are the five services plus the outside world: `merchants` (the merchant's own
-systems, "other systems" in CONTRACTS.md), `payment-engine`, `agency-adapters` and
-`operators` (people, tooling and tests).
+systems), `payment-engine`, `agency-adapters` and `operators` (people, tooling and
+tests).
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ command says otherwise in its docstring.
 
 Parse-level checks only: a CreateInvoice whose amounts are negative, whose due date is
 before its invoice date, whose VAT exceeds its amount or whose currency is unknown
-parses fine and becomes a Rejected (90) invoice (DOMAIN.md).
+parses fine and becomes a Rejected (90) invoice (docs/invoices.md).
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ NO_STEPS_SCHEME_KEY = "DefaultNone"
 
 
 class InvoiceStatus(IntEnum):
-    """Invoice status codes (DOMAIN.md). Paid is not a status: see `is_paid`."""
+    """Invoice status codes (docs/invoices.md). Paid is not a status: see `is_paid`."""
 
     NOT_SET = 0
     ACTIVE = 10
@@ -117,7 +117,7 @@ class EventCategory(StrEnum):
 
 
 class InvoiceEventName(StrEnum):
-    """The name of an invoice event (DOMAIN.md), the push's `Event`."""
+    """The name of an invoice event (docs/invoices.md), the push's `Event`."""
 
     CHANGED_TRANSACTION_STATUS = "ChangedTransactionStatus"
     CHANGED_STATUS = "ChangedStatus"
@@ -204,7 +204,7 @@ INVOICE_EVENTS: dict[InvoiceEventName, tuple[InvoiceEventCode | None, EventCateg
 
 
 class StepAction(StrEnum):
-    """What a scheme step does (DOMAIN.md, Schemes)."""
+    """What a scheme step does (docs/dunning.md)."""
 
     PAYMENT_INVITATION = "PaymentInvitation"
     REMINDER = "Reminder"
@@ -556,7 +556,7 @@ class InvoiceSnapshot(SnapshotPart):
     plus scheme, schedule, lines and the full debtor.
 
     Amounts are padded to the currency's minor-unit digits on construction (`121` in
-    EUR is written `"121.00"`; never rounded). The formulas are in DOMAIN.md (Amounts).
+    EUR is written `"121.00"`; never rounded). The formulas are in docs/invoices.md (Amounts).
     """
 
     AMOUNT_FIELDS: ClassVar[tuple[str, ...]] = (
@@ -576,7 +576,7 @@ class InvoiceSnapshot(SnapshotPart):
     invoice_number: Identifier = Field(description="The merchant's invoice number.")
     website_key: str = Field(description="The merchant.")
     type: InvoiceType = Field(description="Regular, credit note, installment, subscription.")
-    status_code: InvoiceStatus = Field(description="The status code (DOMAIN.md).")
+    status_code: InvoiceStatus = Field(description="The status code (docs/invoices.md).")
     is_test: bool = Field(description="A test invoice.")
     culture: str | None = Field(description="Culture of the invoice's messages.")
     invoice_date: date = Field(description="The invoice date.")
@@ -640,7 +640,7 @@ class InvoiceEvent(Event):
     The push's EventDateTime is the envelope's `occurred_at`.
     """
 
-    event: InvoiceEventName = Field(description="The event's name (DOMAIN.md).")
+    event: InvoiceEventName = Field(description="The event's name (docs/invoices.md).")
     event_code: InvoiceEventCode | None = Field(
         description="The event's number; null for CustomEvent."
     )

@@ -118,7 +118,7 @@ class PushInvoice(PushModel):
     culture: str | None = Field(description="Culture of the invoice's messages.")
     invoice_date: PushDate = Field(description="The invoice date, `YYYY-MM-DDT00:00:00`.")
     due_date: PushDate = Field(description="The due date, `YYYY-MM-DDT00:00:00`.")
-    invoice_status_code: int = Field(description="The status code (DOMAIN.md).")
+    invoice_status_code: int = Field(description="The status code (docs/invoices.md).")
     previous_step_index: int | None = Field(description="The last step that ran.")
     previous_step_date_time: PushTimestamp | None = Field(description="When it ran.")
     invoice_pay_link: str | None = Field(description="Where the debtor can pay.")

@@ -66,7 +66,7 @@ from services.runtime.outbox import OutboxMessage
 
 log = get_logger(__name__)
 
-#: Wait after each failed attempt before the next (CONTRACTS.md); then give up.
+#: Wait after each failed attempt before the next (docs/notifier.md); then give up.
 RETRY_DELAYS: tuple[timedelta, ...] = (
     timedelta(seconds=5),
     timedelta(minutes=5),

@@ -18,7 +18,7 @@ DEFAULT_HTTP_PORTS = {
 
 
 class Settings(BaseSettings):
-    """Environment variables, by their fixed names (ARCHITECTURE.md "Running")."""
+    """Environment variables, by their fixed names (docs/architecture.md, "Running")."""
 
     model_config = SettingsConfigDict(env_prefix="", extra="ignore", case_sensitive=False)
 

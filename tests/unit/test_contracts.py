@@ -517,7 +517,7 @@ def test_more_than_four_decimals_is_a_parse_error(amount: Any) -> None:
     ],
 )
 def test_business_rule_violations_are_not_parse_errors(changes: dict[str, Any]) -> None:
-    """DOMAIN.md: these become Rejected invoices, so they must parse."""
+    """docs/invoices.md: these become Rejected invoices, so they must parse."""
     parsed = parse_envelope(envelope_json(create_invoice_payload(**changes), "CreateInvoice"))
 
     assert isinstance(parsed.payload, invoice.CreateInvoice)
@@ -650,7 +650,7 @@ def test_minor_units() -> None:
 
 # --- the push -----------------------------------------------------------------------------
 
-#: CONTRACTS.md's example push (`…` values left out).
+#: The push's fields in Buckaroo's order (docs/asyncapi.json, InvoicePush).
 CONTRACTS_EXAMPLE_KEYS = [
     "InvoiceKey",
     "InvoiceNumber",

@@ -1,5 +1,5 @@
-"""The dunning engine (DOMAIN.md "Schemes", "Dutch statutory collection costs", "Invoice
-events"; CONTRACTS.md StepDue, RecordMessageOutcome, UpsertScheme, SendMessage).
+"""The dunning engine (docs/dunning.md; docs/invoices.md "Events"; the contracts StepDue,
+RecordMessageOutcome, UpsertScheme and SendMessage in contracts/).
 
 Pure unit tests of `services.invoice.dunning`: the statutory scale, scheme validation,
 step timing, the step timer (`plan_timer`), what a due step does (`step_due`), message
@@ -65,7 +65,7 @@ def at(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> datet
     return datetime(year, month, day, hour, minute, tzinfo=UTC)
 
 
-#: DefaultCM1 on an invoice of 2026-11-01, due 2026-11-15 (DOMAIN.md "Schemes").
+#: DefaultCM1 on an invoice of 2026-11-01, due 2026-11-15 (docs/dunning.md "Schemes").
 CM1_DUE = {
     1: at(2026, 11, 1),  # invoice date + 0
     2: at(2026, 11, 22),  # due + 7
@@ -208,7 +208,7 @@ def test_statutory_scale_of_a_negative_principal_is_the_minimum() -> None:
 
 
 def reference_scale(principal: Decimal) -> Decimal:
-    """DOMAIN.md's scale written as a sum of clamped bands."""
+    """docs/dunning.md's scale written as a sum of clamped bands."""
 
     def band(lower: int, upper: int | None) -> Decimal:
         above = max(D(0), principal - lower)

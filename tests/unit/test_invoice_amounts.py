@@ -1,8 +1,8 @@
-"""Invoice amounts (DOMAIN.md "Amounts"; "Credit notes, transactions, payment plans").
+"""Invoice amounts (docs/invoices.md "Amounts", "Transactions", "Credit notes").
 
 A property test runs random sequences of payments, slow (SEPA) payments that settle
 later, refunds and chargebacks, credit notes and admin cost increases through the domain
-and checks DOMAIN.md's equations after every step, against a reference that books each
+and checks docs/invoices.md's equations after every step, against a reference that books each
 operation by art. 6:44 BW on its own. Example tests pin the allocation rules and the
 transaction repeat rules; then credit notes.
 """
@@ -82,7 +82,7 @@ def decimals(amount: Decimal) -> int:
 
 
 def assert_equations(inv: domain.Invoice) -> None:
-    """DOMAIN.md "Amounts", written out from the page."""
+    """docs/invoices.md "Amounts", written out from the page."""
     assert inv.open_amount_admin_costs == inv.amount_admin_costs - inv.amount_admin_costs_paid
     assert inv.open_amount == inv.amount_debit - inv.amount_credit_notes - (
         inv.amount_paid - inv.amount_credit - inv.amount_admin_costs_paid
@@ -124,7 +124,7 @@ class Paid:
 
 @dataclass
 class Reference:
-    """What the invoice should hold, booked independently by DOMAIN.md's rules."""
+    """What the invoice should hold, booked independently by docs/invoices.md's rules."""
 
     paid: Decimal = ZERO
     credit: Decimal = ZERO
@@ -462,7 +462,7 @@ def test_credit_notes_never_exceed_what_is_creditable() -> None:
 
 def test_creditable_ignores_payments() -> None:
     """What may be credited is AmountDebit - AmountCreditNotes; a paid invoice can be
-    credited in full before a refund (DOMAIN.md), showing as an overpayment."""
+    credited in full before a refund (docs/invoices.md), showing as an overpayment."""
     inv = booked(make_invoice(), "P1", "100.00", T.SUCCESS)
     after = credit(inv, "CN-1", "100.00").invoice
     assert after is not None

@@ -1,4 +1,4 @@
-"""The invoice status machine (DOMAIN.md "Invoice status codes"): every status command
+"""The invoice status machine (docs/invoices.md "Status codes", "Statuses"): every status command
 against every status, the collection service's answers, and what CreateInvoice makes of
 a request (Active 10, or Rejected 90 with the broken rule named).
 

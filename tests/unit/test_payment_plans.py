@@ -1,4 +1,4 @@
-"""Payment plans (DOMAIN.md "Credit notes, transactions, payment plans"): the installment
+"""Payment plans (docs/invoices.md "Payment plans"): the installment
 schedule, forwarding installment payments to the originals and taking refunds back, and
 CreatePaymentPlan's validation."""
 

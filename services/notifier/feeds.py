@@ -365,10 +365,7 @@ def copier(feed: str) -> Callable[[HandlerContext, Any], Awaitable[None]]:
 
     async def copy(ctx: HandlerContext, message: Any) -> None:
         website_key = ctx.website_key
-        if isinstance(ctx.batch, FeedBatch):
-            enabled = ctx.batch.merchants.get(website_key)
-        else:  # replayed message by message
-            enabled = (await merchant_states(ctx.conn, (website_key,))).get(website_key)
+        enabled = ctx.batch_state(FeedBatch).merchants.get(website_key)
         if not _copies(ctx.envelope, enabled):
             return
         ctx.emit_raw(

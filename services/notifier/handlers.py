@@ -39,11 +39,8 @@ async def invoice_event(ctx: HandlerContext, event: InvoiceEvent) -> None:
         (MESSAGE_ID_HEADER, str(ctx.envelope.message_id)),
     )
     ctx.emit_raw(topics.PUSH_INVOICE, key, body, headers=headers)
-    if isinstance(ctx.batch, PushBatch):
-        own_topic = ctx.website_key in ctx.batch.kafka_push
-    else:
-        own_topic = bool(await enabled_merchants(ctx.conn, (ctx.website_key,)))
-    if own_topic:
+    batch = ctx.batch_state(PushBatch)
+    if ctx.website_key in batch.kafka_push:
         ctx.emit_raw(merchant_topic(ctx.website_key, "invoice"), key, body, headers=headers)
     row: DeliveryRow = (
         ctx.website_key,
@@ -54,10 +51,7 @@ async def invoice_event(ctx: HandlerContext, event: InvoiceEvent) -> None:
         body,
         ctx.now,
     )
-    if isinstance(ctx.batch, PushBatch):
-        ctx.batch.deliveries.append(row)  # written once for the batch (PushBatchHooks)
-    else:
-        await NotifierRepository(ctx.conn).add_delivery(*row)
+    batch.deliveries.append(row)  # written once for the batch (PushBatchHooks)
 
 
 @dataclass

@@ -203,7 +203,8 @@ class NotifierRepository:
         return updated is not None
 
     async def add_deliveries(self, rows: list[DeliveryRow]) -> None:
-        """`add_delivery` for a whole batch, in one statement."""
+        """A delivery of each push whose merchant has an enabled webhook, in one
+        statement for the batch."""
         await self.conn.execute(
             "INSERT INTO webhook_deliveries (website_key, invoice_number, sequence,"
             " push_message_id, correlation_id, body, business_time)"
@@ -214,33 +215,6 @@ class NotifierRepository:
             " ON CONFLICT (push_message_id) DO NOTHING",
             *(list(column) for column in zip(*rows, strict=True)),
         )
-
-    async def add_delivery(
-        self,
-        website_key: str,
-        invoice_number: str,
-        sequence: int,
-        push_message_id: uuid.UUID,
-        correlation_id: uuid.UUID,
-        body: bytes,
-        business_time: datetime,
-    ) -> bool:
-        """A delivery of the push, when the merchant has an enabled webhook."""
-        inserted = await self.conn.fetchval(
-            "INSERT INTO webhook_deliveries (website_key, invoice_number, sequence,"
-            " push_message_id, correlation_id, body, business_time)"
-            " SELECT $1, $2, $3, $4, $5, $6, $7 FROM webhooks"
-            " WHERE website_key = $1 AND enabled"
-            " ON CONFLICT (push_message_id) DO NOTHING RETURNING id",
-            website_key,
-            invoice_number,
-            sequence,
-            push_message_id,
-            correlation_id,
-            body,
-            business_time,
-        )
-        return inserted is not None
 
     async def make_due_again(
         self, website_key: str, delivery_id: int, attempt: int, business_time: datetime

@@ -1,4 +1,5 @@
-"""SQL for the invoice service's schema. Every query is scoped to one merchant."""
+"""SQL for the invoice service's schema. Every query names its merchants: a repository's
+one merchant, or a batch's several at once (`InvoiceBatch`)."""
 
 from __future__ import annotations
 

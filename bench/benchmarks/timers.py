@@ -24,29 +24,24 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import asyncpg
-import httpx
 from aiokafka.structs import ConsumerRecord
 
-from bench.infra import drop_run, free_port
+from bench.infra import drop_run
 from bench.inprocess import schema_of
 from bench.kafka import PARTITIONS
 from bench.loadcore import TopicReader
+from bench.procs import ServiceProcess
 from bench.registry import BenchContext, add_runs_argument, benchmark, logger, selected_runs
 from bench.stats import per_s, summary
 from contracts import topics
 
-ROOT = Path(__file__).resolve().parents[2]
 TARGET = topics.INVOICE_COMMANDS
 RUNS = ("drain", "steady", "pgqueuer")
 COLUMNS = ["website_key", "timer_id", "due_at", "topic", "key", "message"]
@@ -104,60 +99,6 @@ def _message(i: int) -> str:
     )
 
 
-class SchedulerProcess:
-    """The scheduler as its own OS process on a schema and prefix of its own."""
-
-    def __init__(self, ctx: BenchContext, prefix: str, schema: str, batch_size: int) -> None:
-        self.prefix = prefix
-        self.schema = schema
-        self.port = free_port()
-        self.env = {
-            **os.environ,
-            "KAFKA_BOOTSTRAP_SERVERS": ctx.bootstrap_servers,
-            "DATABASE_URL": ctx.database_url,
-            "CM_TOPIC_PREFIX": prefix,
-            "CM_CLOCK": "system",
-            "HTTP_PORT": str(self.port),
-            "HTTP_HOST": "127.0.0.1",
-            "KAFKA_SESSION_TIMEOUT_MS": "2000",
-            "KAFKA_HEARTBEAT_INTERVAL_MS": "500",
-            "SCHEDULER_BATCH_SIZE": str(batch_size),
-            "LOG_LEVEL": "WARNING",
-        }
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    async def start(self) -> None:
-        code = (
-            "from services.runtime.app import run; from services.scheduler.app import definition;"
-            f" run(definition({self.schema!r}))"
-        )
-        # Popen returns at once (the child runs on its own): nothing blocks the loop.
-        self.proc = subprocess.Popen(  # noqa: ASYNC220
-            [sys.executable, "-c", code], cwd=ROOT, env=self.env
-        )
-        deadline = time.monotonic() + 60
-        async with httpx.AsyncClient() as client:
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"the scheduler exited with {self.proc.returncode}")
-                with contextlib.suppress(httpx.TransportError):
-                    answer = await client.get(f"http://127.0.0.1:{self.port}/healthz")
-                    if answer.status_code == 200:
-                        return
-                await asyncio.sleep(0.1)
-        raise RuntimeError("the scheduler did not become healthy in 60 s")
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-
-
 class Reader(TopicReader):
     """Reads the target topic from the beginning and notes when each message arrived."""
 
@@ -211,8 +152,16 @@ async def _scheduler_run(
     moment after the COPY has surely committed), read until all fired."""
     prefix = ctx.prefix(label)
     schema = schema_of(prefix)
-    scheduler = SchedulerProcess(ctx, prefix, schema, ctx.args.timers_batch_size)
-    await scheduler.start()
+    scheduler = ServiceProcess(
+        ctx,
+        "scheduler",
+        "services.scheduler.app",
+        prefix=prefix,
+        schema=schema,
+        env={"SCHEDULER_BATCH_SIZE": str(ctx.args.timers_batch_size)},
+    )
+    scheduler.spawn()
+    await scheduler.wait_healthy()
     reader = Reader(ctx.bootstrap_servers, prefix + TARGET)
     try:
         await reader.start()

@@ -32,7 +32,7 @@ from contracts.topics import ALL_TOPICS, PUSH_INVOICE, TopicNames
 from services.runtime.consumer import HandlerContext, InfrastructureError
 from services.runtime.db import Connection
 from services.runtime.outbox import OutboxMessage
-from services.scheduler.repository import DueTimer, TimerRepository
+from services.scheduler.repository import DueTimer, Timer, TimerRepository
 
 TIMERS_FIRED = Counter("cm_scheduler_timers_fired_total", "Timers fired")
 FIRE_LAG_SECONDS = Histogram(
@@ -119,13 +119,15 @@ class Handlers:
             return
         repo = TimerRepository(ctx.conn)
         now = await self._now(repo)
-        timer = (ctx.website_key, cmd.timer_id, cmd.due_at, cmd.topic, cmd.key, _dumps(cmd.message))
+        timer = Timer(
+            ctx.website_key, cmd.timer_id, cmd.due_at, cmd.topic, cmd.key, _dumps(cmd.message)
+        )
         if cmd.due_at <= now:
             # Due already: fire at once (replacing any earlier timer of that id).
-            fired = await repo.fire_now(*timer, iso(now), ctx.envelope.message_id)
+            fired = await repo.fire_now(timer, iso(now), ctx.envelope.message_id)
             ctx.outbox.extend(fired_messages([fired], topic_names=ctx.topics, fired_at=now))
         else:
-            await repo.upsert(*timer)
+            await repo.upsert(timer)
         ctx.accept(timer_id=cmd.timer_id)
 
     async def cancel_timer(self, ctx: HandlerContext, cmd: CancelTimer) -> None:

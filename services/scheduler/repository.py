@@ -22,54 +22,76 @@ _ISO = """(to_char({col} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS')
     || '+00:00')"""
 
 
-def _fired(rows: str, fired_at: str, causation_id: str) -> str:
-    """Both bodies of each fired timer of `rows` (a timers row `t` per timer), built in
-    the database: its message with `occurred_at` = `due_at`, and its TimerFired envelope
-    (`fired_at` text, causation id or NULL). The message was validated as an envelope
-    when it was scheduled. The one place a TimerFired is written."""
-    return f"""
-SELECT t.website_key, t.timer_id, t.due_at, t.topic, t.key,
-    jsonb_set(t.message, '{{occurred_at}}', to_jsonb(d.due_iso))::text AS body,
+def _fired(fired_at: str, causation_id: str) -> str:
+    """What a fired timer returns, from its row `t` and `due.due_iso`: the row's columns,
+    its message with `occurred_at` = `due_at`, and its TimerFired envelope (`fired_at`
+    text, causation id or NULL), both built in the database. The message was validated
+    as an envelope when it was scheduled. The one place a TimerFired is written."""
+    return f"""t.website_key, t.timer_id, t.due_at, t.topic, t.key,
+    jsonb_set(t.message, '{{occurred_at}}', to_jsonb(due.due_iso))::text AS body,
     jsonb_build_object(
         'message_id', gen_random_uuid(),
         'type', 'TimerFired',
         'website_key', t.website_key,
-        'occurred_at', d.due_iso,
+        'occurred_at', due.due_iso,
         'correlation_id', coalesce(t.message ->> 'correlation_id', t.message ->> 'message_id'),
         'causation_id', {causation_id}::uuid,
         'payload', jsonb_build_object(
-            'timer_id', t.timer_id, 'due_at', d.due_iso, 'fired_at', {fired_at}::text,
+            'timer_id', t.timer_id, 'due_at', due.due_iso, 'fired_at', {fired_at}::text,
             'topic', t.topic
         )
-    )::text AS event
-FROM {rows} CROSS JOIN LATERAL (SELECT {_ISO.format(col="t.due_at")} AS due_iso) d
-"""
+    )::text AS event"""
 
 
 #: Claim the timers due by $1 in due order (then id: a stable order for equal due times),
-#: at most $2, and delete them; their bodies ($3 = fired_at text, $4 = causation id).
-FIRE = """
+#: at most $2, delete them and return them fired ($3 = fired_at text, $4 = causation id).
+FIRE = f"""
 WITH due AS (
-    SELECT website_key, timer_id FROM timers
+    SELECT website_key, timer_id, {_ISO.format(col="due_at")} AS due_iso FROM timers
     WHERE due_at <= $1
     ORDER BY due_at, timer_id
     LIMIT $2
     FOR UPDATE SKIP LOCKED
-), claimed AS (
-    DELETE FROM timers t USING due
-    WHERE t.website_key = due.website_key AND t.timer_id = due.timer_id
-    RETURNING t.website_key, t.timer_id, t.due_at, t.topic, t.key, t.message
-)""" + _fired("claimed AS t", "$3", "$4")
-
-#: A timer scheduled when it is due already: it replaces any earlier timer of its id
-#: ($1, $2) and fires at once, never stored ($3 due_at, $4 topic, $5 key, $6 message;
-#: $7 = fired_at text, $8 = causation id).
-FIRE_NOW = "WITH earlier AS (DELETE FROM timers WHERE website_key = $1 AND timer_id = $2)" + _fired(
-    "(VALUES ($1::text, $2::text, $3::timestamptz, $4::text, $5::text, $6::text::jsonb))"
-    " AS t (website_key, timer_id, due_at, topic, key, message)",
-    "$7",
-    "$8",
 )
+DELETE FROM timers t USING due
+WHERE t.website_key = due.website_key AND t.timer_id = due.timer_id
+RETURNING {_fired("$3", "$4")}
+"""
+
+#: A timer scheduled when it is due already: it replaces any earlier timer of its id and
+#: fires at once, never stored ($1-$6 as `Timer.row()`; $7 = fired_at text, $8 =
+#: causation id).
+FIRE_NOW = f"""
+WITH earlier AS (DELETE FROM timers WHERE website_key = $1 AND timer_id = $2)
+SELECT {_fired("$7", "$8")}
+FROM (VALUES ($1::text, $2::text, $3::timestamptz, $4::text, $5::text, $6::text::jsonb))
+    AS t (website_key, timer_id, due_at, topic, key, message),
+    LATERAL (SELECT {_ISO.format(col="t.due_at")} AS due_iso) due
+"""
+
+
+@dataclass(frozen=True)
+class Timer:
+    """A timer as a ScheduleTimer gives it: at `due_at`, publish `message_json` to `topic`
+    with `key`."""
+
+    website_key: str
+    timer_id: str
+    due_at: datetime
+    topic: str
+    key: str
+    message_json: str
+
+    def row(self) -> tuple[str, str, datetime, str, str, str]:
+        """The query arguments $1-$6, in the table's column order."""
+        return (
+            self.website_key,
+            self.timer_id,
+            self.due_at,
+            self.topic,
+            self.key,
+            self.message_json,
+        )
 
 
 @dataclass(frozen=True)
@@ -105,27 +127,14 @@ class TimerRepository:
         )
         return now
 
-    async def upsert(
-        self,
-        website_key: str,
-        timer_id: str,
-        due_at: datetime,
-        topic: str,
-        key: str,
-        message_json: str,
-    ) -> None:
+    async def upsert(self, timer: Timer) -> None:
         await self.conn.execute(
             "INSERT INTO timers (website_key, timer_id, due_at, topic, key, message)"
             " VALUES ($1, $2, $3, $4, $5, $6::text::jsonb)"
             " ON CONFLICT (website_key, timer_id) DO UPDATE SET due_at = EXCLUDED.due_at,"
             " topic = EXCLUDED.topic, key = EXCLUDED.key, message = EXCLUDED.message,"
             " created_at = now()",
-            website_key,
-            timer_id,
-            due_at,
-            topic,
-            key,
-            message_json,
+            *timer.row(),
         )
 
     async def delete(self, website_key: str, timer_id: str) -> bool:
@@ -136,28 +145,10 @@ class TimerRepository:
         return status != "DELETE 0"
 
     async def fire_now(
-        self,
-        website_key: str,
-        timer_id: str,
-        due_at: datetime,
-        topic: str,
-        key: str,
-        message_json: str,
-        fired_at: str,
-        causation_id: uuid.UUID | None,
+        self, timer: Timer, fired_at: str, causation_id: uuid.UUID | None
     ) -> DueTimer:
         """Fire a timer that is due already, replacing any earlier one of its id."""
-        row = await self.conn.fetchrow(
-            FIRE_NOW,
-            website_key,
-            timer_id,
-            due_at,
-            topic,
-            key,
-            message_json,
-            fired_at,
-            causation_id,
-        )
+        row = await self.conn.fetchrow(FIRE_NOW, *timer.row(), fired_at, causation_id)
         assert row is not None
         return DueTimer(*row)
 

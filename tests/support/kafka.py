@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.structs import ConsumerRecord
 
 from contracts import catalog
 
@@ -39,6 +40,17 @@ class Record:
 
     def json(self) -> Any:
         return json.loads(self.value)
+
+    @classmethod
+    def of(cls, m: ConsumerRecord[bytes, bytes]) -> Record:
+        return cls(
+            m.topic,
+            m.partition,
+            m.offset,
+            m.key.decode() if m.key is not None else None,
+            m.value or b"",
+            {k: v.decode() for k, v in (m.headers or [])},
+        )
 
 
 def envelope(
@@ -100,16 +112,7 @@ async def read_all(bootstrap: str, topic: str) -> list[Record]:
             empty_fetches = 0 if batch else empty_fetches + 1
             for msgs in batch.values():
                 for m in msgs:
-                    records.append(
-                        Record(
-                            m.topic,
-                            m.partition,
-                            m.offset,
-                            m.key.decode() if m.key is not None else None,
-                            m.value or b"",
-                            {k: v.decode() for k, v in (m.headers or [])},
-                        )
-                    )
+                    records.append(Record.of(m))
                     if m.offset + 1 >= ends[TopicPartition(m.topic, m.partition)]:
                         remaining.discard(TopicPartition(m.topic, m.partition))
             if empty_fetches >= 3 and not remaining:
@@ -137,15 +140,28 @@ async def poll_until(
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
 
 
-class TopicWatcher:
+class BackgroundConsumer:
+    """A Kafka consumer that a task of its own reads; `stop` ends both."""
+
+    _consumer: AIOKafkaConsumer | None = None
+    _task: asyncio.Task[None] | None = None
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._consumer is not None:
+            await self._consumer.stop()
+
+
+class TopicWatcher(BackgroundConsumer):
     """Reads topics from the beginning in the background; tests poll what it collected."""
 
     def __init__(self, bootstrap: str, *topics: str) -> None:
         self.bootstrap = bootstrap
         self.topics = topics
         self.records: list[Record] = []
-        self._consumer: AIOKafkaConsumer | None = None
-        self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self._consumer = AIOKafkaConsumer(
@@ -168,24 +184,7 @@ class TopicWatcher:
             batch = await self._consumer.getmany(timeout_ms=100)
             for msgs in batch.values():
                 for m in msgs:
-                    self.records.append(
-                        Record(
-                            m.topic,
-                            m.partition,
-                            m.offset,
-                            m.key.decode() if m.key is not None else None,
-                            m.value or b"",
-                            {k: v.decode() for k, v in (m.headers or [])},
-                        )
-                    )
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        if self._consumer is not None:
-            await self._consumer.stop()
+                    self.records.append(Record.of(m))
 
     def on(self, topic: str) -> list[Record]:
         return [r for r in self.records if r.topic == topic]

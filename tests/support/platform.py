@@ -8,7 +8,6 @@ with a RecordMessageOutcome, as the notifier will).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib
 import json
 import uuid
@@ -24,7 +23,7 @@ from aiokafka import AIOKafkaConsumer
 from contracts import topics
 from services.runtime.app import Service, build_service
 from tests.support.invoices import InvoiceClient
-from tests.support.kafka import TopicWatcher, envelope, poll_until, publish
+from tests.support.kafka import BackgroundConsumer, TopicWatcher, envelope, poll_until, publish
 from tests.support.services import make_settings
 
 #: How the stand-in notifier answers: (SendMessage payload) → (outcome, channel, delay).
@@ -35,7 +34,7 @@ def always_sent(message: dict[str, Any]) -> tuple[str, str | None, timedelta]:
     return "sent", message["channels"][0], timedelta(0)
 
 
-class StandInNotifier:
+class StandInNotifier(BackgroundConsumer):
     """Answers SendMessage commands with RecordMessageOutcome (no real messages)."""
 
     def __init__(self, bootstrap: str, prefix: str, rule: OutcomeRule = always_sent) -> None:
@@ -43,8 +42,6 @@ class StandInNotifier:
         self.prefix = prefix
         self.rule = rule
         self.received: list[dict[str, Any]] = []
-        self._task: asyncio.Task[None] | None = None
-        self._consumer: AIOKafkaConsumer | None = None
 
     async def start(self) -> None:
         self._consumer = AIOKafkaConsumer(
@@ -92,14 +89,6 @@ class StandInNotifier:
                             )
                         ],
                     )
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        if self._consumer is not None:
-            await self._consumer.stop()
 
 
 class Platform:

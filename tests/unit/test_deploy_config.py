@@ -456,3 +456,18 @@ def test_a_service_broker_logs_in_with_the_settings() -> None:
     assert connection["security_protocol"] == "SASL_PLAINTEXT"
     assert connection["sasl_mechanism"] == "SCRAM-SHA-512"
     assert connection["sasl_plain_username"] == "cm-scheduler"
+
+
+def test_the_container_healthcheck_knows_each_services_default_port() -> None:
+    # deploy/healthcheck.py runs every few seconds with the stdlib only, so it keeps its
+    # own copy of the table; it must say what the settings say.
+    from services.runtime.settings import DEFAULT_HTTP_PORTS  # noqa: PLC0415
+
+    tree = ast.parse((DEPLOY / "healthcheck.py").read_text())
+    [table] = [
+        node.value
+        for node in tree.body
+        if isinstance(node, ast.Assign)
+        and any(isinstance(t, ast.Name) and t.id == "DEFAULT_HTTP_PORTS" for t in node.targets)
+    ]
+    assert ast.literal_eval(table) == DEFAULT_HTTP_PORTS

@@ -1,46 +1,52 @@
-"""The invoice service: the single writer of invoice state."""
+"""The invoice service: the single writer of invoice state.
+
+Each message type is registered once, here: a command about one existing invoice as
+`on_invoice(<its domain function>)`, the others with their own handler.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from contracts import topics
+from contracts.catalog import types_for_topic
 from services.invoice import handlers
 from services.invoice.batch import InvoiceBatchHooks
+from services.invoice.domain import commands
+from services.invoice.domain.status import TRANSITIONS
+from services.invoice.handlers import on_invoice
 from services.runtime.app import ServiceDefinition
 from services.runtime.consumer import ConsumerSpec, HandlerSpec
 
-STATUS_COMMANDS = (
-    "PauseInvoice",
-    "UnpauseInvoice",
-    "RegisterDispute",
-    "ResolveDispute",
-    "WriteOffInvoice",
-    "CancelInvoice",
-    "SetEmergency",
+#: The status commands: the rows of the transition table merchants send as commands.
+STATUS_COMMANDS = tuple(
+    name for name in TRANSITIONS if name in types_for_topic(topics.INVOICE_COMMANDS)
 )
 
 
 def definition() -> ServiceDefinition:
-    commands: dict[str, HandlerSpec] = {
+    from_merchants: dict[str, HandlerSpec] = {
         "CreateInvoice": HandlerSpec(handlers.create_invoice),
         "CreateCombinedInvoice": HandlerSpec(handlers.create_invoice),
-        "CreateCreditNote": HandlerSpec(handlers.create_credit_note),
+        "CreateCreditNote": on_invoice(
+            commands.create_credit_note, number="original_invoice_number"
+        ),
         "AddOrUpdateDebtor": HandlerSpec(handlers.add_or_update_debtor),
         "CreatePaymentPlan": HandlerSpec(handlers.create_payment_plan),
         "TerminatePaymentPlan": HandlerSpec(handlers.terminate_payment_plan),
-        "CreateCustomEvent": HandlerSpec(handlers.create_custom_event),
-        **{name: HandlerSpec(handlers.change_status) for name in STATUS_COMMANDS},
+        "CreateCustomEvent": on_invoice(commands.create_custom_event),
+        **{name: on_invoice(commands.change_status) for name in STATUS_COMMANDS},
         "UpsertScheme": HandlerSpec(handlers.upsert_scheme),
-        "TriggerNextStep": HandlerSpec(handlers.trigger_next_step),
+        "TriggerNextStep": on_invoice(commands.trigger_next_step),
     }
-    # Platform-only (cm.invoice.internal): the scheduler's timers, the notifier's
-    # outcomes (no answer owed) and the collection service's results.
+    # Platform-only (cm.invoice.internal): the scheduler's timers (a timer of an unknown
+    # invoice is ignored), the notifier's outcomes (no answer owed) and the collection
+    # service's results.
     internal: dict[str, HandlerSpec] = {
-        "StepDue": HandlerSpec(handlers.step_due, answers=False),
-        "RecordMessageOutcome": HandlerSpec(handlers.record_message_outcome, answers=False),
-        "SetCollectionStatus": HandlerSpec(handlers.set_collection_status),
-        "RegisterCollectedAmount": HandlerSpec(handlers.register_collected_amount),
+        "StepDue": on_invoice(commands.step_due, answers=False, unknown_is_ignored=True),
+        "RecordMessageOutcome": on_invoice(commands.record_message_outcome, answers=False),
+        "SetCollectionStatus": on_invoice(commands.set_collection_status),
+        "RegisterCollectedAmount": on_invoice(commands.register_collected_amount),
     }
     return ServiceDefinition(
         name="invoice",
@@ -49,7 +55,7 @@ def definition() -> ServiceDefinition:
             ConsumerSpec(
                 name="commands",
                 topic=topics.INVOICE_COMMANDS,
-                handlers=commands,
+                handlers=from_merchants,
                 batch_hooks=InvoiceBatchHooks(),
             ),
             ConsumerSpec(

@@ -1,14 +1,13 @@
-"""Schemes and scheme steps executed on invoices (pure: no I/O, no clock).
+"""Schemes and scheme steps executed on invoices (pure: no I/O, no clock; docs/dunning.md).
 
-After every change the invoice's step timer is planned again (`plan_timer`): the
-scheduler holds at most one timer per invoice, for its next step. A fired timer comes
-back as StepDue carrying the scheme and schedule versions it was set for; a stale or
-repeated one is ignored, so late or duplicated timers are harmless.
+A step runs when its timer fires (`step_due`, StepDue from the scheduler) or, on a test
+invoice, when asked (`trigger_next_step`); the notifier's answer to a step's message is
+recorded by `record_message_outcome`. The timer itself is planned after every change by
+`domain.schedule.plan_timer`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 
@@ -22,21 +21,17 @@ from contracts.invoice import (
     StepAction,
 )
 from contracts.statutory import statutory_costs
-from services.invoice.domain import (
-    ZERO,
+from services.invoice.domain.amounts import add_admin_costs
+from services.invoice.domain.custom_events import fill_tags
+from services.invoice.domain.model import ZERO, Invoice, S, SchemeStepState
+from services.invoice.domain.outcome import (
     EventOut,
-    Invoice,
     Outcome,
-    S,
-    SchemeStepState,
     SendStepMessage,
     StopSubscriptionRequest,
-    _move,
-    add_admin_costs,
-    fill_tags,
-    refresh_hold,
     reject,
 )
+from services.invoice.domain.status import move
 
 BUILT_IN_SCHEME_KEYS = frozenset({DEFAULT_SCHEME_KEY, NO_STEPS_SCHEME_KEY})
 
@@ -166,38 +161,6 @@ def scheme_errors(scheme_key: str, steps: list[SchemeStep]) -> list[FieldError]:
     return errors
 
 
-# --- the step timer ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TimerPlan:
-    """What to tell the scheduler: set the timer for a step, or cancel it."""
-
-    step_index: int | None  # None: cancel
-    due_at: datetime | None
-    schedule_version: int
-
-
-def plan_timer(invoice: Invoice, now: datetime) -> TimerPlan | None:
-    """After a change: the timer the invoice needs now, if it differs from the one set.
-
-    Mutates `invoice` (held time, timer fields, schedule version).
-    """
-    refresh_hold(invoice, now)
-    desired = invoice.desired_timer()
-    current = (invoice.timer_step, invoice.timer_due_at) if invoice.timer_step else None
-    if desired == current:
-        return None
-    if desired is None:
-        invoice.timer_step = invoice.timer_due_at = None
-        invoice.schedule_version += 1
-        return TimerPlan(None, None, invoice.schedule_version)
-    invoice.schedule_version += 1
-    invoice.timer_step, invoice.timer_due_at = desired
-    # A step already due runs now (after the change that scheduled it), dated now.
-    return TimerPlan(desired[0], max(desired[1], now), invoice.schedule_version)
-
-
 # --- steps ---------------------------------------------------------------------------------
 
 
@@ -223,14 +186,7 @@ def step_due(
     updated = invoice.changed()
     updated.timer_step = updated.timer_due_at = None  # the timer is spent
     step = updated.next_step
-    if (
-        step is None
-        or step.index != step_index
-        or updated.status != S.ACTIVE
-        or updated.is_paid
-        or not updated.runs_steps
-        or updated.slow_payment_covers
-    ):
+    if step is None or step.index != step_index or not updated.may_run_steps:
         return Outcome(invoice=updated)
     return run_step(updated, step, now)
 
@@ -278,7 +234,7 @@ def run_step(
     if step.action == StepAction.ADMIN_COST_INCREASE:
         return _admin_costs(invoice, step, now, forced)
     if step.action == StepAction.TRANSFER_TO_COLLECTION_AGENCY:
-        moved = _move(invoice, S.PENDING_TRANSFER_TO_COLLECTION_AGENCY, now)
+        moved = move(invoice, S.PENDING_TRANSFER_TO_COLLECTION_AGENCY, now)
         _done(moved, step, now)
         parameters = {**index, "StatusCode": str(int(moved.status))}
         if step.agency_code:

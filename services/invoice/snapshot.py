@@ -1,4 +1,9 @@
-"""The invoice snapshot carried by every InvoiceEvent (pure)."""
+"""The invoice snapshot carried by every InvoiceEvent (pure).
+
+Its next step is the step timer planned for the invoice (`timer_step`, `timer_due_at`,
+set by `domain.schedule.plan_timer` as every change is finished), so a snapshot shows the
+step the scheduler will fire and the time it is due, before a past due time becomes "now".
+"""
 
 from __future__ import annotations
 
@@ -21,8 +26,6 @@ def debtor_snapshot(
 def invoice_snapshot_validated(
     invoice: Invoice, debtor: DebtorSnapshot | None, debtor_guid: str | None
 ) -> InvoiceSnapshot:
-    next_step = invoice.next_step
-    due_at = invoice.next_step_due_at
     return InvoiceSnapshot(
         invoice_key=invoice.invoice_key,
         invoice_number=invoice.invoice_number,
@@ -42,8 +45,8 @@ def invoice_snapshot_validated(
         scheme_version=invoice.scheme_version,
         previous_step_index=invoice.previous_step_index,
         previous_step_date_time=invoice.previous_step_date_time,
-        next_step_index=next_step.index if next_step is not None and due_at is not None else None,
-        next_step_due_at=due_at,
+        next_step_index=invoice.timer_step,
+        next_step_due_at=invoice.timer_due_at,
         currency=invoice.currency,
         amount_debit=invoice.amount_debit,
         amount_credit=invoice.amount_credit,
@@ -70,8 +73,6 @@ def invoice_snapshot(
     hot path: one per event). Amounts are padded to the currency's digits as the
     validated model would pad them; `invoice_snapshot_validated` is the reference."""
     currency = invoice.currency
-    desired = invoice.desired_timer()
-    next_step = invoice.next_step
     values: dict[str, Any] = {
         "invoice_key": invoice.invoice_key,
         "invoice_number": invoice.invoice_number,
@@ -91,8 +92,8 @@ def invoice_snapshot(
         "scheme_version": invoice.scheme_version,
         "previous_step_index": invoice.previous_step_index,
         "previous_step_date_time": invoice.previous_step_date_time,
-        "next_step_index": next_step.index if next_step is not None and desired else None,
-        "next_step_due_at": desired[1] if desired else None,
+        "next_step_index": invoice.timer_step,
+        "next_step_due_at": invoice.timer_due_at,
         "currency": currency,
         "is_paid": invoice.is_paid,
         "custom_parameters": [

@@ -256,6 +256,43 @@ async def test_slow_pending_then_success_is_one_transaction(inv: InvoiceClient) 
     ]
 
 
+async def test_the_snapshot_of_a_failed_slow_payment_shows_the_step_shifted_by_the_hold(
+    inv: InvoiceClient,
+) -> None:
+    # DefaultCM1's step 1 is due on the invoice date, shifted by the time held: the
+    # snapshot of the change that ends a hold already shows the shifted due time.
+    created = await inv.answer(await inv.command("CreateInvoice", invoice_payload("INV-H")))
+    assert created["type"] == "CommandAccepted", created
+    assert (await inv.snapshot("INV-H", 1))["next_step_due_at"] == "2026-11-01T00:00:00Z"
+
+    sepa = {"is_slow": True, "service": "sepadirectdebit"}
+    await inv.transaction(
+        "INV-H", "SEPA-1", "121.00", "pending", occurred_at="2026-11-02T00:00:00+00:00", **sepa
+    )
+    held = await inv.snapshot("INV-H", 2)
+    assert (held["amount_pending_slow"], held["next_step_due_at"]) == ("121.00", None)
+
+    await inv.transaction(
+        "INV-H", "SEPA-1", "121.00", "failed", occurred_at="2026-11-12T00:00:00+00:00", **sepa
+    )
+    released = await inv.snapshot("INV-H", 3)
+    assert released["amount_pending_slow"] == "0.00"
+    assert (released["next_step_index"], released["next_step_due_at"]) == (
+        1,
+        "2026-11-11T00:00:00Z",  # the invoice date + the 10 days held
+    )
+
+    await inv.answer(
+        await inv.command(
+            "CreateCustomEvent",
+            {"invoice_number": "INV-H", "message": "m"},
+            occurred_at="2026-11-12T01:00:00+00:00",
+        )
+    )
+    later = await inv.snapshot("INV-H", 4)
+    assert later["next_step_due_at"] == released["next_step_due_at"]
+
+
 async def test_overpayment_shows_as_negative_open_amount(inv: InvoiceClient) -> None:
     await create(inv, "INV-7")
     await inv.transaction("INV-7", "T-1", "150.00", "success")

@@ -2,13 +2,13 @@
 RecordMessageOutcome, UpsertScheme and SendMessage in contracts/).
 
 Pure unit tests of `services.invoice.dunning`: the statutory scale, scheme validation,
-step timing, the step timer (`plan_timer`), what a due step does (`step_due`), message
+step timing, the step timer (`domain.plan_timer`), what a due step does (`step_due`), message
 outcomes and TriggerNextStep. The expected figures are written out from the pages, not
 computed with the code under test.
 
 `fire()` plays the part of the scheduler and the handler: it delivers the StepDue the
 planned timer carries (at its due time) and plans the timer again afterwards, as
-`handlers.Changes.apply` does after every outcome.
+`domain.Result.add` does after every outcome.
 """
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ def errors_of(outcome: domain.Outcome) -> list[tuple[str, str]]:
 
 def planned(invoice: domain.Invoice, now: datetime) -> domain.Invoice:
     """The invoice after the handler planned its timer (mutated in place, returned)."""
-    dunning.plan_timer(invoice, now)
+    domain.plan_timer(invoice, now)
     return invoice
 
 
@@ -130,7 +130,7 @@ def fire(
         now=now,
     )
     after = outcome.invoice if outcome.invoice is not None else invoice
-    dunning.plan_timer(after, now)
+    domain.plan_timer(after, now)
     return outcome, after
 
 
@@ -478,11 +478,11 @@ def test_pausing_ten_days_shifts_the_next_steps_by_ten_days() -> None:
     assert (invoice.timer_step, invoice.timer_due_at) == (2, CM1_DUE[2])
     paused = domain.change_status(invoice, "PauseInvoice", at(2026, 11, 20)).invoice
     assert paused is not None
-    plan = dunning.plan_timer(paused, at(2026, 11, 20))
+    plan = domain.plan_timer(paused, at(2026, 11, 20))
     assert plan is not None and plan.step_index is None  # cancelled while paused
     unpaused = domain.change_status(paused, "UnpauseInvoice", at(2026, 11, 30)).invoice
     assert unpaused is not None
-    plan = dunning.plan_timer(unpaused, at(2026, 11, 30))
+    plan = domain.plan_timer(unpaused, at(2026, 11, 30))
     assert plan is not None
     assert (plan.step_index, plan.due_at) == (2, at(2026, 12, 2))
     assert unpaused.held_seconds == 10 * 86400
@@ -555,8 +555,8 @@ def test_a_covering_slow_pending_payment_holds_the_scheme() -> None:
 
 def test_the_first_plan_schedules_step_1_and_bumps_the_schedule_version() -> None:
     invoice = make_invoice(created_at=at(2026, 10, 30, 9))
-    plan = dunning.plan_timer(invoice, at(2026, 10, 30, 9))
-    assert plan == dunning.TimerPlan(1, CM1_DUE[1], 1)
+    plan = domain.plan_timer(invoice, at(2026, 10, 30, 9))
+    assert plan == domain.TimerPlan(1, CM1_DUE[1], 1)
     assert (invoice.timer_step, invoice.timer_due_at, invoice.schedule_version) == (
         1,
         CM1_DUE[1],
@@ -567,11 +567,11 @@ def test_the_first_plan_schedules_step_1_and_bumps_the_schedule_version() -> Non
 def test_a_step_already_due_at_registration_is_timed_for_now() -> None:
     # Registered at 09:00 on the invoice date: the invitation (due 00:00) runs at once.
     invoice = make_invoice()
-    plan = dunning.plan_timer(invoice, at(2026, 11, 1, 9))
-    assert plan == dunning.TimerPlan(1, at(2026, 11, 1, 9), 1)
+    plan = domain.plan_timer(invoice, at(2026, 11, 1, 9))
+    assert plan == domain.TimerPlan(1, at(2026, 11, 1, 9), 1)
     # the invoice remembers when the step was due, so a replan changes nothing
     assert (invoice.timer_step, invoice.timer_due_at) == (1, CM1_DUE[1])
-    assert dunning.plan_timer(invoice, at(2026, 11, 1, 10)) is None
+    assert domain.plan_timer(invoice, at(2026, 11, 1, 10)) is None
 
 
 def test_an_invoice_registered_late_plays_out_its_overdue_steps_now() -> None:
@@ -583,14 +583,14 @@ def test_an_invoice_registered_late_plays_out_its_overdue_steps_now() -> None:
     assert outcome.requests == [domain.SendStepMessage(CM1[0])]
     assert outcome.invoice is not None
     assert outcome.invoice.previous_step_date_time == registered
-    plan = dunning.plan_timer(outcome.invoice, registered)
-    assert plan == dunning.TimerPlan(2, registered, 2)  # due 2026-11-22: at once
+    plan = domain.plan_timer(outcome.invoice, registered)
+    assert plan == domain.TimerPlan(2, registered, 2)  # due 2026-11-22: at once
     assert outcome.invoice.timer_due_at == CM1_DUE[2]
 
 
 def test_an_unchanged_state_plans_nothing() -> None:
     invoice = planned(make_invoice(), at(2026, 11, 1, 9))
-    assert dunning.plan_timer(invoice, at(2026, 11, 1, 10)) is None
+    assert domain.plan_timer(invoice, at(2026, 11, 1, 10)) is None
     assert invoice.schedule_version == 1
 
 
@@ -606,22 +606,22 @@ def test_becoming_paid_cancels_the_timer() -> None:
         is_slow=False,
     ).invoice
     assert paid is not None
-    plan = dunning.plan_timer(paid, at(2026, 11, 5))
-    assert plan == dunning.TimerPlan(None, None, 2)
+    plan = domain.plan_timer(paid, at(2026, 11, 5))
+    assert plan == domain.TimerPlan(None, None, 2)
     assert (paid.timer_step, paid.timer_due_at) == (None, None)
-    assert dunning.plan_timer(paid, at(2026, 11, 6)) is None  # nothing more to cancel
+    assert domain.plan_timer(paid, at(2026, 11, 6)) is None  # nothing more to cancel
 
 
 def test_a_covering_slow_payment_holds_and_its_failure_reschedules_shifted() -> None:
     invoice = planned(make_invoice(previous_step_index=1), at(2026, 11, 2))
     held = slow_pending(invoice, "121.00")
-    plan = dunning.plan_timer(held, at(2026, 11, 10))
-    assert plan == dunning.TimerPlan(None, None, 2)
+    plan = domain.plan_timer(held, at(2026, 11, 10))
+    assert plan == domain.TimerPlan(None, None, 2)
     assert held.held_since == at(2026, 11, 10)
     released = slow_pending(held, "121.00", T.FAILED)
     assert not released.slow_payment_covers
-    plan = dunning.plan_timer(released, at(2026, 11, 20))
-    assert plan == dunning.TimerPlan(2, CM1_DUE[2] + timedelta(days=10), 3)
+    plan = domain.plan_timer(released, at(2026, 11, 20))
+    assert plan == domain.TimerPlan(2, CM1_DUE[2] + timedelta(days=10), 3)
     assert released.held_since is None
     assert released.held_seconds == 10 * 86400
 
@@ -631,7 +631,7 @@ def test_a_settled_slow_payment_cancels_for_good() -> None:
     held = planned(slow_pending(invoice, "121.00"), at(2026, 11, 10))
     settled = slow_pending(held, "121.00", T.SUCCESS)
     assert settled.is_paid
-    assert dunning.plan_timer(settled, at(2026, 11, 13)) is None  # already cancelled
+    assert domain.plan_timer(settled, at(2026, 11, 13)) is None  # already cancelled
     assert settled.held_since is None
     assert settled.held_seconds == 3 * 86400
 
@@ -1056,7 +1056,7 @@ def test_an_outcome_for_a_step_that_sends_no_message_is_rejected(index: int) -> 
     result = dunning.record_message_outcome(
         make_invoice(), step_index=index, outcome=O.SENT, channel="email", now=SENT_AT
     )
-    assert result.rejected
+    assert result.errors
     assert errors_of(result) == [("payload.step_index", "not_a_message_step")]
     assert result.invoice is None and result.events == []
 
@@ -1162,8 +1162,8 @@ def test_triggering_a_schema_test_invoice_replans_its_timer() -> None:
     assert invoice.timer_step == 2
     outcome = dunning.trigger_next_step(invoice, TRIGGERED_AT)
     assert outcome.invoice is not None
-    plan = dunning.plan_timer(outcome.invoice, TRIGGERED_AT)
-    assert plan == dunning.TimerPlan(3, CM1_DUE[3], invoice.schedule_version + 1)
+    plan = domain.plan_timer(outcome.invoice, TRIGGERED_AT)
+    assert plan == domain.TimerPlan(3, CM1_DUE[3], invoice.schedule_version + 1)
 
 
 def test_forced_statutory_step_skips_the_wait_for_a_sent_letter() -> None:
@@ -1221,7 +1221,7 @@ def test_trigger_refuses_a_paid_test_invoice() -> None:
     )
     outcome = dunning.trigger_next_step(invoice, at(2026, 12, 7))
     assert outcome.events == []
-    assert outcome.rejected
+    assert outcome.errors
     assert outcome.invoice is None
 
 

@@ -1,0 +1,38 @@
+"""Custom events: a merchant's message (or a CustomEvent step's), its `[Tag]`s filled in
+with the invoice's values (pure; docs/invoices.md "Statuses", CreateCustomEvent)."""
+
+from __future__ import annotations
+
+from contracts import tags
+from contracts.invoice import InvoiceEventName
+from services.invoice.domain.model import Invoice
+from services.invoice.domain.outcome import EventOut, Outcome
+
+
+def tag_values(invoice: Invoice) -> dict[str, str]:
+    return {
+        "InvoiceNumber": invoice.invoice_number,
+        "InvoiceKey": invoice.invoice_key,
+        "DebtorCode": invoice.debtor_code or "",
+        "Currency": invoice.currency,
+        "AmountDebit": str(invoice.amount_debit),
+        "OpenAmount": str(invoice.open_amount),
+        "OpenAmountInclAdminCosts": str(invoice.open_amount_incl_admin_costs),
+        "InvoiceDate": invoice.invoice_date.isoformat(),
+        "DueDate": invoice.due_date.isoformat(),
+        "PayLink": invoice.pay_link or "",
+    }
+
+
+def fill_tags(message: str, invoice: Invoice) -> str:
+    """Replace known `[Tag]`s with the invoice's values; unknown tags stay as written."""
+    values = tag_values(invoice)
+    return tags.fill(message, values.get)
+
+
+def custom_event(invoice: Invoice, message: str) -> Outcome:
+    updated = invoice.changed()
+    event = EventOut(
+        InvoiceEventName.CUSTOM_EVENT, {"CustomEventMessage": fill_tags(message, invoice)}
+    )
+    return Outcome(invoice=updated, events=[event])

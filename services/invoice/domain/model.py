@@ -1,0 +1,246 @@
+"""The invoice as the service keeps it, and what its state reads as (pure).
+
+Amounts follow docs/invoices.md "Amounts"; the schedule readings (next step, when it is
+due, whether the invoice is held) follow docs/dunning.md "When a step runs". The changes
+themselves live in the modules named for their concern (amounts, status, schedule, plans).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, time, timedelta
+from decimal import Decimal
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from contracts.invoice import InvoiceStatus, InvoiceType, StepAction
+from contracts.payments import TransactionStatus
+
+ZERO = Decimal(0)
+S = InvoiceStatus
+#: Test invoices whose description starts with one of these run their scheme's steps.
+SCHEMA_TEST_PREFIXES = ("schema_test", "buckaroo_schema_test")
+#: Statuses in which the invoice is held: its schedule does not run and held time counts.
+HELD = frozenset({S.PAUSED, S.PAUSED_BY_DISPUTE, S.PAUSED_BY_PAYMENT_PLAN, S.EMERGENCY})
+
+
+class Booking(BaseModel):
+    """One transaction on an invoice and what it booked."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    key: str
+    service: str
+    amount: Decimal
+    status: TransactionStatus
+    is_slow: bool = False
+    #: What this transaction added to AmountPaid and AmountCredit.
+    paid: Decimal = ZERO
+    credited: Decimal = ZERO
+
+
+class CreditNote(BaseModel):
+    number: str
+    amount: Decimal
+    description: str | None = None
+
+
+class SchemeStepState(BaseModel):
+    """A scheme step as the invoice keeps it (its scheme version's copy)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    index: int
+    action: StepAction
+    days: int
+    admin_cost: str | None = None  # an amount as text, or "statutory"
+    channels: list[str] = Field(default_factory=list)
+    template_key: str | None = None
+    threshold_amount: str | None = None
+    agency_code: str | None = None
+    message: str | None = None
+    states_costs: bool = False
+
+
+class Invoice(BaseModel):
+    """An invoice as the invoice service keeps it (stored as JSON)."""
+
+    model_config = ConfigDict(extra="ignore", validate_assignment=False)
+
+    website_key: str
+    invoice_number: str
+    invoice_key: str
+    type: InvoiceType = InvoiceType.REGULAR_INVOICE
+    status: InvoiceStatus
+    is_test: bool = False
+    culture: str | None = None
+    invoice_date: date
+    due_date: date
+    description: str | None = None
+    pay_link: str | None = None
+    currency: str
+    amount_debit: Decimal
+    amount_vat: Decimal = ZERO
+    debtor_code: str | None = None
+    scheme_key: str
+    scheme_version: int = 1
+    max_step_index: int | None = None
+    scheme_steps: list[SchemeStepState] = Field(default_factory=list)
+    lines: list[dict[str, Any]] = Field(default_factory=list)
+    custom_parameters: list[dict[str, str]] = Field(default_factory=list)
+    additional_parameters: list[dict[str, str]] = Field(default_factory=list)
+    allowed_services: list[str] | None = None
+    subscription_key: str | None = None
+    plan_dossier: str | None = None
+
+    credit_notes: list[CreditNote] = Field(default_factory=list)
+    amount_admin_costs: Decimal = ZERO
+    amount_paid: Decimal = ZERO
+    amount_credit: Decimal = ZERO
+    amount_admin_costs_paid: Decimal = ZERO
+    transactions: dict[str, Booking] = Field(default_factory=dict)
+
+    previous_step_index: int | None = None
+    previous_step_date_time: datetime | None = None
+    schedule_version: int = 0
+    held_since: datetime | None = None
+    held_seconds: int = 0
+    #: The step timer the scheduler holds for this invoice (None: no timer), and when
+    #: the step is due (before a due time in the past is moved to "now" for the timer).
+    #: Kept equal to `desired_timer()` by `schedule.plan_timer` after every change.
+    timer_step: int | None = None
+    timer_due_at: datetime | None = None
+    #: A statutory cost step waiting for the 14-day letter's term: not before this.
+    waiting_step: int | None = None
+    waiting_until: datetime | None = None
+    #: When and how the reminder that stated the costs (the 14-day letter) went out.
+    cost_letter_sent_at: datetime | None = None
+    cost_letter_channel: str | None = None
+    debtor_is_person: bool = True
+    #: A Threshold step ended the scheme early.
+    scheme_ended: bool = False
+    #: Steps whose message outcome was recorded (a repeated outcome changes nothing).
+    outcomes_recorded: list[int] = Field(default_factory=list)
+
+    sequence: int = 0
+    created_at: datetime
+    request_hash: str = ""
+    rejection: list[dict[str, str]] = Field(default_factory=list)
+
+    def changed(self) -> Invoice:
+        """A copy to change, sharing what no change ever mutates (scheme steps, lines,
+        parameters); a deep copy costs ten times as much on the hot path."""
+        copy = self.model_copy()
+        copy.credit_notes = list(self.credit_notes)
+        copy.transactions = {
+            key: booking.model_copy() for key, booking in self.transactions.items()
+        }
+        copy.outcomes_recorded = list(self.outcomes_recorded)
+        return copy
+
+    # --- amounts (docs/invoices.md "Amounts") ---
+
+    @property
+    def amount_credit_notes(self) -> Decimal:
+        return sum((note.amount for note in self.credit_notes), ZERO)
+
+    @property
+    def net_paid(self) -> Decimal:
+        return self.amount_paid - self.amount_credit
+
+    @property
+    def open_amount_admin_costs(self) -> Decimal:
+        return self.amount_admin_costs - self.amount_admin_costs_paid
+
+    @property
+    def open_amount(self) -> Decimal:
+        principal_paid = self.net_paid - self.amount_admin_costs_paid
+        return self.amount_debit - self.amount_credit_notes - principal_paid
+
+    @property
+    def open_amount_incl_admin_costs(self) -> Decimal:
+        return self.open_amount + self.open_amount_admin_costs
+
+    @property
+    def is_paid(self) -> bool:
+        return self.open_amount_incl_admin_costs <= ZERO
+
+    @property
+    def amount_pending_slow(self) -> Decimal:
+        return sum(
+            (
+                b.amount
+                for b in self.transactions.values()
+                if b.is_slow and b.status == TransactionStatus.PENDING
+            ),
+            ZERO,
+        )
+
+    @property
+    def creditable(self) -> Decimal:
+        """What credit notes may still take off: AmountDebit - AmountCreditNotes."""
+        return self.amount_debit - self.amount_credit_notes
+
+    # --- the schedule (docs/dunning.md "When a step runs") ---
+
+    @property
+    def effective_steps(self) -> list[SchemeStepState]:
+        steps = sorted(self.scheme_steps, key=lambda s: s.index)
+        if self.max_step_index is not None:
+            steps = [s for s in steps if s.index <= self.max_step_index]
+        return steps
+
+    @property
+    def next_step(self) -> SchemeStepState | None:
+        if self.scheme_ended:
+            return None
+        done = self.previous_step_index or 0
+        return next((s for s in self.effective_steps if s.index > done), None)
+
+    def step_due_at(self, step: SchemeStepState) -> datetime:
+        """Step n is due at 00:00 UTC of its date, shifted by the time the invoice was held."""
+        base = self.invoice_date if step.action == StepAction.PAYMENT_INVITATION else self.due_date
+        due = datetime.combine(base + timedelta(days=step.days), time(0), tzinfo=UTC)
+        return due + timedelta(seconds=self.held_seconds)
+
+    @property
+    def runs_steps(self) -> bool:
+        """Test invoices run steps only when their description says `schema_test`."""
+        return not self.is_test or (self.description or "").startswith(SCHEMA_TEST_PREFIXES)
+
+    @property
+    def slow_payment_covers(self) -> bool:
+        """A pending slow payment covering what is open holds the scheme."""
+        open_amount = self.open_amount_incl_admin_costs
+        return open_amount > ZERO and self.amount_pending_slow >= open_amount
+
+    @property
+    def held(self) -> bool:
+        return self.status in HELD or self.slow_payment_covers
+
+    @property
+    def may_run_steps(self) -> bool:
+        """Active, unpaid, running steps and not held by a covering slow payment."""
+        return (
+            self.status == S.ACTIVE
+            and not self.is_paid
+            and self.runs_steps
+            and not self.slow_payment_covers
+        )
+
+    def desired_timer(self) -> tuple[int, datetime] | None:
+        """The step the invoice waits for and when it is due, or None."""
+        step = self.next_step
+        if step is None or not self.may_run_steps:
+            return None
+        due = self.step_due_at(step)
+        if self.waiting_step == step.index:
+            if self.waiting_until is None:
+                return None  # waiting for the 14-day letter's outcome
+            due = max(due, self.waiting_until)
+        return step.index, due
+
+    @property
+    def next_step_due_at(self) -> datetime | None:
+        desired = self.desired_timer()
+        return desired[1] if desired else None

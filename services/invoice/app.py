@@ -48,31 +48,19 @@ def definition() -> ServiceDefinition:
         "SetCollectionStatus": on_invoice(commands.set_collection_status),
         "RegisterCollectedAmount": on_invoice(commands.register_collected_amount),
     }
+    transactions = {
+        "TransactionStatusChanged": HandlerSpec(handlers.transaction_status_changed, answers=False)
+    }
+    consumers = {
+        ("commands", topics.INVOICE_COMMANDS): from_merchants,
+        ("internal", topics.INVOICE_INTERNAL): internal,
+        ("transactions", topics.PAYMENT_TRANSACTIONS): transactions,
+    }
     return ServiceDefinition(
         name="invoice",
         migrations=Path(__file__).parent / "migrations",
         consumers=[
-            ConsumerSpec(
-                name="commands",
-                topic=topics.INVOICE_COMMANDS,
-                handlers=from_merchants,
-                batch_hooks=InvoiceBatchHooks(),
-            ),
-            ConsumerSpec(
-                name="internal",
-                topic=topics.INVOICE_INTERNAL,
-                handlers=internal,
-                batch_hooks=InvoiceBatchHooks(),
-            ),
-            ConsumerSpec(
-                name="transactions",
-                topic=topics.PAYMENT_TRANSACTIONS,
-                handlers={
-                    "TransactionStatusChanged": HandlerSpec(
-                        handlers.transaction_status_changed, answers=False
-                    )
-                },
-                batch_hooks=InvoiceBatchHooks(),
-            ),
+            ConsumerSpec(name=name, topic=topic, handlers=specs, batch_hooks=InvoiceBatchHooks())
+            for (name, topic), specs in consumers.items()
         ],
     )

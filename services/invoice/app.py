@@ -1,7 +1,8 @@
 """The invoice service: the single writer of invoice state.
 
-Each message type is registered once, here: a command about one existing invoice as
-`on_invoice(<its domain function>)`, the others with their own handler.
+Each message type is registered once, here: a message about one existing invoice (the
+one its Kafka key names) as `on_invoice(<its domain function>)`, the others with a
+handler of their own. The status commands are the transition table's rows.
 """
 
 from __future__ import annotations
@@ -28,9 +29,7 @@ def definition() -> ServiceDefinition:
     from_merchants: dict[str, HandlerSpec] = {
         "CreateInvoice": HandlerSpec(handlers.create_invoice),
         "CreateCombinedInvoice": HandlerSpec(handlers.create_invoice),
-        "CreateCreditNote": on_invoice(
-            commands.create_credit_note, number="original_invoice_number"
-        ),
+        "CreateCreditNote": on_invoice(commands.create_credit_note),
         "AddOrUpdateDebtor": HandlerSpec(handlers.add_or_update_debtor),
         "CreatePaymentPlan": HandlerSpec(handlers.create_payment_plan),
         "TerminatePaymentPlan": HandlerSpec(handlers.terminate_payment_plan),

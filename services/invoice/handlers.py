@@ -10,6 +10,7 @@ scheduler. Every message goes to its catalog topic with its catalog key.
 from __future__ import annotations
 
 from collections.abc import Callable
+from operator import attrgetter
 from typing import Any
 
 from contracts.catalog import key_for_payload, timer_for, topic_for_type
@@ -39,7 +40,7 @@ from services.invoice.domain.plans import installment_numbers
 from services.invoice.domain.schedule import TimerPlan
 from services.invoice.repository import DebtorRecord, InvoiceBatch, InvoiceRepository
 from services.invoice.snapshot import debtor_snapshot, invoice_snapshot
-from services.runtime.consumer import HandlerContext, HandlerSpec, Unprocessable
+from services.runtime.consumer import HandlerContext, HandlerSpec, Unprocessable, key_field
 
 Decide = Callable[[Invoice, Envelope[Any]], Result]
 
@@ -181,20 +182,20 @@ async def _complete(
 
 
 def on_invoice(
-    decide: Decide,
-    *,
-    number: str = "invoice_number",
-    answers: bool = True,
-    unknown_is_ignored: bool = False,
+    decide: Decide, *, answers: bool = True, unknown_is_ignored: bool = False
 ) -> HandlerSpec:
-    """The handler of a message about one existing invoice, the one its payload field
-    `number` names: load it, `decide`, save and emit, answer. An unknown invoice is
-    refused (`unknown_invoice` on that field), or ignored when `unknown_is_ignored`."""
+    """The handler of a message about one existing invoice, the one its Kafka key names
+    (the catalog's key template, as the batch hooks read it): load it, `decide`, save
+    and emit, answer. An unknown invoice is refused (`unknown_invoice` on that field),
+    or ignored when `unknown_is_ignored`."""
 
     async def handle(ctx: HandlerContext, cmd: Message) -> None:
+        field = key_field(ctx.envelope.type)
+        if field is None:
+            raise TypeError(f"{ctx.envelope.type} is not keyed by an invoice number")
         repo = _repo(ctx)
-        invoice_number = getattr(cmd, number)
-        invoice = await repo.get(invoice_number)
+        number = attrgetter(field)(cmd)
+        invoice = await repo.get(number)
         if invoice is not None:
             result = decide(invoice, ctx.envelope)
         elif unknown_is_ignored:
@@ -203,9 +204,9 @@ def on_invoice(
             result = Result.refused(
                 [
                     FieldError(
-                        f"payload.{number}",
+                        f"payload.{field}",
                         "unknown_invoice",
-                        f"no invoice {invoice_number} for this merchant",
+                        f"no invoice {number} for this merchant",
                     )
                 ]
             )

@@ -24,8 +24,10 @@ from contracts.invoice import (
 from contracts.payments import Transaction as PaymentTransaction
 from contracts.payments import TransactionStatus, TransactionStatusChanged
 from services.invoice import app, domain
+from services.invoice.batch import INVOICE_KEY_FIELDS
 from services.invoice.domain import commands
 from services.invoice.snapshot import invoice_snapshot, invoice_snapshot_validated
+from services.runtime.consumer import key_field
 
 S = InvoiceStatus
 T = TransactionStatus
@@ -449,3 +451,16 @@ def test_the_status_commands_are_the_merchant_rows_of_the_transition_table() -> 
     handled = {name for consumer in app.definition().consumers for name in consumer.handlers}
     assert set(app.STATUS_COMMANDS) <= handled
     assert not {"StartPaymentPlan", "EndPaymentPlan", "CancelInstallment"} & handled
+
+
+def test_a_message_about_one_invoice_names_it_in_its_kafka_key() -> None:
+    # on_invoice loads the invoice the key names; the batch hooks read and lock the same.
+    on_one_invoice = {
+        name: key_field(name)
+        for consumer in app.definition().consumers
+        for name, spec in consumer.handlers.items()
+        if spec.handle.__qualname__.startswith("on_invoice.")
+    }
+    assert len(on_one_invoice) == 14
+    assert set(on_one_invoice.values()) <= INVOICE_KEY_FIELDS
+    assert on_one_invoice["CreateCreditNote"] == "original_invoice_number"

@@ -4,9 +4,11 @@ The services must never log personal data, and a `CommandRejected` must never ec
 This module records, while tests run,
 
 - every log line of the in-process services: a handler on the root logger at DEBUG, put
-  back each time a service calls `configure_logging` (which replaces the root handlers);
-  the service's own handler keeps its configured level, so the console output is as
-  before. Lines of test infrastructure (the SMTP sink) are left out;
+  back each time a service calls `configure_logging` (which replaces the root handlers),
+  rendering each record as the service writes it (its own formatter: console tracebacks
+  and all) and in full as JSON. The service's own handler keeps its configured level, so
+  the console output is as before. Lines of test infrastructure (the SMTP sink) are left
+  out;
 - the output of subprocess runners (anything a test holds with `lines: list[str]`);
 - the topics each in-process service created (`ensure_topics`), to read at the end,
 
@@ -245,6 +247,9 @@ class LogCapture(logging.Handler):
     def __init__(self, recorder: Recorder) -> None:
         super().__init__(logging.DEBUG)
         self.recorder = recorder
+        #: The formatter of the service's own handler: a line is scanned as the service
+        #: writes it (console tracebacks and all) as well as in full as JSON.
+        self.service_formatter: logging.Formatter | None = None
         shared: list[Any] = [
             structlog.contextvars.merge_contextvars,
             structlog.stdlib.add_log_level,
@@ -264,11 +269,17 @@ class LogCapture(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         if record.name.startswith(NOT_THE_PLATFORM):
             return
-        try:
-            line = self.format(record)
-        except Exception as exc:  # a line that cannot be rendered is reported, not lost
-            line = f"<unrenderable log record {record.name}: {type(exc).__name__}>"
-        self.recorder.lines.append(Text(f"a log line of {record.name}", self.recorder.test, line))
+        lines = []
+        for formatter in (self.service_formatter, self.formatter):
+            if formatter is None:
+                continue
+            try:
+                lines.append(formatter.format(record))
+            except Exception as exc:  # a line that cannot be rendered is reported, not lost
+                lines.append(f"<unrenderable log record {record.name}: {type(exc).__name__}>")
+        self.recorder.lines.append(
+            Text(f"a log line of {record.name}", self.recorder.test, "\n".join(lines))
+        )
 
 
 # --- the recorder --------------------------------------------------------------------------
@@ -328,6 +339,8 @@ class Recorder:
         for handler in root.handlers:
             if handler.level < root.level:
                 handler.setLevel(root.level)
+            if isinstance(handler.formatter, structlog.stdlib.ProcessorFormatter):
+                self._handler.service_formatter = handler.formatter
         root.addHandler(self._handler)
         root.setLevel(logging.DEBUG)
 

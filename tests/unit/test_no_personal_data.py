@@ -421,6 +421,27 @@ def test_a_service_logging_a_debtor_e_mail_is_found_even_below_its_level(
     assert logging.getLogger().handlers[0].level == logging.WARNING
 
 
+def test_a_line_is_scanned_as_the_service_writes_it(restored_logging: None) -> None:
+    """The service's own rendering is scanned too (a console traceback that printed
+    frame locals put message bodies in the log; JSON alone would not show that)."""
+    import services.runtime.app as app  # noqa: PLC0415
+
+    recorder = Recorder()
+    recorder.install()
+    try:
+        app.configure_logging("invoice", fmt="console", level="WARNING")  # type: ignore[attr-defined]
+        try:
+            raise RuntimeError("boom")
+        except RuntimeError:
+            structlog.get_logger("services.invoice.handlers").exception("handler failed")
+    finally:
+        recorder.uninstall()
+    [line] = recorder.lines
+    console, as_json = line.text.split("\n{", 1)
+    assert "[error" in console and "Traceback (most recent call last)" in console
+    assert json.loads("{" + as_json)["event"] == "handler failed"
+
+
 def test_the_examples_personal_data_is_looked_for() -> None:
     """`make run`'s test publishes the examples: their values are in the scan too."""
     needles = Needles()

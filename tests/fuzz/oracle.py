@@ -6,12 +6,26 @@ consumer reads it (size limit, `parse_envelope` with the consumer's types):
 - it does not parse → exactly one dead letter from that service names its
   (topic, partition, offset), and, when its header names a command (readable
   `message_id` and `website_key`, a type the consumer answers or an unknown type on a
-  command topic), one `CommandRejected` answers it;
-- it parses → its `message_id` is in that consumer's inbox (handled, ignored or
-  dead-lettered by its handler: at most one dead letter), and a command is answered
-  exactly once.
+  command topic), one `CommandRejected` answers it, with the dead letter's error codes;
+  a type the consumer does not take is refused as `not_allowed_here` when it is a
+  catalog type (it belongs on another topic), as `unknown_type` otherwise;
+- it parses → its (`website_key`, `message_id`) is in that consumer's inbox (handled,
+  ignored or dead-lettered by its handler: at most one dead letter), and a command is
+  answered exactly once (a `CommandRejected` with the dead letter's codes when its
+  handler's failure dead-lettered it).
 
-Every dead letter and every answer must belong to such a record; none may repeat.
+A consumer with a prefilter (the notifier's copies to merchants' own topics) leaves
+out, before parsing, every record whose Kafka key names a website (`{website_key}` or
+`{website_key}:…`) without topics of its own: no dead letter, no inbox row. The
+caller gives those websites (`merchants_with_topics`); they must not change while the
+records are read (the harness enables them before it sends anything else). Records
+whose key names no website go the normal way.
+
+Answers are counted per command, (`website_key`, `command_id`): message ids are unique
+per website. `answers` must be what the services wrote on the results topic (the caller
+leaves out anything else there: the notifier consumes that topic, so the fuzz writes to
+it too); each must parse as `CommandAccepted` or `CommandRejected`. Every dead letter
+and every answer must belong to such a record; none may repeat.
 """
 
 from __future__ import annotations
@@ -19,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import re
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
@@ -26,9 +41,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from contracts import catalog
-from contracts.envelope import Envelope, ParseError, parse_envelope
+from contracts.envelope import Envelope, ParseError, parse_envelope, registered_types
 
 SERVICES = catalog.SERVICES
+
+#: A message as inboxes and answers know it: message ids are unique per website.
+MessageRef = tuple[str, uuid.UUID]
+ANSWER_TYPES = frozenset({"CommandAccepted", "CommandRejected"})
 
 
 @dataclass(frozen=True)
@@ -40,6 +59,8 @@ class Consumer:
     topic: str  # base name
     answers: dict[str, bool]
     ignored: frozenset[str]
+    #: Leaves out the records of websites without topics of their own (the feeds).
+    prefiltered: bool = False
 
     @property
     def inbox_name(self) -> str:
@@ -63,6 +84,11 @@ def consumers() -> list[Consumer]:
     for service in SERVICES:
         definition = importlib.import_module(f"services.{service}.app").definition()
         for spec in definition.consumers:
+            prefilter = spec.prefilter
+            if prefilter is not None and prefilter is not _feeds_prefilter():
+                raise AssertionError(
+                    f"{service}.{spec.name}: the oracle knows only the feeds' prefilter"
+                )
             found.append(
                 Consumer(
                     service,
@@ -70,9 +96,34 @@ def consumers() -> list[Consumer]:
                     spec.topic,
                     {name: handler.answers for name, handler in spec.handlers.items()},
                     frozenset(spec.ignored_types),
+                    prefiltered=prefilter is not None,
                 )
             )
     return found
+
+
+def _feeds_prefilter() -> object:
+    return importlib.import_module("services.notifier.feeds").merchants_with_feeds
+
+
+#: A website key, as the envelope allows it.
+_WEBSITE_KEY = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+
+
+def website_in_key(key: bytes | None) -> str | None:
+    """The website a Kafka key names: `{website_key}` or `{website_key}:…`."""
+    if key is None:
+        return None
+    head = key.decode("utf-8", "replace").split(":", 1)[0]
+    return head if _WEBSITE_KEY.fullmatch(head) else None
+
+
+def left_out(consumer: Consumer, key: bytes | None, merchants_with_topics: set[str]) -> bool:
+    """Whether the consumer's prefilter leaves the record out, unread."""
+    if not consumer.prefiltered:
+        return False
+    website = website_in_key(key)
+    return website is not None and website not in merchants_with_topics
 
 
 @dataclass(frozen=True)
@@ -161,6 +212,8 @@ class Verdict:
     handler_failures: list[tuple[Consumer, Seen, list[str]]] = field(default_factory=list)
     #: How the records came out: "dead letter", "handled", per consumer.
     outcomes: Counter[str] = field(default_factory=Counter)
+    #: The error codes of the dead letters of the records, each code once per letter.
+    codes: Counter[str] = field(default_factory=Counter)
     #: Per record (by describe): what each consumer made of it, for a report.
     fates: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
 
@@ -174,17 +227,20 @@ def check(
     records: Iterable[Seen],
     dead_letters: Iterable[Seen],
     answers: Iterable[Seen],
-    inbox: dict[str, set[uuid.UUID]],
+    inbox: dict[str, set[MessageRef]],
+    merchants_with_topics: set[str],
     prefix: str,
     max_message_bytes: int,
     dlq_max_value_bytes: int,
     readings: dict[tuple[str, str, int, int], Reading] | None = None,
+    answer_readings: dict[tuple[str, int, int], Reading] | None = None,
     describe: Callable[[Seen], str] = Seen.show,
 ) -> Verdict:
-    """`readings` caches how each record reads, across repeated checks; `describe`
-    names a record in a problem."""
+    """`readings` and `answer_readings` cache how each record and each answer reads,
+    across repeated checks; `describe` names a record in a problem."""
     verdict = Verdict()
     readings = {} if readings is None else readings
+    answer_readings = {} if answer_readings is None else answer_readings
     by_topic: dict[str, list[Consumer]] = defaultdict(list)
     for consumer in consumers():
         by_topic[prefix + consumer.topic].append(consumer)
@@ -196,12 +252,27 @@ def check(
         letters[(letter["service"], letter["topic"], letter["partition"], letter["offset"])].append(
             letter
         )
-    answered: Counter[str] = Counter()
+    # Per command: (answer type, its error codes) of each answer.
+    answered: dict[MessageRef, list[tuple[str, tuple[str, ...]]]] = defaultdict(list)
     for record in answers:
-        answered[str(record.json()["payload"]["command_id"])] += 1
+        spot = (record.topic, record.partition, record.offset)
+        if spot not in answer_readings:
+            try:
+                parsed = parse_envelope(record.value or b"", set(ANSWER_TYPES))
+                answer_readings[spot] = Reading(parsed, None)
+            except ParseError as refused:
+                answer_readings[spot] = Reading(None, refused)
+        answer = answer_readings[spot].envelope
+        if answer is None:
+            refusal = answer_readings[spot].error
+            verdict.problems.append(f"an answer does not parse ({refusal}): {record.show()}")
+            continue
+        said = tuple(sorted({e.code for e in getattr(answer.payload, "errors", ())}))
+        answered[(answer.website_key, answer.payload.command_id)].append((answer.type, said))
 
-    expected_answers: Counter[str] = Counter()
-    commands: dict[str, Seen] = {}  # command id → a record of it, to name in a problem
+    # Per command: the error codes its answer must have (None: any answer).
+    expected_answers: dict[MessageRef, list[tuple[str, ...] | None]] = defaultdict(list)
+    commands: dict[MessageRef, Seen] = {}  # a record of each command, to name in a problem
     known: set[tuple[str, str, int, int]] = set()
     for record in records:
         for consumer in by_topic.get(record.topic, ()):
@@ -214,7 +285,25 @@ def check(
                     consumer, record.key, record.value, max_message_bytes
                 )
             codes = sorted({e["code"] for letter in found for e in letter["errors"]})
+            verdict.codes.update(codes)
+            if left_out(consumer, record.key, merchants_with_topics):
+                verdict.outcomes[f"{consumer.inbox_name}: left out"] += 1
+                verdict.fates[describe(record)].append(f"{consumer.inbox_name}: left out")
+                envelope = reading.envelope
+                handled = envelope is not None and (
+                    (envelope.website_key, envelope.message_id)
+                    in inbox.get(consumer.inbox_name, set())
+                )
+                if found or handled:
+                    verdict.problems.append(
+                        f"{consumer.inbox_name} should leave out a record of a merchant without"
+                        f" topics of its own, {'dead-lettered' if found else 'handled'} it:"
+                        f" {describe(record)}"
+                    )
+                continue
             verdict.fates[describe(record)].append(f"{consumer.inbox_name}: {','.join(codes)}")
+            # What the answer of a dead-lettered command says: the dead letter's codes.
+            owed = tuple(codes) if len(found) == 1 else None
             if reading.envelope is None:
                 verdict.outcomes[f"{consumer.inbox_name}: dead letter"] += 1
                 if len(found) != 1:
@@ -223,17 +312,25 @@ def check(
                         f"{describe(record)}"
                     )
                 error = reading.error
+                if error is not None and found:
+                    verdict.problems.extend(
+                        f"{consumer.service}: {problem}: {describe(record)}"
+                        for problem in _type_problems(error, codes)
+                    )
                 if (
                     error is not None
                     and error.attributable
                     and consumer.answers_unparsed(error.type)
                 ):
-                    expected_answers[str(error.message_id)] += 1
-                    commands[str(error.message_id)] = record
+                    assert error.website_key is not None and error.message_id is not None
+                    command = (error.website_key, error.message_id)
+                    expected_answers[command].append(owed)
+                    commands[command] = record
             else:
                 envelope = reading.envelope
                 verdict.outcomes[f"{consumer.inbox_name}: parsed"] += 1
-                if envelope.message_id not in inbox.get(consumer.inbox_name, set()):
+                command = (envelope.website_key, envelope.message_id)
+                if command not in inbox.get(consumer.inbox_name, set()):
                     verdict.problems.append(
                         f"{consumer.inbox_name} has not handled {envelope.type} "
                         f"{envelope.message_id} (dead letters: {[d['error'][:200] for d in found]}"
@@ -246,8 +343,8 @@ def check(
                 if found:
                     verdict.handler_failures.append((consumer, record, codes))
                 if consumer.answers.get(envelope.type):
-                    expected_answers[str(envelope.message_id)] += 1
-                    commands[str(envelope.message_id)] = record
+                    expected_answers[command].append(owed if found else None)
+                    commands[command] = record
             for letter in found:
                 verdict.problems.extend(
                     f"{consumer.service}: {problem}: {describe(record)}"
@@ -257,15 +354,43 @@ def check(
     for where, found in letters.items():
         if where not in known:
             verdict.problems.append(f"a dead letter names no record read: {where} ({len(found)}x)")
-    for command_id in set(expected_answers) | set(answered):
-        if answered[command_id] != expected_answers[command_id]:
-            record = commands.get(command_id)
+    for command in set(expected_answers) | set(answered):
+        got, wanted = answered.get(command, []), expected_answers.get(command, [])
+        example = commands.get(command)
+        named = f": {describe(example)}" if example is not None else ""
+        if len(got) != len(wanted):
             verdict.problems.append(
-                f"command {command_id}: {answered[command_id]} answers, "
-                f"{expected_answers[command_id]} expected"
-                + (f": {describe(record)}" if record is not None else "")
+                f"command {command}: {len(got)} answers, {len(wanted)} expected {got}{named}"
             )
+            continue
+        left = list(got)
+        for owed_codes in wanted:
+            if owed_codes is None:
+                continue
+            if ("CommandRejected", owed_codes) in left:
+                left.remove(("CommandRejected", owed_codes))
+            else:
+                verdict.problems.append(
+                    f"command {command}: answered {got}, a CommandRejected with the dead"
+                    f" letter's codes {list(owed_codes)} expected{named}"
+                )
     return verdict
+
+
+#: The catalog's types: one of them on a topic that does not carry it is `not_allowed_here`.
+_KNOWN_TYPES = frozenset(registered_types())
+
+
+def _type_problems(error: ParseError, codes: list[str]) -> list[str]:
+    """A record refused for its type: the dead letter names the right reason."""
+    if not any(e.field == "type" and e.code == "unknown_type" for e in error.errors):
+        return []
+    if error.type in _KNOWN_TYPES:
+        if "not_allowed_here" not in codes or "unknown_type" in codes:
+            return [f"{error.type} on the wrong topic refused with {codes}, not not_allowed_here"]
+    elif "unknown_type" not in codes or "not_allowed_here" in codes:
+        return [f"an unknown type refused with {codes}, not unknown_type"]
+    return []
 
 
 def _letter_problems(letter: dict[str, Any], record: Seen, limit: int) -> list[str]:

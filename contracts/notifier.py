@@ -40,7 +40,7 @@ class SendMessage(Command):
     """Send a scheme step's message to the debtor (invoice → notifier).
 
     The notifier tries `channels` in order, skipping unreachable ones, and answers with
-    RecordMessageOutcome on `cm.invoice.commands`.
+    RecordMessageOutcome on `cm.invoice.internal`.
     """
 
     invoice_number: Identifier = Field(description="The invoice.")

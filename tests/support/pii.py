@@ -393,7 +393,11 @@ class Recorder:
 async def read_topics(bootstrap: str, topics: list[str]) -> list[tuple[str, bytes]]:
     """Every record of `topics`, from the beginning to the end, with one consumer."""
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=20
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        fetch_max_wait_ms=20,
+        # A record above the default 1 MiB would never come (the broker sends none).
+        max_partition_fetch_bytes=64 * 1024 * 1024,
     )
     await consumer.start()
     try:
@@ -428,7 +432,7 @@ async def read_topics(bootstrap: str, topics: list[str]) -> list[tuple[str, byte
             if empty >= 3 and not remaining:
                 break
         if remaining:
-            raise AssertionError(f"{len(remaining)} partitions not read to their end in 60 s")
+            raise AssertionError(f"not read to their end in 60 s: {sorted(map(str, remaining))}")
         return found
     finally:
         await consumer.stop()

@@ -42,7 +42,7 @@ class InvoiceBatchHooks:
             if isinstance(e.payload, CreateInvoice | CreateCombinedInvoice)
         ]
         if creates:
-            await batch.take_parked(
+            await batch.load_parked(
                 conn,
                 [
                     key

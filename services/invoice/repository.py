@@ -76,9 +76,19 @@ _DEBTORS = (
     " FROM debtors d JOIN unnest($1::text[], $2::text[]) AS k(site, code)"
     " ON d.website_key = k.site AND d.debtor_code = k.code"
 )
+_PARKED = (
+    "SELECT t.website_key, t.invoice_number, t.transaction FROM early_transactions t"
+    " JOIN unnest($1::text[], $2::text[]) AS k(site, number)"
+    " ON t.website_key = k.site AND t.invoice_number = k.number"
+    " ORDER BY t.website_key, t.invoice_number, t.occurred_at, t.message_id FOR UPDATE OF t"
+)
 
 
 #: Set-based writes: one array per column.
+_DELETE_PARKED = (
+    "DELETE FROM early_transactions t USING unnest($1::text[], $2::text[]) AS k(site, number)"
+    " WHERE t.website_key = k.site AND t.invoice_number = k.number"
+)
 _WRITE_DEBTORS = (
     "INSERT INTO debtors (website_key, debtor_code, debtor_guid, data)"
     " SELECT * FROM unnest($1::text[], $2::text[], $3::uuid[], $4::jsonb[])"
@@ -149,8 +159,10 @@ class InvoiceBatch:
 
     locked: set[Key] = field(default_factory=set)
     invoices: dict[Key, Invoice | None] = field(default_factory=dict)
-    #: Early transactions taken (deleted) for an invoice about to be created, by time.
+    #: Early transactions of invoices about to be created, oldest first (emptied once
+    #: taken: the rows are deleted at `flush`).
     parked: dict[Key, list[dict[str, Any]]] = field(default_factory=dict)
+    unparked: set[Key] = field(default_factory=set)
     schemes: dict[Key, SchemeVersion | None] = field(default_factory=dict)
     debtors: dict[Key, DebtorRecord | None] = field(default_factory=dict)
     dirty: dict[Key, Invoice] = field(default_factory=dict)
@@ -176,20 +188,14 @@ class InvoiceBatch:
         """Read the invoices not read yet, locked FOR UPDATE in key order."""
         await _read_missing(conn, self.invoices, keys, _INVOICES, _invoice)
 
-    async def take_parked(self, conn: Connection, keys: Iterable[Key]) -> None:
-        """Take (delete) the early transactions of invoice numbers not taken yet."""
+    async def load_parked(self, conn: Connection, keys: Iterable[Key]) -> None:
+        """Read the early transactions of invoice numbers not read yet, rows locked."""
         new = sorted(set(keys) - self.parked.keys())
         if not new:
             return
-        rows = await conn.fetch(
-            "DELETE FROM early_transactions t USING unnest($1::text[], $2::text[])"
-            " AS k(site, number) WHERE t.website_key = k.site AND t.invoice_number = k.number"
-            " RETURNING t.website_key, t.invoice_number, t.transaction, t.occurred_at",
-            *_columns(new),
-        )
         for key in new:
             self.parked[key] = []
-        for row in sorted(rows, key=lambda r: r["occurred_at"]):
+        for row in await conn.fetch(_PARKED, *_columns(new)):
             self.parked[(row["website_key"], row["invoice_number"])].append(row["transaction"])
 
     async def load_schemes(self, conn: Connection, keys: Iterable[Key]) -> None:
@@ -202,6 +208,7 @@ class InvoiceBatch:
     async def flush(self, conn: Connection) -> None:
         """Write what the handlers changed so far: one statement per table."""
         writes = (
+            (_DELETE_PARKED, sorted(self.unparked)),
             (
                 _WRITE_DEBTORS,
                 [(*key, r.guid, r.data) for key, r in self.debtor_writes.items()],
@@ -227,6 +234,7 @@ class InvoiceBatch:
         for statement, rows in writes:
             if rows:
                 await conn.execute(statement, *_columns(rows))
+        self.unparked.clear()
         self.debtor_writes.clear()
         self.dirty.clear()
         self.events = []
@@ -296,8 +304,11 @@ class InvoiceRepository:
     async def take_parked(self, invoice_number: str) -> list[dict[str, Any]]:
         """The invoice number's early transactions, oldest first, taken (once)."""
         key = self._key(invoice_number)
-        await self.batch.take_parked(self.conn, [key])
-        return self.batch.parked.pop(key)
+        await self.batch.load_parked(self.conn, [key])
+        taken, self.batch.parked[key] = self.batch.parked[key], []
+        if taken:
+            self.batch.unparked.add(key)
+        return taken
 
     # --- debtors ---
 

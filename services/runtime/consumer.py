@@ -18,6 +18,7 @@ messages) commits in one transaction; the offsets are committed only afterwards.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import re
@@ -264,7 +265,9 @@ class BatchHooks(Protocol[StateT]):
     on that state (`HandlerContext.batch_state`), `finish` writes what they changed. Both
     run inside the batch's transaction. When a batch is replayed message by message
     (after a handler failed), each message is a batch of its own: `begin` with that one
-    envelope and `finish` inside its savepoint, so handlers have one code path."""
+    envelope and `finish` inside its savepoint, so handlers have one code path. `begin`
+    only reads and locks (writes wait for `finish`): the replay first calls it for the
+    whole batch and drops the state, to take the batch's locks in the batch's order."""
 
     async def begin(self, conn: Connection, envelopes: Sequence[Envelope[Any]]) -> StateT: ...
 
@@ -638,9 +641,34 @@ class BatchConsumer:
         """The replay: one transaction, one savepoint and one guard per record."""
         outcome = BatchOutcome()
         async with self.pool.acquire() as conn, conn.transaction():
+            await self._lock_in_batch_order(conn, records)
             for record in records:
                 await self._careful_one(conn, record, outcome)
         return outcome
+
+    async def _lock_in_batch_order(self, conn: Connection, records: Sequence[RawRecord]) -> None:
+        """Take the locks of the whole batch first, as the batch would (the hooks' `begin`,
+        its state dropped): the replay then takes no lock in message order that another
+        batch takes in key order. Should that fail, the replay goes on without."""
+        hooks = self.spec.batch_hooks
+        if hooks is None:
+            return
+        envelopes = []
+        for record in records:
+            with contextlib.suppress(ParseError):
+                envelopes.append(self._parse(record))
+        try:
+            async with conn.transaction():
+                await hooks.begin(conn, envelopes)
+        except Exception as exc:
+            if is_infrastructure_error(exc):
+                raise
+            log.warning(
+                "the replay could not take its batch's locks first; going on without",
+                consumer=self.spec.name,
+                error_type=type(exc).__name__,
+                at=failure_site(exc),
+            )
 
     async def _careful_one(
         self, conn: Connection, record: RawRecord, outcome: BatchOutcome

@@ -8,6 +8,7 @@ batch into the replay. Both merchants must then get the same events, timers and 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -21,7 +22,7 @@ from services.invoice.app import definition
 from services.runtime.consumer import BatchConsumer, HandlerContext, HandlerSpec, RawRecord
 from services.runtime.db import create_pool, migrate
 from tests.support.invoices import OCCURRED_AT, debtor, invoice_payload
-from tests.support.kafka import envelope
+from tests.support.kafka import envelope, poll_until
 
 CRASH = "I-CRASH"
 
@@ -192,3 +193,28 @@ async def test_a_replayed_batch_has_the_effects_the_batch_has(pool: asyncpg.Pool
             site,
         )
         assert [tuple(row) for row in statuses] == [("I-1", 20), ("I-2", 10), ("I-3", 10)]
+
+
+async def test_a_replay_takes_its_batch_locks_in_key_order(pool: asyncpg.Pool) -> None:
+    """Replayed message by message, a batch still takes its invoices' locks in key order
+    before any message runs, as every batch does: another batch that holds I-1 and then
+    asks for I-2 gets it, where locks taken in message order (I-2, then I-1) would
+    deadlock."""
+    site = "shop-locks"
+    replay = records(
+        [
+            command("CreateInvoice", invoice_payload("I-2"), site),
+            command("CreateInvoice", invoice_payload("I-1"), site),
+            command("CreateCustomEvent", {"invoice_number": CRASH, "message": "x"}, site),
+        ]
+    )
+    commands = consumer(pool, "commands")
+    async with pool.acquire() as other, other.transaction():
+        await other.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"{site}:I-1")
+        replaying = asyncio.create_task(commands._transact_careful(replay))
+        waiting = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+        await poll_until(lambda: pool.fetchval(waiting), what="the replay waiting for I-1")
+        await other.execute("SET LOCAL lock_timeout = '5s'")
+        await other.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"{site}:I-2")
+    outcome = await replaying
+    assert (outcome.handled, outcome.dead_lettered) == (2, 1)

@@ -206,7 +206,7 @@ def parse_envelope(raw: bytes | str, allowed: set[str] | None = None) -> Envelop
     cls = payload_class(type_name) if isinstance(type_name, str) else None
     if cls is None or (allowed is not None and type_name not in allowed):
         raise ParseError(
-            [FieldError("type", "unknown_type", f"unknown message type {type_name!r}")],
+            [FieldError("type", "unknown_type", _unknown_type_message(type_name))],
             **header,
         )
     # Strings PostgreSQL cannot store, wherever they are (typed fields, ignored fields,
@@ -223,6 +223,17 @@ def parse_envelope(raw: bytes | str, allowed: set[str] | None = None) -> Envelop
     if unstorable:
         raise ParseError(unstorable, **header)
     return envelope
+
+
+#: What a message type name looks like; anything else is not repeated in an answer (a
+#: hostile `type` may hold personal data).
+_TYPE_NAME = re.compile(r"[A-Z][A-Za-z0-9]{0,63}")
+
+
+def _unknown_type_message(type_name: object) -> str:
+    if isinstance(type_name, str) and _TYPE_NAME.fullmatch(type_name):
+        return f"unknown message type {type_name!r}"
+    return "the type is not a message type name"
 
 
 def _said(error: FieldError, unstorable: list[FieldError]) -> bool:

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 import structlog
 
+from contracts import envelope
 from contracts.envelope import FieldError, ParseError, parse_envelope
 from contracts.scheduler import ScheduleTimer
 from services.runtime.consumer import result_errors
@@ -449,3 +450,18 @@ def test_the_examples_personal_data_is_looked_for() -> None:
         needles.add_from(json.loads(path.read_text()), path.name)
     assert {"jan@example.test", "Jansen", "Dorpsstraat", "Utrecht"} <= set(needles.origins)
     assert copy.deepcopy(needles).find("mail to jan@example.test") == ["jan@example.test"]
+
+
+def test_an_unknown_type_that_is_not_a_type_name_is_not_repeated() -> None:
+    body = (
+        '{"message_id": "00000000-0000-0000-0000-000000000001", '
+        '"type": "xanthippe@mailbox.test", "website_key": "shop-1", '
+        '"occurred_at": "2026-11-01T09:00:00+00:00", "payload": {}}'
+    )
+    try:
+        envelope.parse_envelope(body)
+    except envelope.ParseError as error:
+        assert "xanthippe" not in str(error)
+        assert [e.code for e in error.errors] == ["unknown_type"]
+    else:
+        raise AssertionError("an unknown type parsed")

@@ -499,13 +499,8 @@ class BatchConsumer:
         try:
             outcome = await self._transact(kept)
         except Exception as exc:
-            if is_infrastructure_error(exc):
-                raise
-            log.info(
-                "batch failed on a message; replaying it message by message",
-                consumer=self.spec.name,
-                error_type=type(exc).__name__,
-                at=failure_site(exc),
+            self._going_on(
+                exc, log.info, "batch failed on a message; replaying it message by message"
             )
             outcome = await self._transact_careful(kept)
         outcome.skipped = len(records) - len(kept)
@@ -520,15 +515,17 @@ class BatchConsumer:
         try:
             return await prefilter(self.pool, records)
         except Exception as exc:
-            if is_infrastructure_error(exc):
-                raise
-            log.error(
-                "the prefilter failed; handling every record of the batch",
-                consumer=self.spec.name,
-                error_type=type(exc).__name__,
-                at=failure_site(exc),
+            self._going_on(
+                exc, log.error, "the prefilter failed; handling every record of the batch"
             )
             return records
+
+    def _going_on(self, exc: Exception, log_as: Callable[..., Any], what: str) -> None:
+        """Log a failure the consumer goes on after; a failure of the world around it
+        (infrastructure) is raised again instead, for the batch to be redelivered."""
+        if is_infrastructure_error(exc):
+            raise exc
+        log_as(what, consumer=self.spec.name, error_type=type(exc).__name__, at=failure_site(exc))
 
     def _parse(self, record: RawRecord) -> Envelope[Any]:
         """The record's envelope, or `ParseError` whatever is wrong with its bytes."""
@@ -661,13 +658,8 @@ class BatchConsumer:
             async with conn.transaction():
                 await hooks.begin(conn, envelopes)
         except Exception as exc:
-            if is_infrastructure_error(exc):
-                raise
-            log.warning(
-                "the replay could not take its batch's locks first; going on without",
-                consumer=self.spec.name,
-                error_type=type(exc).__name__,
-                at=failure_site(exc),
+            self._going_on(
+                exc, log.warning, "the replay could not take its batch's locks first; going on"
             )
 
     async def _careful_one(

@@ -377,15 +377,14 @@ def check(
     return verdict
 
 
-#: The catalog's types: one of them on a topic that does not carry it is `not_allowed_here`.
-_KNOWN_TYPES = frozenset(registered_types())
-
-
 def _type_problems(error: ParseError, codes: list[str]) -> list[str]:
     """A record refused for its type: the dead letter names the right reason."""
     if not any(e.field == "type" and e.code == "unknown_type" for e in error.errors):
         return []
-    if error.type in _KNOWN_TYPES:
+    # Read the registry now, not at import: a test module may register types (the test
+    # ledger does) after this one is imported, and the services see them too. A
+    # registered type on a topic that does not carry it is `not_allowed_here`.
+    if error.type in registered_types():
         if "not_allowed_here" not in codes or "unknown_type" in codes:
             return [f"{error.type} on the wrong topic refused with {codes}, not not_allowed_here"]
     elif "unknown_type" not in codes or "not_allowed_here" in codes:

@@ -42,7 +42,7 @@ async def test_sms_goes_out_with_a_clean_reference(
 ) -> None:
     sms = SmsSender(client, provider.url, timeout_s=5, max_response_bytes=CAP)
     await sms.send("+31600000000", "Pay please", "INV-1-step2\r\nX-Injected: yes")
-    [request] = provider.requests
+    [request] = provider.started  # recorded before the answer goes out
     assert request.json()["reference"] == "INV-1-step2 X-Injected: yes"
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from contracts import collection, invoice, notifier, payments, results, scheduler, subscription
 from contracts import topics as t
-from contracts.envelope import Envelope, Message
+from contracts.envelope import Command, Envelope, Message
 
 # --- actors ------------------------------------------------------------------------------
 
@@ -384,6 +384,14 @@ def topic_spec(topic_base_name: str) -> TopicSpec:
 def types_for_topic(topic_base_name: str) -> set[str]:
     """The envelope `type`s a topic carries (empty for the bare push). Raises KeyError."""
     return {cls.TYPE for cls in TOPICS[topic_base_name].messages}
+
+
+def timer_types(topic_base_name: str) -> set[str]:
+    """The envelope `type`s a timer may publish to a topic (empty: none): the commands the
+    catalog lets the scheduler write there. Never an answer, an event or a dead letter."""
+    spec = TOPICS.get(topic_base_name)
+    produced = spec.producers.get(SCHEDULER, ()) if spec else ()
+    return {cls.TYPE for cls in produced if issubclass(cls, Command)}
 
 
 def topic_for_type(type_name: str) -> str:

@@ -171,10 +171,22 @@ class Handlers:
 def _validate(ctx: HandlerContext, cmd: ScheduleTimer) -> list[FieldError]:
     if cmd.topic not in ALL_TOPICS or cmd.topic == PUSH_INVOICE:  # the contract checks too
         return [FieldError("payload.topic", "unknown_topic", f"unknown topic {cmd.topic!r}")]
+    # A timer publishes as the scheduler: only the commands the catalog lets it write
+    # (StepDue, RetryWebhookDelivery, RunBilling on their internal topics), never an
+    # answer, an event or a merchant's command.
+    allowed = catalog.timer_types(cmd.topic)
+    if not allowed:
+        return [
+            FieldError(
+                "payload.topic",
+                "not_allowed_here",
+                f"timers may not publish to {cmd.topic!r}",
+            )
+        ]
     # Validated as it will be published: with occurred_at = due_at.
     raw = _dumps({**cmd.message, "occurred_at": iso(cmd.due_at)})
     try:
-        envelope = parse_envelope(raw, catalog.types_for_topic(cmd.topic))
+        envelope = parse_envelope(raw, allowed)
     except ParseError as error:
         return [
             FieldError(

@@ -483,10 +483,11 @@ def payloads(cls: type[Message]) -> st.SearchStrategy[Any]:
     schema = schema_of(cls)
     strategy = from_schema(schema, schema)
     if cls.TYPE == "ScheduleTimer":
-        # Mostly a real topic, so that a timer can validate (and fire, when it is due).
-        strategy = st.tuples(strategy, st.sampled_from(CONSUMED_TOPICS)).map(
-            lambda pair: {**pair[0], "topic": pair[1]}
-        )
+        # A real topic, mostly one a timer may publish to, so that a timer can validate
+        # (and fire, when it is due); else one it may not (refused, not_allowed_here).
+        timer_topics = [t for t in CONSUMED_TOPICS if catalog.timer_types(t)]
+        topic = st.one_of(st.sampled_from(timer_topics), st.sampled_from(CONSUMED_TOPICS))
+        strategy = st.tuples(strategy, topic).map(lambda pair: {**pair[0], "topic": pair[1]})
     return strategy
 
 

@@ -251,14 +251,19 @@ def good_message(topic: str, website_key: str, name: str) -> tuple[str, dict[str
     if topic == topics.SCHEDULER_COMMANDS:
         message = {
             "message_id": str(uuid.uuid4()),
-            "type": "CreateCustomEvent",
+            "type": "StepDue",
             "website_key": website_key,
-            "payload": {"invoice_number": name, "message": "a timer"},
+            "payload": {
+                "invoice_number": name,
+                "step_index": 1,
+                "scheme_version": 1,
+                "schedule_version": 0,
+            },
         }
         payload = {
             "timer_id": f"timer-{name}",
             "due_at": "2990-01-01T00:00:00+00:00",  # the manual clock never gets there
-            "topic": topics.INVOICE_COMMANDS,
+            "topic": topics.INVOICE_INTERNAL,
             "key": f"{website_key}:{name}",
             "message": message,
         }

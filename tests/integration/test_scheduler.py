@@ -197,7 +197,14 @@ async def test_invalid_timers_are_rejected(sch: SchedulerClient) -> None:
         return {(e["field"], e["code"]) for e in answer["payload"]["errors"]}
 
     unknown_topic = await sch.schedule("t-8a", due, good, topic="cm.no.such.topic")
-    wrong_type = await sch.schedule("t-8b", due, good, topic=topics.NOTIFIER_COMMANDS)
+    wrong_type = await sch.schedule("t-8b", due, good, topic=topics.NOTIFIER_INTERNAL)
+    # A timer publishes as the scheduler: never to an answer, event or merchant topic.
+    forbidden = [
+        await sch.schedule(f"t-8f{i}", due, good, topic=topic)
+        for i, topic in enumerate(
+            (topics.COMMAND_RESULTS, topics.INVOICE_EVENTS, topics.INVOICE_COMMANDS)
+        )
+    ]
     broken = sch.step_due("INV-8")
     del broken["payload"]["step_index"]
     broken["payload"]["stepindex"] = 2
@@ -209,6 +216,8 @@ async def test_invalid_timers_are_rejected(sch: SchedulerClient) -> None:
 
     assert await codes(unknown_topic) == {("payload.topic", "unknown_topic")}
     assert await codes(wrong_type) == {("payload.message.type", "unknown_type")}
+    for command_id in forbidden:
+        assert await codes(command_id) == {("payload.topic", "not_allowed_here")}
     assert await codes(bad_payload) == {
         ("payload.message.payload.step_index", "missing"),
         ("payload.message.payload.stepindex", "extra_forbidden"),

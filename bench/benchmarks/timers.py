@@ -42,7 +42,7 @@ from bench.registry import BenchContext, add_runs_argument, benchmark, logger, s
 from bench.stats import per_s, summary
 from contracts import topics
 
-TARGET = topics.INVOICE_COMMANDS
+TARGET = topics.INVOICE_INTERNAL  # where the invoice service's StepDue timers go
 RUNS = ("drain", "steady", "pgqueuer")
 COLUMNS = ["website_key", "timer_id", "due_at", "topic", "key", "message"]
 WEBSITE_KEY = "bench-shop"

@@ -343,7 +343,8 @@ class InvoiceFields(Command):
     culture: Culture | None = Field(
         default=None,
         description="Culture of the invoice's messages, e.g. `nl-NL`. When omitted the "
-        "invoice service uses the person's culture, else `nl-NL`.",
+        "invoice service uses the person's culture, else the merchant's default culture "
+        "(UpdateMerchantSettings), else `nl-NL`.",
     )
     is_test: bool = Field(default=False, description="A test invoice (runs no steps).")
     pay_link: OneLine | None = Field(

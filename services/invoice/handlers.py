@@ -103,7 +103,9 @@ class Publisher:
         debtor, guid = await self._debtor(invoice.debtor_code)
         snapshot = invoice_snapshot(invoice, debtor, guid)
         for request in change.requests:
-            _send(self.ctx, await self._request_message(invoice, request, snapshot))
+            # The merchant's sender name as set now: the notifier reads no invoice tables.
+            sender_name = (await self.repo.merchant_settings()).sender_name
+            _send(self.ctx, _request_message(invoice, request, snapshot, sender_name))
         rows = []
         for numbered in change.events:
             event = numbered.event
@@ -132,28 +134,6 @@ class Publisher:
         await self.repo.save(invoice)
         await self.repo.log_events(rows)
 
-    async def _request_message(
-        self, invoice: Invoice, request: Request, snapshot: InvoiceSnapshot
-    ) -> Message:
-        if isinstance(request, SendStepMessage):
-            step = request.step
-            return SendMessage(
-                invoice_number=invoice.invoice_number,
-                step_index=step.index,
-                action=StepAction(step.action),
-                template_key=step.template_key,
-                channels=[Channel(c) for c in step.channels],
-                states_costs=step.states_costs,
-                invoice=snapshot,
-                # The merchant's current setting: the notifier reads no invoice tables.
-                sender_name=(await self.repo.merchant_settings()).sender_name,
-            )
-        return StopSubscription(
-            subscription_key=request.subscription_key,
-            invoice_number=invoice.invoice_number,
-            reason=f"unpaid invoice, scheme step {request.step_index}",
-        )
-
     def _timer_message(self, invoice: Invoice, plan: TimerPlan) -> Message:
         """The scheduler's timer for the invoice's next step, or its cancellation."""
         timer_id = f"invoice-step:{invoice.website_key}:{invoice.invoice_number}"
@@ -172,6 +152,28 @@ class Publisher:
             caused_by=self.ctx.envelope,
         )
         return timer_for(timer_id, plan.due_at, step_due)
+
+
+def _request_message(
+    invoice: Invoice, request: Request, snapshot: InvoiceSnapshot, sender_name: str | None
+) -> Message:
+    if isinstance(request, SendStepMessage):
+        step = request.step
+        return SendMessage(
+            invoice_number=invoice.invoice_number,
+            step_index=step.index,
+            action=StepAction(step.action),
+            template_key=step.template_key,
+            channels=[Channel(c) for c in step.channels],
+            states_costs=step.states_costs,
+            invoice=snapshot,
+            sender_name=sender_name,
+        )
+    return StopSubscription(
+        subscription_key=request.subscription_key,
+        invoice_number=invoice.invoice_number,
+        reason=f"unpaid invoice, scheme step {request.step_index}",
+    )
 
 
 async def _complete(

@@ -87,6 +87,7 @@ _MERCHANT_INVOICE_COMMANDS: tuple[type[Message], ...] = (
     invoice.TriggerNextStep,
     invoice.CreateCustomEvent,
     invoice.UpsertScheme,
+    invoice.UpdateMerchantSettings,
 )
 _TIMER_COMMANDS: tuple[type[Message], ...] = (scheduler.ScheduleTimer, scheduler.CancelTimer)
 _MERCHANT_COLLECTION_COMMANDS: tuple[type[Message], ...] = (
@@ -140,6 +141,7 @@ TOPICS: dict[str, TopicSpec] = {
                 "CreatePaymentPlan": "{website_key}:plan:{payload.dossier_number}",
                 "TerminatePaymentPlan": "{website_key}:plan:{payload.dossier_number}",
                 "UpsertScheme": "{website_key}:scheme:{payload.scheme_key}",
+                "UpdateMerchantSettings": "{website_key}:merchant",
             },
             messages=_MERCHANT_INVOICE_COMMANDS,
             producers={

@@ -56,6 +56,11 @@ from contracts.payments import Transaction
 DEFAULT_SCHEME_KEY = "DefaultCM1"
 #: The built-in scheme without steps.
 NO_STEPS_SCHEME_KEY = "DefaultNone"
+#: The time zone of a merchant that never sent UpdateMerchantSettings (docs/decisions.md
+#: "Merchant settings (issue 13)").
+DEFAULT_TIME_ZONE = "UTC"
+#: The longest name a merchant's messages may give as their sender.
+MAX_SENDER_NAME_LENGTH = 100
 
 
 # --- codes and names ---------------------------------------------------------------------
@@ -338,7 +343,8 @@ class InvoiceFields(Command):
     culture: Culture | None = Field(
         default=None,
         description="Culture of the invoice's messages, e.g. `nl-NL`. When omitted the "
-        "invoice service uses the person's culture, else `nl-NL`.",
+        "invoice service uses the person's culture, else the merchant's default culture "
+        "(UpdateMerchantSettings), else `nl-NL`.",
     )
     is_test: bool = Field(default=False, description="A test invoice (runs no steps).")
     pay_link: OneLine | None = Field(
@@ -499,6 +505,38 @@ class UpsertScheme(Command):
         max_length=MAX_SCHEME_STEPS,
         description="The steps in order of `index` (may be empty: a scheme that only "
         "tracks payments).",
+    )
+
+
+class UpdateMerchantSettings(Command):
+    """Set the merchant's settings, replacing the stored ones (an omitted field takes its
+    default): the time zone its invoices' steps run in, the culture of invoices that
+    name none, and the sender name of its messages to debtors.
+
+    Steps already planned keep their time until the invoice's next change
+    (docs/invoices.md "Merchant settings"). Kafka key: `{website_key}:merchant`.
+    """
+
+    time_zone: str = Field(
+        default=DEFAULT_TIME_ZONE,
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9_+\-]+(/[A-Za-z0-9_+\-]+)*$",
+        description="An IANA time zone name, e.g. `Europe/Amsterdam`: steps run at "
+        "midnight there. Whether the zone exists is checked by the invoice service "
+        "(`unknown_time_zone`).",
+    )
+    default_culture: Culture | None = Field(
+        default=None,
+        description="The culture of an invoice that names none and whose debtor names none.",
+    )
+    sender_name: OneLine | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_SENDER_NAME_LENGTH,
+        description="Who the debtor's messages come from: the e-mail's From name, the "
+        "letter's sender line, the SMS sender, `[CompanyName]` when the invoice has no "
+        "`CompanyName` parameter.",
     )
 
 
@@ -693,6 +731,7 @@ register(
     TriggerNextStep,
     CreateCustomEvent,
     UpsertScheme,
+    UpdateMerchantSettings,
     StepDue,
     RecordMessageOutcome,
     SetCollectionStatus,

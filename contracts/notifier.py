@@ -19,7 +19,7 @@ from pydantic_core import PydanticCustomError
 
 from contracts.envelope import Command, register
 from contracts.fields import Culture, Identifier, OneLine, StorableStr
-from contracts.invoice import Channel, InvoiceSnapshot, StepAction
+from contracts.invoice import MAX_SENDER_NAME_LENGTH, Channel, InvoiceSnapshot, StepAction
 from contracts.limits import (
     MAX_CHANNELS,
     MAX_INT,
@@ -63,6 +63,13 @@ class SendMessage(Command):
     )
     invoice: InvoiceSnapshot = Field(
         description="The invoice as of the step, so the notifier keeps no copy of it."
+    )
+    sender_name: OneLine | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_SENDER_NAME_LENGTH,
+        description="The merchant's sender name (UpdateMerchantSettings) when it set one: "
+        "the From name of the e-mail, the letter's sender line, the SMS sender.",
     )
 
 

@@ -37,6 +37,7 @@ def definition() -> ServiceDefinition:
         **{name: on_invoice(commands.change_status) for name in STATUS_COMMANDS},
         "UpsertScheme": HandlerSpec(handlers.upsert_scheme),
         "TriggerNextStep": on_invoice(commands.trigger_next_step),
+        "UpdateMerchantSettings": HandlerSpec(handlers.update_merchant_settings),
     }
     # Platform-only (cm.invoice.internal): the scheduler's timers (a timer of an unknown
     # invoice is ignored), the notifier's outcomes (no answer owed) and the collection

@@ -36,6 +36,8 @@ class InvoiceBatchHooks:
         # The same locks a handler takes, all at once, before any row is read.
         await batch.lock(conn, keys)
         await batch.load_invoices(conn, keys)
+        # Steps are planned in the merchant's time zone.
+        await batch.load_merchants(conn, {site for site, _ in keys})
         creates = [
             (e.website_key, e.payload)
             for e in envelopes

@@ -8,7 +8,7 @@ recorded by `record_message_outcome`. The timer itself is planned after every ch
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 
 from contracts.envelope import FieldError
@@ -23,6 +23,7 @@ from contracts.invoice import (
 from contracts.statutory import statutory_costs
 from services.invoice.domain.amounts import add_admin_costs
 from services.invoice.domain.custom_events import fill_tags
+from services.invoice.domain.merchant import local_day, local_midnight
 from services.invoice.domain.model import ZERO, Invoice, S, SchemeStepState
 from services.invoice.domain.outcome import (
     EventOut,
@@ -270,8 +271,9 @@ def letter_term_ends(invoice: Invoice) -> datetime | None:
     if invoice.cost_letter_sent_at is None:
         return None
     days = LETTER_TERM_DAYS.get(invoice.cost_letter_channel or "letter", 17)
-    sent_day: date = invoice.cost_letter_sent_at.astimezone(UTC).date()
-    return datetime.combine(sent_day + timedelta(days=days), time(0), tzinfo=UTC)
+    # Days as the merchant counts them: in its time zone, like the steps.
+    sent_day: date = local_day(invoice.cost_letter_sent_at, invoice.time_zone)
+    return local_midnight(sent_day + timedelta(days=days), invoice.time_zone)
 
 
 def _letter_outcome_pending(invoice: Invoice, step: SchemeStepState) -> bool:

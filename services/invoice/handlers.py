@@ -27,6 +27,7 @@ from contracts.invoice import (
     StepAction,
     StepDue,
     TerminatePaymentPlan,
+    UpdateMerchantSettings,
     UpsertScheme,
 )
 from contracts.notifier import SendMessage
@@ -34,7 +35,15 @@ from contracts.payments import TransactionStatusChanged
 from contracts.scheduler import CancelTimer
 from contracts.subscription import StopSubscription
 from services.invoice import dunning
-from services.invoice.domain import Change, Invoice, PlanInvoices, Result, Transaction, commands
+from services.invoice.domain import (
+    Change,
+    Invoice,
+    PlanInvoices,
+    Result,
+    Transaction,
+    commands,
+    merchant,
+)
 from services.invoice.domain.outcome import Request, SendStepMessage
 from services.invoice.domain.plans import installment_numbers
 from services.invoice.domain.schedule import TimerPlan
@@ -94,7 +103,9 @@ class Publisher:
         debtor, guid = await self._debtor(invoice.debtor_code)
         snapshot = invoice_snapshot(invoice, debtor, guid)
         for request in change.requests:
-            _send(self.ctx, _request_message(invoice, request, snapshot))
+            # The merchant's sender name as set now: the notifier reads no invoice tables.
+            sender_name = (await self.repo.merchant_settings()).sender_name
+            _send(self.ctx, _request_message(invoice, request, snapshot, sender_name))
         rows = []
         for numbered in change.events:
             event = numbered.event
@@ -143,7 +154,9 @@ class Publisher:
         return timer_for(timer_id, plan.due_at, step_due)
 
 
-def _request_message(invoice: Invoice, request: Request, snapshot: InvoiceSnapshot) -> Message:
+def _request_message(
+    invoice: Invoice, request: Request, snapshot: InvoiceSnapshot, sender_name: str | None
+) -> Message:
     if isinstance(request, SendStepMessage):
         step = request.step
         return SendMessage(
@@ -154,6 +167,7 @@ def _request_message(invoice: Invoice, request: Request, snapshot: InvoiceSnapsh
             channels=[Channel(c) for c in step.channels],
             states_costs=step.states_costs,
             invoice=snapshot,
+            sender_name=sender_name,
         )
     return StopSubscription(
         subscription_key=request.subscription_key,
@@ -226,7 +240,13 @@ async def create_invoice(ctx: HandlerContext, cmd: CreateInvoice | CreateCombine
     if existing is None:
         scheme = await repo.scheme(cmd.scheme_key)
         parked = [Transaction.from_stored(t) for t in await repo.take_parked(cmd.invoice_number)]
-    result = commands.create_invoice(ctx.envelope, existing=existing, scheme=scheme, parked=parked)
+    result = commands.create_invoice(
+        ctx.envelope,
+        existing=existing,
+        scheme=scheme,
+        parked=parked,
+        settings=await repo.merchant_settings(),
+    )
     await _complete(ctx, repo, result)
 
 
@@ -301,3 +321,17 @@ async def upsert_scheme(ctx: HandlerContext, cmd: UpsertScheme) -> None:
         cmd.scheme_key, cmd.name, [step.model_dump(mode="json") for step in cmd.steps]
     )
     ctx.accept(scheme_key=cmd.scheme_key, scheme_version=str(version))
+
+
+# --- merchant settings ---------------------------------------------------------------------
+
+
+async def update_merchant_settings(ctx: HandlerContext, cmd: UpdateMerchantSettings) -> None:
+    """Replace the merchant's settings. Invoices plan their next step in the new time
+    zone from their next change on; timers already set stay (docs/invoices.md)."""
+    errors = merchant.settings_errors(cmd)
+    if errors:
+        ctx.reject(errors)
+        return
+    await _repo(ctx).save_merchant_settings(merchant.MerchantSettings.of(cmd))
+    ctx.accept(time_zone=cmd.time_zone)

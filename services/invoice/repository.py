@@ -15,6 +15,7 @@ from asyncpg import Record
 
 from contracts.debtor import Debtor, UnreachableFlags
 from services.invoice.domain import Invoice, PaymentPlan, SchemeStepState
+from services.invoice.domain.merchant import MerchantSettings
 from services.runtime.db import Connection
 
 
@@ -75,6 +76,9 @@ _DEBTORS = (
     "SELECT d.website_key, d.debtor_code, d.debtor_guid, d.data, d.unreachable"
     " FROM debtors d JOIN unnest($1::text[], $2::text[]) AS k(site, code)"
     " ON d.website_key = k.site AND d.debtor_code = k.code"
+)
+_MERCHANTS = (
+    "SELECT website_key, settings FROM merchant_settings WHERE website_key = ANY($1::text[])"
 )
 _PARKED = (
     "SELECT t.website_key, t.invoice_number, t.transaction FROM early_transactions t"
@@ -165,6 +169,8 @@ class InvoiceBatch:
     unparked: set[Key] = field(default_factory=set)
     schemes: dict[Key, SchemeVersion | None] = field(default_factory=dict)
     debtors: dict[Key, DebtorRecord | None] = field(default_factory=dict)
+    #: Each merchant's settings (the defaults for a merchant that set none).
+    merchants: dict[str, MerchantSettings] = field(default_factory=dict)
     dirty: dict[Key, Invoice] = field(default_factory=dict)
     debtor_writes: dict[Key, DebtorRecord] = field(default_factory=dict)
     events: list[EventRow] = field(default_factory=list)
@@ -204,6 +210,15 @@ class InvoiceBatch:
 
     async def load_debtors(self, conn: Connection, keys: Iterable[Key]) -> None:
         await _read_missing(conn, self.debtors, keys, _DEBTORS, _debtor)
+
+    async def load_merchants(self, conn: Connection, websites: Iterable[str]) -> None:
+        """Read the settings of the merchants not read yet, in one query."""
+        new = sorted(set(websites) - self.merchants.keys())
+        if not new:
+            return
+        self.merchants.update(dict.fromkeys(new, MerchantSettings()))
+        for row in await conn.fetch(_MERCHANTS, new):
+            self.merchants[row["website_key"]] = MerchantSettings.model_validate(row["settings"])
 
     async def flush(self, conn: Connection) -> None:
         """Write what the handlers changed so far: one statement per table."""
@@ -266,16 +281,31 @@ class InvoiceRepository:
         await self.batch.lock(self.conn, [self._key(invoice_number)])
 
     async def get(self, invoice_number: str) -> Invoice | None:
-        """The invoice, locked for this transaction."""
+        """The invoice, locked for this transaction, in its merchant's time zone."""
         key = self._key(invoice_number)
         await self.batch.load_invoices(self.conn, [key])
-        return self.batch.invoices[key]
+        invoice = self.batch.invoices[key]
+        return await self._in_merchant_zone(invoice) if invoice is not None else None
 
     async def get_many(self, numbers: list[str]) -> list[Invoice]:
-        """Several invoices, in number order (locked in that order: no deadlocks)."""
+        """Several invoices, in number order (locked in that order: no deadlocks), in
+        their merchant's time zone."""
         keys = sorted({self._key(number) for number in numbers})
         await self.batch.load_invoices(self.conn, keys)
-        return [invoice for key in keys if (invoice := self.batch.invoices[key]) is not None]
+        return [
+            await self._in_merchant_zone(invoice)
+            for key in keys
+            if (invoice := self.batch.invoices[key]) is not None
+        ]
+
+    async def _in_merchant_zone(self, invoice: Invoice) -> Invoice:
+        """The invoice with the merchant's current time zone: the domain plans its next
+        step in it (a setting changed since its last change takes effect now)."""
+        time_zone = (await self.merchant_settings()).time_zone
+        if invoice.time_zone != time_zone:
+            invoice = invoice.model_copy(update={"time_zone": time_zone})
+            self.batch.invoices[self._key(invoice.invoice_number)] = invoice
+        return invoice
 
     async def save(self, invoice: Invoice) -> None:
         """Keep the change; the batch writes it at its end."""
@@ -286,6 +316,23 @@ class InvoiceRepository:
         self, rows: list[tuple[str, int, uuid.UUID, datetime, str, dict[str, str]]]
     ) -> None:
         self.batch.events.extend((self.website_key, *row) for row in rows)
+
+    # --- merchant settings ---
+
+    async def merchant_settings(self) -> MerchantSettings:
+        """The merchant's settings; the defaults when it never set any."""
+        await self.batch.load_merchants(self.conn, [self.website_key])
+        return self.batch.merchants[self.website_key]
+
+    async def save_merchant_settings(self, settings: MerchantSettings) -> None:
+        await self.conn.execute(
+            "INSERT INTO merchant_settings (website_key, settings) VALUES ($1, $2::text::jsonb)"
+            " ON CONFLICT (website_key) DO UPDATE SET settings = EXCLUDED.settings,"
+            " updated_at = now()",
+            self.website_key,
+            settings.model_dump_json(),
+        )
+        self.batch.merchants[self.website_key] = settings
 
     # --- early transactions ---
 

@@ -137,10 +137,12 @@ def _culture(cmd: SendMessage) -> str:
 
 
 def _merchant_name(cmd: SendMessage, website_key: str) -> str:
+    """[CompanyName]: the invoice's `CompanyName` parameter, else the merchant's sender
+    name, else the website key."""
     for param in cmd.invoice.custom_parameters:
         if param.key == COMPANY_NAME_PARAMETER:
             return param.value
-    return website_key
+    return cmd.sender_name or website_key
 
 
 class MessageSender:
@@ -442,13 +444,13 @@ class MessageSender:
         if channel == Channel.EMAIL:
             if not debtor.email or debtor.unreachable.email:
                 return None
-            await self.email.send(debtor.email, name, message, reference)
+            await self.email.send(debtor.email, name, message, reference, cmd.sender_name)
             return ""
         if channel == Channel.SMS:
             mobile = debtor.phone.mobile if debtor.phone else None
             if self.sms is None or not mobile or debtor.unreachable.mobile:
                 return None
-            await self.sms.send(mobile, message.body, reference)
+            await self.sms.send(mobile, message.body, reference, cmd.sender_name)
             return ""
         address = debtor.address
         if not self.letter.available or address is None or debtor.unreachable.address:
@@ -465,4 +467,5 @@ class MessageSender:
             message,
             envelope.website_key,
             reference,
+            cmd.sender_name,
         )

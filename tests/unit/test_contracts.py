@@ -208,6 +208,9 @@ SAMPLES: list[Message] = [
             ),
         ],
     ),
+    invoice.UpdateMerchantSettings(
+        time_zone="Europe/Amsterdam", default_culture="en-GB", sender_name="Shop One"
+    ),
     STEP_DUE,
     invoice.RecordMessageOutcome(
         invoice_number="INV-0001",
@@ -251,6 +254,7 @@ SAMPLES: list[Message] = [
         template_key="reminder",
         channels=[invoice.Channel.EMAIL, invoice.Channel.LETTER],
         invoice=SNAPSHOT,
+        sender_name="Shop One",
     ),
     notifier.UpsertTemplate(
         template_key="reminder",
@@ -823,6 +827,7 @@ def test_every_topic_is_in_the_catalog_and_every_producer_sends_what_it_carries(
         (sample_of("AddOrUpdateDebtor"), "shop-1:debtor:D-2"),
         (sample_of("CreatePaymentPlan"), "shop-1:plan:PP-1"),
         (sample_of("UpsertScheme"), "shop-1:scheme:Mine"),
+        (sample_of("UpdateMerchantSettings"), "shop-1:merchant"),
         (REMINDER, "shop-1:INV-0001"),
         (scheduler.Tick(as_of=NOW), "clock"),
         (scheduler.CancelTimer(timer_id="t-9"), "t-9"),

@@ -6,6 +6,7 @@
 - `schedule`: held time and the step timer the scheduler keeps (`plan_timer`).
 - `plans`: payment plans: installments, forwarding payments, settling, terminating.
 - `creation`: the rules of a new invoice; `custom_events`: tags filled in.
+- `merchant`: the merchant's settings (time zone of the steps, default culture).
 - `outcome`: what a rule returns for one invoice (`Outcome`, events, requests).
 - `result`: everything a message means (`Result`): changes finished, events numbered.
 - `commands`: one function per message type, from the message to its `Result`.

@@ -34,6 +34,7 @@ from contracts.payments import TransactionStatus, TransactionStatusChanged
 from services.invoice import dunning
 from services.invoice.domain import amounts, creation, custom_events, plans, status
 from services.invoice.domain.amounts import Transaction, book_transaction
+from services.invoice.domain.merchant import MerchantSettings
 from services.invoice.domain.model import Invoice, S, SchemeStepState
 from services.invoice.domain.outcome import Outcome
 from services.invoice.domain.plans import PaymentPlan, PlanInvoices
@@ -70,10 +71,12 @@ def create_invoice(
     existing: Invoice | None,
     scheme: KnownScheme | None,
     parked: list[Transaction],
+    settings: MerchantSettings | None = None,
 ) -> Result:
     """A new invoice with its debtor, then its first transaction (a combined invoice)
     and those that came before it, booked. The same number again repeats the first
-    answer when the content is the same, and is refused otherwise."""
+    answer when the content is the same, and is refused otherwise. `settings` are the
+    merchant's (time zone, default culture)."""
     cmd, now = msg.payload, msg.occurred_at
     if existing is not None:
         if existing.request_hash != creation.request_hash(cmd):
@@ -91,6 +94,7 @@ def create_invoice(
         now=now,
         scheme_version=scheme.version if scheme else None,
         scheme_steps=scheme.step_states if scheme else [],
+        settings=settings,
     )
     result = Result(debtor=cmd.debtor)
     invoice = result.add(outcome, now)

@@ -13,6 +13,7 @@ from contracts.envelope import FieldError
 from contracts.fields import decimals_of, minor_unit
 from contracts.invoice import EventCategory, InvoiceEventName, InvoiceFields, InvoiceType
 from services.invoice.domain.amounts import CURRENCIES, money_errors
+from services.invoice.domain.merchant import MerchantSettings, invoice_culture
 from services.invoice.domain.model import ZERO, Invoice, S, SchemeStepState
 from services.invoice.domain.outcome import EventOut, Outcome
 
@@ -83,15 +84,18 @@ def create_invoice(
     now: datetime,
     scheme_version: int | None,
     scheme_steps: list[SchemeStepState],
+    settings: MerchantSettings | None = None,
 ) -> Outcome:
     """A new invoice: Active (10), or Rejected (90) with its errors when a rule is broken.
 
     Either way the invoice is stored and a ChangedStatus event is emitted; a Rejected
-    outcome carries `errors` so the handler answers CommandRejected.
+    outcome carries `errors` so the handler answers CommandRejected. `settings` are the
+    merchant's (its time zone, its default culture).
     """
+    settings = settings or MerchantSettings()
     errors = invoice_errors(cmd, scheme_version is not None)
     status = S.REJECTED if errors else S.ACTIVE
-    culture = cmd.culture or (cmd.debtor.person.culture if cmd.debtor.person else None)
+    culture = invoice_culture(cmd, settings)
     invoice = Invoice(
         website_key=website_key,
         invoice_number=cmd.invoice_number,
@@ -102,6 +106,7 @@ def create_invoice(
         status=status,
         is_test=cmd.is_test,
         culture=culture,
+        time_zone=settings.time_zone,
         invoice_date=cmd.invoice_date,
         due_date=cmd.due_date,
         description=cmd.description,

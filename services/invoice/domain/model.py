@@ -7,14 +7,15 @@ themselves live in the modules named for their concern (amounts, status, schedul
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from contracts.invoice import InvoiceStatus, InvoiceType, StepAction
+from contracts.invoice import DEFAULT_TIME_ZONE, InvoiceStatus, InvoiceType, StepAction
 from contracts.payments import TransactionStatus
+from services.invoice.domain.merchant import local_midnight
 
 ZERO = Decimal(0)
 S = InvoiceStatus
@@ -105,6 +106,10 @@ class Invoice(BaseModel):
     schedule_version: int = 0
     held_since: datetime | None = None
     held_seconds: int = 0
+    #: The merchant's time zone: steps are due at midnight there. The repository reads
+    #: every invoice with its merchant's current setting, so a change of the setting
+    #: moves an invoice's next step from its next change on (docs/invoices.md).
+    time_zone: str = DEFAULT_TIME_ZONE
     #: The step timer the scheduler holds for this invoice (None: no timer), and when
     #: the step is due (before a due time in the past is moved to "now" for the timer).
     #: Kept equal to `desired_timer()` by `schedule.plan_timer` after every change.
@@ -205,9 +210,10 @@ class Invoice(BaseModel):
         return next((s for s in self.effective_steps if s.index > done), None)
 
     def step_due_at(self, step: SchemeStepState) -> datetime:
-        """Step n is due at 00:00 UTC of its date, shifted by the time the invoice was held."""
+        """Step n is due at midnight of its date in the merchant's time zone, shifted by
+        the time the invoice was held."""
         base = self.invoice_date if step.action == StepAction.PAYMENT_INVITATION else self.due_date
-        due = datetime.combine(base + timedelta(days=step.days), time(0), tzinfo=UTC)
+        due = local_midnight(base + timedelta(days=step.days), self.time_zone)
         return due + timedelta(seconds=self.held_seconds)
 
     @property

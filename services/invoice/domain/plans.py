@@ -326,6 +326,7 @@ def start_payment_plan(
             status=S.ACTIVE,
             is_test=first.is_test,
             culture=first.culture,
+            time_zone=first.time_zone,  # the merchant's, as its invoices are read
             invoice_date=min(now.date(), item.due_date),
             due_date=item.due_date,
             description=f"Installment {i + 1} of {len(schedule)}, payment plan {dossier}",

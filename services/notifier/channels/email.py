@@ -3,8 +3,9 @@
 An address with non-ASCII characters (`müller@example.de`) is sent with SMTPUTF8 when
 the server offers it; when it does not, or the address cannot be put in a header at
 all, the channel fails with `email_address_unsendable` and the next channel takes over.
-Header values (subject, display name) never carry CR/LF. One deadline covers the whole
-send (connect, handshake, transfer).
+Header values (subject, display names) never carry CR/LF. The From name is the merchant's
+sender name (SendMessage `sender_name`), the address always SMTP_FROM's. One deadline
+covers the whole send (connect, handshake, transfer).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import asyncio
 import re
 from email.headerregistry import Address
 from email.message import EmailMessage
-from email.utils import make_msgid
+from email.utils import make_msgid, parseaddr
 
 import aiosmtplib
 
@@ -46,6 +47,18 @@ def _mailbox(name: str, to: str) -> str:
     return f"{quoted[: quoted.rindex('<')]}<{to}>"
 
 
+def _from(sender: str, name: str | None) -> str:
+    """The From header: SMTP_FROM, with the merchant's sender name as its display name
+    when it has one (the address stays the platform's: SPF and DKIM are the relay's)."""
+    if not name:
+        return sender
+    address = parseaddr(sender)[1]
+    try:
+        return str(Address(display_name=header_value(name), addr_spec=address))
+    except Exception:  # the header parser's errors vary; the bare address still works
+        return sender
+
+
 class EmailSender:
     def __init__(self, host: str, port: int, sender: str, timeout: float = 30.0) -> None:
         self.host = host
@@ -57,11 +70,19 @@ class EmailSender:
             "localhost"
         )
 
-    def message(self, to: str, name: str, message: Rendered, reference: str) -> EmailMessage:
-        """The e-mail; `ChannelFailed("email_address_unsendable")` when the address cannot
-        be written into a header."""
+    def message(
+        self,
+        to: str,
+        name: str,
+        message: Rendered,
+        reference: str,
+        sender_name: str | None = None,
+    ) -> EmailMessage:
+        """The e-mail, from `sender_name` (the merchant's) at SMTP_FROM when given;
+        `ChannelFailed("email_address_unsendable")` when the address cannot be written
+        into a header."""
         email = EmailMessage()
-        email["From"] = self.sender
+        email["From"] = _from(self.sender, sender_name)
         email["To"] = _mailbox(header_value(name), to)
         email["Subject"] = header_value(message.subject or "")
         email["Message-ID"] = make_msgid(
@@ -70,8 +91,15 @@ class EmailSender:
         email.set_content(message.body)
         return email
 
-    async def send(self, to: str, name: str, message: Rendered, reference: str) -> None:
-        email = self.message(to, name, message, reference)
+    async def send(
+        self,
+        to: str,
+        name: str,
+        message: Rendered,
+        reference: str,
+        sender_name: str | None = None,
+    ) -> None:
+        email = self.message(to, name, message, reference, sender_name)
         try:
             async with asyncio.timeout(self.timeout):
                 await aiosmtplib.send(

@@ -28,12 +28,24 @@ def _printable(text: str) -> str:
     return text.encode(_ENCODING, "replace").decode(_ENCODING)
 
 
-def render_pdf(address_lines: list[str], date_line: str, message: Rendered) -> bytes:
-    """One A4 letter: the address window, the date, the subject in bold, the text."""
+def render_pdf(
+    address_lines: list[str],
+    date_line: str,
+    message: Rendered,
+    sender_name: str | None = None,
+    *,
+    compress: bool = True,
+) -> bytes:
+    """One A4 letter: the sender (the merchant's sender name) in bold at the top, the
+    address window, the date, the subject in bold, the text."""
     pdf = FPDF(format="A4")
+    pdf.set_compression(compress)
     pdf.core_fonts_encoding = _ENCODING
     pdf.set_margins(25, 25, 25)
     pdf.add_page()
+    if sender_name:
+        pdf.set_font("Helvetica", style="B", size=11)
+        pdf.multi_cell(0, 5, _printable(header_value(sender_name)))
     pdf.set_font("Helvetica", size=11)
     pdf.set_y(50)
     pdf.multi_cell(0, 5, _printable("\n".join(address_lines)))
@@ -114,9 +126,10 @@ class LetterSender:
         message: Rendered,
         website_key: str,
         reference: str,
+        sender_name: str | None = None,
     ) -> str:
         """Hand the letter over; returns where it went (a file name or the provider)."""
-        pdf = await asyncio.to_thread(render_pdf, address_lines, date_line, message)
+        pdf = await asyncio.to_thread(render_pdf, address_lines, date_line, message, sender_name)
         if self.print_url is not None:
             await self._post(pdf, reference)
             return "print_provider"

@@ -1,7 +1,8 @@
 """SMS through an HTTP provider: a JSON POST to SMS_PROVIDER_URL; non-2xx fails the channel.
 
-The body is `{"to": …, "text": …, "reference": …}`; put an adapter in front of a
-provider with another format. One deadline covers the whole request, and at most
+The body is `{"to": …, "text": …, "reference": …}`, with `"sender"` (the merchant's
+sender name) when the merchant set one; put an adapter in front of a provider with
+another format (or other rules for sender ids). One deadline covers the whole request, and at most
 `max_response_bytes` of the answer are read.
 """
 
@@ -27,8 +28,12 @@ class SmsSender:
         self.timeout_s = timeout_s
         self.max_response_bytes = max_response_bytes
 
-    async def send(self, mobile: str, text: str, reference: str) -> None:
+    async def send(
+        self, mobile: str, text: str, reference: str, sender_name: str | None = None
+    ) -> None:
         body = {"to": mobile, "text": text, "reference": header_value(reference)}
+        if sender_name:
+            body["sender"] = header_value(sender_name)
         await post_to_provider(
             self.client,
             self.url,

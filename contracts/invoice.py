@@ -327,7 +327,8 @@ class InvoiceFields(Command):
     description: Text | None = Field(
         default=None,
         description="Free text. On a test invoice, a description starting with "
-        "`schema_test` makes the scheme run.",
+        "`buckarooschema_test`, `buckaroo_schema_test` or `schema_test` (in any case) makes "
+        "the scheme run.",
     )
     scheme_key: Identifier = Field(
         default=DEFAULT_SCHEME_KEY, description="The dunning scheme to follow."

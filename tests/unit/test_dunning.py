@@ -523,7 +523,9 @@ def test_a_non_active_invoice_has_no_timer(status: InvoiceStatus) -> None:
     assert make_invoice(status).desired_timer() is None
 
 
-@pytest.mark.parametrize("description", [None, "", "a test", "Schema_test x", " schema_test"])
+@pytest.mark.parametrize(
+    "description", [None, "", "a test", " schema_test", "buckaroo schema_test", "schematest"]
+)
 def test_a_test_invoice_without_the_prefix_runs_no_steps(description: str | None) -> None:
     invoice = make_invoice(is_test=True, description=description)
     assert not invoice.runs_steps
@@ -531,7 +533,18 @@ def test_a_test_invoice_without_the_prefix_runs_no_steps(description: str | None
 
 
 @pytest.mark.parametrize(
-    "description", ["schema_test", "schema_test run 1", "buckaroo_schema_test"]
+    "description",
+    [
+        "schema_test",
+        "schema_test run 1",
+        "buckaroo_schema_test",
+        # the prefixes of Buckaroo's documents, in any case (docs/invoices.md)
+        "buckarooschema_test",
+        "buckaroo_schema_test_reminders",
+        "BuckarooSchema_Test 2",
+        "BUCKAROO_SCHEMA_TEST",
+        "Schema_test x",
+    ],
 )
 def test_a_schema_test_invoice_runs_its_steps(description: str) -> None:
     invoice = make_invoice(is_test=True, description=description)

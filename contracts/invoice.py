@@ -56,6 +56,8 @@ from contracts.payments import Transaction
 DEFAULT_SCHEME_KEY = "DefaultCM1"
 #: The built-in scheme without steps.
 NO_STEPS_SCHEME_KEY = "DefaultNone"
+#: The culture of an invoice whose CreateInvoice names none, directly or by its debtor.
+DEFAULT_CULTURE = "nl-NL"
 
 
 # --- codes and names ---------------------------------------------------------------------
@@ -339,7 +341,7 @@ class InvoiceFields(Command):
     culture: Culture | None = Field(
         default=None,
         description="Culture of the invoice's messages, e.g. `nl-NL`. When omitted the "
-        "invoice service uses the person's culture, else `nl-NL`.",
+        f"invoice service uses the person's culture, else `{DEFAULT_CULTURE}`.",
     )
     is_test: bool = Field(default=False, description="A test invoice (runs no steps).")
     pay_link: OneLine | None = Field(

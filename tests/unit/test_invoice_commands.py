@@ -9,7 +9,7 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
-from contracts.debtor import Debtor, Person
+from contracts.debtor import Company, Debtor, Person
 from contracts.envelope import Envelope, Message, new_envelope
 from contracts.invoice import (
     CreateCombinedInvoice,
@@ -156,6 +156,26 @@ def test_creation_saves_the_invoice_with_its_debtor_event_and_timer() -> None:
     assert change.invoice.sequence == 1
     # the invitation was due at 00:00 of the invoice date: its timer fires at once
     assert change.timer == domain.TimerPlan(1, CREATED, 1)
+
+
+def test_an_invoice_without_a_culture_gets_the_contracts_default_nl_nl() -> None:
+    """CreateInvoice's contract: the request's culture, else the person's, else `nl-NL`;
+    the invoice keeps it and its snapshot (and so the push) shows it."""
+    company = Debtor(code="D-2", company=Company(name="Acme B.V."))
+    english = Debtor(code="D-3", person=Person(first_name="Ann", last_name="Lee", culture="en-GB"))
+    cases = [
+        ({}, "nl-NL"),  # a person without a culture
+        ({"debtor": company}, "nl-NL"),
+        ({"debtor": english}, "en-GB"),
+        ({"debtor": english, "culture": "de-DE"}, "de-DE"),
+    ]
+    for overrides, expected in cases:
+        invoice = created(**overrides)
+        assert invoice.culture == expected
+        assert snapshot(invoice)["culture"] == expected
+    rejected = created(currency="XYZ")
+    assert rejected.status == S.REJECTED
+    assert snapshot(rejected)["culture"] == "nl-NL"
 
 
 def test_a_combined_invoice_books_its_transaction_then_the_ones_kept_for_it() -> None:

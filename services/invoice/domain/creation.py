@@ -11,7 +11,13 @@ from pydantic import BaseModel
 
 from contracts.envelope import FieldError
 from contracts.fields import decimals_of, minor_unit
-from contracts.invoice import EventCategory, InvoiceEventName, InvoiceFields, InvoiceType
+from contracts.invoice import (
+    DEFAULT_CULTURE,
+    EventCategory,
+    InvoiceEventName,
+    InvoiceFields,
+    InvoiceType,
+)
 from services.invoice.domain.amounts import CURRENCIES, money_errors
 from services.invoice.domain.model import ZERO, Invoice, S, SchemeStepState
 from services.invoice.domain.outcome import EventOut, Outcome
@@ -66,6 +72,13 @@ def invoice_errors(cmd: InvoiceFields, scheme_known: bool) -> list[FieldError]:
     return errors
 
 
+def invoice_culture(cmd: InvoiceFields) -> str:
+    """The culture of the invoice's messages: the request's, else the person's, else the
+    contract's default `nl-NL` (docs/invoices.md, "The culture default")."""
+    person = cmd.debtor.person
+    return cmd.culture or (person.culture if person else None) or DEFAULT_CULTURE
+
+
 def request_hash(payload: BaseModel) -> str:
     """A fingerprint of a request's content, to tell a repeat from a conflict."""
     # The model's own JSON is canonical: fields in declaration order, values normalised.
@@ -91,7 +104,7 @@ def create_invoice(
     """
     errors = invoice_errors(cmd, scheme_version is not None)
     status = S.REJECTED if errors else S.ACTIVE
-    culture = cmd.culture or (cmd.debtor.person.culture if cmd.debtor.person else None)
+    culture = invoice_culture(cmd)
     invoice = Invoice(
         website_key=website_key,
         invoice_number=cmd.invoice_number,

@@ -147,6 +147,9 @@ TAGS: dict[str, Callable[[MessageContext], str]] = {
     "CustomerReference": _custom("CustomerReference"),
 }
 
+#: A tag's function by its name, in any case or as an alias (contracts/tags.py).
+find_tag = tags.lookup(TAGS)
+
 
 def template_errors(field: str, text: str | None) -> list[FieldError]:
     """Why a template text cannot be saved: unknown tags, template-engine syntax."""
@@ -162,7 +165,7 @@ def template_errors(field: str, text: str | None) -> list[FieldError]:
                 "are not allowed",
             )
         )
-    unknown = sorted(tags.names(text) - TAGS.keys())
+    unknown = sorted(name for name in tags.names(text) if find_tag(name) is None)
     if unknown:
         errors.append(
             FieldError(field, "unknown_tag", f"unknown tags: {', '.join(unknown)}; see TAGS")
@@ -172,7 +175,12 @@ def template_errors(field: str, text: str | None) -> list[FieldError]:
 
 def fill(text: str, ctx: MessageContext) -> str:
     """Replace every known tag in one pass (values are never scanned again)."""
-    return tags.fill(text, lambda name: TAGS[name](ctx) if name in TAGS else None)
+
+    def value_of(name: str) -> str | None:
+        function = find_tag(name)
+        return None if function is None else function(ctx)
+
+    return tags.fill(text, value_of)
 
 
 # --- built-in templates --------------------------------------------------------------------

@@ -967,6 +967,17 @@ def test_a_custom_event_step_fills_in_its_tags() -> None:
     assert after.previous_step_index == 1
 
 
+def test_a_custom_event_fills_the_tags_of_buckaroos_examples_in_any_case() -> None:
+    """`[invoicenumber]`, `[debtorcode]` and `[InvoiceAmountOpen]` (Buckaroo's documents)
+    are `[InvoiceNumber]`, `[DebtorCode]` and `[OpenAmount]` (contracts/tags.py)."""
+    invoice = scheduled()
+    message = "[invoicenumber] [debtorcode] [InvoiceAmountOpen] [OPENAMOUNT] [invoiceamountopen]"
+    outcome = domain.custom_event(invoice, message)
+    assert outcome.events == [
+        domain.EventOut(E.CUSTOM_EVENT, {"CustomEventMessage": "INV-1 D-1 121.00 121.00 121.00"})
+    ]
+
+
 STOP_STEPS = [step(1, A.STOP_SUBSCRIPTION, 10), step(2, A.REMINDER, 20, channels=["email"])]
 
 

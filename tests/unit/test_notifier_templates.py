@@ -64,6 +64,12 @@ def test_tags_are_filled_once_and_values_are_not_expanded_again() -> None:
     )
 
 
+def test_a_template_tag_matches_in_any_case_and_by_its_aliases() -> None:
+    text = "[debtorname]: [InvoiceAmountOpen] voor [DUEDATE]"
+    assert template_errors("payload.body", text) == []
+    assert fill(text, context()) == "Jan Jansen: € 1.234,56 voor 15 november 2026"
+
+
 @pytest.mark.parametrize(
     ("text", "code"),
     [

@@ -23,7 +23,7 @@ from contracts import tags
 from contracts.envelope import FieldError
 from contracts.fields import minor_unit
 from contracts.invoice import Channel, InvoiceSnapshot, StepAction
-from contracts.statutory import statutory_costs
+from contracts.statutory import applies_to, statutory_costs
 
 #: Syntax of template engines; refused so nobody mistakes a template for code.
 ENGINE_SYNTAX = re.compile(r"\{\{|\{%|\$\{|<%|#\{")
@@ -106,6 +106,9 @@ def _lines(ctx: MessageContext) -> str:
 
 
 def _statutory(ctx: MessageContext) -> Decimal:
+    """What the statutory step charges: the scale on an EUR invoice, else 0."""
+    if not applies_to(ctx.invoice.currency):
+        return Decimal(0)
     return statutory_costs(max(Decimal(0), ctx.invoice.open_amount), ctx.invoice.currency)
 
 

@@ -409,7 +409,8 @@ class CreatePaymentPlan(Command):
     """
 
     dossier_number: Identifier = Field(
-        description="The plan's number; installments are `{dossier_number}-1..n`."
+        description="The plan's number; installments are `{dossier_number}-1..n`, so it "
+        "leaves room for `-{installment_count}` within 100 characters (else `too_long`)."
     )
     included_invoice_numbers: list[Identifier] = Field(
         min_length=1, max_length=MAX_PLAN_INVOICES, description="The invoices the plan pays off."

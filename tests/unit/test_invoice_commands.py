@@ -458,6 +458,36 @@ def test_a_due_step_asks_for_its_message_and_plans_the_next_step() -> None:
     assert snapshot(change.invoice)["next_step_index"] == 2
 
 
+def test_an_invoice_runs_the_steps_of_the_scheme_version_it_was_created_with() -> None:
+    """A new version of a scheme does not change the invoices created before it: each
+    keeps its version's steps, and a timer of another version is ignored."""
+    v1 = Scheme([domain.SchemeStepState(index=1, action="CustomEvent", days=0, message="v1")])
+    v2 = Scheme([domain.SchemeStepState(index=1, action="CustomEvent", days=3, message="v2")])
+    v2.version = 2
+
+    def create_on(scheme: Scheme, number: str) -> domain.Invoice:
+        cmd = CreateInvoice(**create_payload(number))
+        result = commands.create_invoice(
+            message(cmd, CREATED), existing=None, scheme=scheme, parked=[]
+        )
+        return result.changes[-1].invoice
+
+    old, new = create_on(v1, "OLD-1"), create_on(v2, "NEW-1")
+    assert (old.scheme_version, old.timer_due_at) == (1, at(11, 15))
+    assert (new.scheme_version, new.timer_due_at) == (2, at(11, 18))
+    for invoice, version, text in ((old, 1, "v1"), (new, 2, "v2")):
+        number = invoice.invoice_number
+        other = StepDue(
+            invoice_number=number, step_index=1, scheme_version=3 - version, schedule_version=1
+        )
+        assert commands.step_due(invoice, message(other, at(11, 20))).changes == []
+        due = StepDue(
+            invoice_number=number, step_index=1, scheme_version=version, schedule_version=1
+        )
+        [change] = commands.step_due(invoice, message(due, at(11, 20))).changes
+        assert [e.event.parameters["CustomEventMessage"] for e in change.events] == [text]
+
+
 def test_the_status_commands_are_the_merchant_rows_of_the_transition_table() -> None:
     assert app.STATUS_COMMANDS == (
         "PauseInvoice",

@@ -40,6 +40,7 @@ from pydantic_core import PydanticCustomError
 
 from contracts.limits import (
     MAX_AMOUNT,
+    MAX_IDENTIFIER_LENGTH,
     MAX_QUANTITY,
     MAX_REPORTED_STRINGS,
     MAX_TEXT_LENGTH,
@@ -218,7 +219,9 @@ BusinessDateTime = Annotated[AwareDatetime, AfterValidator(_in_years)]
 #: An aggregate key chosen by the merchant (invoice number, debtor code, scheme key, …).
 #: A colon is refused because keys are joined with colons into Kafka keys
 #: (`{website_key}:debtor:{debtor_code}`); control characters are refused too.
-Identifier = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[^:\x00-\x1f\x7f]+$")]
+Identifier = Annotated[
+    str, Field(min_length=1, max_length=MAX_IDENTIFIER_LENGTH, pattern=r"^[^:\x00-\x1f\x7f]+$")
+]
 
 #: An ISO 4217 currency code by shape only (three upper-case letters). Whether the
 #: currency exists or is supported is a business rule (a Rejected invoice).

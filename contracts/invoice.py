@@ -61,6 +61,9 @@ NO_STEPS_SCHEME_KEY = "DefaultNone"
 DEFAULT_TIME_ZONE = "UTC"
 #: The longest name a merchant's messages may give as their sender.
 MAX_SENDER_NAME_LENGTH = 100
+#: The culture of an invoice whose CreateInvoice names none, directly or by its debtor,
+#: and whose merchant set no default culture.
+DEFAULT_CULTURE = "nl-NL"
 
 
 # --- codes and names ---------------------------------------------------------------------
@@ -332,7 +335,8 @@ class InvoiceFields(Command):
     description: Text | None = Field(
         default=None,
         description="Free text. On a test invoice, a description starting with "
-        "`schema_test` makes the scheme run.",
+        "`buckarooschema_test`, `buckaroo_schema_test` or `schema_test` (in any case) makes "
+        "the scheme run.",
     )
     scheme_key: Identifier = Field(
         default=DEFAULT_SCHEME_KEY, description="The dunning scheme to follow."
@@ -344,7 +348,7 @@ class InvoiceFields(Command):
         default=None,
         description="Culture of the invoice's messages, e.g. `nl-NL`. When omitted the "
         "invoice service uses the person's culture, else the merchant's default culture "
-        "(UpdateMerchantSettings), else `nl-NL`.",
+        f"(UpdateMerchantSettings), else `{DEFAULT_CULTURE}`.",
     )
     is_test: bool = Field(default=False, description="A test invoice (runs no steps).")
     pay_link: OneLine | None = Field(
@@ -412,7 +416,8 @@ class CreatePaymentPlan(Command):
     """
 
     dossier_number: Identifier = Field(
-        description="The plan's number; installments are `{dossier_number}-1..n`."
+        description="The plan's number; installments are `{dossier_number}-1..n`, so it "
+        "leaves room for `-{installment_count}` within 100 characters (else `too_long`)."
     )
     included_invoice_numbers: list[Identifier] = Field(
         min_length=1, max_length=MAX_PLAN_INVOICES, description="The invoices the plan pays off."

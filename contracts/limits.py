@@ -76,6 +76,22 @@ MAX_DOCUMENTS = 50
 
 # --- string lengths ------------------------------------------------------------------------
 
+#: An identifier the merchant chooses (invoice number, debtor code, scheme key, …) and
+#: every identifier the platform derives from one (`contracts.fields.Identifier`).
+MAX_IDENTIFIER_LENGTH = 100
+#: The most billing periods a subscription can have: one a day from MIN_DATE to MAX_DATE
+#: (a period due after MAX_DATE is never billed), so a period index has at most 6 digits.
+MAX_PERIOD_INDEX = (MAX_DATE - MIN_DATE).days + 1
+#: The most credit notes the subscription service numbers on one period's invoice.
+MAX_PERIOD_CREDIT_NOTES = 9999
+#: The longest subscription key. Its invoices are numbered `{key}-{period}` and their
+#: credit notes `{key}-{period}-CR-{yyyymmdd}`, with `-{n}` from the second on
+#: (services/subscription/domain.py): the room for the longest of these suffixes is
+#: reserved here, so every number derived from a key fits MAX_IDENTIFIER_LENGTH.
+MAX_SUBSCRIPTION_KEY_LENGTH = MAX_IDENTIFIER_LENGTH - len(
+    f"-{MAX_PERIOD_INDEX}-CR-yyyymmdd-{MAX_PERIOD_CREDIT_NOTES}"
+)
+
 #: Free text: descriptions, reasons, messages, parameter values.
 MAX_TEXT_LENGTH = 2000
 #: A URL (pay links, webhook endpoints).

@@ -9,7 +9,9 @@ Wire details:
   decimals than the currency has keeps them rather than being rounded.
 - `InvoiceDate` and `DueDate` are `YYYY-MM-DDT00:00:00` (no offset, as Buckaroo writes
   them); `PreviousStepDateTime` and `EventDateTime` are ISO 8601 with offset.
-- Every field is always present; unknown values are `null`.
+- Every field is always present; unknown values are `null`, except `PreviousStepIndex`,
+  which is `0` before any step ran (as Buckaroo sends it: merchants' parsers expect a
+  number).
 - `EventDateTime` is the InvoiceEvent envelope's `occurred_at` and `EventSequence` its
   `sequence`, which orders two events with the same EventDateTime.
 - On Kafka the header `message-id` is the InvoiceEvent's message_id; webhooks carry it
@@ -32,6 +34,7 @@ import pydantic_core
 from pydantic import (
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     PlainSerializer,
@@ -73,6 +76,9 @@ PushDate = Annotated[
         }
     ),
 ]
+
+#: A step index in the push: a number, `0` before any step (a stored `null` reads as 0).
+PushStepIndex = Annotated[int, BeforeValidator(lambda value: 0 if value is None else value)]
 
 #: A timestamp in the push: ISO 8601 with offset, e.g. `2026-11-22T00:00:00+00:00`.
 PushTimestamp = Annotated[
@@ -119,7 +125,9 @@ class PushInvoice(PushModel):
     invoice_date: PushDate = Field(description="The invoice date, `YYYY-MM-DDT00:00:00`.")
     due_date: PushDate = Field(description="The due date, `YYYY-MM-DDT00:00:00`.")
     invoice_status_code: int = Field(description="The status code (docs/invoices.md).")
-    previous_step_index: int | None = Field(description="The last step that ran.")
+    previous_step_index: PushStepIndex = Field(
+        description="The last step that ran; 0 before the first."
+    )
     previous_step_date_time: PushTimestamp | None = Field(description="When it ran.")
     invoice_pay_link: str | None = Field(description="Where the debtor can pay.")
     event: InvoiceEventName = Field(description="The event's name.")
@@ -202,7 +210,7 @@ def push_from_event(envelope: Envelope[InvoiceEvent]) -> InvoicePush:
             invoice_date=snapshot.invoice_date,
             due_date=snapshot.due_date,
             invoice_status_code=int(snapshot.status_code),
-            previous_step_index=snapshot.previous_step_index,
+            previous_step_index=snapshot.previous_step_index or 0,
             previous_step_date_time=snapshot.previous_step_date_time,
             invoice_pay_link=snapshot.pay_link,
             event=event.event,

@@ -4,6 +4,9 @@ buitengerechtelijke incassokosten), one pure function for the whole platform.
 The invoice service charges these costs (an `AdminCostIncrease` step with `statutory`);
 the notifier states them in the 14-day letter. Both call `statutory_costs`, so the letter
 names exactly what the step will charge (docs/dunning.md, "Dutch statutory costs").
+
+The scale is in euros (its 40 minimum is €40): a step charges it on EUR invoices only
+(`applies_to`) and skips it on others, and the letter then states 0.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ STATUTORY_BANDS: tuple[tuple[Decimal | None, Decimal], ...] = (
     (Decimal(190000), Decimal("0.01")),
     (None, Decimal("0.005")),
 )
+#: The currency the scale is written in: it applies to invoices in this currency only.
+STATUTORY_CURRENCY = "EUR"
 STATUTORY_MINIMUM = Decimal(40)
 STATUTORY_MAXIMUM = Decimal(6775)
 
@@ -36,3 +41,8 @@ def statutory_costs(principal: Decimal, currency: str) -> Decimal:
         remaining -= part
     total = min(max(total, STATUTORY_MINIMUM), STATUTORY_MAXIMUM)
     return total.quantize(Decimal(1).scaleb(-minor_unit(currency)), rounding=ROUND_HALF_EVEN)
+
+
+def applies_to(currency: str) -> bool:
+    """Whether a statutory cost step charges the scale on an invoice in `currency`."""
+    return currency == STATUTORY_CURRENCY

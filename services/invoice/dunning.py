@@ -12,6 +12,7 @@ from datetime import date, datetime, timedelta
 from decimal import Decimal
 
 from contracts.envelope import FieldError
+from contracts.fields import with_minor_unit
 from contracts.invoice import (
     DEFAULT_SCHEME_KEY,
     NO_STEPS_SCHEME_KEY,
@@ -20,7 +21,7 @@ from contracts.invoice import (
     SchemeStep,
     StepAction,
 )
-from contracts.statutory import statutory_costs
+from contracts.statutory import applies_to, statutory_costs
 from services.invoice.domain.amounts import add_admin_costs
 from services.invoice.domain.custom_events import fill_tags
 from services.invoice.domain.merchant import local_day, local_midnight
@@ -44,6 +45,9 @@ BUILT_IN_SCHEME_KEYS = frozenset({DEFAULT_SCHEME_KEY, NO_STEPS_SCHEME_KEY})
 LETTER_TERM_DAYS = {"email": 15, "sms": 15, "letter": 17}
 #: A scheme's statutory step must be at least this many days after its 14-day letter.
 STATUTORY_MIN_GAP_DAYS = 17
+#: The `Reason` of the IncreasedAdminFee (Amount 0) of a statutory step skipped because
+#: the invoice is not in euros, the scale's currency (contracts/statutory.py).
+STATUTORY_NOT_IN_EUR = "statutory_costs_only_in_eur"
 
 
 # --- schemes -------------------------------------------------------------------------------
@@ -290,6 +294,23 @@ def _letter_outcome_pending(invoice: Invoice, step: SchemeStepState) -> bool:
 
 
 def _admin_costs(invoice: Invoice, step: SchemeStepState, now: datetime, forced: bool) -> Outcome:
+    if step.admin_cost == "statutory" and not applies_to(invoice.currency):
+        # The scale is in euros: nothing is charged, and the event says why.
+        _done(invoice, step, now)
+        amount = with_minor_unit(ZERO, invoice.currency)
+        return Outcome(
+            invoice=invoice,
+            events=[
+                EventOut(
+                    InvoiceEventName.INCREASED_ADMIN_FEE,
+                    {
+                        "StepIndex": str(step.index),
+                        "Amount": str(amount),
+                        "Reason": STATUTORY_NOT_IN_EUR,
+                    },
+                )
+            ],
+        )
     if step.admin_cost == "statutory":
         if invoice.debtor_is_person:
             term_ends = letter_term_ends(invoice)
@@ -306,7 +327,7 @@ def _admin_costs(invoice: Invoice, step: SchemeStepState, now: datetime, forced:
                 invoice.waiting_step, invoice.waiting_until = step.index, term_ends
                 return Outcome(invoice=invoice)
         principal = max(ZERO, invoice.open_amount)
-        amount = statutory_costs(principal, invoice.currency)
+        amount = statutory_costs(principal, invoice.currency)  # an EUR invoice (above)
     else:
         amount = Decimal(step.admin_cost or "0")
     add_admin_costs(invoice, amount)

@@ -23,7 +23,7 @@ from contracts import tags
 from contracts.envelope import FieldError
 from contracts.fields import minor_unit
 from contracts.invoice import Channel, InvoiceSnapshot, StepAction
-from contracts.statutory import statutory_costs
+from contracts.statutory import applies_to, statutory_costs
 
 #: Syntax of template engines; refused so nobody mistakes a template for code.
 ENGINE_SYNTAX = re.compile(r"\{\{|\{%|\$\{|<%|#\{")
@@ -106,6 +106,9 @@ def _lines(ctx: MessageContext) -> str:
 
 
 def _statutory(ctx: MessageContext) -> Decimal:
+    """What the statutory step charges: the scale on an EUR invoice, else 0."""
+    if not applies_to(ctx.invoice.currency):
+        return Decimal(0)
     return statutory_costs(max(Decimal(0), ctx.invoice.open_amount), ctx.invoice.currency)
 
 
@@ -147,6 +150,9 @@ TAGS: dict[str, Callable[[MessageContext], str]] = {
     "CustomerReference": _custom("CustomerReference"),
 }
 
+#: A tag's function by its name, in any case or as an alias (contracts/tags.py).
+find_tag = tags.lookup(TAGS)
+
 
 def template_errors(field: str, text: str | None) -> list[FieldError]:
     """Why a template text cannot be saved: unknown tags, template-engine syntax."""
@@ -162,7 +168,7 @@ def template_errors(field: str, text: str | None) -> list[FieldError]:
                 "are not allowed",
             )
         )
-    unknown = sorted(tags.names(text) - TAGS.keys())
+    unknown = sorted(name for name in tags.names(text) if find_tag(name) is None)
     if unknown:
         errors.append(
             FieldError(field, "unknown_tag", f"unknown tags: {', '.join(unknown)}; see TAGS")
@@ -172,7 +178,12 @@ def template_errors(field: str, text: str | None) -> list[FieldError]:
 
 def fill(text: str, ctx: MessageContext) -> str:
     """Replace every known tag in one pass (values are never scanned again)."""
-    return tags.fill(text, lambda name: TAGS[name](ctx) if name in TAGS else None)
+
+    def value_of(name: str) -> str | None:
+        function = find_tag(name)
+        return None if function is None else function(ctx)
+
+    return tags.fill(text, value_of)
 
 
 # --- built-in templates --------------------------------------------------------------------

@@ -276,7 +276,17 @@ def _zero(currency: str) -> Decimal:
 
 
 def invoice_number(subscription_key: str, index: int) -> str:
+    """Period `index`'s invoice: `{key}-{index}`. It fits an identifier for every key of
+    at most MAX_SUBSCRIPTION_KEY_LENGTH and every index up to MAX_PERIOD_INDEX
+    (contracts/limits.py reserves the room)."""
     return f"{subscription_key}-{index}"
+
+
+def credit_note_number(invoice_number: str, end: date, earlier: int) -> str:
+    """A credit note for the days after `end` on a period's invoice: `{invoice}-CR-{yyyymmdd}`,
+    and `-{n}` for the invoice's n-th credit note (`earlier` came before it). It fits an
+    identifier up to MAX_PERIOD_CREDIT_NOTES (contracts/limits.py)."""
+    return f"{invoice_number}-CR-{end.strftime('%Y%m%d')}" + (f"-{earlier + 1}" if earlier else "")
 
 
 def plan_version(state: BillingState, product_code: str, index: int) -> PlanVersion | None:

@@ -26,7 +26,7 @@ from contracts.invoice import (
     InvoiceLine,
     InvoiceStatus,
 )
-from contracts.limits import MAX_AMOUNT, MAX_DATE, MAX_TEXT_LENGTH
+from contracts.limits import MAX_AMOUNT, MAX_DATE, MAX_SUBSCRIPTION_KEY_LENGTH, MAX_TEXT_LENGTH
 from contracts.payments import (
     CollectPayment,
     Transaction,
@@ -62,8 +62,6 @@ _CURRENCIES = frozenset(list_currencies())
 #: The most periods one RunBilling bills; the rest are due at once (the next timer is
 #: due in the past and fires immediately), so a long catch-up goes in steps.
 MAX_PERIODS_PER_RUN = 24
-#: A subscription key's length at most: `{key}-{period}-CR-{yyyymmdd}` fits an identifier.
-MAX_SUBSCRIPTION_KEY_LENGTH = 80
 #: Namespace of the message ids of a bill run's CreateInvoice commands.
 _INVOICE_IDS = uuid.UUID("6f1c2a52-3d0e-4a4e-9a1b-5b7f5d0c9e21")
 #: Namespace of the message ids of the credit notes of an early stop.
@@ -841,9 +839,7 @@ async def _credit_unused_days(
         if credit is None or credit.amount_credit <= 0:
             continue
         earlier = await repo.count_credit_note(sub.key, index)
-        credit_number = f"{number}-CR-{end.strftime('%Y%m%d')}" + (
-            f"-{earlier + 1}" if earlier else ""
-        )
+        credit_number = domain.credit_note_number(number, end, earlier)
         credit_note = CreateCreditNote(
             original_invoice_number=number,
             credit_note_number=credit_number,

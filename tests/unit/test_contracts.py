@@ -730,6 +730,27 @@ def test_the_push_matches_the_contracts_example() -> None:
     assert b'"OpenAmountInclAdminCosts":121.00,' in body
 
 
+def test_the_push_says_previous_step_0_before_any_step() -> None:
+    """Buckaroo sends `"PreviousStepIndex": 0` before the first step, and merchants'
+    parsers expect a number (docs/invoices.md, "PreviousStepIndex before any step")."""
+    fresh = SNAPSHOT.model_copy(
+        update={"previous_step_index": None, "previous_step_date_time": None}
+    )
+    event = invoice.InvoiceEvent.of(
+        invoice.InvoiceEventName.CHANGED_STATUS,
+        invoice=fresh,
+        sequence=1,
+        parameters={"StatusCode": "10"},
+    )
+    body = push_from_event(new_envelope(event, website_key="shop-1", occurred_at=NOW)).to_json()
+
+    assert b'"PreviousStepIndex":0,' in body
+    assert json.loads(body)["Invoice"]["PreviousStepDateTime"] is None
+    # a push stored with null before this rule reads back as 0
+    old = body.replace(b'"PreviousStepIndex":0,', b'"PreviousStepIndex":null,')
+    assert InvoicePush.model_validate_json(old).invoice.previous_step_index == 0
+
+
 def test_push_amounts_are_json_numbers_with_the_currencys_digits() -> None:
     body, push = reminder_push()
     amounts = {key: value for key, value in push["Invoice"].items() if "Amount" in key}

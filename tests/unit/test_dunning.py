@@ -523,7 +523,9 @@ def test_a_non_active_invoice_has_no_timer(status: InvoiceStatus) -> None:
     assert make_invoice(status).desired_timer() is None
 
 
-@pytest.mark.parametrize("description", [None, "", "a test", "Schema_test x", " schema_test"])
+@pytest.mark.parametrize(
+    "description", [None, "", "a test", " schema_test", "buckaroo schema_test", "schematest"]
+)
 def test_a_test_invoice_without_the_prefix_runs_no_steps(description: str | None) -> None:
     invoice = make_invoice(is_test=True, description=description)
     assert not invoice.runs_steps
@@ -531,7 +533,18 @@ def test_a_test_invoice_without_the_prefix_runs_no_steps(description: str | None
 
 
 @pytest.mark.parametrize(
-    "description", ["schema_test", "schema_test run 1", "buckaroo_schema_test"]
+    "description",
+    [
+        "schema_test",
+        "schema_test run 1",
+        "buckaroo_schema_test",
+        # the prefixes of Buckaroo's documents, in any case (docs/invoices.md)
+        "buckarooschema_test",
+        "buckaroo_schema_test_reminders",
+        "BuckarooSchema_Test 2",
+        "BUCKAROO_SCHEMA_TEST",
+        "Schema_test x",
+    ],
 )
 def test_a_schema_test_invoice_runs_its_steps(description: str) -> None:
     invoice = make_invoice(is_test=True, description=description)
@@ -795,6 +808,50 @@ def test_statutory_costs_for_a_person_without_a_letter_are_skipped() -> None:
 
 
 @pytest.mark.parametrize(
+    ("currency", "amount_debit", "zero"),
+    [("JPY", "3000", "0"), ("USD", "3000.00", "0.00"), ("KWD", "3000.000", "0.000")],
+)
+@pytest.mark.parametrize("person", [False, True])
+def test_statutory_costs_are_skipped_on_an_invoice_not_in_euros(
+    currency: str, amount_debit: str, zero: str, person: bool
+) -> None:
+    """The Dutch scale is in euros (a JPY invoice got a 40-yen minimum): on another
+    currency the step charges nothing and says why (docs/invoices.md)."""
+    invoice = at_statutory_step(
+        currency=currency,
+        amount_debit=D(amount_debit),
+        debtor_is_person=person,
+        cost_letter_sent_at=CM1_DUE[3],
+        cost_letter_channel="email",
+    )
+    outcome, after = fire(invoice)
+    assert outcome.events == [
+        domain.EventOut(
+            E.INCREASED_ADMIN_FEE,
+            {"StepIndex": "4", "Amount": zero, "Reason": "statutory_costs_only_in_eur"},
+        )
+    ]
+    assert after.amount_admin_costs == D(0)
+    assert after.previous_step_index == 4
+    assert after.waiting_step is None
+    assert (after.timer_step, after.timer_due_at) == (5, CM1_DUE[5])
+
+
+def test_a_forced_statutory_step_on_a_yen_invoice_charges_nothing() -> None:
+    invoice = make_invoice(
+        is_test=True,
+        previous_step_index=3,
+        debtor_is_person=False,
+        currency="JPY",
+        amount_debit=D("290"),
+    )
+    outcome = dunning.trigger_next_step(invoice, at(2026, 12, 7))
+    assert [e.parameters.get("Reason") for e in outcome.events] == ["statutory_costs_only_in_eur"]
+    assert outcome.invoice is not None
+    assert outcome.invoice.amount_admin_costs == D(0)
+
+
+@pytest.mark.parametrize(
     ("channel", "term_ends"),
     [("email", at(2026, 12, 25)), ("sms", at(2026, 12, 25)), ("letter", at(2026, 12, 27))],
 )
@@ -952,6 +1009,17 @@ def test_a_custom_event_step_fills_in_its_tags() -> None:
         )
     ]
     assert after.previous_step_index == 1
+
+
+def test_a_custom_event_fills_the_tags_of_buckaroos_examples_in_any_case() -> None:
+    """`[invoicenumber]`, `[debtorcode]` and `[InvoiceAmountOpen]` (Buckaroo's documents)
+    are `[InvoiceNumber]`, `[DebtorCode]` and `[OpenAmount]` (contracts/tags.py)."""
+    invoice = scheduled()
+    message = "[invoicenumber] [debtorcode] [InvoiceAmountOpen] [OPENAMOUNT] [invoiceamountopen]"
+    outcome = domain.custom_event(invoice, message)
+    assert outcome.events == [
+        domain.EventOut(E.CUSTOM_EVENT, {"CustomEventMessage": "INV-1 D-1 121.00 121.00 121.00"})
+    ]
 
 
 STOP_STEPS = [step(1, A.STOP_SUBSCRIPTION, 10), step(2, A.REMINDER, 20, channels=["email"])]

@@ -9,7 +9,7 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
-from contracts.debtor import Debtor, Person
+from contracts.debtor import Company, Debtor, Person
 from contracts.envelope import Envelope, Message, new_envelope
 from contracts.invoice import (
     CreateCombinedInvoice,
@@ -156,6 +156,26 @@ def test_creation_saves_the_invoice_with_its_debtor_event_and_timer() -> None:
     assert change.invoice.sequence == 1
     # the invitation was due at 00:00 of the invoice date: its timer fires at once
     assert change.timer == domain.TimerPlan(1, CREATED, 1)
+
+
+def test_an_invoice_without_a_culture_gets_the_contracts_default_nl_nl() -> None:
+    """CreateInvoice's contract: the request's culture, else the person's, else `nl-NL`;
+    the invoice keeps it and its snapshot (and so the push) shows it."""
+    company = Debtor(code="D-2", company=Company(name="Acme B.V."))
+    english = Debtor(code="D-3", person=Person(first_name="Ann", last_name="Lee", culture="en-GB"))
+    cases = [
+        ({}, "nl-NL"),  # a person without a culture
+        ({"debtor": company}, "nl-NL"),
+        ({"debtor": english}, "en-GB"),
+        ({"debtor": english, "culture": "de-DE"}, "de-DE"),
+    ]
+    for overrides, expected in cases:
+        invoice = created(**overrides)
+        assert invoice.culture == expected
+        assert snapshot(invoice)["culture"] == expected
+    rejected = created(currency="XYZ")
+    assert rejected.status == S.REJECTED
+    assert snapshot(rejected)["culture"] == "nl-NL"
 
 
 def test_a_combined_invoice_books_its_transaction_then_the_ones_kept_for_it() -> None:
@@ -436,6 +456,36 @@ def test_a_due_step_asks_for_its_message_and_plans_the_next_step() -> None:
     assert change.events == []
     assert change.timer == domain.TimerPlan(2, at(11, 22), 2)
     assert snapshot(change.invoice)["next_step_index"] == 2
+
+
+def test_an_invoice_runs_the_steps_of_the_scheme_version_it_was_created_with() -> None:
+    """A new version of a scheme does not change the invoices created before it: each
+    keeps its version's steps, and a timer of another version is ignored."""
+    v1 = Scheme([domain.SchemeStepState(index=1, action="CustomEvent", days=0, message="v1")])
+    v2 = Scheme([domain.SchemeStepState(index=1, action="CustomEvent", days=3, message="v2")])
+    v2.version = 2
+
+    def create_on(scheme: Scheme, number: str) -> domain.Invoice:
+        cmd = CreateInvoice(**create_payload(number))
+        result = commands.create_invoice(
+            message(cmd, CREATED), existing=None, scheme=scheme, parked=[]
+        )
+        return result.changes[-1].invoice
+
+    old, new = create_on(v1, "OLD-1"), create_on(v2, "NEW-1")
+    assert (old.scheme_version, old.timer_due_at) == (1, at(11, 15))
+    assert (new.scheme_version, new.timer_due_at) == (2, at(11, 18))
+    for invoice, version, text in ((old, 1, "v1"), (new, 2, "v2")):
+        number = invoice.invoice_number
+        other = StepDue(
+            invoice_number=number, step_index=1, scheme_version=3 - version, schedule_version=1
+        )
+        assert commands.step_due(invoice, message(other, at(11, 20))).changes == []
+        due = StepDue(
+            invoice_number=number, step_index=1, scheme_version=version, schedule_version=1
+        )
+        [change] = commands.step_due(invoice, message(due, at(11, 20))).changes
+        assert [e.event.parameters["CustomEventMessage"] for e in change.events] == [text]
 
 
 def test_the_status_commands_are_the_merchant_rows_of_the_transition_table() -> None:

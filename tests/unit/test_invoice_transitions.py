@@ -313,7 +313,8 @@ def test_a_valid_invoice_is_active(cmd: InvoiceFields) -> None:
     assert invoice.scheme_version == 2
     assert invoice.amount_debit == cmd.amount_debit
     assert invoice.open_amount_incl_admin_costs == cmd.amount_debit
-    assert invoice.culture is None or invoice.culture == cmd.culture
+    person = cmd.debtor.person
+    assert invoice.culture == (cmd.culture or (person and person.culture) or "nl-NL")
     assert invoice.request_hash == domain.request_hash(cmd)
 
 

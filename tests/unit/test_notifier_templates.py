@@ -64,6 +64,24 @@ def test_tags_are_filled_once_and_values_are_not_expanded_again() -> None:
     )
 
 
+def test_a_template_tag_matches_in_any_case_and_by_its_aliases() -> None:
+    text = "[debtorname]: [InvoiceAmountOpen] voor [DUEDATE]"
+    assert template_errors("payload.body", text) == []
+    assert fill(text, context()) == "Jan Jansen: € 1.234,56 voor 15 november 2026"
+
+
+def test_the_letter_of_an_invoice_not_in_euros_states_no_statutory_costs() -> None:
+    """The statutory step charges nothing on a non-EUR invoice, so the 14-day letter
+    states nothing (contracts/statutory.py, applies_to)."""
+    text = "[StatutoryCosts] / [OpenAmountInclStatutoryCosts]"
+    yen = {name: "290" for name in ("amount_debit", "open_amount", "open_amount_incl_admin_costs")}
+    sent = datetime(2026, 11, 22, tzinfo=UTC)
+    euro_letter = MessageContext(snapshot(), "en-US", sent, "Shop")
+    yen_letter = MessageContext(snapshot(currency="JPY", **yen), "en-US", sent, "Shop")
+    assert fill(text, euro_letter) == "€185.18 / €1,419.74"
+    assert fill(text, yen_letter) == "¥0 / ¥290"
+
+
 @pytest.mark.parametrize(
     ("text", "code"),
     [

@@ -11,7 +11,9 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import TypeAdapter
 
+from contracts.fields import Identifier
 from contracts.invoice import (
     EventCategory,
     InvoiceEventName,
@@ -19,6 +21,7 @@ from contracts.invoice import (
     InvoiceType,
     StepAction,
 )
+from contracts.limits import MAX_IDENTIFIER_LENGTH, MAX_INSTALLMENTS
 from services.invoice import domain
 
 S = InvoiceStatus
@@ -329,10 +332,11 @@ def start(
     scheme_steps: list[domain.SchemeStepState] | None = None,
     start_date: date = date(2024, 3, 15),
     interval: str = "month",
+    dossier: str = "PP-1",
 ):
     return domain.start_payment_plan(
         website_key="shop",
-        dossier="PP-1",
+        dossier=dossier,
         originals=originals,
         requested=requested if requested is not None else [i.invoice_number for i in originals],
         installment_count=count,
@@ -502,3 +506,27 @@ def test_the_originals_are_not_mutated_by_a_plan() -> None:
     start([a])
     assert a.status == S.ACTIVE
     assert a.plan_dossier is None
+
+
+# --- derived numbers fit an identifier (docs/invoices.md "Installment numbers") ----------
+
+
+def test_a_dossier_number_too_long_for_its_installment_numbers_is_refused() -> None:
+    a, _ = originals()
+    a.status = S.ACTIVE
+    # 12 installments: `{dossier}-12` needs 3 characters of the 100
+    assert_refused(start([a], count=12, dossier="P" * 98), [("payload.dossier_number", "too_long")])
+    plan, _, errors = start([a], count=12, dossier="P" * 97)
+    assert errors == []
+    assert plan is not None
+    assert max(len(number) for number in plan.installment_numbers) == 100
+
+
+def test_every_installment_number_of_an_accepted_dossier_parses_as_an_identifier() -> None:
+    identifier = TypeAdapter(Identifier)
+    for count in (1, 9, 10, 99, 100, MAX_INSTALLMENTS):
+        longest = next(n for n in range(100, 0, -1) if not domain.dossier_errors("P" * n, count))
+        assert domain.dossier_errors("P" * (longest + 1), count) != []
+        numbers = domain.installment_numbers("P" * longest, count)
+        assert [identifier.validate_python(number) for number in numbers] == numbers
+        assert len(numbers[-1]) == MAX_IDENTIFIER_LENGTH  # no room is wasted either

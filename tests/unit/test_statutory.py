@@ -7,7 +7,12 @@ from decimal import Decimal as D
 
 import pytest
 
-from contracts.statutory import STATUTORY_MAXIMUM, STATUTORY_MINIMUM, statutory_costs
+from contracts.statutory import (
+    STATUTORY_MAXIMUM,
+    STATUTORY_MINIMUM,
+    applies_to,
+    statutory_costs,
+)
 from services.invoice import dunning
 from services.notifier import templates
 
@@ -50,3 +55,8 @@ def test_the_scale_rounds_half_even_to_the_currency_minor_unit() -> None:
 def test_the_invoice_service_charges_what_the_notifier_states() -> None:
     assert dunning.statutory_costs is statutory_costs
     assert templates.statutory_costs is statutory_costs
+
+
+def test_the_scale_applies_to_euro_invoices_only() -> None:
+    assert applies_to("EUR")
+    assert not any(applies_to(currency) for currency in ("JPY", "USD", "GBP", "KWD", "eur"))

@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+from datetime import date
 from typing import Any
 
-from contracts.subscription import CreateSubscription
+from pydantic import TypeAdapter
+
+from contracts.fields import Identifier
+from contracts.limits import (
+    MAX_DATE,
+    MAX_PERIOD_CREDIT_NOTES,
+    MAX_PERIOD_INDEX,
+    MAX_SUBSCRIPTION_KEY_LENGTH,
+    MIN_DATE,
+)
+from contracts.subscription import BillingInterval, CreateSubscription, IntervalUnit
+from services.subscription import domain
 from services.subscription.handlers import create_errors
 from tests.support.invoices import debtor
 
@@ -74,3 +86,30 @@ def test_plans_outside_the_subscription_are_refused() -> None:
         ("payload.rate_plans.0.start_date", "outside_subscription"),
         ("payload.rate_plans.1.start_date", "outside_subscription"),
     ]
+
+
+def test_every_number_derived_from_the_longest_key_is_an_identifier() -> None:
+    """Invoices `{key}-{period}` and credit notes `{key}-{period}-CR-{yyyymmdd}-{n}` of a
+    key of the longest length allowed fit the identifier limit (docs/invoices.md)."""
+    longest = "K" * MAX_SUBSCRIPTION_KEY_LENGTH
+    assert codes(command(subscription_key=longest)) == []
+    assert codes(command(subscription_key=longest + "K")) == [
+        ("payload.subscription_key", "too_long")
+    ]
+    identifier = TypeAdapter(Identifier)
+    number = domain.invoice_number(longest, MAX_PERIOD_INDEX)
+    credit = domain.credit_note_number(number, MAX_DATE, MAX_PERIOD_CREDIT_NOTES - 1)
+    assert identifier.validate_python(number) == number
+    assert identifier.validate_python(credit) == credit
+    assert len(credit) == 100  # the room reserved is the room needed
+
+
+def test_no_subscription_has_more_periods_than_the_limit_reserves() -> None:
+    """One period a day from the first date a message may carry: the period after
+    MAX_PERIOD_INDEX starts after the last date, so it is never billed."""
+    daily = BillingInterval(unit=IntervalUnit.DAY, count=1)
+    assert domain.period_start(MIN_DATE, daily, MAX_PERIOD_INDEX) == MAX_DATE
+    assert domain.period_start(MIN_DATE, daily, MAX_PERIOD_INDEX + 1) > MAX_DATE
+    assert len(str(MAX_PERIOD_INDEX)) == 6
+    assert domain.credit_note_number("S-1", date(2026, 2, 1), 0) == "S-1-CR-20260201"
+    assert domain.credit_note_number("S-1", date(2026, 2, 1), 2) == "S-1-CR-20260201-3"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from contracts import tags
 
 VALUES = {"InvoiceNumber": "INV-1", "OpenAmount": "[InvoiceNumber]"}
@@ -22,3 +24,19 @@ def test_a_tag_has_no_brackets_or_line_breaks_and_at_most_80_characters() -> Non
         "y" * 80,
         "D",
     }
+
+
+def test_a_tag_matches_in_any_case_and_by_its_aliases() -> None:
+    value_of = tags.lookup({"InvoiceNumber": "INV-1", "OpenAmount": "12.00"})
+
+    filled = tags.fill("[invoicenumber] [INVOICENUMBER] [InvoiceAmountOpen] [Nope]", value_of)
+
+    assert filled == "INV-1 INV-1 12.00 [Nope]"
+    assert value_of("invoiceamountopen") == "12.00"
+    # an alias only stands for a tag the table has
+    assert tags.lookup({"InvoiceNumber": "INV-1"})("InvoiceAmountOpen") is None
+
+
+def test_tags_that_differ_only_in_case_cannot_share_a_table() -> None:
+    with pytest.raises(ValueError):
+        tags.lookup({"OpenAmount": "1", "openamount": "2"})

@@ -25,9 +25,9 @@ def tag_values(invoice: Invoice) -> dict[str, str]:
 
 
 def fill_tags(message: str, invoice: Invoice) -> str:
-    """Replace known `[Tag]`s with the invoice's values; unknown tags stay as written."""
-    values = tag_values(invoice)
-    return tags.fill(message, values.get)
+    """Replace known `[Tag]`s (in any case, or an alias such as `[InvoiceAmountOpen]`)
+    with the invoice's values; unknown tags stay as written."""
+    return tags.fill(message, tags.lookup(tag_values(invoice)))
 
 
 def custom_event(invoice: Invoice, message: str) -> Outcome:

@@ -20,7 +20,12 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 from pydantic import BaseModel, ConfigDict
 
 from contracts.envelope import FieldError
-from contracts.invoice import DEFAULT_TIME_ZONE, InvoiceFields, UpdateMerchantSettings
+from contracts.invoice import (
+    DEFAULT_CULTURE,
+    DEFAULT_TIME_ZONE,
+    InvoiceFields,
+    UpdateMerchantSettings,
+)
 
 
 class MerchantSettings(BaseModel):
@@ -85,8 +90,8 @@ def local_day(moment: datetime, time_zone: str) -> date:
     return moment.astimezone(zone(time_zone)).date()
 
 
-def invoice_culture(cmd: InvoiceFields, settings: MerchantSettings) -> str | None:
+def invoice_culture(cmd: InvoiceFields, settings: MerchantSettings) -> str:
     """An invoice's culture: its own, else its debtor's (a person's), else the merchant's
-    default."""
+    default, else the contract's `nl-NL` (docs/invoices.md, "The culture default")."""
     person = cmd.debtor.person.culture if cmd.debtor.person else None
-    return cmd.culture or person or settings.default_culture
+    return cmd.culture or person or settings.default_culture or DEFAULT_CULTURE

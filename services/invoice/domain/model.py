@@ -19,8 +19,10 @@ from services.invoice.domain.merchant import local_midnight
 
 ZERO = Decimal(0)
 S = InvoiceStatus
-#: Test invoices whose description starts with one of these run their scheme's steps.
-SCHEMA_TEST_PREFIXES = ("schema_test", "buckaroo_schema_test")
+#: Test invoices whose description starts with one of these, in any case, run their
+#: scheme's steps: Buckaroo's documents name `buckarooschema_test` and write
+#: `buckaroo_schema_test_…` in their example; `schema_test` is the platform's own.
+SCHEMA_TEST_PREFIXES = ("buckarooschema_test", "buckaroo_schema_test", "schema_test")
 #: Statuses in which the invoice is held: its schedule does not run and held time counts.
 HELD = frozenset({S.PAUSED, S.PAUSED_BY_DISPUTE, S.PAUSED_BY_PAYMENT_PLAN, S.EMERGENCY})
 
@@ -218,8 +220,11 @@ class Invoice(BaseModel):
 
     @property
     def runs_steps(self) -> bool:
-        """Test invoices run steps only when their description says `schema_test`."""
-        return not self.is_test or (self.description or "").startswith(SCHEMA_TEST_PREFIXES)
+        """Test invoices run steps only when their description starts with a
+        SCHEMA_TEST_PREFIXES prefix, in any case (`Buckaroo_Schema_Test …`)."""
+        return not self.is_test or (self.description or "").casefold().startswith(
+            SCHEMA_TEST_PREFIXES
+        )
 
     @property
     def slow_payment_covers(self) -> bool:

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from contracts.envelope import FieldError
 from contracts.fields import minor_unit
 from contracts.invoice import EventCategory, InvoiceEventName, InvoiceType
+from contracts.limits import MAX_IDENTIFIER_LENGTH
 from contracts.payments import TransactionStatus
 from services.invoice.domain.amounts import Transaction, money_errors
 from services.invoice.domain.creation import new_invoice_key
@@ -59,6 +60,23 @@ class InstallmentPlan:
 def installment_numbers(dossier: str, count: int) -> list[str]:
     """A plan's installments are numbered `{dossier}-1..n`."""
     return [f"{dossier}-{i + 1}" for i in range(count)]
+
+
+def dossier_errors(dossier: str, count: int) -> list[FieldError]:
+    """A dossier number leaves room for its installments' numbers: `{dossier}-{count}`,
+    the longest, must fit an identifier, or its events would not parse downstream."""
+    room = MAX_IDENTIFIER_LENGTH - len(f"-{count}")
+    if len(dossier) <= room:
+        return []
+    return [
+        FieldError(
+            "payload.dossier_number",
+            "too_long",
+            f"with {count} installments a dossier number has at most {room} characters, so "
+            f"that the installment numbers `{{dossier_number}}-1..{count}` fit "
+            f"{MAX_IDENTIFIER_LENGTH}",
+        )
+    ]
 
 
 def add_interval(start: date, interval: str, count: int) -> date:
@@ -230,7 +248,7 @@ def start_payment_plan(
     fingerprint: str,
 ) -> tuple[PaymentPlan | None, list[Outcome], list[FieldError]]:
     """Pause the originals (22) and create the installment invoices."""
-    errors: list[FieldError] = []
+    errors = dossier_errors(dossier, installment_count)
     found = {inv.invoice_number for inv in originals}
     for i, number in enumerate(requested):
         if number not in found:

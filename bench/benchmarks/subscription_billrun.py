@@ -215,35 +215,29 @@ def _stage_figures(series: Series, n: int, end: float | None = None) -> dict[str
     }
 
 
+@dataclass(eq=False)
 class Monitor:
     """Samples the services' counters, the scheduler's due timers, memory and CPU."""
 
-    def __init__(
-        self,
-        services: dict[str, ServiceProcess],
-        watcher: Watcher,
-        database_url: str,
-        schemas: dict[str, str],
-        due_at: datetime,
-        n: int,
-    ) -> None:
-        self.services = services
-        self.watcher = watcher
-        self.database_url = database_url
-        self.schemas = schemas
-        self.due_at = due_at
-        self.n = n
-        self.t0 = 0.0
-        self.series = {stage: Series() for stage in STAGES}
-        self.schedule_timers = Series()
-        self.samples: dict[str, dict[SampleKey, float]] = {}
-        self.timeline: list[dict[str, Any]] = []
-        self.rss_peak: dict[str, float] = {}
-        self.pss_peak: dict[str, float] = {}
-        self.cpu_start: dict[str, float] = {}
-        self.timers_fired = 0
-        self.timer_query_seconds: list[float] = []
-        self.extra = embedded_pids()
+    services: dict[str, ServiceProcess]
+    watcher: Watcher
+    database_url: str
+    schemas: dict[str, str]
+    due_at: datetime
+    n: int
+    t0: float = 0.0
+    series: dict[str, Series] = field(default_factory=lambda: {s: Series() for s in STAGES})
+    schedule_timers: Series = field(default_factory=Series)
+    samples: dict[str, dict[SampleKey, float]] = field(default_factory=dict)
+    timeline: list[dict[str, Any]] = field(default_factory=list)
+    rss_peak: dict[str, float] = field(default_factory=dict)
+    pss_peak: dict[str, float] = field(default_factory=dict)
+    cpu_start: dict[str, float] = field(default_factory=dict)
+    timers_fired: int = 0
+    timer_query_seconds: list[float] = field(default_factory=list)
+    extra: dict[str, int] = field(default_factory=embedded_pids)
+
+    def __post_init__(self) -> None:
         broker = [p for p in psutil.Process().children() if "tansu" in p.name()]
         if broker and "broker" not in self.extra:
             self.extra["broker"] = broker[0].pid

@@ -72,6 +72,15 @@ class Load:
     done: dict[str, Any]
     started: float = 0.0  # pre-produced runs: when the system under test was started
 
+    @property
+    def produce_seconds(self) -> float:
+        """First message sent → last one acknowledged."""
+        return self.last_ack - self.first_send
+
+    def send_rate(self, n: int) -> float:
+        """The rate the `n` messages were sent at, per second."""
+        return round(n / self.produce_seconds, 1)
+
 
 async def run_load(
     spec: Any, target: Callable[[Any, Connection], None] = main, produced_timeout: float = 300.0

@@ -703,27 +703,24 @@ class BatchConsumer:
                 # An unexpected error: perhaps passing (a lock, a race), perhaps a bug.
                 # The message itself may hold personal data: the log names the failure
                 # and where it happened; the dead letter has the rest.
-                site = failure_site(exc)
+                log_fields = {
+                    "consumer": self.spec.name,
+                    "message_type": label,
+                    "error_type": type(exc).__name__,
+                    "at": failure_site(exc),
+                }
                 if attempt < limits.handler_retry_attempts:
                     delay = limits.handler_retry_backoff_s * 2 ** (attempt - 1)
                     log.warning(
                         "handler failed; retrying the message after a pause",
-                        consumer=self.spec.name,
-                        message_type=label,
-                        error_type=type(exc).__name__,
-                        at=site,
+                        **log_fields,
                         attempt=attempt,
                         retry_in_s=delay,
                     )
                     await backoff(delay)
                     continue
                 log.error(
-                    "handler failed; dead-lettering the message",
-                    consumer=self.spec.name,
-                    message_type=label,
-                    error_type=type(exc).__name__,
-                    at=site,
-                    attempts=attempt,
+                    "handler failed; dead-lettering the message", **log_fields, attempts=attempt
                 )
                 errors = [FieldError("$", "handler_error", f"{type(exc).__name__}: {exc}")]
                 break

@@ -461,6 +461,7 @@ def type_label(type_name: str | None) -> str:
     return type_name if type_name in _KNOWN_TYPES else "unknown"
 
 
+@dataclass(kw_only=True, eq=False)
 class BatchConsumer:
     """Handles batches of records for one `ConsumerSpec` of one service.
 
@@ -471,26 +472,20 @@ class BatchConsumer:
     records around it are not touched.
     """
 
-    def __init__(
-        self,
-        *,
-        spec: ConsumerSpec,
-        service: str,
-        pool: asyncpg.Pool,
-        topics: TopicNames,
-        relay_shards: int,
-        on_commit: Callable[[], None] = lambda: None,
-        limits: ConsumerLimits | None = None,
-    ) -> None:
-        self.spec = spec
-        self.service = service
-        self.pool = pool
-        self.topics = topics
-        self.relay_shards = relay_shards
-        self.on_commit = on_commit
-        self.limits = limits or ConsumerLimits()
-        self.inbox_name = f"{service}.{spec.name}"
-        self.allowed = set(spec.handlers) | set(spec.ignored_types)
+    spec: ConsumerSpec
+    service: str
+    pool: asyncpg.Pool
+    topics: TopicNames
+    relay_shards: int
+    on_commit: Callable[[], None] = lambda: None
+    limits: ConsumerLimits = field(default_factory=ConsumerLimits)
+    inbox_name: str = field(init=False)
+    #: The types this consumer handles or ignores; any other is not allowed here.
+    allowed: set[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.inbox_name = f"{self.service}.{self.spec.name}"
+        self.allowed = set(self.spec.handlers) | set(self.spec.ignored_types)
 
     async def handle_batch(self, records: Sequence[RawRecord]) -> BatchOutcome:
         started = time.perf_counter()

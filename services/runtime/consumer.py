@@ -24,7 +24,7 @@ import hashlib
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from operator import attrgetter
@@ -314,6 +314,18 @@ class ConsumerSpec:
     #: (no inbox row, no effect), for a consumer that acts on few of a busy topic's
     #: records. Should it fail, every record goes the normal way.
     prefilter: RecordFilter | None = None
+
+
+def batched_consumers(
+    handlers: Mapping[tuple[str, str], dict[str, HandlerSpec]],
+    hooks: Callable[[], BatchHooks[Any]],
+) -> list[ConsumerSpec]:
+    """A service whose every consumer works on a batch at once: one consumer per
+    (name, topic) of `handlers`, each with batch hooks of its own from `hooks`."""
+    return [
+        ConsumerSpec(name=name, topic=topic, handlers=specs, batch_hooks=hooks())
+        for (name, topic), specs in handlers.items()
+    ]
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from services.invoice.domain import commands
 from services.invoice.domain.status import TRANSITIONS
 from services.invoice.handlers import on_invoice
 from services.runtime.app import ServiceDefinition
-from services.runtime.consumer import HandlerSpec, batched_consumers
+from services.runtime.consumer import HandlerSpec, consumer_specs
 
 #: The status commands: the rows of the transition table merchants send as commands.
 STATUS_COMMANDS = tuple(
@@ -53,7 +53,7 @@ def definition() -> ServiceDefinition:
     return ServiceDefinition(
         name="invoice",
         migrations=Path(__file__).parent / "migrations",
-        consumers=batched_consumers(
+        consumers=consumer_specs(
             {
                 ("commands", topics.INVOICE_COMMANDS): from_merchants,
                 ("internal", topics.INVOICE_INTERNAL): internal,

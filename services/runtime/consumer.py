@@ -316,14 +316,19 @@ class ConsumerSpec:
     prefilter: RecordFilter | None = None
 
 
-def batched_consumers(
+def consumer_specs(
     handlers: Mapping[tuple[str, str], dict[str, HandlerSpec]],
-    hooks: Callable[[], BatchHooks[Any]],
+    batch_hooks: Callable[[], BatchHooks[Any]] | None = None,
 ) -> list[ConsumerSpec]:
-    """A service whose every consumer works on a batch at once: one consumer per
-    (name, topic) of `handlers`, each with batch hooks of its own from `hooks`."""
+    """A service's consumers from its handlers by (consumer name, topic). With
+    `batch_hooks`, every consumer works on a batch at once, with hooks of its own."""
     return [
-        ConsumerSpec(name=name, topic=topic, handlers=specs, batch_hooks=hooks())
+        ConsumerSpec(
+            name=name,
+            topic=topic,
+            handlers=specs,
+            batch_hooks=batch_hooks() if batch_hooks is not None else None,
+        )
         for (name, topic), specs in handlers.items()
     ]
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from contracts import topics
 from services.runtime.app import ServiceDefinition
-from services.runtime.consumer import HandlerSpec, batched_consumers
+from services.runtime.consumer import HandlerSpec, consumer_specs
 from services.subscription import handlers
 from services.subscription.batch import SubscriptionBatchHooks
 
@@ -34,7 +34,7 @@ def definition() -> ServiceDefinition:
         name="subscription",
         migrations=Path(__file__).parent / "migrations",
         # Every consumer works on a batch's subscriptions at once (batch.py).
-        consumers=batched_consumers(
+        consumers=consumer_specs(
             {
                 ("commands", topics.SUBSCRIPTION_COMMANDS): commands,
                 ("internal", topics.SUBSCRIPTION_INTERNAL): internal,

@@ -13,26 +13,43 @@ from typing import Any, Protocol
 from bench.loadgen import main
 
 
-class LoadGenerator:
+class ChildProcess:
+    """A spawned child process, `target(spec, conn)`, that reports on a one-way pipe.
+    `target` must be importable (spawn pickles it by name)."""
+
+    def __init__(self, target: Callable[[Any, Connection], None], spec: Any, name: str) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._conn, self._child = context.Pipe(duplex=False)
+        self.process = context.Process(
+            target=target, args=(spec, self._child), daemon=True, name=name
+        )
+
+    def launch(self) -> None:
+        self.process.start()
+        self._child.close()  # the child's end: only the child writes to it
+
+    def stop(self) -> None:
+        self.process.join(timeout=10)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(timeout=5)
+        self._conn.close()
+
+
+class LoadGenerator(ChildProcess):
     """Starts a load generator in a spawned process and reads its reports.
 
     `target(spec, conn)` is the child's entry point: `bench.loadgen.main` (the bench
-    service's load) unless given; it must be importable (spawn pickles it by name) and
-    speak the same pipe protocol ("ready", "produced", "done" or "error").
+    service's load) unless given; it must speak the same pipe protocol ("ready",
+    "produced", "done" or "error").
     """
 
     def __init__(self, spec: Any, target: Callable[[Any, Connection], None] = main) -> None:
+        super().__init__(target, spec, "bench-loadgen")
         self.spec = spec
-        context = multiprocessing.get_context("spawn")
-        self._conn, child = context.Pipe(duplex=False)
-        self._child = child
-        self._process = context.Process(
-            target=target, args=(spec, child), daemon=True, name="bench-loadgen"
-        )
 
     async def start(self) -> None:
-        self._process.start()
-        self._child.close()
+        self.launch()
         await self.expect("ready", 60.0)
 
     async def expect(self, kind: str, timeout: float) -> tuple[Any, ...]:
@@ -49,13 +66,6 @@ class LoadGenerator:
             raise RuntimeError(f"expected {kind!r} from the load generator, got {message[0]!r}")
         return message
 
-    def stop(self) -> None:
-        self._process.join(timeout=10)
-        if self._process.is_alive():
-            self._process.kill()
-            self._process.join(timeout=5)
-        self._conn.close()
-
 
 class SystemUnderTest(Protocol):
     async def start(self) -> None: ...
@@ -71,6 +81,15 @@ class Load:
     last_ack: float
     done: dict[str, Any]
     started: float = 0.0  # pre-produced runs: when the system under test was started
+
+    @property
+    def produce_seconds(self) -> float:
+        """First message sent → last one acknowledged."""
+        return self.last_ack - self.first_send
+
+    def send_rate(self, n: int) -> float:
+        """The rate the `n` messages were sent at, per second."""
+        return round(n / self.produce_seconds, 1)
 
 
 async def run_load(

@@ -18,7 +18,6 @@ test puts its output. What is the same for all of them lives here:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
@@ -28,6 +27,8 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import ConsumerRecord
+
+from services.runtime.worker import cancel
 
 #: (Kafka key, value) of message `seq` (negative: a warm-up message).
 MessageFactory = Callable[[int], tuple[bytes, bytes]]
@@ -101,10 +102,7 @@ class TopicReader:
         self._task = asyncio.create_task(self._run())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel(self._task)
         await self.consumer.stop()
 
     async def _run(self) -> None:

@@ -10,10 +10,10 @@ service's), same envelopes, same partitions and fetch settings as the platform r
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
 import zlib
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from bench.service import MIGRATIONS, WEBSITE_KEY, BenchRecord, BenchRecorded
 from contracts.envelope import Envelope, new_envelope
+from services.runtime.worker import cancel
 
 #: The runtime's table definitions (read as plain SQL, so the tables are identical).
 RUNTIME_DDL = (
@@ -52,31 +53,21 @@ HEADERS_JSON = json.dumps([["content-type", "application/json"]])
 SHARDS = 8
 
 
+@dataclass(kw_only=True, eq=False)
 class RawPipeline:
-    def __init__(
-        self,
-        *,
-        bootstrap: str,
-        dsn: str,
-        schema: str,
-        in_topic: str,
-        out_topic: str,
-        max_records: int = 500,
-        fetch_max_wait_ms: int = 20,
-    ) -> None:
-        self.bootstrap = bootstrap
-        self.dsn = dsn
-        self.schema = schema
-        self.in_topic = in_topic
-        self.out_topic = out_topic
-        self.max_records = max_records
-        self.fetch_max_wait_ms = fetch_max_wait_ms
-        self.first_consumed: float | None = None
-        self.batches = 0
-        self._pool: asyncpg.Pool | None = None
-        self._consumer: AIOKafkaConsumer | None = None
-        self._producer: AIOKafkaProducer | None = None
-        self._task: asyncio.Task[None] | None = None
+    bootstrap: str
+    dsn: str
+    schema: str
+    in_topic: str
+    out_topic: str
+    max_records: int = 500
+    fetch_max_wait_ms: int = 20
+    first_consumed: float | None = field(default=None, init=False)
+    batches: int = field(default=0, init=False)
+    _pool: asyncpg.Pool | None = field(default=None, init=False)
+    _consumer: AIOKafkaConsumer | None = field(default=None, init=False)
+    _producer: AIOKafkaProducer | None = field(default=None, init=False)
+    _task: asyncio.Task[None] | None = field(default=None, init=False)
 
     async def start(self) -> None:
         statements = ddl()
@@ -114,10 +105,7 @@ class RawPipeline:
         self._task = asyncio.create_task(self._run(), name="raw-pipeline")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel(self._task)
         if self._consumer is not None:
             await self._consumer.stop()
         if self._producer is not None:

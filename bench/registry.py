@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,22 +33,36 @@ def logger(name: str) -> Callable[[str], None]:
     return log
 
 
-def add_runs_argument(
-    parser: argparse.ArgumentParser | Any, option: str, runs: tuple[str, ...]
-) -> None:
-    parser.add_argument(
-        option,
-        default=None,
-        help=f"comma-separated subset of the runs (default all: {','.join(runs)})",
-    )
+@dataclass(frozen=True)
+class Options:
+    """A benchmark's options: `numbers` (option → its default and help; its type is the
+    default's) and `runs_option`, which picks some of `runs` (comma-separated; default
+    all)."""
 
+    numbers: Mapping[str, tuple[int | float, str]]
+    runs_option: str
+    runs: tuple[str, ...]
 
-def selected_runs(value: str | None, option: str, runs: tuple[str, ...]) -> set[str]:
-    """The runs named by `option` (all of `runs` when not given); unknown ones exit."""
-    chosen = set(value.split(",")) if value else set(runs)
-    if unknown := chosen - set(runs):
-        raise SystemExit(f"unknown {option} {sorted(unknown)}; known: {', '.join(runs)}")
-    return chosen
+    def add_to(self, parser: argparse.ArgumentParser | Any) -> None:
+        for option, (default, text) in self.numbers.items():
+            parser.add_argument(option, type=type(default), default=default, help=text)
+        parser.add_argument(
+            self.runs_option,
+            default=None,
+            help=f"comma-separated subset of the runs (default all: {','.join(self.runs)})",
+        )
+
+    async def perform(
+        self, args: argparse.Namespace, runs: Mapping[str, Callable[[], Awaitable[Any]]]
+    ) -> dict[str, Any]:
+        """Do the runs `runs_option` picked (all when not given), in the order of `runs`;
+        their results by name. An unknown run exits before any runs."""
+        value = getattr(args, self.runs_option.removeprefix("--").replace("-", "_"))
+        chosen = set(value.split(",")) if value else set(self.runs)
+        if unknown := chosen - set(self.runs):
+            known = ", ".join(self.runs)
+            raise SystemExit(f"unknown {self.runs_option} {sorted(unknown)}; known: {known}")
+        return {name: await runs[name]() for name in self.runs if name in chosen}
 
 
 BenchmarkFn = Callable[[BenchContext], Awaitable[dict[str, Any]]]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from bench.driver import Load
+
 
 def summary(latencies: list[float]) -> dict[str, Any]:
     """p50/p99/max of latencies (seconds in, milliseconds out)."""
@@ -24,24 +26,18 @@ def per_s(n: int, seconds: float | None) -> float | None:
 
 
 def backlog_figures(
-    n: int,
-    done: dict[str, Any],
-    *,
-    first_handled: float | None,
-    started: float,
-    first_send: float,
-    last_ack: float,
-    rate_key: str = "msgs_per_s",
+    n: int, load: Load, *, first_handled: float | None, rate_key: str = "msgs_per_s"
 ) -> dict[str, Any]:
     """The figures of a pre-produced run: the rate over first message handled → last
     output seen (so without the startup, which is `startup_seconds`), and the rest."""
+    first_send, done = load.first_send, load.done
     last = done["last_output"]
     seconds = (last - first_handled) if (first_handled is not None and last is not None) else None
     return {
         rate_key: per_s(n, seconds),
         "seconds": round(seconds, 3) if seconds else None,
         "seconds_from_first_produce": round(last - first_send, 3) if last else None,
-        "produce_seconds": round(last_ack - first_send, 3),
-        "startup_seconds": round(first_handled - started, 3) if first_handled else None,
+        "produce_seconds": round(load.produce_seconds, 3),
+        "startup_seconds": round(first_handled - load.started, 3) if first_handled else None,
         "latency_from_produce": summary(done["latencies"]),
     }

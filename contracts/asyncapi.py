@@ -143,6 +143,21 @@ def _push_message(spec: TopicSpec) -> dict[str, Any]:
     }
 
 
+def _operation(
+    action: str, channel_id: str, actor: str, summary: str, names: list[str]
+) -> dict[str, Any]:
+    """`actor` sends or receives the messages `names` on the channel."""
+    return {
+        "action": action,
+        "channel": {"$ref": f"#/channels/{channel_id}"},
+        "summary": summary,
+        "messages": [
+            {"$ref": f"#/channels/{channel_id}/messages/{name}"} for name in sorted(names)
+        ],
+        "tags": [{"name": actor}],
+    }
+
+
 def build() -> dict[str, Any]:
     """The AsyncAPI document as a JSON-ready dict."""
     classes = sorted(
@@ -171,27 +186,18 @@ def build() -> dict[str, Any]:
             "messages": {name: {"$ref": f"#/components/messages/{name}"} for name in names},
             "bindings": {"kafka": {"topic": spec.name, "bindingVersion": _KAFKA_BINDING_VERSION}},
         }
-
-        def ref(name: str, channel_id: str = channel_id) -> dict[str, str]:
-            return {"$ref": f"#/channels/{channel_id}/messages/{name}"}
-
         for actor, sent in spec.producers.items():
-            sent_names = [cls.TYPE for cls in sent] or names
-            operations[f"{actor}_send_{channel_id}"] = {
-                "action": "send",
-                "channel": {"$ref": f"#/channels/{channel_id}"},
-                "summary": f"{actor} publishes to {spec.name}.",
-                "messages": [ref(name) for name in sorted(sent_names)],
-                "tags": [{"name": actor}],
-            }
+            operations[f"{actor}_send_{channel_id}"] = _operation(
+                "send",
+                channel_id,
+                actor,
+                f"{actor} publishes to {spec.name}.",
+                [cls.TYPE for cls in sent] or names,
+            )
         for actor in spec.consumers:
-            operations[f"{actor}_receive_{channel_id}"] = {
-                "action": "receive",
-                "channel": {"$ref": f"#/channels/{channel_id}"},
-                "summary": f"{actor} consumes {spec.name}.",
-                "messages": [ref(name) for name in sorted(names)],
-                "tags": [{"name": actor}],
-            }
+            operations[f"{actor}_receive_{channel_id}"] = _operation(
+                "receive", channel_id, actor, f"{actor} consumes {spec.name}.", names
+            )
     return {
         "asyncapi": "3.0.0",
         "info": {

@@ -203,6 +203,12 @@ class CaseFields(Command):
     )
 
 
+class CaseCommand(Command):
+    """The field every command about one existing case has (not a message itself)."""
+
+    case_key: Identifier = Field(description="The case.")
+
+
 class CreateCase(CaseFields):
     """Open a case by hand (cases for invoices reaching status 70 open by themselves)."""
 
@@ -211,10 +217,9 @@ class CreateCase(CaseFields):
     )
 
 
-class AttachDocument(Command):
+class AttachDocument(CaseCommand):
     """Add a document to a case in `preparing`."""
 
-    case_key: Identifier = Field(description="The case.")
     name: DocumentName = Field(description="File name, e.g. `invoice.pdf`.")
     content_type: ContentType = Field(description="MIME type, e.g. `application/pdf`.")
     content_base64: ContentBase64 = Field(
@@ -222,16 +227,13 @@ class AttachDocument(Command):
     )
 
 
-class MarkAsPrepared(Command):
+class MarkAsPrepared(CaseCommand):
     """The case is complete: review it or transfer it per the configuration."""
 
-    case_key: Identifier = Field(description="The case.")
 
-
-class ReviewCase(Command):
+class ReviewCase(CaseCommand):
     """Approve (transfer) or reject a case in `reviewing`."""
 
-    case_key: Identifier = Field(description="The case.")
     approve: bool = Field(description="True transfers the case; false fails it.")
     reason: Text | None = Field(default=None, description="Why, for the event log.")
     agency_code: Identifier | None = Field(
@@ -241,23 +243,21 @@ class ReviewCase(Command):
     )
 
 
-class AgencyAccepted(Command):
+class AgencyAccepted(CaseCommand):
     """The agency took the case on (invoice 72). From the agency adapter."""
 
-    case_key: Identifier = Field(description="The case.")
     agency_reference: OneLine | None = Field(
         default=None, max_length=100, description="The agency's own reference."
     )
 
 
-class AgencyRefused(Command):
+class AgencyRefused(CaseCommand):
     """The agency did not accept the case (invoice 79, case `failed`)."""
 
-    case_key: Identifier = Field(description="The case.")
     reason: Text = Field(description="The agency's reason.")
 
 
-class AgencyProcessed(Command):
+class AgencyProcessed(CaseCommand):
     """The agency finished (invoice 73 when complete, else 74; case `closed`).
 
     `collected_amount` is the agency's total for the case, including what was already
@@ -265,17 +265,15 @@ class AgencyProcessed(Command):
     booked on the invoice, so no euro is booked twice (docs/collection.md).
     """
 
-    case_key: Identifier = Field(description="The case.")
     complete: bool = Field(description="Whether everything was collected.")
     collected_amount: MoneyTotal = Field(
         description="Total the agency collected for the case, all reports included."
     )
 
 
-class AddCollectedAmount(Command):
+class AddCollectedAmount(CaseCommand):
     """Money collected by the agency, registered on the invoice as a payment."""
 
-    case_key: Identifier = Field(description="The case.")
     amount: Money = Field(description="The amount collected now.")
     collection_reference: OneLine | None = Field(
         default=None,
@@ -285,10 +283,9 @@ class AddCollectedAmount(Command):
     )
 
 
-class CloseCase(Command):
+class CloseCase(CaseCommand):
     """Close a case by hand."""
 
-    case_key: Identifier = Field(description="The case.")
     reason: Text = Field(description="Why the case is closed.")
 
 
@@ -305,14 +302,13 @@ class TransferCase(CaseFields):
     )
 
 
-class RecallCase(Command):
+class RecallCase(CaseCommand):
     """Take a case back from the agency (collection → the agency's adapter): the invoice
     was paid directly, written off, credited to zero or emergency-stopped.
 
     Kafka key: `{agency_code}:{case_key}`.
     """
 
-    case_key: Identifier = Field(description="The case.")
     agency_code: Identifier = Field(description="The agency holding it.")
     reason: Text = Field(description="Why the case is recalled.")
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from datetime import date, datetime
 from decimal import Decimal
 from enum import Enum
@@ -44,7 +45,7 @@ from pydantic import (
 from pydantic.alias_generators import to_pascal
 
 from contracts.envelope import Envelope
-from contracts.fields import pad_amounts
+from contracts.fields import KeyValueSnapshot, pad_amounts
 from contracts.invoice import (
     EventCategory,
     InvoiceEvent,
@@ -190,6 +191,10 @@ def encode_reference(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
+def _parameters(pairs: Sequence[KeyValueSnapshot]) -> list[PushParameter]:
+    return [PushParameter(key=p.key, value=p.value) for p in pairs]
+
+
 def push_from_event(envelope: Envelope[InvoiceEvent]) -> InvoicePush:
     """The merchant push of an InvoiceEvent envelope (pure)."""
     event = envelope.payload
@@ -217,9 +222,7 @@ def push_from_event(envelope: Envelope[InvoiceEvent]) -> InvoicePush:
             event_category=event.event_category,
             event_date_time=envelope.occurred_at,
             event_sequence=event.sequence,
-            event_parameters=[
-                PushParameter(key=p.key, value=p.value) for p in event.event_parameters
-            ],
+            event_parameters=_parameters(event.event_parameters),
             currency=snapshot.currency,
             amount_debit=snapshot.amount_debit,
             amount_credit=snapshot.amount_credit,
@@ -232,11 +235,7 @@ def push_from_event(envelope: Envelope[InvoiceEvent]) -> InvoicePush:
             open_amount_admin_costs=snapshot.open_amount_admin_costs,
             open_amount_incl_admin_costs=snapshot.open_amount_incl_admin_costs,
             is_paid=snapshot.is_paid,
-            custom_parameters=[
-                PushParameter(key=p.key, value=p.value) for p in snapshot.custom_parameters
-            ],
-            additional_parameters=[
-                PushParameter(key=p.key, value=p.value) for p in snapshot.additional_parameters
-            ],
+            custom_parameters=_parameters(snapshot.custom_parameters),
+            additional_parameters=_parameters(snapshot.additional_parameters),
         )
     )

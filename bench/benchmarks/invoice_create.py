@@ -17,7 +17,6 @@ Runs (`--invoice-runs`):
 
 from __future__ import annotations
 
-import argparse
 from typing import Any
 
 from bench import kafka
@@ -27,50 +26,32 @@ from bench.inprocess import InProcessService
 from bench.invoice_loadgen import InvoiceLoadSpec
 from bench.invoice_loadgen import main as loadgen_main
 from bench.kafka import PARTITIONS
-from bench.registry import BenchContext, add_runs_argument, benchmark, logger, selected_runs
+from bench.registry import BenchContext, Options, benchmark, logger
 from bench.stats import backlog_figures, summary
 from contracts import topics
 from services.invoice.app import definition
 
 TARGET_PER_S = 3000
-RUNS = ("throughput", "raw", "latency")
-
-
-def add_arguments(parser: argparse.ArgumentParser | Any) -> None:
-    parser.add_argument(
-        "--invoice-n",
-        type=int,
-        default=20_000,
-        help="CreateInvoice commands of the throughput and raw runs (default 20000)",
-    )
-    parser.add_argument(
-        "--invoice-merchants", type=int, default=100, help="website keys (default 100)"
-    )
-    parser.add_argument(
-        "--invoice-debtors",
-        type=int,
-        default=5_000,
-        help="debtor codes per merchant cycle (default 5000)",
-    )
-    parser.add_argument(
-        "--invoice-rate",
-        type=float,
-        default=500.0,
-        help="commands/s of the latency run (default 500)",
-    )
-    parser.add_argument(
-        "--invoice-rate-seconds",
-        type=float,
-        default=10.0,
-        help="duration of the latency run (default 10)",
-    )
-    parser.add_argument(
-        "--invoice-max-records",
-        type=int,
-        default=500,
-        help="kafka_max_records of the service, and the raw run's batch (default 500)",
-    )
-    add_runs_argument(parser, "--invoice-runs", RUNS)
+#: The throughput runs and their keys in the results' `throughput`.
+THROUGHPUT_KEYS = {"throughput": "invoice_create", "raw": "raw"}
+OPTIONS = Options(
+    {
+        "--invoice-n": (
+            20_000,
+            "CreateInvoice commands of the throughput and raw runs (default 20000)",
+        ),
+        "--invoice-merchants": (100, "website keys (default 100)"),
+        "--invoice-debtors": (5_000, "debtor codes per merchant cycle (default 5000)"),
+        "--invoice-rate": (500.0, "commands/s of the latency run (default 500)"),
+        "--invoice-rate-seconds": (10.0, "duration of the latency run (default 10)"),
+        "--invoice-max-records": (
+            500,
+            "kafka_max_records of the service, and the raw run's batch (default 500)",
+        ),
+    },
+    "--invoice-runs",
+    ("throughput", "raw", "latency"),
+)
 
 
 _log = logger("invoice_create")
@@ -133,14 +114,7 @@ async def throughput(ctx: BenchContext, n: int) -> dict[str, Any]:
     result = {
         "n": n,
         **_checks(load.done),
-        **backlog_figures(
-            n,
-            load.done,
-            first_handled=service.first_handled,
-            started=load.started,
-            first_send=load.first_send,
-            last_ack=load.last_ack,
-        ),
+        **backlog_figures(n, load, first_handled=service.first_handled),
         **counts,
     }
     _log(f"throughput: {result['msgs_per_s']} commands/s over {result['seconds']} s")
@@ -164,7 +138,7 @@ async def latency(ctx: BenchContext) -> dict[str, Any]:
         "rate_per_s": rate,
         "n": n,
         "warm_up_invoices": ctx.args.invoice_merchants,
-        "achieved_send_rate_per_s": round(n / (load.last_ack - load.first_send), 1),
+        "achieved_send_rate_per_s": load.send_rate(n),
         # Below the send rate when the service cannot keep up: the latencies then measure
         # a growing queue, not the service at that rate.
         "output_rate_per_s": (
@@ -182,19 +156,22 @@ async def latency(ctx: BenchContext) -> dict[str, Any]:
     "invoice_create",
     "CreateInvoice commands/s and latency end to end (command topic → invoice service →"
     " ChangedStatus 10 event), against the raw aiokafka+asyncpg I/O floor",
-    add_arguments,
+    OPTIONS.add_to,
 )
 async def run(ctx: BenchContext) -> dict[str, Any]:
     args = ctx.args
-    runs = selected_runs(args.invoice_runs, "--invoice-runs", RUNS)
-    results: dict[str, Any] = {}
-    if "throughput" in runs:
-        results["invoice_create"] = await throughput(ctx, args.invoice_n)
-    if "raw" in runs:
-        results["raw"] = await runtime_pipeline.throughput(
-            ctx, "icraw", "raw", args.invoice_n, args.invoice_max_records
-        )
-    latency_result = await latency(ctx) if "latency" in runs else None
+    done = await OPTIONS.perform(
+        args,
+        {
+            "throughput": lambda: throughput(ctx, args.invoice_n),
+            "raw": lambda: runtime_pipeline.throughput(
+                ctx, "icraw", "raw", args.invoice_n, args.invoice_max_records
+            ),
+            "latency": lambda: latency(ctx),
+        },
+    )
+    results = {key: done[name] for name, key in THROUGHPUT_KEYS.items() if name in done}
+    latency_result = done.get("latency")
     rate = results.get("invoice_create", {}).get("msgs_per_s")
     raw_rate = results.get("raw", {}).get("msgs_per_s")
     return {

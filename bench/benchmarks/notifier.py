@@ -19,7 +19,6 @@ Runs (`--notifier-runs`):
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
 import importlib.util
@@ -39,63 +38,33 @@ from bench.invoice_loadgen import website_key
 from bench.kafka import PARTITIONS
 from bench.notifier_loadgen import NotifierLoadSpec, invoice_count
 from bench.notifier_loadgen import main as loadgen_main
-from bench.registry import BenchContext, add_runs_argument, benchmark, logger, selected_runs
+from bench.registry import BenchContext, Options, benchmark, logger
 from bench.stats import backlog_figures, summary
 from contracts import topics
 from contracts.envelope import new_envelope
 from contracts.notifier import RegisterWebhook
 from services.notifier.app import definition
 
-RUNS = ("pushes", "webhooks", "webhook_latency")
-
-
-def add_arguments(parser: argparse.ArgumentParser | Any) -> None:
-    parser.add_argument(
-        "--notifier-n",
-        type=int,
-        default=20_000,
-        help="InvoiceEvents of the pushes run (default 20000)",
-    )
-    parser.add_argument(
-        "--notifier-webhook-n",
-        type=int,
-        default=5_000,
-        help="InvoiceEvents of the webhooks run (default 5000)",
-    )
-    parser.add_argument(
-        "--notifier-websites", type=int, default=100, help="website keys (default 100)"
-    )
-    parser.add_argument(
-        "--notifier-events-per-invoice",
-        type=int,
-        default=4,
-        help="events (sequences 1..k) per invoice (default 4: 20000 events = 5000 invoices)",
-    )
-    parser.add_argument(
-        "--notifier-verify-every",
-        type=int,
-        default=10,
-        help="the endpoint verifies every n-th signature with standardwebhooks (default 10)",
-    )
-    parser.add_argument(
-        "--notifier-webhook-rate",
-        type=float,
-        default=100.0,
-        help="events/s of the webhook_latency run (default 100)",
-    )
-    parser.add_argument(
-        "--notifier-webhook-seconds",
-        type=float,
-        default=3.0,
-        help="duration of the webhook_latency run (default 3)",
-    )
-    parser.add_argument(
-        "--notifier-max-records",
-        type=int,
-        default=500,
-        help="kafka_max_records of the service (default 500)",
-    )
-    add_runs_argument(parser, "--notifier-runs", RUNS)
+OPTIONS = Options(
+    {
+        "--notifier-n": (20_000, "InvoiceEvents of the pushes run (default 20000)"),
+        "--notifier-webhook-n": (5_000, "InvoiceEvents of the webhooks run (default 5000)"),
+        "--notifier-websites": (100, "website keys (default 100)"),
+        "--notifier-events-per-invoice": (
+            4,
+            "events (sequences 1..k) per invoice (default 4: 20000 events = 5000 invoices)",
+        ),
+        "--notifier-verify-every": (
+            10,
+            "the endpoint verifies every n-th signature with standardwebhooks (default 10)",
+        ),
+        "--notifier-webhook-rate": (100.0, "events/s of the webhook_latency run (default 100)"),
+        "--notifier-webhook-seconds": (3.0, "duration of the webhook_latency run (default 3)"),
+        "--notifier-max-records": (500, "kafka_max_records of the service (default 500)"),
+    },
+    "--notifier-runs",
+    ("pushes", "webhooks", "webhook_latency"),
+)
 
 
 _log = logger("notifier")
@@ -225,15 +194,7 @@ async def pushes(ctx: BenchContext, n: int) -> dict[str, Any]:
         "pushes_with_wrong_key": done["pushes_with_wrong_key"],
         "bodies_checked": done["bodies_checked"],
         "bodies_not_matching": done["bodies_not_matching"],
-        **backlog_figures(
-            n,
-            done,
-            first_handled=notifier.first_handled,
-            started=load.started,
-            first_send=load.first_send,
-            last_ack=load.last_ack,
-            rate_key="pushes_per_s",
-        ),
+        **backlog_figures(n, load, first_handled=notifier.first_handled, rate_key="pushes_per_s"),
         "webhook_deliveries": sum(counts["deliveries_by_status"].values()),
         "outbox_rows_left": counts["outbox_rows_left"],
     }
@@ -265,7 +226,7 @@ async def webhooks(ctx: BenchContext, label: str, n: int, rate: float | None) ->
     finally:
         await notifier.stop()
     counts = await notifier.cleanup(COUNTS)
-    first_send, last_ack, done = load.first_send, load.last_ack, load.done
+    first_send, done = load.first_send, load.done
     first, last = done["first_received"], done["last_received"]
     drain = (last - first) if (first is not None and last is not None) else None
     from_produce = (last - first_send) if last is not None else None
@@ -273,7 +234,7 @@ async def webhooks(ctx: BenchContext, label: str, n: int, rate: float | None) ->
         "n": n,
         "invoices": invoice_count(spec),
         "rate_per_s": rate,
-        "achieved_send_rate_per_s": round(n / (last_ack - first_send), 1),
+        "achieved_send_rate_per_s": load.send_rate(n),
         **_checks(done),
         "requests": done["requests"],
         "signatures_verified": done["signatures_verified"],
@@ -285,7 +246,7 @@ async def webhooks(ctx: BenchContext, label: str, n: int, rate: float | None) ->
         # n / (last accepted - first accepted): the dispatcher's drain alone.
         "deliveries_per_s_first_to_last": round(n / drain, 1) if drain else None,
         "seconds_from_first_produce": round(from_produce, 3) if from_produce else None,
-        "produce_seconds": round(last_ack - first_send, 3),
+        "produce_seconds": round(load.produce_seconds, 3),
         "latency_produced_to_received": summary(done["latencies"]),
         **counts,
     }
@@ -301,19 +262,21 @@ async def webhooks(ctx: BenchContext, label: str, n: int, rate: float | None) ->
     "notifier",
     "InvoiceEvents → pushes/s on cm.push.invoice, and signed webhook deliveries/s and"
     " latency to a local Standard Webhooks endpoint",
-    add_arguments,
+    OPTIONS.add_to,
 )
 async def run(ctx: BenchContext) -> dict[str, Any]:
     args = ctx.args
-    runs = selected_runs(args.notifier_runs, "--notifier-runs", RUNS)
-    results: dict[str, Any] = {}
-    if "pushes" in runs:
-        results["pushes"] = await pushes(ctx, args.notifier_n)
-    if "webhooks" in runs:
-        results["webhooks"] = await webhooks(ctx, "nfw", args.notifier_webhook_n, rate=None)
-    if "webhook_latency" in runs:
-        n = int(args.notifier_webhook_rate * args.notifier_webhook_seconds)
-        results["webhook_latency"] = await webhooks(ctx, "nfl", n, rate=args.notifier_webhook_rate)
+    latency_n = int(args.notifier_webhook_rate * args.notifier_webhook_seconds)
+    results = await OPTIONS.perform(
+        args,
+        {
+            "pushes": lambda: pushes(ctx, args.notifier_n),
+            "webhooks": lambda: webhooks(ctx, "nfw", args.notifier_webhook_n, rate=None),
+            "webhook_latency": lambda: webhooks(
+                ctx, "nfl", latency_n, rate=args.notifier_webhook_rate
+            ),
+        },
+    )
     return {
         "parameters": {
             "n": args.notifier_n,

@@ -14,7 +14,6 @@ a fixed rate to a running, warmed-up pipeline.
 
 from __future__ import annotations
 
-import argparse
 from typing import Any
 
 from bench import kafka
@@ -24,44 +23,34 @@ from bench.inprocess import InProcessService, schema_of
 from bench.kafka import PARTITIONS
 from bench.loadgen import LoadSpec
 from bench.raw import RawPipeline
-from bench.registry import BenchContext, add_runs_argument, benchmark, logger, selected_runs
+from bench.registry import BenchContext, Options, benchmark, logger
 from bench.service import COMMAND_TOPIC, EVENT_TOPIC, definition
 from bench.stats import backlog_figures, summary
 
-RUNS = (
-    "platform_batched",
-    "raw",
-    "platform_single",
-    "latency_platform_batched",
-    "latency_raw",
+OPTIONS = Options(
+    {
+        "--n": (20_000, "commands per throughput run (default 20000)"),
+        "--n-single": (
+            2_000,
+            "commands for the platform_single run (default 2000: one durable commit per"
+            " message runs at ~100-200/s here, 20000 would take minutes)",
+        ),
+        "--keys": (100, "distinct keys (default 100)"),
+        "--rate": (1000.0, "commands/s of the latency runs (default 1000)"),
+        "--rate-seconds": (5.0, "duration of the latency runs (default 5)"),
+        "--max-records": (500, "batch size of the batched and raw runs (default 500)"),
+    },
+    "--runs",
+    (
+        "platform_batched",
+        "raw",
+        "platform_single",
+        "latency_platform_batched",
+        "latency_raw",
+    ),
 )
-
-
-def add_arguments(parser: argparse.ArgumentParser | Any) -> None:
-    parser.add_argument(
-        "--n", type=int, default=20_000, help="commands per throughput run (default 20000)"
-    )
-    parser.add_argument(
-        "--n-single",
-        type=int,
-        default=2_000,
-        help="commands for the platform_single run (default 2000: one durable commit per"
-        " message runs at ~100-200/s here, 20000 would take minutes)",
-    )
-    parser.add_argument("--keys", type=int, default=100, help="distinct keys (default 100)")
-    parser.add_argument(
-        "--rate", type=float, default=1000.0, help="commands/s of the latency runs (default 1000)"
-    )
-    parser.add_argument(
-        "--rate-seconds", type=float, default=5.0, help="duration of the latency runs (default 5)"
-    )
-    parser.add_argument(
-        "--max-records",
-        type=int,
-        default=500,
-        help="batch size of the batched and raw runs (default 500)",
-    )
-    add_runs_argument(parser, "--runs", RUNS)
+#: The latency runs' prefix: `latency_raw` is `raw` in the results' `latency`.
+LATENCY = "latency_"
 
 
 _log = logger("runtime_pipeline")
@@ -140,14 +129,7 @@ async def throughput(
         "complete": done["complete"],
         "outputs_seen": done["seen"],
         "duplicates_seen": done["duplicates"],
-        **backlog_figures(
-            n,
-            done,
-            first_handled=pipeline.first_consumed,
-            started=load.started,
-            first_send=load.first_send,
-            last_ack=load.last_ack,
-        ),
+        **backlog_figures(n, load, first_handled=pipeline.first_consumed),
         **counts,
     }
     _log(f"{label}: {result['msgs_per_s']} msg/s over {result['seconds']} s")
@@ -180,7 +162,7 @@ async def latency(ctx: BenchContext, label: str, kind: str, max_records: int) ->
         "kafka_max_records": max_records,
         "rate_per_s": ctx.args.rate,
         "n": n,
-        "achieved_send_rate_per_s": round(n / (load.last_ack - load.first_send), 1),
+        "achieved_send_rate_per_s": load.send_rate(n),
         "complete": done["complete"],
         "outputs_seen": done["seen"],
         **summary(done["latencies"]),
@@ -200,26 +182,25 @@ def _ratio(a: dict[str, Any], b: dict[str, Any]) -> float | None:
     "runtime_pipeline",
     "messages/s and latency through consume → inbox+state+outbox transaction → relay → "
     "publish: platform (1 and 500 per batch) vs raw aiokafka+asyncpg",
-    add_arguments,
+    OPTIONS.add_to,
 )
 async def run(ctx: BenchContext) -> dict[str, Any]:
     args = ctx.args
     n_single = min(args.n_single, args.n)
-    runs = selected_runs(args.runs, "--runs", RUNS)
-    throughput_runs: dict[str, dict[str, Any]] = {}
-    if "platform_batched" in runs:
-        throughput_runs["platform_batched"] = await throughput(
-            ctx, "pb", "platform", args.n, args.max_records
-        )
-    if "raw" in runs:
-        throughput_runs["raw"] = await throughput(ctx, "raw", "raw", args.n, args.max_records)
-    if "platform_single" in runs:
-        throughput_runs["platform_single"] = await throughput(ctx, "ps", "platform", n_single, 1)
-    latency_runs: dict[str, dict[str, Any]] = {}
-    if "latency_platform_batched" in runs:
-        latency_runs["platform_batched"] = await latency(ctx, "lpb", "platform", args.max_records)
-    if "latency_raw" in runs:
-        latency_runs["raw"] = await latency(ctx, "lraw", "raw", args.max_records)
+    done = await OPTIONS.perform(
+        args,
+        {
+            "platform_batched": lambda: throughput(ctx, "pb", "platform", args.n, args.max_records),
+            "raw": lambda: throughput(ctx, "raw", "raw", args.n, args.max_records),
+            "platform_single": lambda: throughput(ctx, "ps", "platform", n_single, 1),
+            "latency_platform_batched": lambda: latency(ctx, "lpb", "platform", args.max_records),
+            "latency_raw": lambda: latency(ctx, "lraw", "raw", args.max_records),
+        },
+    )
+    throughput_runs = {name: r for name, r in done.items() if not name.startswith(LATENCY)}
+    latency_runs = {
+        name.removeprefix(LATENCY): r for name, r in done.items() if name.startswith(LATENCY)
+    }
     raw = throughput_runs.get("raw", {})
     return {
         "parameters": {

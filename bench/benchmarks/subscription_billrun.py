@@ -27,13 +27,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import multiprocessing
 import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from multiprocessing.connection import Connection
 from typing import Any
 
 import asyncpg
@@ -42,6 +40,7 @@ import psutil
 
 from bench import billrun_watch, kafka
 from bench.billrun_data import Templates, load_subscriptions, load_timers
+from bench.driver import ChildProcess
 from bench.infra import drop_run
 from bench.procs import (
     SampleKey,
@@ -113,25 +112,17 @@ def _n(args: argparse.Namespace) -> int:
     return DEFAULT_N
 
 
-class Watcher:
+class Watcher(ChildProcess):
     """The watcher child process (bench/billrun_watch.py) and its reports."""
 
     def __init__(self, spec: billrun_watch.WatchSpec) -> None:
-        context = multiprocessing.get_context("spawn")
-        self._conn, child = context.Pipe(duplex=False)
-        self._child: Connection | None = child
-        self.process = context.Process(
-            target=billrun_watch.main, args=(spec, child), daemon=True, name="bench-billrun-watch"
-        )
+        super().__init__(billrun_watch.main, spec, "bench-billrun-watch")
         self.count = 0
         self.last: float | None = None
         self.done: dict[str, Any] | None = None
 
     async def start(self, timeout: float = 60.0) -> None:
-        self.process.start()
-        assert self._child is not None
-        self._child.close()
-        self._child = None
+        self.launch()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._conn.poll():
@@ -163,13 +154,6 @@ class Watcher:
     @property
     def pid(self) -> int | None:
         return self.process.pid
-
-    def stop(self) -> None:
-        self.process.join(timeout=10)
-        if self.process.is_alive():
-            self.process.kill()
-            self.process.join(timeout=5)
-        self._conn.close()
 
 
 @dataclass
@@ -215,35 +199,29 @@ def _stage_figures(series: Series, n: int, end: float | None = None) -> dict[str
     }
 
 
+@dataclass(eq=False)
 class Monitor:
     """Samples the services' counters, the scheduler's due timers, memory and CPU."""
 
-    def __init__(
-        self,
-        services: dict[str, ServiceProcess],
-        watcher: Watcher,
-        database_url: str,
-        schemas: dict[str, str],
-        due_at: datetime,
-        n: int,
-    ) -> None:
-        self.services = services
-        self.watcher = watcher
-        self.database_url = database_url
-        self.schemas = schemas
-        self.due_at = due_at
-        self.n = n
-        self.t0 = 0.0
-        self.series = {stage: Series() for stage in STAGES}
-        self.schedule_timers = Series()
-        self.samples: dict[str, dict[SampleKey, float]] = {}
-        self.timeline: list[dict[str, Any]] = []
-        self.rss_peak: dict[str, float] = {}
-        self.pss_peak: dict[str, float] = {}
-        self.cpu_start: dict[str, float] = {}
-        self.timers_fired = 0
-        self.timer_query_seconds: list[float] = []
-        self.extra = embedded_pids()
+    services: dict[str, ServiceProcess]
+    watcher: Watcher
+    database_url: str
+    schemas: dict[str, str]
+    due_at: datetime
+    n: int
+    t0: float = 0.0
+    series: dict[str, Series] = field(default_factory=lambda: {s: Series() for s in STAGES})
+    schedule_timers: Series = field(default_factory=Series)
+    samples: dict[str, dict[SampleKey, float]] = field(default_factory=dict)
+    timeline: list[dict[str, Any]] = field(default_factory=list)
+    rss_peak: dict[str, float] = field(default_factory=dict)
+    pss_peak: dict[str, float] = field(default_factory=dict)
+    cpu_start: dict[str, float] = field(default_factory=dict)
+    timers_fired: int = 0
+    timer_query_seconds: list[float] = field(default_factory=list)
+    extra: dict[str, int] = field(default_factory=embedded_pids)
+
+    def __post_init__(self) -> None:
         broker = [p for p in psutil.Process().children() if "tansu" in p.name()]
         if broker and "broker" not in self.extra:
             self.extra["broker"] = broker[0].pid

@@ -20,7 +20,6 @@ Runs (`--timers-runs`):
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import json
@@ -38,42 +37,32 @@ from bench.inprocess import schema_of
 from bench.kafka import PARTITIONS
 from bench.loadcore import TopicReader
 from bench.procs import ServiceProcess
-from bench.registry import BenchContext, add_runs_argument, benchmark, logger, selected_runs
+from bench.registry import BenchContext, Options, benchmark, logger
 from bench.stats import per_s, summary
 from contracts import topics
 
 TARGET = topics.INVOICE_INTERNAL  # where the invoice service's StepDue timers go
-RUNS = ("drain", "steady", "pgqueuer")
 COLUMNS = ["website_key", "timer_id", "due_at", "topic", "key", "message"]
 WEBSITE_KEY = "bench-shop"
 
 
-def add_arguments(parser: argparse.ArgumentParser | Any) -> None:
-    parser.add_argument(
-        "--timers-n",
-        type=int,
-        default=200_000,
-        help="timers of the drain run and jobs of the pgqueuer run (default 200000)",
-    )
-    parser.add_argument(
-        "--timers-batch-size",
-        type=int,
-        default=1000,
-        help="timers per firing transaction, SCHEDULER_BATCH_SIZE (default 1000)",
-    )
-    parser.add_argument(
-        "--timers-steady-rate", type=int, default=2000, help="timers/s due in the steady run"
-    )
-    parser.add_argument(
-        "--timers-steady-seconds", type=float, default=5.0, help="length of the steady run"
-    )
-    parser.add_argument(
-        "--timers-pgqueuer-batch-size",
-        type=int,
-        default=100,
-        help="pgqueuer dequeue batch size (default 100)",
-    )
-    add_runs_argument(parser, "--timers-runs", RUNS)
+OPTIONS = Options(
+    {
+        "--timers-n": (
+            200_000,
+            "timers of the drain run and jobs of the pgqueuer run (default 200000)",
+        ),
+        "--timers-batch-size": (
+            1000,
+            "timers per firing transaction, SCHEDULER_BATCH_SIZE (default 1000)",
+        ),
+        "--timers-steady-rate": (2000, "timers/s due in the steady run"),
+        "--timers-steady-seconds": (5.0, "length of the steady run"),
+        "--timers-pgqueuer-batch-size": (100, "pgqueuer dequeue batch size (default 100)"),
+    },
+    "--timers-runs",
+    ("drain", "steady", "pgqueuer"),
+)
 
 
 _log = logger("timers")
@@ -304,18 +293,18 @@ async def pgqueuer_run(ctx: BenchContext) -> dict[str, Any]:
     "timers",
     "scheduler timers fired/s through to Kafka and due→fired lag (COPY-loaded, system "
     "clock, one replica) vs pgqueuer jobs/s on the same PostgreSQL",
-    add_arguments,
+    OPTIONS.add_to,
 )
 async def run(ctx: BenchContext) -> dict[str, Any]:
     args = ctx.args
-    runs = selected_runs(args.timers_runs, "--timers-runs", RUNS)
-    results: dict[str, Any] = {}
-    if "drain" in runs:
-        results["drain"] = await drain(ctx)
-    if "steady" in runs:
-        results["steady"] = await steady(ctx)
-    if "pgqueuer" in runs:
-        results["pgqueuer"] = await pgqueuer_run(ctx)
+    results = await OPTIONS.perform(
+        args,
+        {
+            "drain": lambda: drain(ctx),
+            "steady": lambda: steady(ctx),
+            "pgqueuer": lambda: pgqueuer_run(ctx),
+        },
+    )
     ours = results.get("drain", {}).get("fired_per_s")
     theirs = results.get("pgqueuer", {}).get("jobs_per_s")
     return {

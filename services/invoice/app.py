@@ -17,7 +17,7 @@ from services.invoice.domain import commands
 from services.invoice.domain.status import TRANSITIONS
 from services.invoice.handlers import on_invoice
 from services.runtime.app import ServiceDefinition
-from services.runtime.consumer import ConsumerSpec, HandlerSpec
+from services.runtime.consumer import HandlerSpec, consumer_specs
 
 #: The status commands: the rows of the transition table merchants send as commands.
 STATUS_COMMANDS = tuple(
@@ -51,16 +51,15 @@ def definition() -> ServiceDefinition:
     transactions = {
         "TransactionStatusChanged": HandlerSpec(handlers.transaction_status_changed, answers=False)
     }
-    consumers = {
-        ("commands", topics.INVOICE_COMMANDS): from_merchants,
-        ("internal", topics.INVOICE_INTERNAL): internal,
-        ("transactions", topics.PAYMENT_TRANSACTIONS): transactions,
-    }
     return ServiceDefinition(
         name="invoice",
         migrations=Path(__file__).parent / "migrations",
-        consumers=[
-            ConsumerSpec(name=name, topic=topic, handlers=specs, batch_hooks=InvoiceBatchHooks())
-            for (name, topic), specs in consumers.items()
-        ],
+        consumers=consumer_specs(
+            {
+                ("commands", topics.INVOICE_COMMANDS): from_merchants,
+                ("internal", topics.INVOICE_INTERNAL): internal,
+                ("transactions", topics.PAYMENT_TRANSACTIONS): transactions,
+            },
+            InvoiceBatchHooks,
+        ),
     )

@@ -17,6 +17,7 @@ from contracts.debtor import Debtor, UnreachableFlags
 from services.invoice.domain import Invoice, PaymentPlan, SchemeStepState
 from services.invoice.domain.merchant import MerchantSettings
 from services.runtime.db import Connection
+from services.runtime.repository import Key, MerchantRepository
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,6 @@ class DebtorRecord:
     unreachable: dict[str, bool]
 
 
-Key = tuple[str, str]  # (website_key, invoice number / debtor code / scheme key)
 EventRow = tuple[str, str, int, UUID, datetime, str, dict[str, str]]
 T = TypeVar("T")
 
@@ -256,22 +256,10 @@ class InvoiceBatch:
         self.parking = []
 
 
-class InvoiceRepository:
+class InvoiceRepository(MerchantRepository[InvoiceBatch]):
     """Loads and saves one merchant's invoices, debtors, schemes and plans, through the
     batch's `InvoiceBatch`: reads of what it holds cost nothing, writes wait for its
     `flush` (the consumer's `BatchHooks.finish`, batch.py)."""
-
-    def __init__(self, conn: Connection, website_key: str, batch: InvoiceBatch) -> None:
-        self.conn = conn
-        self.website_key = website_key
-        self.batch = batch
-
-    def _key(self, name: str) -> Key:
-        return (self.website_key, name)
-
-    async def flush(self) -> None:
-        """Write what the batch kept, before a query that must see it."""
-        await self.batch.flush(self.conn)
 
     # --- invoices ---
 

@@ -24,7 +24,7 @@ import hashlib
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from operator import attrgetter
@@ -316,6 +316,23 @@ class ConsumerSpec:
     prefilter: RecordFilter | None = None
 
 
+def consumer_specs(
+    handlers: Mapping[tuple[str, str], dict[str, HandlerSpec]],
+    batch_hooks: Callable[[], BatchHooks[Any]] | None = None,
+) -> list[ConsumerSpec]:
+    """A service's consumers from its handlers by (consumer name, topic). With
+    `batch_hooks`, every consumer works on a batch at once, with hooks of its own."""
+    return [
+        ConsumerSpec(
+            name=name,
+            topic=topic,
+            handlers=specs,
+            batch_hooks=batch_hooks() if batch_hooks is not None else None,
+        )
+        for (name, topic), specs in handlers.items()
+    ]
+
+
 @dataclass(frozen=True)
 class RawRecord:
     """The parts of a Kafka record the consumer needs."""
@@ -461,6 +478,7 @@ def type_label(type_name: str | None) -> str:
     return type_name if type_name in _KNOWN_TYPES else "unknown"
 
 
+@dataclass(kw_only=True, eq=False)
 class BatchConsumer:
     """Handles batches of records for one `ConsumerSpec` of one service.
 
@@ -471,26 +489,20 @@ class BatchConsumer:
     records around it are not touched.
     """
 
-    def __init__(
-        self,
-        *,
-        spec: ConsumerSpec,
-        service: str,
-        pool: asyncpg.Pool,
-        topics: TopicNames,
-        relay_shards: int,
-        on_commit: Callable[[], None] = lambda: None,
-        limits: ConsumerLimits | None = None,
-    ) -> None:
-        self.spec = spec
-        self.service = service
-        self.pool = pool
-        self.topics = topics
-        self.relay_shards = relay_shards
-        self.on_commit = on_commit
-        self.limits = limits or ConsumerLimits()
-        self.inbox_name = f"{service}.{spec.name}"
-        self.allowed = set(spec.handlers) | set(spec.ignored_types)
+    spec: ConsumerSpec
+    service: str
+    pool: asyncpg.Pool
+    topics: TopicNames
+    relay_shards: int
+    on_commit: Callable[[], None] = lambda: None
+    limits: ConsumerLimits = field(default_factory=ConsumerLimits)
+    inbox_name: str = field(init=False)
+    #: The types this consumer handles or ignores; any other is not allowed here.
+    allowed: set[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.inbox_name = f"{self.service}.{self.spec.name}"
+        self.allowed = set(self.spec.handlers) | set(self.spec.ignored_types)
 
     async def handle_batch(self, records: Sequence[RawRecord]) -> BatchOutcome:
         started = time.perf_counter()
@@ -703,27 +715,24 @@ class BatchConsumer:
                 # An unexpected error: perhaps passing (a lock, a race), perhaps a bug.
                 # The message itself may hold personal data: the log names the failure
                 # and where it happened; the dead letter has the rest.
-                site = failure_site(exc)
+                log_fields = {
+                    "consumer": self.spec.name,
+                    "message_type": label,
+                    "error_type": type(exc).__name__,
+                    "at": failure_site(exc),
+                }
                 if attempt < limits.handler_retry_attempts:
                     delay = limits.handler_retry_backoff_s * 2 ** (attempt - 1)
                     log.warning(
                         "handler failed; retrying the message after a pause",
-                        consumer=self.spec.name,
-                        message_type=label,
-                        error_type=type(exc).__name__,
-                        at=site,
+                        **log_fields,
                         attempt=attempt,
                         retry_in_s=delay,
                     )
                     await backoff(delay)
                     continue
                 log.error(
-                    "handler failed; dead-lettering the message",
-                    consumer=self.spec.name,
-                    message_type=label,
-                    error_type=type(exc).__name__,
-                    at=site,
-                    attempts=attempt,
+                    "handler failed; dead-lettering the message", **log_fields, attempts=attempt
                 )
                 errors = [FieldError("$", "handler_error", f"{type(exc).__name__}: {exc}")]
                 break

@@ -29,7 +29,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from services.runtime.db import Connection, schema_lock_id
 from services.runtime.logs import get_logger
-from services.runtime.worker import StopFlag, run_worker
+from services.runtime.worker import StopFlag, cancel, run_worker
 
 log = get_logger(__name__)
 
@@ -212,9 +212,7 @@ class OutboxRelay:
             try:
                 await asyncio.wait_for(asyncio.shield(self._task), 5.0)
             except TimeoutError:
-                self._task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._task
+                await cancel(self._task)
         # One last drain so a clean shutdown leaves nothing behind.
         with contextlib.suppress(Exception):
             await self.relay_all()

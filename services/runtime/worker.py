@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import Counter
 
@@ -53,6 +54,15 @@ class StopFlag:
     """Set to end a worker after its current round (no cancellation mid-step)."""
 
     stopped: bool = False
+
+
+async def cancel(task: asyncio.Task[Any] | None) -> None:
+    """Cancel `task` (when there is one) and wait until it has ended."""
+    if task is None:
+        return
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def run_worker(

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from contracts import topics
 from services.runtime.app import Runtime, ServiceDefinition
-from services.runtime.consumer import ConsumerSpec, HandlerSpec
+from services.runtime.consumer import HandlerSpec, consumer_specs
 from services.runtime.logs import get_logger
 from services.runtime.worker import run_worker
 from services.scheduler.handlers import Handlers, SchedulerConfig, fire_batch
@@ -56,20 +56,15 @@ def definition(schema: str | None = None) -> ServiceDefinition:
 
         await run_worker("scheduler-clock", step, idle_s=interval)
 
+    commands = {
+        "ScheduleTimer": HandlerSpec(handlers.schedule_timer),
+        "CancelTimer": HandlerSpec(handlers.cancel_timer),
+        "Tick": HandlerSpec(handlers.tick),
+    }
     return ServiceDefinition(
         name="scheduler",
         schema=schema,
         migrations=Path(__file__).parent / "migrations",
-        consumers=[
-            ConsumerSpec(
-                name="commands",
-                topic=topics.SCHEDULER_COMMANDS,
-                handlers={
-                    "ScheduleTimer": HandlerSpec(handlers.schedule_timer),
-                    "CancelTimer": HandlerSpec(handlers.cancel_timer),
-                    "Tick": HandlerSpec(handlers.tick),
-                },
-            ),
-        ],
+        consumers=consumer_specs({("commands", topics.SCHEDULER_COMMANDS): commands}),
         background_tasks=(scheduler_clock,),
     )

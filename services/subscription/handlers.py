@@ -131,17 +131,28 @@ def request_hash(cmd: SubscriptionFields) -> str:
 # --- validation ----------------------------------------------------------------------------
 
 
+def _full_line(plan: RatePlan | domain.PeriodLine) -> InvoiceLine:
+    """A plan as an invoice line on its full terms: its product code is the sku."""
+    return InvoiceLine(
+        sku=plan.product_code,
+        description=plan.description,
+        quantity=plan.quantity,
+        unit_price=plan.unit_price,
+        vat_percentage=plan.vat_percentage,
+    )
+
+
+def _duplicate_plan(at: str, product_code: str, why: str) -> FieldError:
+    return FieldError(
+        f"{at}.product_code", "duplicate_product_code", f"product code {product_code} {why}"
+    )
+
+
 def _line_errors(at: str, plan: RatePlan) -> list[FieldError]:
     """A plan must make a valid invoice line (its product code becomes the sku)."""
     errors = []
     try:
-        InvoiceLine(
-            sku=plan.product_code,
-            description=plan.description,
-            quantity=plan.quantity,
-            unit_price=plan.unit_price,
-            vat_percentage=plan.vat_percentage,
-        )
+        _full_line(plan)
     except ValidationError as exc:
         for error in exc.errors():
             name = str(error["loc"][0]) if error["loc"] else ""
@@ -185,13 +196,7 @@ def create_errors(cmd: SubscriptionFields) -> list[FieldError]:
     for i, plan in enumerate(cmd.rate_plans):
         at = f"payload.rate_plans.{i}"
         if plan.product_code in seen:
-            errors.append(
-                FieldError(
-                    f"{at}.product_code",
-                    "duplicate_product_code",
-                    f"product code {plan.product_code} appears more than once",
-                )
-            )
+            errors.append(_duplicate_plan(at, plan.product_code, "appears more than once"))
         seen.add(plan.product_code)
         if known_currency and decimals_of(plan.unit_price) > minor_unit(cmd.currency):
             errors.append(
@@ -554,13 +559,7 @@ def _invoice_line(line: domain.PeriodLine, period_index: int) -> InvoiceLine:
     saying the days and the full terms, so the lines add up to the invoice."""
     catch_up = line.for_period != period_index
     if not (line.is_prorated or catch_up):
-        return InvoiceLine(
-            sku=line.product_code,
-            description=line.description,
-            quantity=line.quantity,
-            unit_price=line.unit_price,
-            vat_percentage=line.vat_percentage,
-        )
+        return _full_line(line)
     days = (
         f" ({f'period {line.for_period}: ' if catch_up else ''}"
         f"{line.active_from.isoformat()} to {line.active_until.isoformat()}, "
@@ -893,13 +892,7 @@ async def update_subscription(ctx: HandlerContext, cmd: UpdateSubscription) -> N
     for i, plan in enumerate(cmd.add_rate_plans):
         at = f"payload.add_rate_plans.{i}"
         if plan.product_code in known:
-            errors.append(
-                FieldError(
-                    f"{at}.product_code",
-                    "duplicate_product_code",
-                    f"product code {plan.product_code} exists",
-                )
-            )
+            errors.append(_duplicate_plan(at, plan.product_code, "exists"))
         known.add(plan.product_code)
         if plan.start_date <= today or plan.start_date < b.start_date:
             errors.append(

@@ -22,6 +22,7 @@ from contracts.subscription import (
     SubscriptionStatus,
 )
 from services.runtime.db import Connection
+from services.runtime.repository import Key, MerchantRepository
 from services.subscription.domain import BillingState, PlanVersion, next_billing_date
 
 _COLUMNS = "status, request_hash, state, initial_transaction, payment_method, mandate_reference"
@@ -100,8 +101,6 @@ def _subscription(key: str, row: Any, plans: tuple[PlanVersion, ...]) -> Subscri
         ),
     )
 
-
-Key = tuple[str, str]  # (website_key, subscription_key)
 
 _PLAN_COLUMNS = (
     "product_code, description, unit_price, quantity, vat_percentage, start_date, end_date,"
@@ -230,22 +229,10 @@ class SubscriptionBatch:
                 )
 
 
-class SubscriptionRepository:
+class SubscriptionRepository(MerchantRepository[SubscriptionBatch]):
     """Loads and saves one merchant's subscriptions through the batch's
     `SubscriptionBatch`: reads of what it holds cost nothing, and a bill run's writes
     wait for its `flush` (the consumer's `BatchHooks.finish`, batch.py)."""
-
-    def __init__(self, conn: Connection, website_key: str, batch: SubscriptionBatch) -> None:
-        self.conn = conn
-        self.website_key = website_key
-        self.batch = batch
-
-    def _key(self, subscription_key: str) -> Key:
-        return (self.website_key, subscription_key)
-
-    async def flush(self) -> None:
-        """Write what the batch kept, before a query that must see it."""
-        await self.batch.flush(self.conn)
 
     async def lock_key(self, subscription_key: str) -> None:
         """Serialize work on a key that may not exist yet (two creates of one key)."""

@@ -41,33 +41,37 @@ class TransientFailure(Exception):
         self.code = code
 
 
-async def post_to_provider(
-    client: httpx.AsyncClient,
-    url: str,
-    code: str,
-    *,
-    timeout_s: float,
-    max_response_bytes: int,
-    **request: Any,
-) -> None:
-    """POST to a provider (SMS, print) under one deadline, reading at most
-    `max_response_bytes` of the answer. Returns on 2xx; raises `TransientFailure` when the
-    provider could not be reached, timed out, or answered 5xx/429, and `ChannelFailed`
-    for any other answer. Codes start with `code` (`sms`, `print`)."""
-    status: int | None = None
-    try:
-        async with asyncio.timeout(timeout_s):
-            async with client.stream("POST", url, **request) as response:
-                status = response.status_code
-                await read_capped(response, max_response_bytes)
-    except TimeoutError:
-        if status is None:
-            raise TransientFailure(f"{code}_timeout") from None
-    except httpx.HTTPError as error:
-        if status is None:
-            raise TransientFailure(f"{code}_{type(error).__name__}") from None
-    assert status is not None
-    if status >= 500 or status == 429:
-        raise TransientFailure(f"{code}_http_{status}")
-    if not 200 <= status < 300:
-        raise ChannelFailed(f"{code}_http_{status}")
+@dataclass(frozen=True)
+class Provider:
+    """An HTTP provider (SMS, print) a channel POSTs to: under one deadline of
+    `timeout_s`, reading at most `max_response_bytes` of the answer. Failure codes start
+    with `code` (`sms`, `print`)."""
+
+    client: httpx.AsyncClient
+    url: str
+    code: str
+    timeout_s: float
+    max_response_bytes: int
+
+    async def post(self, **request: Any) -> None:
+        """Returns on 2xx; raises `TransientFailure` when the provider could not be
+        reached, timed out, or answered 5xx/429, and `ChannelFailed` for any other
+        answer."""
+        code = self.code
+        status: int | None = None
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                async with self.client.stream("POST", self.url, **request) as response:
+                    status = response.status_code
+                    await read_capped(response, self.max_response_bytes)
+        except TimeoutError:
+            if status is None:
+                raise TransientFailure(f"{code}_timeout") from None
+        except httpx.HTTPError as error:
+            if status is None:
+                raise TransientFailure(f"{code}_{type(error).__name__}") from None
+        assert status is not None
+        if status >= 500 or status == 429:
+            raise TransientFailure(f"{code}_http_{status}")
+        if not 200 <= status < 300:
+            raise ChannelFailed(f"{code}_http_{status}")

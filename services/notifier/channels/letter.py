@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 from fpdf import FPDF
 
-from services.notifier.channels import ChannelFailed, Rendered, TransientFailure, post_to_provider
+from services.notifier.channels import ChannelFailed, Provider, Rendered, TransientFailure
 from services.notifier.limits import header_value
 
 #: The PDF core fonts cover Windows-1252 (with €); other characters become `?`.
@@ -109,15 +109,16 @@ class LetterSender:
         timeout_s: float = 30.0,
         max_response_bytes: int = 65_536,
     ) -> None:
-        self.client = client
         self.spool_dir = Path(spool_dir) if spool_dir else None
-        self.print_url = print_url
-        self.timeout_s = timeout_s
-        self.max_response_bytes = max_response_bytes
+        self.printer = (
+            Provider(client, print_url, "print", timeout_s, max_response_bytes)
+            if print_url is not None
+            else None
+        )
 
     @property
     def available(self) -> bool:
-        return self.spool_dir is not None or self.print_url is not None
+        return self.spool_dir is not None or self.printer is not None
 
     async def send(
         self,
@@ -130,8 +131,9 @@ class LetterSender:
     ) -> str:
         """Hand the letter over; returns where it went (a file name or the provider)."""
         pdf = await asyncio.to_thread(render_pdf, address_lines, date_line, message, sender_name)
-        if self.print_url is not None:
-            await self._post(pdf, reference)
+        if self.printer is not None:
+            headers = {"content-type": "application/pdf", "x-reference": header_value(reference)}
+            await self.printer.post(content=pdf, headers=headers)
             return "print_provider"
         assert self.spool_dir is not None
         path = spool_path(self.spool_dir, website_key, reference)
@@ -140,19 +142,6 @@ class LetterSender:
         except OSError as error:
             raise TransientFailure(f"spool_{type(error).__name__}") from None
         return path.name
-
-    async def _post(self, pdf: bytes, reference: str) -> None:
-        assert self.print_url is not None
-        headers = {"content-type": "application/pdf", "x-reference": header_value(reference)}
-        await post_to_provider(
-            self.client,
-            self.print_url,
-            "print",
-            timeout_s=self.timeout_s,
-            max_response_bytes=self.max_response_bytes,
-            content=pdf,
-            headers=headers,
-        )
 
 
 def _write(path: Path, data: bytes) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import httpx
 
-from services.notifier.channels import post_to_provider
+from services.notifier.channels import Provider
 from services.notifier.limits import header_value
 
 
@@ -23,10 +23,7 @@ class SmsSender:
         timeout_s: float = 30.0,
         max_response_bytes: int = 65_536,
     ) -> None:
-        self.client = client
-        self.url = url
-        self.timeout_s = timeout_s
-        self.max_response_bytes = max_response_bytes
+        self.provider = Provider(client, url, "sms", timeout_s, max_response_bytes)
 
     async def send(
         self, mobile: str, text: str, reference: str, sender_name: str | None = None
@@ -34,11 +31,4 @@ class SmsSender:
         body = {"to": mobile, "text": text, "reference": header_value(reference)}
         if sender_name:
             body["sender"] = header_value(sender_name)
-        await post_to_provider(
-            self.client,
-            self.url,
-            "sms",
-            timeout_s=self.timeout_s,
-            max_response_bytes=self.max_response_bytes,
-            json=body,
-        )
+        await self.provider.post(json=body)

@@ -92,6 +92,9 @@ class Invoice(BaseModel):
     allowed_services: list[str] | None = None
     subscription_key: str | None = None
     plan_dossier: str | None = None
+    #: The status SetEmergency took the invoice from, while it is in Emergency (99):
+    #: UnpauseInvoice returns a pending transfer (70) there (status.unpause_target).
+    emergency_from: InvoiceStatus | None = None
 
     credit_notes: list[CreditNote] = Field(default_factory=list)
     amount_admin_costs: Decimal = ZERO

@@ -35,6 +35,10 @@ MANDATE_DESCRIPTION = (
     "The payment engine's reference for collecting again without the debtor (a SEPA "
     "mandate, a stored card); set on a successful first transaction that set one up."
 )
+SLOW_DESCRIPTION = (
+    "A slow method (SEPA direct debit): while `pending` it counts towards "
+    "AmountPendingSlow and holds the scheme's steps."
+)
 
 
 class Transaction(Part):
@@ -44,6 +48,7 @@ class Transaction(Part):
     service: OneLine = Field(min_length=1, max_length=64, description=PAYMENT_SERVICE_DESCRIPTION)
     amount: Money = Field(description="The transaction amount, in the invoice's currency.")
     status: TransactionStatus = Field(description="The transaction's status now.")
+    is_slow: bool = Field(default=False, description=SLOW_DESCRIPTION)
     mandate_reference: OneLine | None = Field(
         default=None, min_length=1, max_length=100, description=MANDATE_DESCRIPTION
     )
@@ -64,11 +69,7 @@ class TransactionStatusChanged(Event):
     service: OneLine = Field(min_length=1, max_length=64, description=PAYMENT_SERVICE_DESCRIPTION)
     amount: Money = Field(description="The transaction amount, in the invoice's currency.")
     status: TransactionStatus = Field(description="The transaction's new status.")
-    is_slow: bool = Field(
-        default=False,
-        description="A slow method (SEPA direct debit): while `pending` it counts "
-        "towards AmountPendingSlow and holds the scheme's steps.",
-    )
+    is_slow: bool = Field(default=False, description=SLOW_DESCRIPTION)
     mandate_reference: OneLine | None = Field(
         default=None, min_length=1, max_length=100, description=MANDATE_DESCRIPTION
     )

@@ -100,7 +100,10 @@ def create_invoice(
     if isinstance(cmd, CreateCombinedInvoice):
         first = cmd.transaction
         transactions.insert(
-            0, Transaction(first.transaction_key, first.service, first.amount, first.status)
+            0,
+            Transaction(
+                first.transaction_key, first.service, first.amount, first.status, first.is_slow
+            ),
         )
     for transaction in transactions:
         booked = book_transaction(invoice, transaction)

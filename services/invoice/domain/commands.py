@@ -141,12 +141,19 @@ def transaction_status_changed(
     after = result.add(outcome, now)
     if after is not None and members is not None:
         originals = {inv.invoice_number: inv for inv in members.originals}
+        booked: dict[str, Outcome] = {}
         for number, forwarded in plans.forwarded_transactions(members, invoice, after, transaction):
-            booked = result.add(book_transaction(originals[number], forwarded), now)
-            originals[number] = booked or originals[number]
+            booked[number] = book_transaction(originals[number], forwarded)
+            originals[number] = booked[number].invoice or originals[number]
         installments = {inv.invoice_number: inv for inv in members.installments}
         installments[after.invoice_number] = after
-        plans.settle(members.plan, list(installments.values()))
+        moves = plans.settle(
+            members.plan, list(installments.values()), list(originals.values()), now
+        )
+        # One change per original: what was forwarded to it, then its status move.
+        for number in [*booked, *(n for n in moves if n not in booked)]:
+            outcome = booked.get(number, Outcome())
+            result.add(outcome.then(moves[number]) if number in moves else outcome, now)
         result.plan = members.plan
     return result
 

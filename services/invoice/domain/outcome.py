@@ -54,6 +54,16 @@ class Outcome:
     errors: list[FieldError] = field(default_factory=list)
     requests: list[Request] = field(default_factory=list)
 
+    def then(self, other: Outcome) -> Outcome:
+        """This outcome followed by `other`, a rule applied to this one's invoice: one
+        change with the events of both, in order."""
+        return Outcome(
+            invoice=other.invoice or self.invoice,
+            events=[*self.events, *other.events],
+            errors=[*self.errors, *other.errors],
+            requests=[*self.requests, *other.requests],
+        )
+
 
 def reject(field_name: str, code: str, message: str) -> Outcome:
     return Outcome(errors=[FieldError(field_name, code, message)])

@@ -15,7 +15,7 @@ from enum import StrEnum
 from pydantic import Field
 
 from contracts.envelope import Command, Event, Money, register
-from contracts.fields import Currency, Identifier, OneLine, Part, Text
+from contracts.fields import BusinessDate, Currency, Identifier, OneLine, Part, Text
 
 
 class TransactionStatus(StrEnum):
@@ -76,11 +76,14 @@ class TransactionStatusChanged(Event):
 
 
 class CollectPayment(Command):
-    """Collect an invoice with a stored mandate (subscription → payment engine).
+    """Collect an invoice with a stored mandate (subscription or invoice → payment engine).
 
-    Kafka key: `{website_key}:{invoice_number}`. The engine answers with
-    `TransactionStatusChanged` on the invoice, as for any payment; `message_id` is
-    stable per invoice, so a repeated request is the same request.
+    The subscription service asks for each new invoice of a subscription with a mandate;
+    the invoice service asks again for a failed direct debit when the invoice's scheme
+    enables recollection (with `collect_date`). Kafka key: `{website_key}:{invoice_number}`.
+    The engine answers with `TransactionStatusChanged` on the invoice, as for any payment;
+    `message_id` is stable per invoice (per recollection attempt), so a repeated request
+    is the same request.
     """
 
     invoice_number: Identifier = Field(description="The invoice to collect.")
@@ -90,8 +93,15 @@ class CollectPayment(Command):
     mandate_reference: OneLine = Field(
         min_length=1, max_length=100, description="The mandate to collect with."
     )
-    subscription_key: Identifier = Field(description="The subscription that billed the invoice.")
+    subscription_key: Identifier | None = Field(
+        default=None, description="The subscription that billed the invoice, if one did."
+    )
     description: Text | None = Field(default=None, description="For the debtor's statement.")
+    collect_date: BusinessDate | None = Field(
+        default=None,
+        description="A recollection: the day to collect on (the failed direct debit's day "
+        "plus the scheme's `days_between`); as soon as possible when omitted.",
+    )
 
 
 register(TransactionStatusChanged, CollectPayment)

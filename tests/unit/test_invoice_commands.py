@@ -45,9 +45,14 @@ def message(payload: Message, now: datetime) -> Envelope[Any]:
 
 
 class Scheme:
-    def __init__(self, steps: list[domain.SchemeStepState]) -> None:
+    def __init__(
+        self,
+        steps: list[domain.SchemeStepState],
+        recollection: domain.RecollectionState | None = None,
+    ) -> None:
         self.version = 1
         self.step_states = steps
+        self.recollection_state = recollection
 
 
 #: DefaultCM1's first two steps: the invitation on the invoice date, a reminder at due + 7.

@@ -5,6 +5,7 @@
 - `status`: the status machine (the transition tables) and the move itself.
 - `schedule`: held time and the step timer the scheduler keeps (`plan_timer`).
 - `plans`: payment plans: installments, forwarding payments, settling, terminating.
+- `recollect`: SEPA recollection of a failed direct debit.
 - `creation`: the rules of a new invoice; `custom_events`: tags filled in.
 - `outcome`: what a rule returns for one invoice (`Outcome`, events, requests).
 - `result`: everything a message means (`Result`): changes finished, events numbered.
@@ -38,9 +39,11 @@ from services.invoice.domain.model import (
     Booking,
     CreditNote,
     Invoice,
+    RecollectionState,
     SchemeStepState,
 )
 from services.invoice.domain.outcome import (
+    CollectRequest,
     EventOut,
     Outcome,
     Request,
@@ -80,6 +83,7 @@ __all__ = [
     "ZERO",
     "Booking",
     "Change",
+    "CollectRequest",
     "CreditNote",
     "EventOut",
     "InstallmentPlan",
@@ -88,6 +92,7 @@ __all__ = [
     "Outcome",
     "PaymentPlan",
     "PlanInvoices",
+    "RecollectionState",
     "Request",
     "Result",
     "SchemeStepState",

@@ -8,6 +8,8 @@ functions of `commands` gather outcomes into a `result.Result`, which does both.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import date
+from decimal import Decimal
 from typing import TYPE_CHECKING
 
 from contracts.envelope import FieldError
@@ -41,7 +43,18 @@ class StopSubscriptionRequest:
     step_index: int
 
 
-Request = SendStepMessage | StopSubscriptionRequest
+@dataclass(frozen=True)
+class CollectRequest:
+    """Ask the payment engine to collect a failed direct debit again (CollectPayment)."""
+
+    amount: Decimal
+    service: str
+    mandate_reference: str
+    collect_date: date
+    attempt: int
+
+
+Request = SendStepMessage | StopSubscriptionRequest | CollectRequest
 
 
 @dataclass

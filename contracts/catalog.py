@@ -180,10 +180,13 @@ TOPICS: dict[str, TopicSpec] = {
         TopicSpec(
             name=t.PAYMENT_REQUESTS,
             description="What the platform asks of the payment engine: collect an invoice "
-            "with a stored mandate.",
+            "with a stored mandate (a subscription's invoice, a recollection).",
             key=_INVOICE_KEY,
             messages=(payments.CollectPayment,),
-            producers={SUBSCRIPTION: (payments.CollectPayment,)},
+            producers={
+                SUBSCRIPTION: (payments.CollectPayment,),
+                INVOICE: (payments.CollectPayment,),
+            },
             consumers=(PAYMENT_ENGINE,),
         ),
         TopicSpec(

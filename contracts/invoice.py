@@ -46,6 +46,8 @@ from contracts.limits import (
     MAX_INT,
     MAX_INVOICE_LINES,
     MAX_PLAN_INVOICES,
+    MAX_RECOLLECT_ATTEMPTS,
+    MAX_RECOLLECT_DAYS,
     MAX_SCHEME_STEPS,
     MAX_STEP_DAYS,
     MAX_URL_LENGTH,
@@ -320,6 +322,23 @@ class SchemeStep(Part):
     )
 
 
+class Recollection(Part):
+    """SEPA recollection (docs/invoices.md "SEPA recollection"): a failed direct debit
+    is collected again with its mandate, up to `attempts` times per invoice."""
+
+    attempts: int = Field(
+        ge=1,
+        le=MAX_RECOLLECT_ATTEMPTS,
+        description="How many times one invoice's failed direct debits are collected again.",
+    )
+    days_between: int = Field(
+        ge=1,
+        le=MAX_RECOLLECT_DAYS,
+        description="Days from a failed direct debit to the day it is collected again; "
+        "no recollection when that day is not before the invoice's next step.",
+    )
+
+
 # --- commands ----------------------------------------------------------------------------
 
 
@@ -510,6 +529,10 @@ class UpsertScheme(Command):
         max_length=MAX_SCHEME_STEPS,
         description="The steps in order of `index` (may be empty: a scheme that only "
         "tracks payments).",
+    )
+    recollection: Recollection | None = Field(
+        default=None,
+        description="SEPA recollection of failed direct debits; none when omitted.",
     )
 
 

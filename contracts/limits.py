@@ -102,3 +102,10 @@ MAX_TEMPLATE_LENGTH = 100_000
 MAX_TOPIC_LENGTH = 255
 #: How many unstorable strings one answer names (the rest are left out).
 MAX_REPORTED_STRINGS = 50
+
+# --- SEPA recollection ---------------------------------------------------------------------
+
+#: Recollections of a failed direct debit one invoice may ask for (a scheme's `attempts`).
+MAX_RECOLLECT_ATTEMPTS = 10
+#: Days between a failed direct debit and its recollection, at most.
+MAX_RECOLLECT_DAYS = 60

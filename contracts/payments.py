@@ -15,7 +15,7 @@ from enum import StrEnum
 from pydantic import Field
 
 from contracts.envelope import Command, Event, Money, register
-from contracts.fields import Currency, Identifier, OneLine, Part, Text
+from contracts.fields import BusinessDate, Currency, Identifier, OneLine, Part, Text
 
 
 class TransactionStatus(StrEnum):
@@ -35,6 +35,10 @@ MANDATE_DESCRIPTION = (
     "The payment engine's reference for collecting again without the debtor (a SEPA "
     "mandate, a stored card); set on a successful first transaction that set one up."
 )
+SLOW_DESCRIPTION = (
+    "A slow method (SEPA direct debit): while `pending` it counts towards "
+    "AmountPendingSlow and holds the scheme's steps."
+)
 
 
 class Transaction(Part):
@@ -44,6 +48,7 @@ class Transaction(Part):
     service: OneLine = Field(min_length=1, max_length=64, description=PAYMENT_SERVICE_DESCRIPTION)
     amount: Money = Field(description="The transaction amount, in the invoice's currency.")
     status: TransactionStatus = Field(description="The transaction's status now.")
+    is_slow: bool = Field(default=False, description=SLOW_DESCRIPTION)
     mandate_reference: OneLine | None = Field(
         default=None, min_length=1, max_length=100, description=MANDATE_DESCRIPTION
     )
@@ -64,22 +69,21 @@ class TransactionStatusChanged(Event):
     service: OneLine = Field(min_length=1, max_length=64, description=PAYMENT_SERVICE_DESCRIPTION)
     amount: Money = Field(description="The transaction amount, in the invoice's currency.")
     status: TransactionStatus = Field(description="The transaction's new status.")
-    is_slow: bool = Field(
-        default=False,
-        description="A slow method (SEPA direct debit): while `pending` it counts "
-        "towards AmountPendingSlow and holds the scheme's steps.",
-    )
+    is_slow: bool = Field(default=False, description=SLOW_DESCRIPTION)
     mandate_reference: OneLine | None = Field(
         default=None, min_length=1, max_length=100, description=MANDATE_DESCRIPTION
     )
 
 
 class CollectPayment(Command):
-    """Collect an invoice with a stored mandate (subscription → payment engine).
+    """Collect an invoice with a stored mandate (subscription or invoice → payment engine).
 
-    Kafka key: `{website_key}:{invoice_number}`. The engine answers with
-    `TransactionStatusChanged` on the invoice, as for any payment; `message_id` is
-    stable per invoice, so a repeated request is the same request.
+    The subscription service asks for each new invoice of a subscription with a mandate;
+    the invoice service asks again for a failed direct debit when the invoice's scheme
+    enables recollection (with `collect_date`). Kafka key: `{website_key}:{invoice_number}`.
+    The engine answers with `TransactionStatusChanged` on the invoice, as for any payment;
+    `message_id` is stable per invoice (per recollection attempt), so a repeated request
+    is the same request.
     """
 
     invoice_number: Identifier = Field(description="The invoice to collect.")
@@ -89,8 +93,15 @@ class CollectPayment(Command):
     mandate_reference: OneLine = Field(
         min_length=1, max_length=100, description="The mandate to collect with."
     )
-    subscription_key: Identifier = Field(description="The subscription that billed the invoice.")
+    subscription_key: Identifier | None = Field(
+        default=None, description="The subscription that billed the invoice, if one did."
+    )
     description: Text | None = Field(default=None, description="For the debtor's statement.")
+    collect_date: BusinessDate | None = Field(
+        default=None,
+        description="A recollection: the day to collect on (the failed direct debit's day "
+        "plus the scheme's `days_between`); as soon as possible when omitted.",
+    )
 
 
 register(TransactionStatusChanged, CollectPayment)

@@ -39,9 +39,9 @@ plan_users() {
 plan_acls() {
   # invoice
   allow "User:cm-invoice" group prefixed Read "cm.invoice."
-  allow "User:cm-invoice" topic literal Describe "cm.agency.answers" "cm.agency.requests" "cm.collection.commands" "cm.collection.events" "cm.notifier.commands" "cm.payments.requests" "cm.push.invoice" "cm.scheduler.events" "cm.subscription.events" "cm.subscription.internal"
+  allow "User:cm-invoice" topic literal Describe "cm.agency.answers" "cm.agency.requests" "cm.collection.commands" "cm.collection.events" "cm.notifier.commands" "cm.push.invoice" "cm.scheduler.events" "cm.subscription.events" "cm.subscription.internal"
   allow "User:cm-invoice" topic literal Read "cm.invoice.commands" "cm.invoice.internal" "cm.payments.transactions"
-  allow "User:cm-invoice" topic literal Write "cm.command.results" "cm.dlq" "cm.invoice.events" "cm.notifier.internal" "cm.scheduler.commands" "cm.subscription.commands"
+  allow "User:cm-invoice" topic literal Write "cm.command.results" "cm.dlq" "cm.invoice.events" "cm.notifier.internal" "cm.payments.requests" "cm.scheduler.commands" "cm.subscription.commands"
   # scheduler
   allow "User:cm-scheduler" group prefixed Read "cm.scheduler."
   allow "User:cm-scheduler" topic literal Describe "cm.agency.answers" "cm.agency.requests" "cm.collection.commands" "cm.collection.events" "cm.invoice.commands" "cm.invoice.events" "cm.notifier.commands" "cm.payments.requests" "cm.payments.transactions" "cm.push.invoice" "cm.subscription.commands" "cm.subscription.events"

@@ -541,6 +541,11 @@ async def _open_automatic_case(ctx: HandlerContext, evt: InvoiceEvent) -> None:
         return chosen if agency is None else replace(chosen, agency_code=agency)
 
     key = auto_case_key(ctx.website_key, invoice.invoice_number)
+    if evt.event == InvoiceEventName.CHANGED_STATUS:
+        # Back to 70 when an Emergency set on a pending transfer is lifted (the
+        # Emergency closed the first case; docs/decisions.md "Emergency on a pending
+        # transfer"): a case of its own, once per return.
+        key = auto_case_key(ctx.website_key, f"{invoice.invoice_number}:{evt.sequence}")
     await _open_case(ctx, evt, key, amount, choice)
 
 

@@ -9,6 +9,7 @@ scheduler. Every message goes to its catalog topic with its catalog key.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from operator import attrgetter
 from typing import Any
@@ -31,7 +32,7 @@ from contracts.invoice import (
     UpsertScheme,
 )
 from contracts.notifier import SendMessage
-from contracts.payments import TransactionStatusChanged
+from contracts.payments import CollectPayment, TransactionStatusChanged
 from contracts.scheduler import CancelTimer
 from contracts.subscription import StopSubscription
 from services.invoice import dunning
@@ -44,7 +45,11 @@ from services.invoice.domain import (
     commands,
     merchant,
 )
-from services.invoice.domain.outcome import Request, SendStepMessage
+from services.invoice.domain.outcome import (
+    CollectRequest,
+    SendStepMessage,
+    StopSubscriptionRequest,
+)
 from services.invoice.domain.plans import installment_numbers
 from services.invoice.domain.schedule import TimerPlan
 from services.invoice.repository import DebtorRecord, InvoiceBatch, InvoiceRepository
@@ -52,6 +57,8 @@ from services.invoice.snapshot import debtor_snapshot, invoice_snapshot
 from services.runtime.consumer import HandlerContext, HandlerSpec, Unprocessable, key_field
 
 Decide = Callable[[Invoice, Envelope[Any]], Result]
+#: Namespace of the message ids of recollections (one per invoice and attempt).
+_RECOLLECT_IDS = uuid.UUID("5b0e3c7a-9d41-4f6e-8a2b-6c1d9e3f7a15")
 
 
 def _repo(ctx: HandlerContext) -> InvoiceRepository:
@@ -103,6 +110,9 @@ class Publisher:
         debtor, guid = await self._debtor(invoice.debtor_code)
         snapshot = invoice_snapshot(invoice, debtor, guid)
         for request in change.requests:
+            if isinstance(request, CollectRequest):
+                self._collect(invoice, request)
+                continue
             # The merchant's sender name as set now: the notifier reads no invoice tables.
             sender_name = (await self.repo.merchant_settings()).sender_name
             _send(self.ctx, _request_message(invoice, request, snapshot, sender_name))
@@ -134,6 +144,29 @@ class Publisher:
         await self.repo.save(invoice)
         await self.repo.log_events(rows)
 
+    def _collect(self, invoice: Invoice, request: CollectRequest) -> None:
+        """Ask the payment engine to collect again (cm.payments.requests, as the
+        subscription service does), with an id stable per invoice and attempt."""
+        collect = CollectPayment(
+            invoice_number=invoice.invoice_number,
+            currency=invoice.currency,
+            amount=request.amount,
+            service=request.service,
+            mandate_reference=request.mandate_reference,
+            subscription_key=invoice.subscription_key,
+            description=invoice.description,
+            collect_date=request.collect_date,
+        )
+        self.ctx.emit(
+            topic_for_type(collect.TYPE),
+            key_for_payload(collect, self.ctx.website_key),
+            collect,
+            message_id=uuid.uuid5(
+                _RECOLLECT_IDS,
+                f"{invoice.website_key}:{invoice.invoice_number}:{request.attempt}",
+            ),
+        )
+
     def _timer_message(self, invoice: Invoice, plan: TimerPlan) -> Message:
         """The scheduler's timer for the invoice's next step, or its cancellation."""
         timer_id = f"invoice-step:{invoice.website_key}:{invoice.invoice_number}"
@@ -155,7 +188,10 @@ class Publisher:
 
 
 def _request_message(
-    invoice: Invoice, request: Request, snapshot: InvoiceSnapshot, sender_name: str | None
+    invoice: Invoice,
+    request: SendStepMessage | StopSubscriptionRequest,
+    snapshot: InvoiceSnapshot,
+    sender_name: str | None,
 ) -> Message:
     if isinstance(request, SendStepMessage):
         step = request.step
@@ -318,7 +354,10 @@ async def upsert_scheme(ctx: HandlerContext, cmd: UpsertScheme) -> None:
         ctx.reject(errors)
         return
     version = await _repo(ctx).add_scheme_version(
-        cmd.scheme_key, cmd.name, [step.model_dump(mode="json") for step in cmd.steps]
+        cmd.scheme_key,
+        cmd.name,
+        [step.model_dump(mode="json") for step in cmd.steps],
+        cmd.recollection.model_dump(mode="json") if cmd.recollection else None,
     )
     ctx.accept(scheme_key=cmd.scheme_key, scheme_version=str(version))
 

@@ -14,7 +14,7 @@ from uuid import UUID
 from asyncpg import Record
 
 from contracts.debtor import Debtor, UnreachableFlags
-from services.invoice.domain import Invoice, PaymentPlan, SchemeStepState
+from services.invoice.domain import Invoice, PaymentPlan, RecollectionState, SchemeStepState
 from services.invoice.domain.merchant import MerchantSettings
 from services.runtime.db import Connection
 from services.runtime.repository import Key, MerchantRepository
@@ -25,6 +25,8 @@ class SchemeVersion:
     key: str
     version: int
     steps: list[dict[str, Any]]
+    #: SEPA recollection (contracts.invoice.Recollection as JSON), None when off.
+    recollection: dict[str, Any] | None = None
 
     @functools.cached_property
     def step_states(self) -> list[SchemeStepState]:
@@ -40,6 +42,12 @@ class SchemeVersion:
             )
             for s in self.steps
         ]
+
+    @functools.cached_property
+    def recollection_state(self) -> RecollectionState | None:
+        if self.recollection is None:
+            return None
+        return RecollectionState.model_validate(self.recollection)
 
 
 @dataclass(frozen=True)
@@ -67,7 +75,8 @@ _INVOICES = (
     " ORDER BY i.website_key, i.invoice_number FOR UPDATE OF i"
 )
 _SCHEMES = (
-    "SELECT DISTINCT ON (k.site, k.scheme) k.site, k.scheme, s.version, s.steps"
+    "SELECT DISTINCT ON (k.site, k.scheme) k.site, k.scheme, s.version, s.steps,"
+    " s.recollection"
     " FROM unnest($1::text[], $2::text[]) AS k(site, scheme)"
     " JOIN schemes s ON s.scheme_key = k.scheme AND s.website_key IN (k.site, '')"
     " ORDER BY k.site, k.scheme, s.website_key DESC, s.version DESC"
@@ -126,7 +135,9 @@ def _invoice(row: Record) -> tuple[Key, Invoice]:
 
 
 def _scheme(row: Record) -> tuple[Key, SchemeVersion]:
-    return (row["site"], row["scheme"]), SchemeVersion(row["scheme"], row["version"], row["steps"])
+    return (row["site"], row["scheme"]), SchemeVersion(
+        row["scheme"], row["version"], row["steps"], row["recollection"]
+    )
 
 
 def _debtor(row: Record) -> tuple[Key, DebtorRecord]:
@@ -400,18 +411,23 @@ class InvoiceRepository(MerchantRepository[InvoiceBatch]):
         return self.batch.schemes[key]
 
     async def add_scheme_version(
-        self, scheme_key: str, name: str, steps: list[dict[str, Any]]
+        self,
+        scheme_key: str,
+        name: str,
+        steps: list[dict[str, Any]],
+        recollection: dict[str, Any] | None = None,
     ) -> int:
         """Store a new version of the merchant's scheme; returns its number."""
         self.batch.schemes.pop(self._key(scheme_key), None)
         version: int = await self.conn.fetchval(
-            "INSERT INTO schemes (website_key, scheme_key, version, name, steps)"
-            " SELECT $1, $2, coalesce(max(version), 0) + 1, $3, $4 FROM schemes"
+            "INSERT INTO schemes (website_key, scheme_key, version, name, steps, recollection)"
+            " SELECT $1, $2, coalesce(max(version), 0) + 1, $3, $4, $5 FROM schemes"
             " WHERE website_key = $1 AND scheme_key = $2 RETURNING version",
             self.website_key,
             scheme_key,
             name,
             steps,
+            recollection,
         )
         return version
 

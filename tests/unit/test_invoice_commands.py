@@ -45,9 +45,14 @@ def message(payload: Message, now: datetime) -> Envelope[Any]:
 
 
 class Scheme:
-    def __init__(self, steps: list[domain.SchemeStepState]) -> None:
+    def __init__(
+        self,
+        steps: list[domain.SchemeStepState],
+        recollection: domain.RecollectionState | None = None,
+    ) -> None:
         self.version = 1
         self.step_states = steps
+        self.recollection_state = recollection
 
 
 #: DefaultCM1's first two steps: the invitation on the invoice date, a reminder at due + 7.
@@ -204,6 +209,39 @@ def test_a_combined_invoice_books_its_transaction_then_the_ones_kept_for_it() ->
         None,
         domain.TimerPlan(None, None, 2),
     ]
+
+
+def test_a_combined_invoice_honours_a_slow_first_transaction() -> None:
+    """A pending SEPA direct debit as the first transaction counts towards
+    AmountPendingSlow and, covering what is open, holds the scheme (no step timer)."""
+    cmd = CreateCombinedInvoice(
+        **create_payload(),
+        transaction=PaymentTransaction(
+            transaction_key="T-1",
+            service="sepadirectdebit",
+            amount=D("121.00"),
+            status=T.PENDING,
+            is_slow=True,
+        ),
+    )
+    result = commands.create_invoice(message(cmd, CREATED), existing=None, scheme=CM1, parked=[])
+    assert result.errors == []
+    final = result.changes[-1].invoice
+    assert final.transactions["T-1"].is_slow is True
+    assert final.amount_pending_slow == D("121.00")
+    assert final.slow_payment_covers and not final.is_paid
+    assert final.desired_timer() is None
+    assert result.changes[-1].timer == domain.TimerPlan(None, None, 2)  # cancelled
+    # the same request without the flag is a fast pending payment: the scheme runs
+    fast = CreateCombinedInvoice(
+        **create_payload(),
+        transaction=PaymentTransaction(
+            transaction_key="T-1", service="sepadirectdebit", amount=D("121.00"), status=T.PENDING
+        ),
+    )
+    ran = commands.create_invoice(message(fast, CREATED), existing=None, scheme=CM1, parked=[])
+    assert ran.changes[-1].invoice.amount_pending_slow == D(0)
+    assert ran.changes[-1].invoice.desired_timer() is not None
 
 
 def test_a_kept_transaction_that_breaks_a_rule_is_not_booked() -> None:

@@ -441,3 +441,46 @@ def test_the_request_hash_tells_a_repeat_from_a_conflict() -> None:
     assert domain.request_hash(invoice_fields()) != domain.request_hash(
         invoice_fields(amount_debit=Decimal("121.01"))
     )
+
+
+# --- Emergency on a pending transfer (docs/decisions.md) -----------------------------------
+
+
+def test_unpause_after_an_emergency_on_a_pending_transfer_keeps_the_transfer() -> None:
+    pending = make_invoice(S.PENDING_TRANSFER_TO_COLLECTION_AGENCY, previous_step_index=5)
+    stopped = domain.change_status(pending, "SetEmergency", NOW).invoice
+    assert stopped is not None
+    assert stopped.status == S.EMERGENCY
+    assert stopped.emergency_from == S.PENDING_TRANSFER_TO_COLLECTION_AGENCY
+    later = NOW + timedelta(hours=2)
+    outcome = domain.change_status(stopped, "UnpauseInvoice", later)
+    assert outcome.errors == []
+    back = outcome.invoice
+    assert back is not None
+    assert back.status == S.PENDING_TRANSFER_TO_COLLECTION_AGENCY
+    assert back.emergency_from is None
+    assert back.previous_step_index == 5  # the transfer step stays done: nothing reruns
+    assert back.held_seconds == 2 * 3600
+    assert [e.parameters["StatusCode"] for e in outcome.events] == ["70"]
+    # in 70 the scheme waits for the agency: no step timer
+    assert back.desired_timer() is None
+
+
+@pytest.mark.parametrize("frm", [S.ACTIVE, S.PAUSED, S.PAUSED_BY_DISPUTE])
+def test_unpause_after_any_other_emergency_resumes_the_scheme(frm: InvoiceStatus) -> None:
+    stopped = domain.change_status(make_invoice(frm), "SetEmergency", NOW).invoice
+    assert stopped is not None
+    assert stopped.emergency_from == frm
+    back = domain.change_status(stopped, "UnpauseInvoice", NOW).invoice
+    assert back is not None
+    assert back.status == S.ACTIVE
+
+
+def test_the_emergency_origin_is_forgotten_on_any_other_way_out() -> None:
+    pending = make_invoice(S.PENDING_TRANSFER_TO_COLLECTION_AGENCY)
+    stopped = domain.change_status(pending, "SetEmergency", NOW).invoice
+    assert stopped is not None
+    written_off = domain.change_status(stopped, "WriteOffInvoice", NOW).invoice
+    assert written_off is not None
+    assert written_off.status == S.WRITTEN_OFF
+    assert written_off.emergency_from is None

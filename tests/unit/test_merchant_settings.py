@@ -171,6 +171,7 @@ def test_a_sender_name_is_one_line() -> None:
 class Scheme:
     version = 1
     step_states = STEPS
+    recollection_state = None
 
 
 def create(settings: MerchantSettings | None, **overrides: Any) -> domain.Invoice:

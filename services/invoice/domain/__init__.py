@@ -5,6 +5,7 @@
 - `status`: the status machine (the transition tables) and the move itself.
 - `schedule`: held time and the step timer the scheduler keeps (`plan_timer`).
 - `plans`: payment plans: installments, forwarding payments, settling, terminating.
+- `recollect`: SEPA recollection of a failed direct debit.
 - `creation`: the rules of a new invoice; `custom_events`: tags filled in.
 - `merchant`: the merchant's settings (time zone of the steps, default culture).
 - `outcome`: what a rule returns for one invoice (`Outcome`, events, requests).
@@ -39,9 +40,11 @@ from services.invoice.domain.model import (
     Booking,
     CreditNote,
     Invoice,
+    RecollectionState,
     SchemeStepState,
 )
 from services.invoice.domain.outcome import (
+    CollectRequest,
     EventOut,
     Outcome,
     Request,
@@ -82,6 +85,7 @@ __all__ = [
     "ZERO",
     "Booking",
     "Change",
+    "CollectRequest",
     "CreditNote",
     "EventOut",
     "InstallmentPlan",
@@ -90,6 +94,7 @@ __all__ = [
     "Outcome",
     "PaymentPlan",
     "PlanInvoices",
+    "RecollectionState",
     "Request",
     "Result",
     "SchemeStepState",

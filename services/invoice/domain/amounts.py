@@ -83,6 +83,7 @@ class Transaction:
     amount: Decimal
     status: TransactionStatus
     is_slow: bool = False
+    mandate_reference: str | None = None
 
     def stored(self) -> dict[str, Any]:
         """As an early transaction is kept until its invoice is created (JSON)."""
@@ -92,6 +93,7 @@ class Transaction:
             "amount": str(self.amount),
             "status": self.status.value,
             "is_slow": self.is_slow,
+            "mandate_reference": self.mandate_reference,
         }
 
     @classmethod
@@ -102,6 +104,7 @@ class Transaction:
             amount=Decimal(str(data["amount"])),
             status=TransactionStatus(str(data["status"])),
             is_slow=bool(data.get("is_slow", False)),
+            mandate_reference=data.get("mandate_reference"),
         )
 
 
@@ -126,6 +129,7 @@ def book_transaction(invoice: Invoice, transaction: Transaction) -> Outcome:
         amount=transaction.amount,
         status=transaction.status,
         is_slow=transaction.is_slow,
+        mandate_reference=transaction.mandate_reference,
     )
 
 
@@ -137,6 +141,7 @@ def apply_transaction(
     amount: Decimal,
     status: TransactionStatus,
     is_slow: bool,
+    mandate_reference: str | None = None,
 ) -> Outcome:
     """A transaction changed status: book it (any invoice status; payments are never
     dropped) and emit ChangedTransactionStatus (1). A repeated or stale status is a no-op.
@@ -175,6 +180,7 @@ def apply_transaction(
     booking.amount = amount
     booking.is_slow = is_slow
     booking.service = service
+    booking.mandate_reference = mandate_reference or booking.mandate_reference
     updated.transactions[transaction_key] = booking
     event = EventOut(
         InvoiceEventName.CHANGED_TRANSACTION_STATUS,

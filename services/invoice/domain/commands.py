@@ -12,6 +12,7 @@ invoice its payload names and answers `unknown_invoice` when there is none.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, Protocol
 
 from contracts.envelope import Envelope, FieldError
@@ -32,10 +33,10 @@ from contracts.invoice import (
 )
 from contracts.payments import TransactionStatus, TransactionStatusChanged
 from services.invoice import dunning
-from services.invoice.domain import amounts, creation, custom_events, plans, status
+from services.invoice.domain import amounts, creation, custom_events, plans, recollect, status
 from services.invoice.domain.amounts import Transaction, book_transaction
 from services.invoice.domain.merchant import MerchantSettings
-from services.invoice.domain.model import Invoice, S, SchemeStepState
+from services.invoice.domain.model import Invoice, RecollectionState, S, SchemeStepState
 from services.invoice.domain.outcome import Outcome
 from services.invoice.domain.plans import PaymentPlan, PlanInvoices
 from services.invoice.domain.result import Result
@@ -49,6 +50,9 @@ class KnownScheme(Protocol):
 
     @property
     def step_states(self) -> list[SchemeStepState]: ...
+
+    @property
+    def recollection_state(self) -> RecollectionState | None: ...
 
 
 def _refused(field: str, code: str, message: str) -> Result:
@@ -96,6 +100,8 @@ def create_invoice(
         scheme_steps=scheme.step_states if scheme else [],
         settings=settings,
     )
+    if outcome.invoice is not None and scheme is not None:
+        outcome.invoice.recollection = scheme.recollection_state
     result = Result(debtor=cmd.debtor)
     invoice = result.add(outcome, now)
     assert invoice is not None
@@ -104,13 +110,28 @@ def create_invoice(
     if isinstance(cmd, CreateCombinedInvoice):
         first = cmd.transaction
         transactions.insert(
-            0, Transaction(first.transaction_key, first.service, first.amount, first.status)
+            0,
+            Transaction(
+                first.transaction_key,
+                first.service,
+                first.amount,
+                first.status,
+                first.is_slow,
+                first.mandate_reference,
+            ),
         )
     for transaction in transactions:
         booked = book_transaction(invoice, transaction)
         if not booked.errors:  # a kept transaction that breaks a rule is not booked
-            invoice = result.add(booked, now) or invoice
+            invoice = result.add(_and_recollect(booked, transaction, now), now) or invoice
     return result
+
+
+def _and_recollect(booked: Outcome, transaction: Transaction, now: datetime) -> Outcome:
+    """A booked transaction, then the recollection its failure may ask for."""
+    if booked.invoice is None:
+        return booked
+    return booked.then(recollect.recollect(booked.invoice, transaction.key, now))
 
 
 # --- transactions --------------------------------------------------------------------------
@@ -132,22 +153,36 @@ def transaction_status_changed(
     On an installment, what it pays beyond the plan cost goes on to the originals
     (`members`, loaded for the dossier `plan_paid_through` names)."""
     evt, now = msg.payload, msg.occurred_at
-    transaction = Transaction(evt.transaction_key, evt.service, evt.amount, evt.status, evt.is_slow)
+    transaction = Transaction(
+        evt.transaction_key,
+        evt.service,
+        evt.amount,
+        evt.status,
+        evt.is_slow,
+        evt.mandate_reference,
+    )
     if invoice is None:
         return Result(park=transaction)
     outcome = book_transaction(invoice, transaction)
     if outcome.errors:
         return Result.refused(outcome.errors)
     result = Result()
-    after = result.add(outcome, now)
+    after = result.add(_and_recollect(outcome, transaction, now), now)
     if after is not None and members is not None:
         originals = {inv.invoice_number: inv for inv in members.originals}
+        booked: dict[str, Outcome] = {}
         for number, forwarded in plans.forwarded_transactions(members, invoice, after, transaction):
-            booked = result.add(book_transaction(originals[number], forwarded), now)
-            originals[number] = booked or originals[number]
+            booked[number] = book_transaction(originals[number], forwarded)
+            originals[number] = booked[number].invoice or originals[number]
         installments = {inv.invoice_number: inv for inv in members.installments}
         installments[after.invoice_number] = after
-        plans.settle(members.plan, list(installments.values()))
+        moves = plans.settle(
+            members.plan, list(installments.values()), list(originals.values()), now
+        )
+        # One change per original: what was forwarded to it, then its status move.
+        for number in [*booked, *(n for n in moves if n not in booked)]:
+            outcome = booked.get(number, Outcome())
+            result.add(outcome.then(moves[number]) if number in moves else outcome, now)
         result.plan = members.plan
     return result
 

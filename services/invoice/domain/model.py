@@ -37,6 +37,8 @@ class Booking(BaseModel):
     amount: Decimal
     status: TransactionStatus
     is_slow: bool = False
+    #: The mandate the payment engine named for it (a recollection collects with it).
+    mandate_reference: str | None = None
     #: What this transaction added to AmountPaid and AmountCredit.
     paid: Decimal = ZERO
     credited: Decimal = ZERO
@@ -63,6 +65,15 @@ class SchemeStepState(BaseModel):
     agency_code: str | None = None
     message: str | None = None
     states_costs: bool = False
+
+
+class RecollectionState(BaseModel):
+    """A scheme version's SEPA recollection as the invoice keeps it (its copy)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    attempts: int
+    days_between: int
 
 
 class Invoice(BaseModel):
@@ -95,6 +106,13 @@ class Invoice(BaseModel):
     allowed_services: list[str] | None = None
     subscription_key: str | None = None
     plan_dossier: str | None = None
+    #: The scheme version's SEPA recollection (None: off) and the recollections asked
+    #: for so far (services/invoice/domain/recollect.py).
+    recollection: RecollectionState | None = None
+    recollect_attempts: int = 0
+    #: The status SetEmergency took the invoice from, while it is in Emergency (99):
+    #: UnpauseInvoice returns a pending transfer (70) there (status.unpause_target).
+    emergency_from: InvoiceStatus | None = None
 
     credit_notes: list[CreditNote] = Field(default_factory=list)
     amount_admin_costs: Decimal = ZERO

@@ -8,6 +8,8 @@ functions of `commands` gather outcomes into a `result.Result`, which does both.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import date
+from decimal import Decimal
 from typing import TYPE_CHECKING
 
 from contracts.envelope import FieldError
@@ -41,7 +43,18 @@ class StopSubscriptionRequest:
     step_index: int
 
 
-Request = SendStepMessage | StopSubscriptionRequest
+@dataclass(frozen=True)
+class CollectRequest:
+    """Ask the payment engine to collect a failed direct debit again (CollectPayment)."""
+
+    amount: Decimal
+    service: str
+    mandate_reference: str
+    collect_date: date
+    attempt: int
+
+
+Request = SendStepMessage | StopSubscriptionRequest | CollectRequest
 
 
 @dataclass
@@ -53,6 +66,16 @@ class Outcome:
     events: list[EventOut] = field(default_factory=list)
     errors: list[FieldError] = field(default_factory=list)
     requests: list[Request] = field(default_factory=list)
+
+    def then(self, other: Outcome) -> Outcome:
+        """This outcome followed by `other`, a rule applied to this one's invoice: one
+        change with the events of both, in order."""
+        return Outcome(
+            invoice=other.invoice or self.invoice,
+            events=[*self.events, *other.events],
+            errors=[*self.errors, *other.errors],
+            requests=[*self.requests, *other.requests],
+        )
 
 
 def reject(field_name: str, code: str, message: str) -> Outcome:

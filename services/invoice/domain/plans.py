@@ -197,13 +197,34 @@ def forwarded_transactions(
     return bookings
 
 
-def settle(plan: PaymentPlan, installments: list[Invoice]) -> None:
-    """A plan is paid when every installment is; a refund makes it active again."""
+def settle(
+    plan: PaymentPlan, installments: list[Invoice], originals: list[Invoice], now: datetime
+) -> dict[str, Outcome]:
+    """A plan is paid when every installment is; a refund makes it active again.
+    Returns the status moves of the originals (by number) this means.
+
+    Paid, the plan lifts its originals' 22 (to 10): paid with the plan, they run no
+    step, and a later chargeback or refund on one reopens it where its scheme stopped,
+    like any paid invoice. Active again (a refund or chargeback on an installment), the
+    plan pauses (22) those of its originals that are active again: the installments
+    carry the debt once more. An original elsewhere (written off, at an agency) stays.
+    """
     all_paid = all(inv.is_paid for inv in installments)
     if plan.status == "active" and all_paid:
         plan.status = "paid"
+        command, frm, reason = "EndPaymentPlan", S.PAUSED_BY_PAYMENT_PLAN, "paid"
     elif plan.status == "paid" and not all_paid:
         plan.status = "active"
+        command, frm, reason = "StartPaymentPlan", S.ACTIVE, "open again"
+    else:
+        return {}
+    return {
+        inv.invoice_number: change_status(
+            inv, command, now, f"payment plan {plan.dossier_number} {reason}"
+        )
+        for inv in originals
+        if inv.status == frm and inv.plan_dossier == plan.dossier_number
+    }
 
 
 # --- ending a plan -------------------------------------------------------------------------

@@ -90,9 +90,27 @@ def status_name(status: InvoiceStatus) -> str:
     return f"{int(status)} ({status.display_name})"
 
 
+#: What UnpauseInvoice lifts an Emergency (99) to, by the status SetEmergency took the
+#: invoice from: a pending transfer to the agency (70) is kept; everything else resumes
+#: its scheme (10). docs/decisions.md "Emergency on a pending transfer".
+_AFTER_EMERGENCY = {
+    S.PENDING_TRANSFER_TO_COLLECTION_AGENCY: S.PENDING_TRANSFER_TO_COLLECTION_AGENCY
+}
+
+
+def _target(invoice: Invoice, command: str) -> InvoiceStatus | None:
+    """Where `command` takes `invoice` (None: not allowed from its status)."""
+    to = TRANSITIONS[command].get(invoice.status)
+    if command == "UnpauseInvoice" and invoice.emergency_from is not None:
+        return _AFTER_EMERGENCY.get(invoice.emergency_from, to)
+    return to
+
+
 def move(invoice: Invoice, to: InvoiceStatus, now: datetime) -> Invoice:
-    """A copy of `invoice` in status `to`: held time counted, the schedule renewed."""
+    """A copy of `invoice` in status `to`: held time counted, the schedule renewed; an
+    Emergency remembers the status it was set from."""
     updated = invoice.changed()
+    updated.emergency_from = invoice.status if to == S.EMERGENCY else None
     updated.status = to
     refresh_hold(updated, now)
     updated.schedule_version += 1
@@ -104,7 +122,7 @@ def change_status(
 ) -> Outcome:
     """Apply a status command through the transition table (ChangedStatus, event 2)."""
     allowed = TRANSITIONS[command]
-    to = allowed.get(invoice.status)
+    to = _target(invoice, command)
     if to is None:
         if invoice.status in allowed.values() and command not in ("CancelInstallment",):
             return Outcome()  # already there: a repeat changes nothing

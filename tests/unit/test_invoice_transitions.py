@@ -24,28 +24,12 @@ from contracts.invoice import (
     InvoiceStatus,
 )
 from services.invoice import domain
+from tests.support.invoice_domain import make_invoice
 
 S = InvoiceStatus
 NOW = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
 HELD_AN_HOUR_AGO = NOW - timedelta(hours=1)
 EARLIER_HELD_SECONDS = 100
-
-
-def make_invoice(status: InvoiceStatus = S.ACTIVE, **overrides: Any) -> domain.Invoice:
-    fields: dict[str, Any] = {
-        "website_key": "shop",
-        "invoice_number": "INV-1",
-        "invoice_key": "KEY-1",
-        "status": status,
-        "invoice_date": date(2024, 1, 1),
-        "due_date": date(2024, 1, 15),
-        "currency": "EUR",
-        "amount_debit": Decimal("100.00"),
-        "scheme_key": "DefaultCM1",
-        "created_at": datetime(2024, 1, 1, tzinfo=UTC),
-    }
-    fields.update(overrides)
-    return domain.Invoice(**fields)
 
 
 # --- the expected matrix -------------------------------------------------------------------

@@ -32,7 +32,7 @@ from contracts import topics
 from tests.support.invoices import debtor
 from tests.support.kafka import TopicWatcher, envelope, poll_until, publish, read_all, topic_of
 from tests.support.notifier import SmtpSink
-from tests.support.platform import Platform, platform
+from tests.support.platform import Platform, mailing_services
 
 KEY = "SUB-A"
 SCHEME = "CM1StopSubscription"
@@ -159,18 +159,9 @@ class Lifecycle:
 
 @pytest.fixture
 async def life(kafka_bootstrap: str, database_url: str, tmp_path: Path) -> AsyncIterator[Lifecycle]:
-    smtp = SmtpSink()
-    smtp.start()
-    try:
-        async with platform(
-            kafka_bootstrap,
-            database_url,
-            "invoice",
-            "scheduler",
-            "subscription",
-            "notifier",
-            smtp_port=smtp.port,
-            letter_spool_dir=str(tmp_path),
+    with SmtpSink() as smtp:
+        async with mailing_services(
+            kafka_bootstrap, database_url, smtp, tmp_path, "subscription"
         ) as cm:
             running = Lifecycle(cm, smtp)
             await running.watcher.start()
@@ -178,8 +169,6 @@ async def life(kafka_bootstrap: str, database_url: str, tmp_path: Path) -> Async
                 yield running
             finally:
                 await running.watcher.stop()
-    finally:
-        smtp.stop()
 
 
 def midnight(day: date) -> datetime:

@@ -29,7 +29,7 @@ from tests.integration.test_notifier_webhooks import invoice_with_events, mine, 
 from tests.support.invoices import InvoiceClient
 from tests.support.kafka import poll_until
 from tests.support.notifier import HttpSink, Reply, Request, new_secret
-from tests.support.platform import Platform, platform
+from tests.support.platform import Platform, notifier_platform
 
 #: The overall deadline of one delivery in this module.
 DEADLINE_S = 4.0
@@ -40,13 +40,8 @@ SETTLE_S = 1.0
 
 @pytest.fixture(scope="module")
 async def cm(kafka_bootstrap: str, database_url: str) -> AsyncIterator[Platform]:
-    async with platform(
-        kafka_bootstrap,
-        database_url,
-        "invoice",
-        "scheduler",
-        "notifier",
-        webhook_timeout_s=DEADLINE_S,
+    async with notifier_platform(
+        kafka_bootstrap, database_url, webhook_timeout_s=DEADLINE_S
     ) as running:
         yield running
 

@@ -38,7 +38,7 @@ from tests.integration.test_notifier_webhooks import (
 from tests.support.invoices import InvoiceClient
 from tests.support.kafka import poll_until
 from tests.support.notifier import HttpSink, Request, new_secret, notifier_command
-from tests.support.platform import Platform, platform
+from tests.support.platform import Platform, notifier_platform, platform
 from tests.support.services import TEST_SECRET_KEY, make_settings
 
 
@@ -88,12 +88,9 @@ async def strict(kafka_bootstrap: str, database_url: str) -> AsyncIterator[Platf
 async def local(kafka_bootstrap: str, database_url: str) -> AsyncIterator[Platform]:
     """The same with private networks allowed (as `make run` and the other tests), a
     one-day retention window and pruning every 0.1 s."""
-    async with platform(
+    async with notifier_platform(
         kafka_bootstrap,
         database_url,
-        "invoice",
-        "scheduler",
-        "notifier",
         webhook_timeout_s=2.0,
         notifier_retention_days=1.0,
         notifier_prune_interval_s=0.1,

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Self
 
 from aiosmtpd.controller import Controller
 
@@ -72,7 +72,24 @@ class _SmtpHandler:
         return "250 Message accepted for delivery"
 
 
-class SmtpSink:
+class _Sink:
+    """A server on loopback: `with Sink() as sink:` starts it and stops it after."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class SmtpSink(_Sink):
     """A real SMTP server on a free port that keeps what it receives; addresses in
     `refused` are answered 550 at RCPT (an invalid address). It offers SMTPUTF8 unless
     `smtputf8` is set to False (from the next connection on)."""
@@ -141,7 +158,7 @@ Responder = Callable[[Request], "int | Reply"]
 _CHUNK = b"\0" * 65_536
 
 
-class HttpSink:
+class HttpSink(_Sink):
     """A threaded HTTP server on a free port recording every POST; `responder` picks
     each answer (200 by default). `started` records requests as they arrive, `requests`
     once answered; `max_in_progress` is the most requests it held at once; `body_sent`

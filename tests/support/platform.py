@@ -12,7 +12,7 @@ import importlib
 import json
 import uuid
 from collections.abc import AsyncIterator, Callable
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -154,22 +154,33 @@ async def platform(
         yield running
 
 
+def notifier_platform(
+    kafka_bootstrap: str, database_url: str, *more: str, **settings: Any
+) -> AbstractAsyncContextManager[Platform]:
+    """Invoice, scheduler and notifier (the services a scheme's messages pass through),
+    then the `more` services."""
+    return platform(
+        kafka_bootstrap, database_url, "invoice", "scheduler", "notifier", *more, **settings
+    )
+
+
+def mailing_services(
+    kafka_bootstrap: str, database_url: str, smtp: Any, spool: Path, *more: str
+) -> AbstractAsyncContextManager[Platform]:
+    """The notifier platform and the `more` services, mailing to `smtp` (a
+    tests.support.notifier SmtpSink) and spooling letters in `spool`."""
+    return notifier_platform(
+        kafka_bootstrap, database_url, *more, smtp_port=smtp.port, letter_spool_dir=str(spool)
+    )
+
+
 @asynccontextmanager
 async def mailing_platform(
     kafka_bootstrap: str, database_url: str, smtp: Any, spool: Path
 ) -> AsyncIterator[Platform]:
-    """Invoice, scheduler and notifier, mailing to `smtp` (a tests.support.notifier
-    SmtpSink) and spooling letters in `spool`, on registration day (2026-11-01 09:00):
-    steps due by then (the invitations) fire at once."""
-    async with platform(
-        kafka_bootstrap,
-        database_url,
-        "invoice",
-        "scheduler",
-        "notifier",
-        smtp_port=smtp.port,
-        letter_spool_dir=str(spool),
-    ) as running:
+    """`mailing_services` on registration day (2026-11-01 09:00): steps due by then (the
+    invitations) fire at once."""
+    async with mailing_services(kafka_bootstrap, database_url, smtp, spool) as running:
         await running.tick(datetime(2026, 11, 1, 9, 0, tzinfo=UTC))
         yield running
 

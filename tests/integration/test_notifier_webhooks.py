@@ -15,25 +15,19 @@ from standardwebhooks.webhooks import WebhookVerificationError
 from tests.support.invoices import InvoiceClient, invoice_payload
 from tests.support.kafka import poll_until
 from tests.support.notifier import HttpSink, Request, new_secret, notifier_command
-from tests.support.platform import Platform, platform
+from tests.support.platform import Platform, notifier_platform, webhook_merchant
 
 
 @pytest.fixture(scope="module")
 async def cm(kafka_bootstrap: str, database_url: str) -> AsyncIterator[Platform]:
-    async with platform(
-        kafka_bootstrap, database_url, "invoice", "scheduler", "notifier", webhook_timeout_s=2.0
-    ) as running:
+    async with notifier_platform(kafka_bootstrap, database_url, webhook_timeout_s=2.0) as running:
         yield running
 
 
 @pytest.fixture
 async def inv(cm: Platform, endpoint: HttpSink) -> AsyncIterator[InvoiceClient]:
-    """A merchant of its own; the endpoint answers 200 unless the test says otherwise."""
-    endpoint.responder = lambda request: 200
-    client = InvoiceClient(cm.bootstrap, cm.prefix, cm.services["invoice"])
-    await client.watcher.start()
-    yield client
-    await client.watcher.stop()
+    async with webhook_merchant(cm, endpoint) as client:
+        yield client
 
 
 async def register(cm: Platform, inv: InvoiceClient, url: str, secret: str) -> None:
@@ -102,7 +96,7 @@ async def retry_scheduled(cm: Platform, inv: InvoiceClient, attempt: int) -> Non
 async def settled_deliveries(cm: Platform, inv: InvoiceClient, count: int) -> list[asyncpg.Record]:
     """The merchant's deliveries once `count` of them are delivered or given up (an
     endpoint sees a request before the notifier records its answer)."""
-    pool = cm.services["notifier"].runtime.pool
+    pool = cm.notifier_pool
 
     async def settled() -> list[asyncpg.Record] | None:
         async with pool.acquire() as conn:
@@ -186,7 +180,7 @@ async def test_an_endpoint_that_fails_twice_gets_every_push_once_in_order(
     assert sequences(all_requests) == [1, 1, 1, 2, 3]  # later pushes waited for the first
     assert [r.headers["webhook-id"] for r in accepted] == event_ids(inv, "W-2")
 
-    pool = cm.services["notifier"].runtime.pool
+    pool = cm.notifier_pool
     async with pool.acquire() as conn:
         rows = await conn.fetch(
             "SELECT d.sequence, d.status, d.attempts, l.outcome, l.status_code, l.latency_ms"
@@ -246,7 +240,7 @@ async def test_a_push_is_given_up_after_the_last_retry_and_the_next_one_goes(
     assert sequences(requests) == [1] * 8 + [2]
     assert [r.status for r in requests] == [500] * 8 + [200]
     statuses = await settled_deliveries(cm, inv, 2)
-    pool = cm.services["notifier"].runtime.pool
+    pool = cm.notifier_pool
     async with pool.acquire() as conn:
         outcomes = await conn.fetchval(
             "SELECT array_agg(l.outcome ORDER BY l.id) FROM webhook_delivery_log l"

@@ -18,12 +18,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 from aiokafka import AIOKafkaConsumer
 
 from contracts import topics
 from services.runtime.app import Service, build_service
 from tests.support.invoices import InvoiceClient
 from tests.support.kafka import BackgroundConsumer, TopicWatcher, envelope, poll_until, publish
+from tests.support.notifier import HttpSink
 from tests.support.services import make_settings
 
 #: How the stand-in notifier answers: (SendMessage payload) → (outcome, channel, delay).
@@ -101,6 +103,18 @@ class Platform:
         self.invoices = InvoiceClient(bootstrap, prefix, services.get("invoice"))  # type: ignore[arg-type]
         self.scheduler_events = TopicWatcher(bootstrap, prefix + topics.SCHEDULER_EVENTS)
 
+    async def merchant(self) -> InvoiceClient:
+        """A client of the invoice service for a merchant of its own, watching (the caller
+        stops its watcher, or leaves it to the end of the module)."""
+        client = InvoiceClient(self.bootstrap, self.prefix, self.services["invoice"])
+        await client.watcher.start()
+        return client
+
+    @property
+    def notifier_pool(self) -> asyncpg.Pool:
+        """The running notifier's database pool."""
+        return self.services["notifier"].runtime.pool
+
     async def tick(self, as_of: datetime) -> dict[str, Any]:
         """Move the manual clock and wait until its timers are out (TickCompleted)."""
         body = envelope(
@@ -152,6 +166,18 @@ async def platform(
         await running.scheduler_events.start()
         stack.push_async_callback(running.scheduler_events.stop)
         yield running
+
+
+@asynccontextmanager
+async def webhook_merchant(cm: Platform, endpoint: HttpSink) -> AsyncIterator[InvoiceClient]:
+    """A merchant of its own on `cm` (as `Platform.merchant`); its webhook `endpoint`
+    answers 200 unless the test says otherwise."""
+    endpoint.responder = lambda request: 200
+    client = await cm.merchant()
+    try:
+        yield client
+    finally:
+        await client.watcher.stop()
 
 
 def notifier_platform(

@@ -7,7 +7,7 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -140,11 +140,41 @@ async def poll_until(
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
 
 
+async def partitions(consumer: AIOKafkaConsumer, topics: Iterable[str]) -> list[TopicPartition]:
+    """Every partition of `topics`, in order, as the broker has them now."""
+    await consumer._client.force_metadata_update()
+    return [
+        TopicPartition(topic, p)
+        for topic in topics
+        for p in sorted(consumer.partitions_for_topic(topic) or ())
+    ]
+
+
 class BackgroundConsumer:
-    """A Kafka consumer that a task of its own reads; `stop` ends both."""
+    """A Kafka consumer that a task of its own reads, handing each partition's batch of
+    records to `_take`; `stop` ends both."""
 
     _consumer: AIOKafkaConsumer | None = None
     _task: asyncio.Task[None] | None = None
+
+    async def _take(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
+        raise NotImplementedError
+
+    def _start_reading(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def _read_from_beginning(self, tps: list[TopicPartition]) -> None:
+        assert self._consumer is not None
+        self._consumer.assign(tps)
+        await self._consumer.seek_to_beginning(*tps)
+        self._start_reading()
+
+    async def _run(self) -> None:
+        assert self._consumer is not None
+        while True:
+            batch = await self._consumer.getmany(timeout_ms=100)
+            for records in batch.values():
+                await self._take(records)
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -168,23 +198,10 @@ class TopicWatcher(BackgroundConsumer):
             bootstrap_servers=self.bootstrap, enable_auto_commit=False, fetch_max_wait_ms=20
         )
         await self._consumer.start()
-        await self._consumer._client.force_metadata_update()
-        tps = [
-            TopicPartition(topic, p)
-            for topic in self.topics
-            for p in sorted(self._consumer.partitions_for_topic(topic) or ())
-        ]
-        self._consumer.assign(tps)
-        await self._consumer.seek_to_beginning(*tps)
-        self._task = asyncio.create_task(self._run())
+        await self._read_from_beginning(await partitions(self._consumer, self.topics))
 
-    async def _run(self) -> None:
-        assert self._consumer is not None
-        while True:
-            batch = await self._consumer.getmany(timeout_ms=100)
-            for msgs in batch.values():
-                for m in msgs:
-                    self.records.append(Record.of(m))
+    async def _take(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
+        self.records.extend(Record.of(m) for m in records)
 
     def on(self, topic: str) -> list[Record]:
         return [r for r in self.records if r.topic == topic]

@@ -7,7 +7,6 @@ with a RecordMessageOutcome, as the notifier will).
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import json
 import uuid
@@ -20,6 +19,7 @@ from typing import Any
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer
+from aiokafka.structs import ConsumerRecord
 
 from contracts import topics
 from services.runtime.app import Service, build_service
@@ -56,41 +56,37 @@ class StandInNotifier(BackgroundConsumer):
             heartbeat_interval_ms=500,
         )
         await self._consumer.start()
-        self._task = asyncio.create_task(self._run())
+        self._start_reading()
 
-    async def _run(self) -> None:
-        assert self._consumer is not None
-        while True:
-            batch = await self._consumer.getmany(timeout_ms=100)
-            for records in batch.values():
-                for record in records:
-                    body = json.loads(record.value or b"{}")
-                    if body.get("type") != "SendMessage":
-                        continue
-                    self.received.append(body)
-                    outcome, channel, delay = self.rule(body["payload"])
-                    sent_at = datetime.fromisoformat(body["occurred_at"]) + delay
-                    answer = envelope(
-                        "RecordMessageOutcome",
-                        {
-                            "invoice_number": body["payload"]["invoice_number"],
-                            "step_index": body["payload"]["step_index"],
-                            "outcome": outcome,
-                            "channel": channel,
-                        },
-                        website_key=body["website_key"],
-                        occurred_at=sent_at.isoformat(),
+    async def _take(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
+        for record in records:
+            body = json.loads(record.value or b"{}")
+            if body.get("type") != "SendMessage":
+                continue
+            self.received.append(body)
+            outcome, channel, delay = self.rule(body["payload"])
+            sent_at = datetime.fromisoformat(body["occurred_at"]) + delay
+            answer = envelope(
+                "RecordMessageOutcome",
+                {
+                    "invoice_number": body["payload"]["invoice_number"],
+                    "step_index": body["payload"]["step_index"],
+                    "outcome": outcome,
+                    "channel": channel,
+                },
+                website_key=body["website_key"],
+                occurred_at=sent_at.isoformat(),
+            )
+            await publish(
+                self.bootstrap,
+                self.prefix + topics.INVOICE_INTERNAL,
+                [
+                    (
+                        record.key.decode() if record.key else None,
+                        json.dumps(answer).encode(),
                     )
-                    await publish(
-                        self.bootstrap,
-                        self.prefix + topics.INVOICE_INTERNAL,
-                        [
-                            (
-                                record.key.decode() if record.key else None,
-                                json.dumps(answer).encode(),
-                            )
-                        ],
-                    )
+                ],
+            )
 
 
 class Platform:

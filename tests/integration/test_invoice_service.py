@@ -2,32 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
-import pytest
-
-from services.runtime.app import Service
 from tests.support.invoices import (
     InvoiceClient,
     debtor,
-    invoice_client,
+    inv,
     invoice_payload,
-    invoice_service,
+    service,
 )
 from tests.support.kafka import poll_until
 
-
-@pytest.fixture(scope="module")
-async def service(kafka_bootstrap: str, database_url: str) -> AsyncIterator[Service]:
-    # One service for the module; every test is a merchant of its own.
-    async with invoice_service(kafka_bootstrap, database_url) as running:
-        yield running
-
-
-@pytest.fixture
-async def inv(kafka_bootstrap: str, service: Service) -> AsyncIterator[InvoiceClient]:
-    async with invoice_client(kafka_bootstrap, service) as client:
-        yield client
+__all__ = ["inv", "service"]  # the fixtures
 
 
 def amounts(snapshot: dict[str, object]) -> dict[str, object]:

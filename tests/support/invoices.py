@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
+
+import pytest
 
 from contracts import topics
 from services.invoice.app import definition
@@ -170,21 +171,20 @@ class InvoiceClient:
         return (await self.events(number, count))[count - 1]["invoice"]  # type: ignore[no-any-return]
 
 
-@asynccontextmanager
-async def invoice_service(kafka_bootstrap: str, database_url: str) -> AsyncIterator[Service]:
-    """An invoice service on topics of its own (a fresh prefix)."""
+@pytest.fixture(scope="module")
+async def service(kafka_bootstrap: str, database_url: str) -> AsyncIterator[Service]:
+    """One invoice service for the module, on topics of its own (a fresh prefix); every
+    test is a merchant of its own (`inv`)."""
     prefix = f"i{uuid.uuid4().hex[:10]}."
-    service = build_service(definition(), make_settings(kafka_bootstrap, database_url, prefix))
-    async with service.app:
-        yield service
+    running = build_service(definition(), make_settings(kafka_bootstrap, database_url, prefix))
+    async with running.app:
+        yield running
 
 
-@asynccontextmanager
-async def invoice_client(kafka_bootstrap: str, service: Service) -> AsyncIterator[InvoiceClient]:
+@pytest.fixture
+async def inv(kafka_bootstrap: str, service: Service) -> AsyncIterator[InvoiceClient]:
     """A client with a merchant of its own, watching the service's output."""
     client = InvoiceClient(kafka_bootstrap, service.runtime.topics.prefix, service)
     await client.watcher.start()
-    try:
-        yield client
-    finally:
-        await client.watcher.stop()
+    yield client
+    await client.watcher.stop()

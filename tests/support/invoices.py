@@ -12,7 +12,13 @@ import pytest
 from contracts import topics
 from services.invoice.app import definition
 from services.runtime.app import Service, build_service
-from tests.support.kafka import TopicWatcher, envelope, poll_until, publish, topic_of
+from tests.support.kafka import (
+    MerchantClient,
+    envelope,
+    poll_until,
+    publish,
+    topic_of,
+)
 from tests.support.services import make_settings
 
 OCCURRED_AT = "2026-11-01T09:00:00+00:00"
@@ -51,21 +57,12 @@ def invoice_payload(number: str, **overrides: Any) -> dict[str, Any]:
     return payload
 
 
-class InvoiceClient:
+class InvoiceClient(MerchantClient):
     """Talks to one in-process invoice service through its (prefixed) topics."""
 
     def __init__(self, bootstrap: str, prefix: str, service: Service) -> None:
-        self.bootstrap = bootstrap
-        self.prefix = prefix
+        super().__init__(bootstrap, prefix, topics.INVOICE_EVENTS, topics.DLQ)
         self.service = service
-        #: A merchant of its own, so tests sharing the database never meet.
-        self.website_key = f"shop-{uuid.uuid4().hex[:8]}"
-        self.watcher = TopicWatcher(
-            bootstrap,
-            prefix + topics.COMMAND_RESULTS,
-            prefix + topics.INVOICE_EVENTS,
-            prefix + topics.DLQ,
-        )
 
     async def command(
         self,
@@ -128,16 +125,6 @@ class InvoiceClient:
             [(f"{website_key}:{number}", json.dumps(body).encode())],
         )
         return str(body["message_id"])
-
-    async def answer(self, command_id: str) -> dict[str, Any]:
-        async def found() -> dict[str, Any] | None:
-            for record in self.watcher.on(self.prefix + topics.COMMAND_RESULTS):
-                body = record.json()
-                if body["payload"]["command_id"] == command_id:
-                    return body  # type: ignore[no-any-return]
-            return None
-
-        return await poll_until(found, what=f"the answer to {command_id}")
 
     def answers(self, command_id: str) -> list[dict[str, Any]]:
         return [

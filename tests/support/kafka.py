@@ -16,6 +16,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 from contracts import catalog
+from contracts.topics import COMMAND_RESULTS
 
 T = TypeVar("T")
 
@@ -205,3 +206,29 @@ class TopicWatcher(BackgroundConsumer):
 
     def on(self, topic: str) -> list[Record]:
         return [r for r in self.records if r.topic == topic]
+
+
+class MerchantClient:
+    """A merchant of its own (so tests sharing the database never meet) talking to the
+    services on `prefix`; `watcher` reads their command results and the `watched` topics
+    (base names)."""
+
+    def __init__(self, bootstrap: str, prefix: str, *watched: str) -> None:
+        self.bootstrap = bootstrap
+        self.prefix = prefix
+        self.website_key = f"shop-{uuid.uuid4().hex[:8]}"
+        self.watcher = TopicWatcher(
+            bootstrap, *(prefix + topic for topic in (COMMAND_RESULTS, *watched))
+        )
+
+    async def answer(self, command_id: str) -> dict[str, Any]:
+        """The answer (CommandAccepted or CommandRejected) to the command `command_id`."""
+
+        async def found() -> dict[str, Any] | None:
+            for record in self.watcher.on(self.prefix + COMMAND_RESULTS):
+                body = record.json()
+                if body["payload"]["command_id"] == command_id:
+                    return body  # type: ignore[no-any-return]
+            return None
+
+        return await poll_until(found, what=f"the answer to {command_id}")

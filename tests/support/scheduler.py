@@ -14,7 +14,7 @@ import asyncpg
 from contracts import topics
 from services.runtime.app import Service, build_service
 from services.scheduler.app import definition
-from tests.support.kafka import Record, TopicWatcher, envelope, poll_until, publish
+from tests.support.kafka import MerchantClient, Record, envelope, poll_until, publish
 from tests.support.services import make_settings
 
 #: Where the timers of these tests publish (StepDue is a message the catalog allows there).
@@ -64,21 +64,12 @@ async def scheduler_service(
         yield service
 
 
-class SchedulerClient:
+class SchedulerClient(MerchantClient):
     """Talks to one scheduler (or several replicas on one prefix) through its topics."""
 
     def __init__(self, bootstrap: str, prefix: str, pool: asyncpg.Pool) -> None:
-        self.bootstrap = bootstrap
-        self.prefix = prefix
+        super().__init__(bootstrap, prefix, topics.SCHEDULER_EVENTS, topics.DLQ, TARGET)
         self.pool = pool
-        self.website_key = f"shop-{uuid.uuid4().hex[:8]}"
-        self.watcher = TopicWatcher(
-            bootstrap,
-            prefix + topics.COMMAND_RESULTS,
-            prefix + topics.SCHEDULER_EVENTS,
-            prefix + topics.DLQ,
-            prefix + TARGET,
-        )
 
     # --- commands ---
 
@@ -125,16 +116,6 @@ class SchedulerClient:
         return f"{message['website_key']}:{message['payload']['invoice_number']}"
 
     # --- what came out ---
-
-    async def answer(self, command_id: str) -> dict[str, Any]:
-        async def found() -> dict[str, Any] | None:
-            for record in self.watcher.on(self.prefix + topics.COMMAND_RESULTS):
-                body = record.json()
-                if body["payload"]["command_id"] == command_id:
-                    return body  # type: ignore[no-any-return]
-            return None
-
-        return await poll_until(found, what=f"the answer to {command_id}")
 
     async def accepted(self, command_id: str) -> dict[str, Any]:
         answer = await self.answer(command_id)

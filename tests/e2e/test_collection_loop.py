@@ -51,11 +51,7 @@ class Loop:
 
     def case_events(self) -> list[dict[str, Any]]:
         key = f"{self.website_key}:{auto_case_key(self.website_key, NUMBER)}"
-        return [
-            r.json()["payload"]
-            for r in self.watcher.on(self.cm.prefix + topics.COLLECTION_EVENTS)
-            if r.key == key
-        ]
+        return self.watcher.payloads(self.cm.prefix + topics.COLLECTION_EVENTS, key)
 
 
 @pytest.fixture

@@ -30,7 +30,15 @@ import pytest
 
 from contracts import topics
 from tests.support.invoices import debtor
-from tests.support.kafka import TopicWatcher, envelope, poll_until, publish, read_all, topic_of
+from tests.support.kafka import (
+    TopicWatcher,
+    at_least,
+    envelope,
+    poll_until,
+    publish,
+    read_all,
+    topic_of,
+)
 from tests.support.notifier import SmtpSink
 from tests.support.platform import Platform, mailing_services
 
@@ -106,20 +114,14 @@ class Lifecycle:
         return answer
 
     def subscription_events(self) -> list[dict[str, Any]]:
-        return [
-            r.json()["payload"]
-            for r in self.watcher.on(self.cm.prefix + topics.SUBSCRIPTION_EVENTS)
-            if r.key == f"{self.website_key}:{KEY}"
-        ]
+        return self.watcher.payloads(
+            self.cm.prefix + topics.SUBSCRIPTION_EVENTS, f"{self.website_key}:{KEY}"
+        )
 
     async def subscription_event(self, count: int) -> dict[str, Any]:
         """Wait for the subscription's `count`-th event; return it."""
-
-        async def enough() -> list[dict[str, Any]]:
-            found = self.subscription_events()
-            return found if len(found) >= count else []
-
-        return (await poll_until(enough, what=f"{count} events of {KEY}"))[count - 1]
+        events = await at_least(count, self.subscription_events, what=f"{count} events of {KEY}")
+        return events[count - 1]
 
     def pushes(self, number: str) -> list[dict[str, Any]]:
         """The invoice's pushes, amounts read as exact Decimals, in EventSequence order."""

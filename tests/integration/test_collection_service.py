@@ -15,7 +15,7 @@ import pytest
 from contracts import topics
 from services.collection.handlers import auto_case_key
 from tests.support.invoices import invoice_payload
-from tests.support.kafka import TopicWatcher, envelope, poll_until, publish, topic_of
+from tests.support.kafka import TopicWatcher, at_least, envelope, poll_until, publish, topic_of
 from tests.support.platform import Platform, platform
 
 
@@ -44,18 +44,14 @@ class Collection:
         return await self.cm.invoices.answer(str(body["message_id"]))
 
     def events_now(self, case_key: str) -> list[dict[str, Any]]:
-        return [
-            r.json()["payload"]
-            for r in self.watcher.on(self.cm.prefix + topics.COLLECTION_EVENTS)
-            if r.key == f"{self.website_key}:{case_key}"
-        ]
+        return self.watcher.payloads(
+            self.cm.prefix + topics.COLLECTION_EVENTS, f"{self.website_key}:{case_key}"
+        )
 
     async def events(self, case_key: str, count: int) -> list[dict[str, Any]]:
-        async def enough() -> list[dict[str, Any]] | None:
-            found = self.events_now(case_key)
-            return found if len(found) >= count else None
-
-        return await poll_until(enough, what=f"{count} events of case {case_key}")
+        return await at_least(
+            count, lambda: self.events_now(case_key), what=f"{count} events of case {case_key}"
+        )
 
     def requests_now(self, case_key: str) -> list[dict[str, Any]]:
         return [
@@ -66,11 +62,11 @@ class Collection:
         ]
 
     async def requests(self, case_key: str, count: int) -> list[dict[str, Any]]:
-        async def enough() -> list[dict[str, Any]] | None:
-            found = self.requests_now(case_key)
-            return found if len(found) >= count else None
-
-        return await poll_until(enough, what=f"{count} agency requests of case {case_key}")
+        return await at_least(
+            count,
+            lambda: self.requests_now(case_key),
+            what=f"{count} agency requests of case {case_key}",
+        )
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
 from tests.support.invoices import InvoiceClient, invoice_payload
-from tests.support.kafka import poll_until
+from tests.support.kafka import at_least, poll_until
 from tests.support.notifier import HttpSink, Request, new_secret, notifier_command
 from tests.support.platform import Platform, notifier_platform, webhook_merchant
 
@@ -64,11 +64,9 @@ def mine(requests: list[Request], inv: InvoiceClient) -> list[Request]:
 
 
 async def accepted_for(endpoint: HttpSink, inv: InvoiceClient, count: int) -> list[Request]:
-    async def enough() -> list[Request] | None:
-        found = mine(endpoint.accepted(), inv)
-        return found if len(found) >= count else None
-
-    return await poll_until(enough, what=f"{count} accepted pushes")
+    return await at_least(
+        count, lambda: mine(endpoint.accepted(), inv), what=f"{count} accepted pushes"
+    )
 
 
 def sequences(requests: list[Request]) -> list[int]:

@@ -14,8 +14,8 @@ from services.invoice.app import definition
 from services.runtime.app import Service, build_service
 from tests.support.kafka import (
     MerchantClient,
+    at_least,
     envelope,
-    poll_until,
     publish,
     topic_of,
 )
@@ -135,11 +135,9 @@ class InvoiceClient(MerchantClient):
 
     def events_now(self, number: str, website_key: str | None = None) -> list[dict[str, Any]]:
         website_key = website_key or self.website_key
-        found = [
-            r.json()["payload"]
-            for r in self.watcher.on(self.prefix + topics.INVOICE_EVENTS)
-            if r.key == f"{website_key}:{number}"
-        ]
+        found = self.watcher.payloads(
+            self.prefix + topics.INVOICE_EVENTS, f"{website_key}:{number}"
+        )
         return sorted(found, key=lambda e: e["sequence"])
 
     async def events(
@@ -147,11 +145,9 @@ class InvoiceClient(MerchantClient):
     ) -> list[dict[str, Any]]:
         """Wait until the invoice has at least `count` events; returns them in sequence."""
 
-        async def enough() -> list[dict[str, Any]] | None:
-            found = self.events_now(number, website_key)
-            return found if len(found) >= count else None
-
-        return await poll_until(enough, what=f"{count} events of {number}")
+        return await at_least(
+            count, lambda: self.events_now(number, website_key), what=f"{count} events of {number}"
+        )
 
     async def snapshot(self, number: str, count: int) -> dict[str, Any]:
         """The invoice as of its `count`-th event."""

@@ -141,6 +141,18 @@ async def poll_until(
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
 
 
+async def at_least(
+    count: int, now: Callable[[], list[T]], *, timeout: float = 60.0, what: str
+) -> list[T]:
+    """What `now()` returns once it holds `count` items or more (polled as `poll_until`)."""
+
+    async def enough() -> list[T] | None:
+        found = now()
+        return found if len(found) >= count else None
+
+    return await poll_until(enough, timeout=timeout, what=what)
+
+
 async def partitions(consumer: AIOKafkaConsumer, topics: Iterable[str]) -> list[TopicPartition]:
     """Every partition of `topics`, in order, as the broker has them now."""
     await consumer._client.force_metadata_update()
@@ -206,6 +218,10 @@ class TopicWatcher(BackgroundConsumer):
 
     def on(self, topic: str) -> list[Record]:
         return [r for r in self.records if r.topic == topic]
+
+    def payloads(self, topic: str, key: str) -> list[dict[str, Any]]:
+        """The payloads of the envelopes on `topic` with the Kafka key `key`, in order."""
+        return [r.json()["payload"] for r in self.on(topic) if r.key == key]
 
 
 class MerchantClient:

@@ -19,7 +19,7 @@ from typing import Any, Self
 from aiosmtpd.controller import Controller
 
 from contracts import topics
-from tests.support.kafka import envelope, poll_until, publish, topic_of
+from tests.support.kafka import at_least, envelope, publish, topic_of
 from tests.support.net import free_port
 
 
@@ -120,11 +120,9 @@ class SmtpSink(_Sink):
         return [m for m in self.mails if address in m.recipients]
 
     async def wait_for(self, address: str, count: int) -> list[Mail]:
-        async def enough() -> list[Mail] | None:
-            found = self.to(address)
-            return found if len(found) >= count else None
-
-        return await poll_until(enough, what=f"{count} mails to the test address")
+        return await at_least(
+            count, lambda: self.to(address), what=f"{count} mails to the test address"
+        )
 
 
 # --- HTTP ----------------------------------------------------------------------------------
@@ -237,11 +235,9 @@ class HttpSink(_Sink):
         return [r for r in self.requests if 200 <= r.status < 300]
 
     async def wait_accepted(self, count: int, *, timeout: float = 30.0) -> list[Request]:
-        async def enough() -> list[Request] | None:
-            found = self.accepted()
-            return found if len(found) >= count else None
-
-        return await poll_until(enough, timeout=timeout, what=f"{count} accepted requests")
+        return await at_least(
+            count, self.accepted, timeout=timeout, what=f"{count} accepted requests"
+        )
 
 
 # --- the notifier's commands ---------------------------------------------------------------

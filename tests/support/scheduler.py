@@ -14,7 +14,7 @@ import asyncpg
 from contracts import topics
 from services.runtime.app import Service, build_service
 from services.scheduler.app import definition
-from tests.support.kafka import MerchantClient, Record, envelope, poll_until, publish
+from tests.support.kafka import MerchantClient, Record, at_least, envelope, poll_until, publish
 from tests.support.services import make_settings
 
 #: Where the timers of these tests publish (StepDue is a message the catalog allows there).
@@ -144,11 +144,9 @@ class SchedulerClient(MerchantClient):
         ]
 
     async def arrivals(self, key: str, count: int) -> list[Record]:
-        async def enough() -> list[Record] | None:
-            found = self.arrived(key)
-            return found if len(found) >= count else None
-
-        return await poll_until(enough, what=f"{count} messages with key {key}")
+        return await at_least(
+            count, lambda: self.arrived(key), what=f"{count} messages with key {key}"
+        )
 
     def fired_events(self, timer_id: str | None = None) -> list[dict[str, Any]]:
         return [

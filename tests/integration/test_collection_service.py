@@ -14,6 +14,7 @@ import pytest
 
 from contracts import topics
 from services.collection.handlers import auto_case_key
+from tests.support.collection import manual_case
 from tests.support.invoices import invoice_payload
 from tests.support.kafka import TopicWatcher, at_least, envelope, poll_until, publish, topic_of
 from tests.support.platform import Platform, platform
@@ -82,39 +83,6 @@ async def col(kafka_bootstrap: str, database_url: str) -> AsyncIterator[Collecti
 
 def codes(answer: dict[str, Any]) -> list[tuple[str, str]]:
     return [(e["field"], e["code"]) for e in answer["payload"]["errors"]]
-
-
-def manual_case(key: str, **overrides: Any) -> dict[str, Any]:
-    payload: dict[str, Any] = {
-        "case_key": key,
-        "external_id": f"EXT-{key}",
-        "billing_address": {
-            "name": "Jan Jansen",
-            "given_name": "Jan",
-            "family_name": "Jansen",
-            "gender": "male",
-            "street": "Dorpsstraat",
-            "house_number": "1",
-            "postal_code": "1234 AB",
-            "city": "Utrecht",
-            "country": "NL",
-        },
-        "line_items": [
-            {
-                "description": "Consulting",
-                "quantity": "2",
-                "unit_price": "50.00",
-                "vat_percentage": "21",
-            }
-        ],
-        "currency": "EUR",
-        "due_date": "2026-01-15",
-        "amount": "121.00",
-        "language": "nl-NL",
-        "reference": "R-1",
-    }
-    payload.update(overrides)
-    return payload
 
 
 async def configure(

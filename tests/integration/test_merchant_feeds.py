@@ -18,6 +18,7 @@ from contracts import catalog, topics
 from contracts.topics import MERCHANT_FEEDS, merchant_topic
 from services.notifier.feeds import merchants_with_feeds
 from services.runtime.consumer import RawRecord
+from tests.support.collection import manual_case
 from tests.support.invoices import InvoiceClient, invoice_payload
 from tests.support.kafka import Record, TopicWatcher, envelope, poll_until, publish, topic_of
 from tests.support.platform import Platform, platform
@@ -364,33 +365,6 @@ async def test_disabled_copies_stop_and_the_topics_stay(
     keys = [r.key for r in a.on("invoice")]
     assert f"{a.website_key}:D-2" not in keys
     assert a.topic("invoice") in await broker_topics(cm)
-
-
-def manual_case(key: str) -> dict[str, Any]:
-    return {
-        "case_key": key,
-        "external_id": f"EXT-{key}",
-        "billing_address": {
-            "name": "Jan Jansen",
-            "street": "Dorpsstraat",
-            "house_number": "1",
-            "postal_code": "1234 AB",
-            "city": "Utrecht",
-            "country": "NL",
-        },
-        "line_items": [
-            {
-                "description": "Consulting",
-                "quantity": "1",
-                "unit_price": "100.00",
-                "vat_percentage": "21",
-            }
-        ],
-        "currency": "EUR",
-        "due_date": "2026-01-15",
-        "amount": "121.00",
-        "language": "nl-NL",
-    }
 
 
 async def test_records_of_merchants_without_topics_are_left_out_before_parsing(

@@ -96,6 +96,7 @@ from tests.fuzz.records import (
     records,
     serialise,
 )
+from tests.support.invoice_domain import invoice_snapshot
 from tests.support.invoices import debtor, invoice_payload
 from tests.support.kafka import BackgroundConsumer, partitions, poll_until
 from tests.support.notifier import HttpSink, SmtpSink
@@ -125,44 +126,13 @@ SEND_SLICE_BYTES = 4 * 1024 * 1024
 
 
 def invoice_event_payload(website_key: str, number: str) -> dict[str, Any]:
-    amounts = {
-        name: "0.00"
-        for name in (
-            "amount_credit",
-            "amount_admin_costs",
-            "amount_credit_notes",
-            "amount_paid",
-            "amount_admin_costs_paid",
-            "amount_pending_slow",
-            "open_amount_admin_costs",
-        )
-    }
     return {
         "event": "CustomEvent",
         "event_code": None,
         "event_category": "Other",
         "event_parameters": [{"key": "CustomEventMessage", "value": "alive"}],
         "sequence": 1,
-        "invoice": {
-            "invoice_key": f"K{number}",
-            "invoice_number": number,
-            "website_key": website_key,
-            "type": "RegularInvoice",
-            "status_code": 10,
-            "is_test": False,
-            "culture": "nl-NL",
-            "invoice_date": "2026-11-01",
-            "due_date": "2026-11-15",
-            "debtor_code": "D-1",
-            "scheme_key": "DefaultCM1",
-            "scheme_version": 1,
-            "currency": "EUR",
-            "amount_debit": "121.00",
-            "open_amount": "121.00",
-            "open_amount_incl_admin_costs": "121.00",
-            "is_paid": False,
-            **amounts,
-        },
+        "invoice": invoice_snapshot(number, website_key=website_key),
     }
 
 

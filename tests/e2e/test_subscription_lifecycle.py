@@ -33,14 +33,12 @@ from tests.support.invoices import debtor
 from tests.support.kafka import (
     TopicWatcher,
     at_least,
-    envelope,
     poll_until,
-    publish,
     read_all,
-    topic_of,
 )
 from tests.support.notifier import SmtpSink
 from tests.support.platform import Platform, mailing_services
+from tests.support.subscriptions import Subscriptions
 
 KEY = "SUB-A"
 SCHEME = "CM1StopSubscription"
@@ -92,6 +90,7 @@ class Lifecycle:
         self.cm = cm
         self.smtp = smtp
         self.website_key = cm.invoices.website_key
+        self.subscriptions = Subscriptions(cm)  # the same merchant's subscription commands
         self.watcher = TopicWatcher(
             cm.bootstrap,
             cm.prefix + topics.SUBSCRIPTION_EVENTS,
@@ -100,13 +99,7 @@ class Lifecycle:
         )
 
     async def subscription_command(self, type_: str, payload: dict[str, Any], at: str) -> str:
-        body = envelope(type_, payload, website_key=self.website_key, occurred_at=at)
-        await publish(
-            self.cm.bootstrap,
-            self.cm.prefix + topic_of(type_, topics.SUBSCRIPTION_COMMANDS),
-            [(f"{self.website_key}:{KEY}", json.dumps(body).encode())],
-        )
-        return str(body["message_id"])
+        return await self.subscriptions.command(type_, payload, occurred_at=at)
 
     async def accepted(self, command_id: str) -> dict[str, Any]:
         answer = await self.cm.invoices.answer(command_id)

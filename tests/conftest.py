@@ -14,6 +14,7 @@ Every process started is recorded in a per-session state file under
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 import signal
@@ -43,6 +44,22 @@ def _require_docker() -> None:
         pytest.skip(f"CM_TEST_INFRA=containers, but no Docker engine answers ({err})")
 
 
+def _container(
+    request: pytest.FixtureRequest, module: str, name: str, image: str, **options: Any
+) -> Any:
+    """A testcontainers container (class `name` of `module`, where either packaging of
+    testcontainers keeps it) of `image`, started for the session."""
+    _require_docker()
+    try:
+        found = importlib.import_module(f"testcontainers.community.{module}")
+    except ImportError:
+        found = importlib.import_module(f"testcontainers.{module}")
+    container = getattr(found, name)(image, **options)
+    request.addfinalizer(container.stop)
+    container.start()
+    return container
+
+
 @pytest.fixture(scope="session")
 def devstack_test_state() -> Iterator[StateFile]:
     """This session's state file; leftovers of crashed earlier sessions are stopped first."""
@@ -61,20 +78,12 @@ def devstack_test_state() -> Iterator[StateFile]:
 @pytest.fixture(scope="session")
 def kafka_bootstrap(request: pytest.FixtureRequest) -> str:
     """Bootstrap servers of a Kafka-protocol broker for the whole session."""
-    external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if external:
+    if external := os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
         return external
     if _infra_mode() == "containers":
-        _require_docker()
-        try:
-            from testcontainers.community.kafka import KafkaContainer  # noqa: PLC0415
-        except ImportError:
-            from testcontainers.kafka import KafkaContainer  # noqa: PLC0415
         image = os.environ.get("CM_TEST_KAFKA_IMAGE", "confluentinc/cp-kafka:7.6.0")
-        container: Any = KafkaContainer(image)
-        request.addfinalizer(container.stop)
-        container.start()
-        return str(container.get_bootstrap_server())
+        kafka = _container(request, "kafka", "KafkaContainer", image)
+        return str(kafka.get_bootstrap_server())
     state: StateFile = request.getfixturevalue("devstack_test_state")
     log = devstack_dir() / "tests" / f"broker-{os.getpid()}.log"
     state.add_cleanup(log)
@@ -93,20 +102,12 @@ def kafka_bootstrap(request: pytest.FixtureRequest) -> str:
 @pytest.fixture(scope="session")
 def database_url(request: pytest.FixtureRequest) -> str:
     """A PostgreSQL URL (database `postgres`, user `postgres`) for the whole session."""
-    external = os.environ.get("DATABASE_URL")
-    if external:
+    if external := os.environ.get("DATABASE_URL"):
         return external
     if _infra_mode() == "containers":
-        _require_docker()
-        try:
-            from testcontainers.community.postgres import PostgresContainer  # noqa: PLC0415
-        except ImportError:
-            from testcontainers.postgres import PostgresContainer  # noqa: PLC0415
         image = os.environ.get("CM_TEST_POSTGRES_IMAGE", "postgres:18")
-        container: Any = PostgresContainer(image, driver=None)
-        request.addfinalizer(container.stop)
-        container.start()
-        return str(container.get_connection_url())
+        postgres = _container(request, "postgres", "PostgresContainer", image, driver=None)
+        return str(postgres.get_connection_url())
     state: StateFile = request.getfixturevalue("devstack_test_state")
     # Not under tmp_path: another pytest session starting would lock postgres out of it.
     base = make_reachable_dir("postgres")

@@ -28,7 +28,7 @@ from services.collection.handlers import auto_case_key
 from tests.support.invoices import invoice_payload
 from tests.support.kafka import TopicWatcher, envelope, poll_until, publish
 from tests.support.notifier import SmtpSink
-from tests.support.platform import Platform, platform
+from tests.support.platform import Platform, mailing_services
 
 NUMBER = "INV-COL-1"
 
@@ -51,27 +51,14 @@ class Loop:
 
     def case_events(self) -> list[dict[str, Any]]:
         key = f"{self.website_key}:{auto_case_key(self.website_key, NUMBER)}"
-        return [
-            r.json()["payload"]
-            for r in self.watcher.on(self.cm.prefix + topics.COLLECTION_EVENTS)
-            if r.key == key
-        ]
+        return self.watcher.payloads(self.cm.prefix + topics.COLLECTION_EVENTS, key)
 
 
 @pytest.fixture
 async def loop(kafka_bootstrap: str, database_url: str, tmp_path: Path) -> AsyncIterator[Loop]:
-    smtp = SmtpSink()
-    smtp.start()
-    try:
-        async with platform(
-            kafka_bootstrap,
-            database_url,
-            "invoice",
-            "scheduler",
-            "notifier",
-            "collection",
-            smtp_port=smtp.port,
-            letter_spool_dir=str(tmp_path),
+    with SmtpSink() as smtp:
+        async with mailing_services(
+            kafka_bootstrap, database_url, smtp, tmp_path, "collection"
         ) as cm:
             running = Loop(cm)
             await running.watcher.start()
@@ -91,8 +78,6 @@ async def loop(kafka_bootstrap: str, database_url: str, tmp_path: Path) -> Async
                 sim.stop()
                 await asyncio.wait_for(task, 30)
                 await running.watcher.stop()
-    finally:
-        smtp.stop()
 
 
 async def test_an_unpaid_invoice_goes_to_the_agency_and_ends_paid(loop: Loop) -> None:

@@ -86,6 +86,21 @@ async def settle(cm: Platform, number: str) -> list[dict[str, Any]]:
     return events[:-1]
 
 
+async def payment(cm: Platform, status: str, at: datetime, *, events: int) -> None:
+    """INV-1's payment T-1 of 121.00 is `status` at `at`; waits for the invoice's `events`-th
+    event."""
+    await cm.invoices.transaction("INV-1", "T-1", "121.00", status, occurred_at=at.isoformat())
+    await cm.invoices.events("INV-1", events)
+
+
+async def paid_ten_days_past_due(cm: Platform) -> None:
+    """INV-1 registered, reminded on due + 7 and paid in full on due + 10."""
+    await cm.tick(CREATED)
+    await create(cm, "INV-1")
+    await tick_days(cm, CREATED + days(1), DUE + days(10), expect={"2026-11-22": 3})
+    await payment(cm, "success", DUE + days(10), events=4)
+
+
 async def test_default_cm1_plays_out_day_by_day_to_the_collection_agency(
     cm: Platform, notifier: StandInNotifier
 ) -> None:
@@ -118,13 +133,7 @@ async def test_default_cm1_plays_out_day_by_day_to_the_collection_agency(
 async def test_paid_ten_days_past_due_runs_no_step_after(
     cm: Platform, notifier: StandInNotifier
 ) -> None:
-    await cm.tick(CREATED)
-    await create(cm, "INV-1")
-    await tick_days(cm, CREATED + days(1), DUE + days(10), expect={"2026-11-22": 3})
-    await cm.invoices.transaction(
-        "INV-1", "T-1", "121.00", "success", occurred_at=(DUE + days(10)).isoformat()
-    )
-    await cm.invoices.events("INV-1", 4)
+    await paid_ten_days_past_due(cm)
     await tick_days(cm, DUE + days(11), DUE + days(60))
     events = await settle(cm, "INV-1")
     assert summary(events) == [(10, "2026-11-01", 10), (4, "2026-11-22", 10), (1, "2026-11-25", 10)]
@@ -195,18 +204,9 @@ async def test_a_cost_step_waits_for_a_late_14_day_letter(cm: Platform) -> None:
 async def test_a_refund_on_a_paid_invoice_resumes_the_scheme(
     cm: Platform, notifier: StandInNotifier
 ) -> None:
-    await cm.tick(CREATED)
-    await create(cm, "INV-1")
-    await tick_days(cm, CREATED + days(1), DUE + days(10), expect={"2026-11-22": 3})
-    await cm.invoices.transaction(
-        "INV-1", "T-1", "121.00", "success", occurred_at=(DUE + days(10)).isoformat()
-    )
-    await cm.invoices.events("INV-1", 4)
+    await paid_ten_days_past_due(cm)
     await tick_days(cm, DUE + days(11), DUE + days(16))
-    await cm.invoices.transaction(
-        "INV-1", "T-1", "121.00", "refunded", occurred_at=(DUE + days(16)).isoformat()
-    )
-    await cm.invoices.events("INV-1", 5)
+    await payment(cm, "refunded", DUE + days(16), events=5)
     await tick_days(cm, DUE + days(17), DUE + days(22), expect={"2026-12-06": 6})
     events = await settle(cm, "INV-1")
     assert summary(events) == [

@@ -30,9 +30,15 @@ import pytest
 
 from contracts import topics
 from tests.support.invoices import debtor
-from tests.support.kafka import TopicWatcher, envelope, poll_until, publish, read_all, topic_of
+from tests.support.kafka import (
+    TopicWatcher,
+    at_least,
+    poll_until,
+    read_all,
+)
 from tests.support.notifier import SmtpSink
-from tests.support.platform import Platform, platform
+from tests.support.platform import Platform, mailing_services
+from tests.support.subscriptions import Subscriptions
 
 KEY = "SUB-A"
 SCHEME = "CM1StopSubscription"
@@ -84,6 +90,7 @@ class Lifecycle:
         self.cm = cm
         self.smtp = smtp
         self.website_key = cm.invoices.website_key
+        self.subscriptions = Subscriptions(cm)  # the same merchant's subscription commands
         self.watcher = TopicWatcher(
             cm.bootstrap,
             cm.prefix + topics.SUBSCRIPTION_EVENTS,
@@ -92,13 +99,7 @@ class Lifecycle:
         )
 
     async def subscription_command(self, type_: str, payload: dict[str, Any], at: str) -> str:
-        body = envelope(type_, payload, website_key=self.website_key, occurred_at=at)
-        await publish(
-            self.cm.bootstrap,
-            self.cm.prefix + topic_of(type_, topics.SUBSCRIPTION_COMMANDS),
-            [(f"{self.website_key}:{KEY}", json.dumps(body).encode())],
-        )
-        return str(body["message_id"])
+        return await self.subscriptions.command(type_, payload, occurred_at=at)
 
     async def accepted(self, command_id: str) -> dict[str, Any]:
         answer = await self.cm.invoices.answer(command_id)
@@ -106,20 +107,14 @@ class Lifecycle:
         return answer
 
     def subscription_events(self) -> list[dict[str, Any]]:
-        return [
-            r.json()["payload"]
-            for r in self.watcher.on(self.cm.prefix + topics.SUBSCRIPTION_EVENTS)
-            if r.key == f"{self.website_key}:{KEY}"
-        ]
+        return self.watcher.payloads(
+            self.cm.prefix + topics.SUBSCRIPTION_EVENTS, f"{self.website_key}:{KEY}"
+        )
 
     async def subscription_event(self, count: int) -> dict[str, Any]:
         """Wait for the subscription's `count`-th event; return it."""
-
-        async def enough() -> list[dict[str, Any]]:
-            found = self.subscription_events()
-            return found if len(found) >= count else []
-
-        return (await poll_until(enough, what=f"{count} events of {KEY}"))[count - 1]
+        events = await at_least(count, self.subscription_events, what=f"{count} events of {KEY}")
+        return events[count - 1]
 
     def pushes(self, number: str) -> list[dict[str, Any]]:
         """The invoice's pushes, amounts read as exact Decimals, in EventSequence order."""
@@ -159,18 +154,9 @@ class Lifecycle:
 
 @pytest.fixture
 async def life(kafka_bootstrap: str, database_url: str, tmp_path: Path) -> AsyncIterator[Lifecycle]:
-    smtp = SmtpSink()
-    smtp.start()
-    try:
-        async with platform(
-            kafka_bootstrap,
-            database_url,
-            "invoice",
-            "scheduler",
-            "subscription",
-            "notifier",
-            smtp_port=smtp.port,
-            letter_spool_dir=str(tmp_path),
+    with SmtpSink() as smtp:
+        async with mailing_services(
+            kafka_bootstrap, database_url, smtp, tmp_path, "subscription"
         ) as cm:
             running = Lifecycle(cm, smtp)
             await running.watcher.start()
@@ -178,8 +164,6 @@ async def life(kafka_bootstrap: str, database_url: str, tmp_path: Path) -> Async
                 yield running
             finally:
                 await running.watcher.stop()
-    finally:
-        smtp.stop()
 
 
 def midnight(day: date) -> datetime:

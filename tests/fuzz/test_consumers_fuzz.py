@@ -61,6 +61,7 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.structs import ConsumerRecord
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY
@@ -95,8 +96,9 @@ from tests.fuzz.records import (
     records,
     serialise,
 )
+from tests.support.invoice_domain import invoice_snapshot
 from tests.support.invoices import debtor, invoice_payload
-from tests.support.kafka import poll_until
+from tests.support.kafka import BackgroundConsumer, partitions, poll_until
 from tests.support.notifier import HttpSink, SmtpSink
 from tests.support.services import make_settings
 
@@ -124,44 +126,13 @@ SEND_SLICE_BYTES = 4 * 1024 * 1024
 
 
 def invoice_event_payload(website_key: str, number: str) -> dict[str, Any]:
-    amounts = {
-        name: "0.00"
-        for name in (
-            "amount_credit",
-            "amount_admin_costs",
-            "amount_credit_notes",
-            "amount_paid",
-            "amount_admin_costs_paid",
-            "amount_pending_slow",
-            "open_amount_admin_costs",
-        )
-    }
     return {
         "event": "CustomEvent",
         "event_code": None,
         "event_category": "Other",
         "event_parameters": [{"key": "CustomEventMessage", "value": "alive"}],
         "sequence": 1,
-        "invoice": {
-            "invoice_key": f"K{number}",
-            "invoice_number": number,
-            "website_key": website_key,
-            "type": "RegularInvoice",
-            "status_code": 10,
-            "is_test": False,
-            "culture": "nl-NL",
-            "invoice_date": "2026-11-01",
-            "due_date": "2026-11-15",
-            "debtor_code": "D-1",
-            "scheme_key": "DefaultCM1",
-            "scheme_version": 1,
-            "currency": "EUR",
-            "amount_debit": "121.00",
-            "open_amount": "121.00",
-            "open_amount_incl_admin_costs": "121.00",
-            "is_paid": False,
-            **amounts,
-        },
+        "invoice": invoice_snapshot(number, website_key=website_key),
     }
 
 
@@ -586,7 +557,7 @@ def blueprints() -> dict[str, list[Blueprint]]:
 # --- reading topics with raw keys ----------------------------------------------------------
 
 
-class RawWatcher:
+class RawWatcher(BackgroundConsumer):
     """Reads topics from the beginning in the background, keys and values as bytes."""
 
     def __init__(self, bootstrap: str, *names: str) -> None:
@@ -594,8 +565,6 @@ class RawWatcher:
         self.names = names
         self.records: list[oracle.Seen] = []
         self._by_topic: dict[str, list[oracle.Seen]] = {}
-        self._consumer: AIOKafkaConsumer | None = None
-        self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self._consumer = AIOKafkaConsumer(
@@ -605,44 +574,18 @@ class RawWatcher:
             max_partition_fetch_bytes=4 * MAX_MESSAGE_BYTES,
         )
         await self._consumer.start()
-        await self._consumer._client.force_metadata_update()
-        tps = [
-            TopicPartition(name, p)
-            for name in self.names
-            for p in sorted(self._consumer.partitions_for_topic(name) or ())
-        ]
+        tps = await partitions(self._consumer, self.names)
         assert len(tps) == PARTITIONS * len(self.names), "every topic exists with 8 partitions"
-        self._consumer.assign(tps)
-        await self._consumer.seek_to_beginning(*tps)
-        self._task = asyncio.create_task(self._run())
+        await self._read_from_beginning(tps)
 
-    async def _run(self) -> None:
-        assert self._consumer is not None
-        while True:
-            batch = await self._consumer.getmany(timeout_ms=100)
-            for msgs in batch.values():
-                seen = [
-                    oracle.Seen(
-                        m.topic,
-                        m.partition,
-                        m.offset,
-                        m.key,
-                        m.value,
-                        tuple(m.headers or ()),
-                    )
-                    for m in msgs
-                ]
-                self.records.extend(seen)
-                for record in seen:
-                    self._by_topic.setdefault(record.topic, []).append(record)
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        if self._consumer is not None:
-            await self._consumer.stop()
+    async def _take(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
+        seen = [
+            oracle.Seen(m.topic, m.partition, m.offset, m.key, m.value, tuple(m.headers or ()))
+            for m in records
+        ]
+        self.records.extend(seen)
+        for record in seen:
+            self._by_topic.setdefault(record.topic, []).append(record)
 
     def on(self, name: str) -> list[oracle.Seen]:
         return list(self._by_topic.get(name, ()))
@@ -791,12 +734,7 @@ async def read_topics(bootstrap: str, names: list[str]) -> list[oracle.Seen]:
     await consumer.start()
     found: list[oracle.Seen] = []
     try:
-        await consumer._client.force_metadata_update()
-        tps = [
-            TopicPartition(name, p)
-            for name in names
-            for p in sorted(consumer.partitions_for_topic(name) or ())
-        ]
+        tps = await partitions(consumer, names)
         assert {tp.topic for tp in tps} == set(names), "every topic exists"
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)

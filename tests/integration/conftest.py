@@ -12,16 +12,12 @@ from tests.support.notifier import HttpSink, SmtpSink
 @pytest.fixture(scope="module")
 def smtp() -> Iterator[SmtpSink]:
     """A real SMTP server (aiosmtpd) that keeps what it receives, one per test module."""
-    sink = SmtpSink()
-    sink.start()
-    yield sink
-    sink.stop()
+    with SmtpSink() as sink:
+        yield sink
 
 
 @pytest.fixture(scope="module")
 def endpoint() -> Iterator[HttpSink]:
     """A merchant's webhook endpoint on loopback, one per test module."""
-    sink = HttpSink()
-    sink.start()
-    yield sink
-    sink.stop()
+    with HttpSink() as sink:
+        yield sink

@@ -14,8 +14,9 @@ import pytest
 
 from contracts import topics
 from services.collection.handlers import auto_case_key
+from tests.support.collection import manual_case
 from tests.support.invoices import invoice_payload
-from tests.support.kafka import TopicWatcher, envelope, poll_until, publish, topic_of
+from tests.support.kafka import TopicWatcher, at_least, envelope, poll_until, publish, topic_of
 from tests.support.platform import Platform, platform
 
 
@@ -44,18 +45,14 @@ class Collection:
         return await self.cm.invoices.answer(str(body["message_id"]))
 
     def events_now(self, case_key: str) -> list[dict[str, Any]]:
-        return [
-            r.json()["payload"]
-            for r in self.watcher.on(self.cm.prefix + topics.COLLECTION_EVENTS)
-            if r.key == f"{self.website_key}:{case_key}"
-        ]
+        return self.watcher.payloads(
+            self.cm.prefix + topics.COLLECTION_EVENTS, f"{self.website_key}:{case_key}"
+        )
 
     async def events(self, case_key: str, count: int) -> list[dict[str, Any]]:
-        async def enough() -> list[dict[str, Any]] | None:
-            found = self.events_now(case_key)
-            return found if len(found) >= count else None
-
-        return await poll_until(enough, what=f"{count} events of case {case_key}")
+        return await at_least(
+            count, lambda: self.events_now(case_key), what=f"{count} events of case {case_key}"
+        )
 
     def requests_now(self, case_key: str) -> list[dict[str, Any]]:
         return [
@@ -66,11 +63,11 @@ class Collection:
         ]
 
     async def requests(self, case_key: str, count: int) -> list[dict[str, Any]]:
-        async def enough() -> list[dict[str, Any]] | None:
-            found = self.requests_now(case_key)
-            return found if len(found) >= count else None
-
-        return await poll_until(enough, what=f"{count} agency requests of case {case_key}")
+        return await at_least(
+            count,
+            lambda: self.requests_now(case_key),
+            what=f"{count} agency requests of case {case_key}",
+        )
 
 
 @pytest.fixture
@@ -86,39 +83,6 @@ async def col(kafka_bootstrap: str, database_url: str) -> AsyncIterator[Collecti
 
 def codes(answer: dict[str, Any]) -> list[tuple[str, str]]:
     return [(e["field"], e["code"]) for e in answer["payload"]["errors"]]
-
-
-def manual_case(key: str, **overrides: Any) -> dict[str, Any]:
-    payload: dict[str, Any] = {
-        "case_key": key,
-        "external_id": f"EXT-{key}",
-        "billing_address": {
-            "name": "Jan Jansen",
-            "given_name": "Jan",
-            "family_name": "Jansen",
-            "gender": "male",
-            "street": "Dorpsstraat",
-            "house_number": "1",
-            "postal_code": "1234 AB",
-            "city": "Utrecht",
-            "country": "NL",
-        },
-        "line_items": [
-            {
-                "description": "Consulting",
-                "quantity": "2",
-                "unit_price": "50.00",
-                "vat_percentage": "21",
-            }
-        ],
-        "currency": "EUR",
-        "due_date": "2026-01-15",
-        "amount": "121.00",
-        "language": "nl-NL",
-        "reference": "R-1",
-    }
-    payload.update(overrides)
-    return payload
 
 
 async def configure(

@@ -4,34 +4,19 @@ dead-lettered, and the next good command on the same partition is handled."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
-import pytest
-
 from contracts import topics
 from contracts.limits import MAX_INVOICE_LINES
-from services.runtime.app import Service
 from tests.support.invoices import (
     InvoiceClient,
-    invoice_client,
+    inv,
     invoice_payload,
-    invoice_service,
+    service,
 )
 from tests.support.kafka import poll_until
 
+__all__ = ["inv", "service"]  # the fixtures
+
 LINE = {"description": "Widget", "quantity": "1", "unit_price": "100.00", "vat_percentage": "21"}
-
-
-@pytest.fixture(scope="module")
-async def service(kafka_bootstrap: str, database_url: str) -> AsyncIterator[Service]:
-    async with invoice_service(kafka_bootstrap, database_url) as running:
-        yield running
-
-
-@pytest.fixture
-async def inv(kafka_bootstrap: str, service: Service) -> AsyncIterator[InvoiceClient]:
-    async with invoice_client(kafka_bootstrap, service) as client:
-        yield client
 
 
 async def test_unstorable_values_are_refused_naming_the_field_and_the_partition_moves_on(

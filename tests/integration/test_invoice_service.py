@@ -2,32 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from typing import Any
 
-import pytest
-
-from services.runtime.app import Service
 from tests.support.invoices import (
     InvoiceClient,
     debtor,
-    invoice_client,
+    inv,
     invoice_payload,
-    invoice_service,
+    service,
 )
 from tests.support.kafka import poll_until
 
-
-@pytest.fixture(scope="module")
-async def service(kafka_bootstrap: str, database_url: str) -> AsyncIterator[Service]:
-    # One service for the module; every test is a merchant of its own.
-    async with invoice_service(kafka_bootstrap, database_url) as running:
-        yield running
-
-
-@pytest.fixture
-async def inv(kafka_bootstrap: str, service: Service) -> AsyncIterator[InvoiceClient]:
-    async with invoice_client(kafka_bootstrap, service) as client:
-        yield client
+__all__ = ["inv", "service"]  # the fixtures
 
 
 def amounts(snapshot: dict[str, object]) -> dict[str, object]:
@@ -448,6 +434,30 @@ async def test_collection_statuses_and_collected_amounts(inv: InvoiceClient) -> 
 # --- payment plans -------------------------------------------------------------------------
 
 
+async def create_plan(
+    inv: InvoiceClient, dossier_number: str, included: list[str], **fields: Any
+) -> dict[str, Any]:
+    """The answer to the merchant's CreatePaymentPlan of the `included` invoices: monthly
+    from 2026-12-01, no costs, on DefaultNone unless `fields` say otherwise."""
+    payload = {
+        "dossier_number": dossier_number,
+        "included_invoice_numbers": included,
+        "start_date": "2026-12-01",
+        "interval": "month",
+        "payment_plan_cost_amount": "0.00",
+        "scheme_key": "DefaultNone",
+        **fields,
+    }
+    key = f"{inv.website_key}:plan:{dossier_number}"
+    return await inv.answer(await inv.command("CreatePaymentPlan", payload, key=key))
+
+
+async def terminate_plan(inv: InvoiceClient, dossier_number: str) -> dict[str, Any]:
+    key = f"{inv.website_key}:plan:{dossier_number}"
+    payload = {"dossier_number": dossier_number}
+    return await inv.answer(await inv.command("TerminatePaymentPlan", payload, key=key))
+
+
 async def test_payment_plan_from_creation_to_settlement(inv: InvoiceClient) -> None:
     await create(
         inv,
@@ -458,21 +468,13 @@ async def test_payment_plan_from_creation_to_settlement(inv: InvoiceClient) -> N
         due_date="2026-10-15",
     )
     await create(inv, "OLD-2", amount_debit="50.00", amount_vat="0.00")
-    answer = await inv.answer(
-        await inv.command(
-            "CreatePaymentPlan",
-            {
-                "dossier_number": "PP-1",
-                "included_invoice_numbers": ["OLD-1", "OLD-2"],
-                "installment_count": 3,
-                "initial_amount": "50.00",
-                "start_date": "2026-12-01",
-                "interval": "month",
-                "payment_plan_cost_amount": "10.00",
-                "scheme_key": "DefaultNone",
-            },
-            key=f"{inv.website_key}:plan:PP-1",
-        )
+    answer = await create_plan(
+        inv,
+        "PP-1",
+        ["OLD-1", "OLD-2"],
+        installment_count=3,
+        initial_amount="50.00",
+        payment_plan_cost_amount="10.00",
     )
     assert answer["type"] == "CommandAccepted", answer
     assert answer["payload"]["keys"]["installment_numbers"] == "PP-1-1,PP-1-2,PP-1-3"
@@ -496,41 +498,21 @@ async def test_payment_plan_from_creation_to_settlement(inv: InvoiceClient) -> N
     assert old1["is_paid"] is True
     old2 = await inv.snapshot("OLD-2", 3)
     assert (old2["amount_paid"], old2["is_paid"]) == ("50.00", True)
-    refused = await inv.answer(
-        await inv.command(
-            "TerminatePaymentPlan", {"dossier_number": "PP-1"}, key=f"{inv.website_key}:plan:PP-1"
-        )
-    )
+    refused = await terminate_plan(inv, "PP-1")
     assert refused["payload"]["errors"][0]["code"] == "plan_paid"
 
 
 async def test_payment_plan_termination_cancels_open_installments(inv: InvoiceClient) -> None:
     await create(inv, "OLD-3", amount_debit="90.00", amount_vat="0.00")
-    plan_key = f"{inv.website_key}:plan:PP-2"
-    answer = await inv.answer(
-        await inv.command(
-            "CreatePaymentPlan",
-            {
-                "dossier_number": "PP-2",
-                "included_invoice_numbers": ["OLD-3"],
-                "installment_count": 3,
-                "initial_amount": "30.00",
-                "start_date": "2026-12-01",
-                "interval": "week",
-                "payment_plan_cost_amount": "0.00",
-                "scheme_key": "DefaultNone",
-            },
-            key=plan_key,
-        )
+    answer = await create_plan(
+        inv, "PP-2", ["OLD-3"], installment_count=3, initial_amount="30.00", interval="week"
     )
     assert answer["type"] == "CommandAccepted"
     refused = await inv.answer(await inv.command("UnpauseInvoice", {"invoice_number": "OLD-3"}))
     assert refused["payload"]["errors"][0]["code"] == "paused_by_payment_plan"
     await inv.transaction("PP-2-1", "P-1", "30.00", "success")
     await inv.snapshot("OLD-3", 3)  # the forwarded payment
-    ok = await inv.answer(
-        await inv.command("TerminatePaymentPlan", {"dossier_number": "PP-2"}, key=plan_key)
-    )
+    ok = await terminate_plan(inv, "PP-2")
     assert ok["type"] == "CommandAccepted"
     old = await inv.snapshot("OLD-3", 4)
     assert (old["status_code"], old["open_amount"]) == (10, "60.00")
@@ -543,21 +525,13 @@ async def test_payment_plan_termination_cancels_open_installments(inv: InvoiceCl
 
 async def test_payment_plan_refuses_what_makes_no_sense(inv: InvoiceClient) -> None:
     await create(inv, "OLD-4")
-    answer = await inv.answer(
-        await inv.command(
-            "CreatePaymentPlan",
-            {
-                "dossier_number": "PP-3",
-                "included_invoice_numbers": ["OLD-4", "MISSING"],
-                "installment_count": 2,
-                "initial_amount": "500.00",
-                "start_date": "2026-12-01",
-                "interval": "month",
-                "payment_plan_cost_amount": "0.00",
-                "scheme_key": "DefaultCM1",
-            },
-            key=f"{inv.website_key}:plan:PP-3",
-        )
+    answer = await create_plan(
+        inv,
+        "PP-3",
+        ["OLD-4", "MISSING"],
+        installment_count=2,
+        initial_amount="500.00",
+        scheme_key="DefaultCM1",
     )
     codes = {(e["field"], e["code"]) for e in answer["payload"]["errors"]}
     assert codes == {

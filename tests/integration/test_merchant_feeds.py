@@ -18,6 +18,7 @@ from contracts import catalog, topics
 from contracts.topics import MERCHANT_FEEDS, merchant_topic
 from services.notifier.feeds import merchants_with_feeds
 from services.runtime.consumer import RawRecord
+from tests.support.collection import manual_case
 from tests.support.invoices import InvoiceClient, invoice_payload
 from tests.support.kafka import Record, TopicWatcher, envelope, poll_until, publish, topic_of
 from tests.support.platform import Platform, platform
@@ -107,6 +108,15 @@ async def merchants(cm: Platform) -> AsyncIterator[list[Merchant]]:
         await merchant.stop()
 
 
+@pytest.fixture
+async def a_and_b_feed(merchants: list[Merchant]) -> None:
+    """The first two merchants enabled their topics, and the test reads them; the third
+    has none."""
+    for merchant in merchants[:2]:
+        assert_accepted(await merchant.enable())
+        await merchant.read_own_topics()
+
+
 async def broker_topics(cm: Platform) -> dict[str, int]:
     """Every topic on the broker with its partitions (a listing creates none)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=cm.bootstrap)
@@ -117,6 +127,12 @@ async def broker_topics(cm: Platform) -> dict[str, int]:
         return {t["topic"]: len(t["partitions"]) for t in described}
     finally:
         await admin.close()
+
+
+async def assert_no_topics_of(merchant: Merchant) -> None:
+    """The merchant never enabled: it has no topics at all."""
+    found = await broker_topics(merchant.cm)
+    assert not [name for name in found if merchant.website_key in name]
 
 
 def assert_accepted(answer: dict[str, Any]) -> dict[str, str]:
@@ -190,12 +206,9 @@ async def test_a_website_key_with_a_dot_is_refused(cm: Platform, merchants: list
 
 
 async def test_each_merchant_topic_holds_only_its_own_invoice_pushes(
-    cm: Platform, merchants: list[Merchant], shared: TopicWatcher
+    cm: Platform, merchants: list[Merchant], shared: TopicWatcher, a_and_b_feed: None
 ) -> None:
     a, b, c = merchants
-    for merchant in (a, b):
-        assert_accepted(await merchant.enable())
-        await merchant.read_own_topics()
     for merchant in merchants:
         for number in ("F-1", "F-2"):
             assert_accepted(await merchant.invoice(number))
@@ -225,9 +238,7 @@ async def test_each_merchant_topic_holds_only_its_own_invoice_pushes(
         assert {json.loads(r.value)["Invoice"]["WebsiteKey"] for r in copies} == {
             merchant.website_key
         }
-    # The merchant without the command has no topics at all.
-    found = await broker_topics(cm)
-    assert not [name for name in found if c.website_key in name]
+    await assert_no_topics_of(c)
 
 
 async def test_the_results_feed_holds_the_merchants_own_answers_only(
@@ -278,12 +289,9 @@ async def test_the_results_feed_holds_the_merchants_own_answers_only(
 
 
 async def test_subscription_and_case_events_reach_only_their_merchant(
-    cm: Platform, merchants: list[Merchant], shared: TopicWatcher
+    cm: Platform, merchants: list[Merchant], shared: TopicWatcher, a_and_b_feed: None
 ) -> None:
     a, b, c = merchants
-    for merchant in (a, b):
-        assert_accepted(await merchant.enable())
-        await merchant.read_own_topics()
     for merchant in merchants:
         mid = await merchant.inv.command(
             "CreateSubscription",
@@ -332,8 +340,7 @@ async def test_subscription_and_case_events_reach_only_their_merchant(
                 assert copy.key == original.key
                 assert copy.json() == original.json()
             assert {r.json()["website_key"] for r in copies} == {merchant.website_key}
-    found = await broker_topics(cm)
-    assert not [name for name in found if c.website_key in name]
+    await assert_no_topics_of(c)
 
 
 async def test_disabled_copies_stop_and_the_topics_stay(
@@ -364,33 +371,6 @@ async def test_disabled_copies_stop_and_the_topics_stay(
     keys = [r.key for r in a.on("invoice")]
     assert f"{a.website_key}:D-2" not in keys
     assert a.topic("invoice") in await broker_topics(cm)
-
-
-def manual_case(key: str) -> dict[str, Any]:
-    return {
-        "case_key": key,
-        "external_id": f"EXT-{key}",
-        "billing_address": {
-            "name": "Jan Jansen",
-            "street": "Dorpsstraat",
-            "house_number": "1",
-            "postal_code": "1234 AB",
-            "city": "Utrecht",
-            "country": "NL",
-        },
-        "line_items": [
-            {
-                "description": "Consulting",
-                "quantity": "1",
-                "unit_price": "100.00",
-                "vat_percentage": "21",
-            }
-        ],
-        "currency": "EUR",
-        "due_date": "2026-01-15",
-        "amount": "121.00",
-        "language": "nl-NL",
-    }
 
 
 async def test_records_of_merchants_without_topics_are_left_out_before_parsing(

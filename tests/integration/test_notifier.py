@@ -42,8 +42,7 @@ async def pushes(cm: Platform) -> AsyncIterator[TopicWatcher]:
 @pytest.fixture
 async def inv(cm: Platform) -> AsyncIterator[InvoiceClient]:
     """A merchant of its own for each test."""
-    client = InvoiceClient(cm.bootstrap, cm.prefix, cm.services["invoice"])
-    await client.watcher.start()
+    client = await cm.merchant()
     yield client
     await client.watcher.stop()
 

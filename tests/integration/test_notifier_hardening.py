@@ -25,11 +25,13 @@ from services.notifier.channels import ChannelFailed, Rendered
 from services.notifier.channels.email import EmailSender
 from services.notifier.channels.letter import spool_path
 from services.notifier.limits import header_value
-from tests.integration.test_notifier_webhooks import invoice_with_events, mine, register
+from tests.integration.test_notifier_webhooks import inv, invoice_with_events, mine, register
 from tests.support.invoices import InvoiceClient
 from tests.support.kafka import poll_until
 from tests.support.notifier import HttpSink, Reply, Request, new_secret
-from tests.support.platform import Platform, platform
+from tests.support.platform import Platform, notifier_platform
+
+__all__ = ["inv"]  # the fixture: a merchant of its own, its endpoint answering 200
 
 #: The overall deadline of one delivery in this module.
 DEADLINE_S = 4.0
@@ -40,28 +42,10 @@ SETTLE_S = 1.0
 
 @pytest.fixture(scope="module")
 async def cm(kafka_bootstrap: str, database_url: str) -> AsyncIterator[Platform]:
-    async with platform(
-        kafka_bootstrap,
-        database_url,
-        "invoice",
-        "scheduler",
-        "notifier",
-        webhook_timeout_s=DEADLINE_S,
+    async with notifier_platform(
+        kafka_bootstrap, database_url, webhook_timeout_s=DEADLINE_S
     ) as running:
         yield running
-
-
-@pytest.fixture
-async def inv(cm: Platform, endpoint: HttpSink) -> AsyncIterator[InvoiceClient]:
-    endpoint.responder = lambda request: 200
-    client = InvoiceClient(cm.bootstrap, cm.prefix, cm.services["invoice"])
-    await client.watcher.start()
-    yield client
-    await client.watcher.stop()
-
-
-def pool(cm: Platform) -> asyncpg.Pool:
-    return cm.services["notifier"].runtime.pool
 
 
 def website() -> str:
@@ -70,7 +54,7 @@ def website() -> str:
 
 async def store_webhook(cm: Platform, website_key: str, url: str, secret: str) -> None:
     """A webhook row as an older RegisterWebhook may have stored it."""
-    async with pool(cm).acquire() as conn:
+    async with cm.notifier_pool.acquire() as conn:
         await conn.execute(
             "INSERT INTO webhooks (website_key, url, secret) VALUES ($1, $2, $3)"
             " ON CONFLICT (website_key) DO UPDATE SET url = $2, secret = $3, enabled = true",
@@ -88,7 +72,7 @@ async def store_deliveries(
     extra = "".join(f", {name}" for name in columns)
     values = "".join(f", ${i + 6}" for i in range(len(columns)))
     ids = []
-    async with pool(cm).acquire() as conn, conn.transaction():
+    async with cm.notifier_pool.acquire() as conn, conn.transaction():
         for website_key, number, sequence in rows:
             invoice = {"WebsiteKey": website_key, "InvoiceNumber": number}
             body = json.dumps({"Invoice": {**invoice, "EventSequence": sequence}}).encode()
@@ -110,7 +94,7 @@ async def store_deliveries(
 
 
 async def deliveries(cm: Platform, website_key: str) -> list[asyncpg.Record]:
-    async with pool(cm).acquire() as conn:
+    async with cm.notifier_pool.acquire() as conn:
         return list(
             await conn.fetch(
                 "SELECT d.id, d.invoice_number, d.sequence, d.status, d.attempts, d.last_error,"
@@ -258,7 +242,7 @@ async def test_a_lapsed_claim_is_sent_again_and_a_recorded_one_never(
     assert rows["L-2", 1]["status"] == "sending" and rows["L-2", 2]["status"] == "pending"
 
     # The claim lapses: L-2 goes, then its next push, each once.
-    async with pool(cm).acquire() as conn:
+    async with cm.notifier_pool.acquire() as conn:
         await conn.execute(
             "UPDATE webhook_deliveries SET lease_until = now() - interval '1 second' WHERE id = $1",
             held,
@@ -307,7 +291,7 @@ async def test_a_slow_merchant_neither_delays_another_nor_takes_more_than_its_sh
         timed_out = await poll_until(a_timed_out, what="A's deliveries timing out")
         assert {r["last_error"] for r in timed_out} == {"timeout"}
     finally:
-        async with pool(cm).acquire() as conn:
+        async with cm.notifier_pool.acquire() as conn:
             await conn.execute("UPDATE webhooks SET enabled = false WHERE website_key = $1", a)
         slow.stop()
         quick.stop()

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,11 +18,13 @@ import pytest
 
 from services.notifier.channels.email import EmailSender
 from services.notifier.repository import NotifierRepository
-from tests.integration.test_notifier import create, next_step, wait_codes
-from tests.support.invoices import InvoiceClient, debtor, invoice_payload
+from tests.integration.test_notifier import cm, create, next_step, wait_codes
+from tests.support.invoices import debtor, invoice_payload
 from tests.support.kafka import poll_until
 from tests.support.notifier import SmtpSink
-from tests.support.platform import Platform, mailing_platform
+from tests.support.platform import Platform
+
+__all__ = ["cm"]  # the fixture: invoice, scheduler and notifier mailing to `smtp`, `spool`
 
 #: After everything expected arrived: long enough for a repeat to show.
 SETTLE_S = 1.0
@@ -33,29 +35,11 @@ def spool(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("outside") / "letters"
 
 
-@pytest.fixture(scope="module")
-async def cm(
-    kafka_bootstrap: str, database_url: str, smtp: SmtpSink, spool: Path
-) -> AsyncIterator[Platform]:
-    async with mailing_platform(kafka_bootstrap, database_url, smtp, spool) as running:
-        yield running
-
-
 @pytest.fixture
 def no_smtputf8(smtp: SmtpSink) -> Iterator[SmtpSink]:
     smtp.smtputf8 = False
     yield smtp
     smtp.smtputf8 = True
-
-
-async def client(cm: Platform) -> InvoiceClient:
-    inv = InvoiceClient(cm.bootstrap, cm.prefix, cm.services["invoice"])
-    await inv.watcher.start()
-    return inv
-
-
-def pool(cm: Platform) -> asyncpg.Pool:
-    return cm.services["notifier"].runtime.pool
 
 
 def schema_test_invoice(number: str, email: str) -> dict[str, Any]:
@@ -75,7 +59,7 @@ def tag() -> str:
 
 
 async def jobs(cm: Platform, website_key: str) -> list[asyncpg.Record]:
-    async with pool(cm).acquire() as conn:
+    async with cm.notifier_pool.acquire() as conn:
         return list(
             await conn.fetch(
                 "SELECT j.id, j.invoice_number, j.step_index, j.status, j.outcome, j.channel,"
@@ -108,7 +92,7 @@ async def test_an_unsendable_address_and_a_raising_channel_fail_only_their_own_m
     unexpected error. Both count as the e-mail channel failing (the invitation has no
     other channel: not sent; the reminder goes by letter); every other debtor gets each
     message once."""
-    inv = await client(cm)
+    inv = await cm.merchant()
     key = tag()
     good = [f"d{i}-{key}@example.test" for i in range(4)]
     unsendable = f"müller-{key}@example.de"
@@ -165,7 +149,7 @@ async def test_a_job_that_fails_outside_its_channels_is_postponed_alone(
     """An unexpected error before any channel (here: reading the merchant's templates)
     postpones that job with its code; the other merchant's message goes out once, and the
     postponed one once when it is due again."""
-    broken, fine = await client(cm), await client(cm)
+    broken, fine = await cm.merchant(), await cm.merchant()
     templates = NotifierRepository.templates
 
     async def exploding(self: NotifierRepository, website_key: str, key: str) -> Any:
@@ -189,7 +173,7 @@ async def test_a_job_that_fails_outside_its_channels_is_postponed_alone(
         assert row["log"] == ["job:error:unexpected_RuntimeError"]
 
         monkeypatch.undo()
-        async with pool(cm).acquire() as conn:
+        async with cm.notifier_pool.acquire() as conn:
             await conn.execute(
                 "UPDATE message_jobs SET available_at = now() WHERE id = $1", row["id"]
             )
@@ -206,7 +190,7 @@ async def test_a_non_ascii_address_is_sent_with_smtputf8_when_offered(
     cm: Platform, smtp: SmtpSink
 ) -> None:
     assert smtp.smtputf8
-    inv = await client(cm)
+    inv = await cm.merchant()
     to = f"müller-{tag()}@example.de"
     try:
         await create(inv, schema_test_invoice("X-1", to))
@@ -232,7 +216,7 @@ async def copy_job(
         command["payload"] = {**command["payload"], "channels": ["letter"]}
     names = "".join(f", {name}" for name in columns)
     values = "".join(f", ${i + 6}" for i in range(len(columns)))
-    async with pool(cm).acquire() as conn:
+    async with cm.notifier_pool.acquire() as conn:
         job_id: int = await conn.fetchval(
             "INSERT INTO message_jobs (command_id, website_key, invoice_number, step_index,"
             f" command{names}) VALUES ($1, $2, $3, $4, $5{values}) RETURNING id",
@@ -252,7 +236,7 @@ async def test_a_lapsed_claim_is_sent_again_and_a_recorded_one_never(
     """Jobs as a worker that died would leave them: `sending` with a lease in the past
     is claimed and sent once; one with a lease still running and a finished one are not
     sent."""
-    inv = await client(cm)
+    inv = await cm.merchant()
     to = f"lease-{tag()}@example.test"
     try:
         await create(inv, schema_test_invoice("L-1", to))
@@ -289,7 +273,7 @@ async def test_a_lapsed_claim_is_sent_again_and_a_recorded_one_never(
 async def test_a_letter_of_website_key_dot_dot_stays_inside_the_spool(
     cm: Platform, smtp: SmtpSink, spool: Path
 ) -> None:
-    inv = await client(cm)
+    inv = await cm.merchant()
     to = f"spool-{tag()}@example.test"
     try:
         await create(inv, schema_test_invoice("D-1", to))

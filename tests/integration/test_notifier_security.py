@@ -38,7 +38,7 @@ from tests.integration.test_notifier_webhooks import (
 from tests.support.invoices import InvoiceClient
 from tests.support.kafka import poll_until
 from tests.support.notifier import HttpSink, Request, new_secret, notifier_command
-from tests.support.platform import Platform, platform
+from tests.support.platform import Platform, notifier_platform, platform, webhook_merchant
 from tests.support.services import TEST_SECRET_KEY, make_settings
 
 
@@ -88,27 +88,14 @@ async def strict(kafka_bootstrap: str, database_url: str) -> AsyncIterator[Platf
 async def local(kafka_bootstrap: str, database_url: str) -> AsyncIterator[Platform]:
     """The same with private networks allowed (as `make run` and the other tests), a
     one-day retention window and pruning every 0.1 s."""
-    async with platform(
+    async with notifier_platform(
         kafka_bootstrap,
         database_url,
-        "invoice",
-        "scheduler",
-        "notifier",
         webhook_timeout_s=2.0,
         notifier_retention_days=1.0,
         notifier_prune_interval_s=0.1,
     ) as cm:
         yield cm
-
-
-async def merchant(cm: Platform) -> InvoiceClient:
-    client = InvoiceClient(cm.bootstrap, cm.prefix, cm.services["invoice"])
-    await client.watcher.start()
-    return client
-
-
-def pool(cm: Platform) -> asyncpg.Pool:
-    return cm.services["notifier"].runtime.pool
 
 
 async def register_answer(cm: Platform, inv: InvoiceClient, url: str) -> dict[str, Any]:
@@ -142,7 +129,7 @@ async def test_webhook_targets_that_are_not_public_https_are_refused_at_registra
     strict: Platform, url: str
 ) -> None:
     DNS.answers |= {"loopback.test": ["127.0.0.1"], "public.test": ["93.184.215.14"]}
-    inv = await merchant(strict)
+    inv = await strict.merchant()
     try:
         answer = await register_answer(strict, inv, url)
     finally:
@@ -151,7 +138,7 @@ async def test_webhook_targets_that_are_not_public_https_are_refused_at_registra
     [error] = answer["payload"]["errors"]
     assert (error["field"], error["code"]) == ("payload.url", "webhook_target_not_allowed")
     assert url not in error["message"] and str(answer).count(url) == 0
-    async with pool(strict).acquire() as conn:
+    async with strict.notifier_pool.acquire() as conn:
         stored = await conn.fetchval(
             "SELECT count(*) FROM webhooks WHERE website_key = $1", inv.website_key
         )
@@ -168,7 +155,7 @@ async def test_a_name_rebound_to_loopback_after_registration_fails_at_delivery(
     port = int(endpoint.url.rsplit(":", 1)[1].split("/")[0])
     name = f"rebind-{uuid.uuid4().hex[:8]}.test"
     DNS.answers[name] = ["93.184.215.14"]
-    inv = await merchant(strict)
+    inv = await strict.merchant()
     try:
         url = f"https://{name}:{port}/hook"
         answer = await register_answer(strict, inv, url)
@@ -177,7 +164,7 @@ async def test_a_name_rebound_to_loopback_after_registration_fails_at_delivery(
         await invoice_with_events(inv, "SEC-1", 1, datetime(2026, 11, 1, 9, tzinfo=UTC))
 
         async def failed() -> list[asyncpg.Record] | None:
-            async with pool(strict).acquire() as conn:
+            async with strict.notifier_pool.acquire() as conn:
                 rows = await conn.fetch(
                     "SELECT d.status, d.last_error, l.outcome, l.error"
                     " FROM webhook_deliveries d JOIN webhook_delivery_log l"
@@ -203,7 +190,7 @@ async def test_a_name_that_does_not_resolve_at_registration_is_accepted(
     strict: Platform,
 ) -> None:
     """It cannot be judged yet; every delivery checks it again."""
-    inv = await merchant(strict)
+    inv = await strict.merchant()
     try:
         DNS.answers[f"{inv.website_key}.test"] = []
         answer = await register_answer(strict, inv, f"https://{inv.website_key}.test/hook")
@@ -216,7 +203,7 @@ async def test_a_name_that_does_not_resolve_at_registration_is_accepted(
 
 
 async def stored_secret(cm: Platform, website_key: str) -> str:
-    async with pool(cm).acquire() as conn:
+    async with cm.notifier_pool.acquire() as conn:
         value: str = await conn.fetchval(
             "SELECT secret FROM webhooks WHERE website_key = $1", website_key
         )
@@ -230,9 +217,7 @@ def verified(requests: list[Request], secret: str) -> list[dict[str, Any]]:
 async def test_a_registered_secret_is_stored_encrypted_and_pushes_verify_with_it(
     local: Platform, endpoint: HttpSink
 ) -> None:
-    endpoint.responder = lambda request: 200
-    inv = await merchant(local)
-    try:
+    async with webhook_merchant(local, endpoint) as inv:
         secret = new_secret()
         await register(local, inv, endpoint.url, secret)
         stored = await stored_secret(local, inv.website_key)
@@ -244,18 +229,14 @@ async def test_a_registered_secret_is_stored_encrypted_and_pushes_verify_with_it
         received = await accepted_for(endpoint, inv, 2)
         pushes = verified(received, secret)  # standardwebhooks, the original secret
         assert [p["Invoice"]["EventSequence"] for p in pushes] == [1, 2]
-    finally:
-        await inv.watcher.stop()
 
 
 async def test_a_plain_text_secret_of_an_older_version_works_and_is_encrypted_on_start(
     local: Platform, endpoint: HttpSink
 ) -> None:
-    endpoint.responder = lambda request: 200
-    inv = await merchant(local)
-    try:
+    async with webhook_merchant(local, endpoint) as inv:
         secret = new_secret()
-        async with pool(local).acquire() as conn:
+        async with local.notifier_pool.acquire() as conn:
             await conn.execute(
                 "INSERT INTO webhooks (website_key, url, secret) VALUES ($1, $2, $3)",
                 inv.website_key,
@@ -277,8 +258,6 @@ async def test_a_plain_text_secret_of_an_older_version_works_and_is_encrypted_on
             occurred_at="2026-11-01T09:00:00+00:00",
         )
         assert len(verified(await accepted_for(endpoint, inv, 2), secret)) == 2
-    finally:
-        await inv.watcher.stop()
 
 
 # --- retention ------------------------------------------------------------------------------
@@ -303,7 +282,7 @@ async def add_job(conn: asyncpg.Connection, website_key: str, number: str, **col
 async def test_personal_data_of_finished_work_is_dropped_after_the_retention_window(
     local: Platform, endpoint: HttpSink
 ) -> None:
-    done, failing = await merchant(local), await merchant(local)
+    done, failing = await local.merchant(), await local.merchant()
     endpoint.responder = lambda request: (
         500 if request.json()["Invoice"]["WebsiteKey"] == failing.website_key else 200
     )
@@ -317,7 +296,7 @@ async def test_personal_data_of_finished_work_is_dropped_after_the_retention_win
         await retry_scheduled(local, failing, 2)  # its only push is retrying
         keys = [done.website_key, failing.website_key]
 
-        async with pool(local).acquire() as conn:
+        async with local.notifier_pool.acquire() as conn:
             # Push 1 of `done` was delivered two days ago, push 2 just now; the open push
             # of `failing` was created two days ago.
             two_days_ago = await conn.fetchval("SELECT now() - interval '2 days'")
@@ -354,7 +333,7 @@ async def test_personal_data_of_finished_work_is_dropped_after_the_retention_win
             }
 
         async def pruned() -> bool:
-            async with pool(local).acquire() as conn:
+            async with local.notifier_pool.acquire() as conn:
                 return bool(
                     await conn.fetchval(
                         "SELECT command IS NULL FROM message_jobs WHERE id = $1",
@@ -364,7 +343,7 @@ async def test_personal_data_of_finished_work_is_dropped_after_the_retention_win
 
         await poll_until(pruned, what="the retention task's round")
 
-        async with pool(local).acquire() as conn:
+        async with local.notifier_pool.acquire() as conn:
             pushes = await conn.fetch(
                 "SELECT website_key, sequence, status, body IS NOT NULL AS has_body,"
                 " pruned_at IS NOT NULL AS pruned, push_message_id IS NOT NULL AS has_id"

@@ -13,27 +13,21 @@ from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
 from tests.support.invoices import InvoiceClient, invoice_payload
-from tests.support.kafka import poll_until
+from tests.support.kafka import at_least, poll_until
 from tests.support.notifier import HttpSink, Request, new_secret, notifier_command
-from tests.support.platform import Platform, platform
+from tests.support.platform import Platform, notifier_platform, webhook_merchant
 
 
 @pytest.fixture(scope="module")
 async def cm(kafka_bootstrap: str, database_url: str) -> AsyncIterator[Platform]:
-    async with platform(
-        kafka_bootstrap, database_url, "invoice", "scheduler", "notifier", webhook_timeout_s=2.0
-    ) as running:
+    async with notifier_platform(kafka_bootstrap, database_url, webhook_timeout_s=2.0) as running:
         yield running
 
 
 @pytest.fixture
 async def inv(cm: Platform, endpoint: HttpSink) -> AsyncIterator[InvoiceClient]:
-    """A merchant of its own; the endpoint answers 200 unless the test says otherwise."""
-    endpoint.responder = lambda request: 200
-    client = InvoiceClient(cm.bootstrap, cm.prefix, cm.services["invoice"])
-    await client.watcher.start()
-    yield client
-    await client.watcher.stop()
+    async with webhook_merchant(cm, endpoint) as client:
+        yield client
 
 
 async def register(cm: Platform, inv: InvoiceClient, url: str, secret: str) -> None:
@@ -70,11 +64,9 @@ def mine(requests: list[Request], inv: InvoiceClient) -> list[Request]:
 
 
 async def accepted_for(endpoint: HttpSink, inv: InvoiceClient, count: int) -> list[Request]:
-    async def enough() -> list[Request] | None:
-        found = mine(endpoint.accepted(), inv)
-        return found if len(found) >= count else None
-
-    return await poll_until(enough, what=f"{count} accepted pushes")
+    return await at_least(
+        count, lambda: mine(endpoint.accepted(), inv), what=f"{count} accepted pushes"
+    )
 
 
 def sequences(requests: list[Request]) -> list[int]:
@@ -102,7 +94,7 @@ async def retry_scheduled(cm: Platform, inv: InvoiceClient, attempt: int) -> Non
 async def settled_deliveries(cm: Platform, inv: InvoiceClient, count: int) -> list[asyncpg.Record]:
     """The merchant's deliveries once `count` of them are delivered or given up (an
     endpoint sees a request before the notifier records its answer)."""
-    pool = cm.services["notifier"].runtime.pool
+    pool = cm.notifier_pool
 
     async def settled() -> list[asyncpg.Record] | None:
         async with pool.acquire() as conn:
@@ -186,7 +178,7 @@ async def test_an_endpoint_that_fails_twice_gets_every_push_once_in_order(
     assert sequences(all_requests) == [1, 1, 1, 2, 3]  # later pushes waited for the first
     assert [r.headers["webhook-id"] for r in accepted] == event_ids(inv, "W-2")
 
-    pool = cm.services["notifier"].runtime.pool
+    pool = cm.notifier_pool
     async with pool.acquire() as conn:
         rows = await conn.fetch(
             "SELECT d.sequence, d.status, d.attempts, l.outcome, l.status_code, l.latency_ms"
@@ -246,7 +238,7 @@ async def test_a_push_is_given_up_after_the_last_retry_and_the_next_one_goes(
     assert sequences(requests) == [1] * 8 + [2]
     assert [r.status for r in requests] == [500] * 8 + [200]
     statuses = await settled_deliveries(cm, inv, 2)
-    pool = cm.services["notifier"].runtime.pool
+    pool = cm.notifier_pool
     async with pool.acquire() as conn:
         outcomes = await conn.fetchval(
             "SELECT array_agg(l.outcome ORDER BY l.id) FROM webhook_delivery_log l"

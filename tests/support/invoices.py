@@ -5,13 +5,20 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
+
+import pytest
 
 from contracts import topics
 from services.invoice.app import definition
 from services.runtime.app import Service, build_service
-from tests.support.kafka import TopicWatcher, envelope, poll_until, publish, topic_of
+from tests.support.kafka import (
+    MerchantClient,
+    at_least,
+    envelope,
+    publish,
+    topic_of,
+)
 from tests.support.services import make_settings
 
 OCCURRED_AT = "2026-11-01T09:00:00+00:00"
@@ -50,21 +57,12 @@ def invoice_payload(number: str, **overrides: Any) -> dict[str, Any]:
     return payload
 
 
-class InvoiceClient:
+class InvoiceClient(MerchantClient):
     """Talks to one in-process invoice service through its (prefixed) topics."""
 
     def __init__(self, bootstrap: str, prefix: str, service: Service) -> None:
-        self.bootstrap = bootstrap
-        self.prefix = prefix
+        super().__init__(bootstrap, prefix, topics.INVOICE_EVENTS, topics.DLQ)
         self.service = service
-        #: A merchant of its own, so tests sharing the database never meet.
-        self.website_key = f"shop-{uuid.uuid4().hex[:8]}"
-        self.watcher = TopicWatcher(
-            bootstrap,
-            prefix + topics.COMMAND_RESULTS,
-            prefix + topics.INVOICE_EVENTS,
-            prefix + topics.DLQ,
-        )
 
     async def command(
         self,
@@ -128,16 +126,6 @@ class InvoiceClient:
         )
         return str(body["message_id"])
 
-    async def answer(self, command_id: str) -> dict[str, Any]:
-        async def found() -> dict[str, Any] | None:
-            for record in self.watcher.on(self.prefix + topics.COMMAND_RESULTS):
-                body = record.json()
-                if body["payload"]["command_id"] == command_id:
-                    return body  # type: ignore[no-any-return]
-            return None
-
-        return await poll_until(found, what=f"the answer to {command_id}")
-
     def answers(self, command_id: str) -> list[dict[str, Any]]:
         return [
             r.json()
@@ -147,11 +135,9 @@ class InvoiceClient:
 
     def events_now(self, number: str, website_key: str | None = None) -> list[dict[str, Any]]:
         website_key = website_key or self.website_key
-        found = [
-            r.json()["payload"]
-            for r in self.watcher.on(self.prefix + topics.INVOICE_EVENTS)
-            if r.key == f"{website_key}:{number}"
-        ]
+        found = self.watcher.payloads(
+            self.prefix + topics.INVOICE_EVENTS, f"{website_key}:{number}"
+        )
         return sorted(found, key=lambda e: e["sequence"])
 
     async def events(
@@ -159,32 +145,29 @@ class InvoiceClient:
     ) -> list[dict[str, Any]]:
         """Wait until the invoice has at least `count` events; returns them in sequence."""
 
-        async def enough() -> list[dict[str, Any]] | None:
-            found = self.events_now(number, website_key)
-            return found if len(found) >= count else None
-
-        return await poll_until(enough, what=f"{count} events of {number}")
+        return await at_least(
+            count, lambda: self.events_now(number, website_key), what=f"{count} events of {number}"
+        )
 
     async def snapshot(self, number: str, count: int) -> dict[str, Any]:
         """The invoice as of its `count`-th event."""
         return (await self.events(number, count))[count - 1]["invoice"]  # type: ignore[no-any-return]
 
 
-@asynccontextmanager
-async def invoice_service(kafka_bootstrap: str, database_url: str) -> AsyncIterator[Service]:
-    """An invoice service on topics of its own (a fresh prefix)."""
+@pytest.fixture(scope="module")
+async def service(kafka_bootstrap: str, database_url: str) -> AsyncIterator[Service]:
+    """One invoice service for the module, on topics of its own (a fresh prefix); every
+    test is a merchant of its own (`inv`)."""
     prefix = f"i{uuid.uuid4().hex[:10]}."
-    service = build_service(definition(), make_settings(kafka_bootstrap, database_url, prefix))
-    async with service.app:
-        yield service
+    running = build_service(definition(), make_settings(kafka_bootstrap, database_url, prefix))
+    async with running.app:
+        yield running
 
 
-@asynccontextmanager
-async def invoice_client(kafka_bootstrap: str, service: Service) -> AsyncIterator[InvoiceClient]:
+@pytest.fixture
+async def inv(kafka_bootstrap: str, service: Service) -> AsyncIterator[InvoiceClient]:
     """A client with a merchant of its own, watching the service's output."""
     client = InvoiceClient(kafka_bootstrap, service.runtime.topics.prefix, service)
     await client.watcher.start()
-    try:
-        yield client
-    finally:
-        await client.watcher.stop()
+    yield client
+    await client.watcher.stop()

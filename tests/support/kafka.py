@@ -7,7 +7,7 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -16,6 +16,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 from contracts import catalog
+from contracts.topics import COMMAND_RESULTS
 
 T = TypeVar("T")
 
@@ -140,11 +141,53 @@ async def poll_until(
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
 
 
+async def at_least(
+    count: int, now: Callable[[], list[T]], *, timeout: float = 60.0, what: str
+) -> list[T]:
+    """What `now()` returns once it holds `count` items or more (polled as `poll_until`)."""
+
+    async def enough() -> list[T] | None:
+        found = now()
+        return found if len(found) >= count else None
+
+    return await poll_until(enough, timeout=timeout, what=what)
+
+
+async def partitions(consumer: AIOKafkaConsumer, topics: Iterable[str]) -> list[TopicPartition]:
+    """Every partition of `topics`, in order, as the broker has them now."""
+    await consumer._client.force_metadata_update()
+    return [
+        TopicPartition(topic, p)
+        for topic in topics
+        for p in sorted(consumer.partitions_for_topic(topic) or ())
+    ]
+
+
 class BackgroundConsumer:
-    """A Kafka consumer that a task of its own reads; `stop` ends both."""
+    """A Kafka consumer that a task of its own reads, handing each partition's batch of
+    records to `_take`; `stop` ends both."""
 
     _consumer: AIOKafkaConsumer | None = None
     _task: asyncio.Task[None] | None = None
+
+    async def _take(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
+        raise NotImplementedError
+
+    def _start_reading(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def _read_from_beginning(self, tps: list[TopicPartition]) -> None:
+        assert self._consumer is not None
+        self._consumer.assign(tps)
+        await self._consumer.seek_to_beginning(*tps)
+        self._start_reading()
+
+    async def _run(self) -> None:
+        assert self._consumer is not None
+        while True:
+            batch = await self._consumer.getmany(timeout_ms=100)
+            for records in batch.values():
+                await self._take(records)
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -168,23 +211,40 @@ class TopicWatcher(BackgroundConsumer):
             bootstrap_servers=self.bootstrap, enable_auto_commit=False, fetch_max_wait_ms=20
         )
         await self._consumer.start()
-        await self._consumer._client.force_metadata_update()
-        tps = [
-            TopicPartition(topic, p)
-            for topic in self.topics
-            for p in sorted(self._consumer.partitions_for_topic(topic) or ())
-        ]
-        self._consumer.assign(tps)
-        await self._consumer.seek_to_beginning(*tps)
-        self._task = asyncio.create_task(self._run())
+        await self._read_from_beginning(await partitions(self._consumer, self.topics))
 
-    async def _run(self) -> None:
-        assert self._consumer is not None
-        while True:
-            batch = await self._consumer.getmany(timeout_ms=100)
-            for msgs in batch.values():
-                for m in msgs:
-                    self.records.append(Record.of(m))
+    async def _take(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
+        self.records.extend(Record.of(m) for m in records)
 
     def on(self, topic: str) -> list[Record]:
         return [r for r in self.records if r.topic == topic]
+
+    def payloads(self, topic: str, key: str) -> list[dict[str, Any]]:
+        """The payloads of the envelopes on `topic` with the Kafka key `key`, in order."""
+        return [r.json()["payload"] for r in self.on(topic) if r.key == key]
+
+
+class MerchantClient:
+    """A merchant of its own (so tests sharing the database never meet) talking to the
+    services on `prefix`; `watcher` reads their command results and the `watched` topics
+    (base names)."""
+
+    def __init__(self, bootstrap: str, prefix: str, *watched: str) -> None:
+        self.bootstrap = bootstrap
+        self.prefix = prefix
+        self.website_key = f"shop-{uuid.uuid4().hex[:8]}"
+        self.watcher = TopicWatcher(
+            bootstrap, *(prefix + topic for topic in (COMMAND_RESULTS, *watched))
+        )
+
+    async def answer(self, command_id: str) -> dict[str, Any]:
+        """The answer (CommandAccepted or CommandRejected) to the command `command_id`."""
+
+        async def found() -> dict[str, Any] | None:
+            for record in self.watcher.on(self.prefix + COMMAND_RESULTS):
+                body = record.json()
+                if body["payload"]["command_id"] == command_id:
+                    return body  # type: ignore[no-any-return]
+            return None
+
+        return await poll_until(found, what=f"the answer to {command_id}")

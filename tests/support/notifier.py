@@ -14,12 +14,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Self
 
 from aiosmtpd.controller import Controller
 
 from contracts import topics
-from tests.support.kafka import envelope, poll_until, publish, topic_of
+from tests.support.kafka import at_least, envelope, publish, topic_of
 from tests.support.net import free_port
 
 
@@ -72,7 +72,24 @@ class _SmtpHandler:
         return "250 Message accepted for delivery"
 
 
-class SmtpSink:
+class _Sink:
+    """A server on loopback: `with Sink() as sink:` starts it and stops it after."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class SmtpSink(_Sink):
     """A real SMTP server on a free port that keeps what it receives; addresses in
     `refused` are answered 550 at RCPT (an invalid address). It offers SMTPUTF8 unless
     `smtputf8` is set to False (from the next connection on)."""
@@ -103,11 +120,9 @@ class SmtpSink:
         return [m for m in self.mails if address in m.recipients]
 
     async def wait_for(self, address: str, count: int) -> list[Mail]:
-        async def enough() -> list[Mail] | None:
-            found = self.to(address)
-            return found if len(found) >= count else None
-
-        return await poll_until(enough, what=f"{count} mails to the test address")
+        return await at_least(
+            count, lambda: self.to(address), what=f"{count} mails to the test address"
+        )
 
 
 # --- HTTP ----------------------------------------------------------------------------------
@@ -141,7 +156,7 @@ Responder = Callable[[Request], "int | Reply"]
 _CHUNK = b"\0" * 65_536
 
 
-class HttpSink:
+class HttpSink(_Sink):
     """A threaded HTTP server on a free port recording every POST; `responder` picks
     each answer (200 by default). `started` records requests as they arrive, `requests`
     once answered; `max_in_progress` is the most requests it held at once; `body_sent`
@@ -220,11 +235,9 @@ class HttpSink:
         return [r for r in self.requests if 200 <= r.status < 300]
 
     async def wait_accepted(self, count: int, *, timeout: float = 30.0) -> list[Request]:
-        async def enough() -> list[Request] | None:
-            found = self.accepted()
-            return found if len(found) >= count else None
-
-        return await poll_until(enough, timeout=timeout, what=f"{count} accepted requests")
+        return await at_least(
+            count, self.accepted, timeout=timeout, what=f"{count} accepted requests"
+        )
 
 
 # --- the notifier's commands ---------------------------------------------------------------

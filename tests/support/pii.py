@@ -34,7 +34,9 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
+
+from tests.support.kafka import partitions
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -401,12 +403,7 @@ async def read_topics(bootstrap: str, topics: list[str]) -> list[tuple[str, byte
     )
     await consumer.start()
     try:
-        await consumer._client.force_metadata_update()
-        tps = [
-            TopicPartition(topic, p)
-            for topic in topics
-            for p in sorted(consumer.partitions_for_topic(topic) or ())
-        ]
+        tps = await partitions(consumer, topics)
         if not tps:
             return []
         ends = await consumer.end_offsets(tps)

@@ -7,23 +7,25 @@ with a RecordMessageOutcome, as the notifier will).
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import json
 import uuid
 from collections.abc import AsyncIterator, Callable
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 from aiokafka import AIOKafkaConsumer
+from aiokafka.structs import ConsumerRecord
 
 from contracts import topics
 from services.runtime.app import Service, build_service
 from tests.support.invoices import InvoiceClient
 from tests.support.kafka import BackgroundConsumer, TopicWatcher, envelope, poll_until, publish
+from tests.support.notifier import HttpSink
 from tests.support.services import make_settings
 
 #: How the stand-in notifier answers: (SendMessage payload) → (outcome, channel, delay).
@@ -54,41 +56,37 @@ class StandInNotifier(BackgroundConsumer):
             heartbeat_interval_ms=500,
         )
         await self._consumer.start()
-        self._task = asyncio.create_task(self._run())
+        self._start_reading()
 
-    async def _run(self) -> None:
-        assert self._consumer is not None
-        while True:
-            batch = await self._consumer.getmany(timeout_ms=100)
-            for records in batch.values():
-                for record in records:
-                    body = json.loads(record.value or b"{}")
-                    if body.get("type") != "SendMessage":
-                        continue
-                    self.received.append(body)
-                    outcome, channel, delay = self.rule(body["payload"])
-                    sent_at = datetime.fromisoformat(body["occurred_at"]) + delay
-                    answer = envelope(
-                        "RecordMessageOutcome",
-                        {
-                            "invoice_number": body["payload"]["invoice_number"],
-                            "step_index": body["payload"]["step_index"],
-                            "outcome": outcome,
-                            "channel": channel,
-                        },
-                        website_key=body["website_key"],
-                        occurred_at=sent_at.isoformat(),
+    async def _take(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
+        for record in records:
+            body = json.loads(record.value or b"{}")
+            if body.get("type") != "SendMessage":
+                continue
+            self.received.append(body)
+            outcome, channel, delay = self.rule(body["payload"])
+            sent_at = datetime.fromisoformat(body["occurred_at"]) + delay
+            answer = envelope(
+                "RecordMessageOutcome",
+                {
+                    "invoice_number": body["payload"]["invoice_number"],
+                    "step_index": body["payload"]["step_index"],
+                    "outcome": outcome,
+                    "channel": channel,
+                },
+                website_key=body["website_key"],
+                occurred_at=sent_at.isoformat(),
+            )
+            await publish(
+                self.bootstrap,
+                self.prefix + topics.INVOICE_INTERNAL,
+                [
+                    (
+                        record.key.decode() if record.key else None,
+                        json.dumps(answer).encode(),
                     )
-                    await publish(
-                        self.bootstrap,
-                        self.prefix + topics.INVOICE_INTERNAL,
-                        [
-                            (
-                                record.key.decode() if record.key else None,
-                                json.dumps(answer).encode(),
-                            )
-                        ],
-                    )
+                ],
+            )
 
 
 class Platform:
@@ -100,6 +98,18 @@ class Platform:
         self.services = services
         self.invoices = InvoiceClient(bootstrap, prefix, services.get("invoice"))  # type: ignore[arg-type]
         self.scheduler_events = TopicWatcher(bootstrap, prefix + topics.SCHEDULER_EVENTS)
+
+    async def merchant(self) -> InvoiceClient:
+        """A client of the invoice service for a merchant of its own, watching (the caller
+        stops its watcher, or leaves it to the end of the module)."""
+        client = InvoiceClient(self.bootstrap, self.prefix, self.services["invoice"])
+        await client.watcher.start()
+        return client
+
+    @property
+    def notifier_pool(self) -> asyncpg.Pool:
+        """The running notifier's database pool."""
+        return self.services["notifier"].runtime.pool
 
     async def tick(self, as_of: datetime) -> dict[str, Any]:
         """Move the manual clock and wait until its timers are out (TickCompleted)."""
@@ -155,21 +165,44 @@ async def platform(
 
 
 @asynccontextmanager
+async def webhook_merchant(cm: Platform, endpoint: HttpSink) -> AsyncIterator[InvoiceClient]:
+    """A merchant of its own on `cm` (as `Platform.merchant`); its webhook `endpoint`
+    answers 200 unless the test says otherwise."""
+    endpoint.responder = lambda request: 200
+    client = await cm.merchant()
+    try:
+        yield client
+    finally:
+        await client.watcher.stop()
+
+
+def notifier_platform(
+    kafka_bootstrap: str, database_url: str, *more: str, **settings: Any
+) -> AbstractAsyncContextManager[Platform]:
+    """Invoice, scheduler and notifier (the services a scheme's messages pass through),
+    then the `more` services."""
+    return platform(
+        kafka_bootstrap, database_url, "invoice", "scheduler", "notifier", *more, **settings
+    )
+
+
+def mailing_services(
+    kafka_bootstrap: str, database_url: str, smtp: Any, spool: Path, *more: str
+) -> AbstractAsyncContextManager[Platform]:
+    """The notifier platform and the `more` services, mailing to `smtp` (a
+    tests.support.notifier SmtpSink) and spooling letters in `spool`."""
+    return notifier_platform(
+        kafka_bootstrap, database_url, *more, smtp_port=smtp.port, letter_spool_dir=str(spool)
+    )
+
+
+@asynccontextmanager
 async def mailing_platform(
     kafka_bootstrap: str, database_url: str, smtp: Any, spool: Path
 ) -> AsyncIterator[Platform]:
-    """Invoice, scheduler and notifier, mailing to `smtp` (a tests.support.notifier
-    SmtpSink) and spooling letters in `spool`, on registration day (2026-11-01 09:00):
-    steps due by then (the invitations) fire at once."""
-    async with platform(
-        kafka_bootstrap,
-        database_url,
-        "invoice",
-        "scheduler",
-        "notifier",
-        smtp_port=smtp.port,
-        letter_spool_dir=str(spool),
-    ) as running:
+    """`mailing_services` on registration day (2026-11-01 09:00): steps due by then (the
+    invitations) fire at once."""
+    async with mailing_services(kafka_bootstrap, database_url, smtp, spool) as running:
         await running.tick(datetime(2026, 11, 1, 9, 0, tzinfo=UTC))
         yield running
 

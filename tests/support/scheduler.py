@@ -14,7 +14,7 @@ import asyncpg
 from contracts import topics
 from services.runtime.app import Service, build_service
 from services.scheduler.app import definition
-from tests.support.kafka import Record, TopicWatcher, envelope, poll_until, publish
+from tests.support.kafka import MerchantClient, Record, at_least, envelope, poll_until, publish
 from tests.support.services import make_settings
 
 #: Where the timers of these tests publish (StepDue is a message the catalog allows there).
@@ -64,21 +64,12 @@ async def scheduler_service(
         yield service
 
 
-class SchedulerClient:
+class SchedulerClient(MerchantClient):
     """Talks to one scheduler (or several replicas on one prefix) through its topics."""
 
     def __init__(self, bootstrap: str, prefix: str, pool: asyncpg.Pool) -> None:
-        self.bootstrap = bootstrap
-        self.prefix = prefix
+        super().__init__(bootstrap, prefix, topics.SCHEDULER_EVENTS, topics.DLQ, TARGET)
         self.pool = pool
-        self.website_key = f"shop-{uuid.uuid4().hex[:8]}"
-        self.watcher = TopicWatcher(
-            bootstrap,
-            prefix + topics.COMMAND_RESULTS,
-            prefix + topics.SCHEDULER_EVENTS,
-            prefix + topics.DLQ,
-            prefix + TARGET,
-        )
 
     # --- commands ---
 
@@ -126,16 +117,6 @@ class SchedulerClient:
 
     # --- what came out ---
 
-    async def answer(self, command_id: str) -> dict[str, Any]:
-        async def found() -> dict[str, Any] | None:
-            for record in self.watcher.on(self.prefix + topics.COMMAND_RESULTS):
-                body = record.json()
-                if body["payload"]["command_id"] == command_id:
-                    return body  # type: ignore[no-any-return]
-            return None
-
-        return await poll_until(found, what=f"the answer to {command_id}")
-
     async def accepted(self, command_id: str) -> dict[str, Any]:
         answer = await self.answer(command_id)
         assert answer["type"] == "CommandAccepted", answer
@@ -163,11 +144,9 @@ class SchedulerClient:
         ]
 
     async def arrivals(self, key: str, count: int) -> list[Record]:
-        async def enough() -> list[Record] | None:
-            found = self.arrived(key)
-            return found if len(found) >= count else None
-
-        return await poll_until(enough, what=f"{count} messages with key {key}")
+        return await at_least(
+            count, lambda: self.arrived(key), what=f"{count} messages with key {key}"
+        )
 
     def fired_events(self, timer_id: str | None = None) -> list[dict[str, Any]]:
         return [

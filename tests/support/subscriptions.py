@@ -11,7 +11,7 @@ import pytest
 
 from contracts import topics
 from tests.support.invoices import debtor
-from tests.support.kafka import TopicWatcher, envelope, poll_until, publish, topic_of
+from tests.support.kafka import TopicWatcher, at_least, envelope, publish, topic_of
 from tests.support.platform import Platform, platform
 
 
@@ -49,18 +49,14 @@ class Subscriptions:
         return await self.cm.invoices.answer(command_id)
 
     def events_now(self, key: str) -> list[dict[str, Any]]:
-        return [
-            r.json()["payload"]
-            for r in self.events.on(self.cm.prefix + topics.SUBSCRIPTION_EVENTS)
-            if r.key == f"{self.website_key}:{key}"
-        ]
+        return self.events.payloads(
+            self.cm.prefix + topics.SUBSCRIPTION_EVENTS, f"{self.website_key}:{key}"
+        )
 
     async def events_of(self, key: str, count: int) -> list[dict[str, Any]]:
-        async def enough() -> list[dict[str, Any]] | None:
-            found = self.events_now(key)
-            return found if len(found) >= count else None
-
-        return await poll_until(enough, what=f"{count} events of subscription {key}")
+        return await at_least(
+            count, lambda: self.events_now(key), what=f"{count} events of subscription {key}"
+        )
 
 
 @pytest.fixture

@@ -57,23 +57,11 @@ from tests.unit.test_contracts import (
     contract_types,
     create_invoice_payload,
 )
+from tests.unit.test_contracts import envelope_json as body
 
 D = Decimal
 NOW = datetime(2026, 11, 22, tzinfo=UTC)
 SECRET_24 = "whsec_" + base64.b64encode(bytes(range(24))).decode()
-
-
-def body(type_name: str, payload: dict[str, Any], **envelope: Any) -> bytes:
-    return json.dumps(
-        {
-            "message_id": str(uuid.uuid4()),
-            "type": type_name,
-            "website_key": "shop-1",
-            "occurred_at": "2026-11-21T10:00:00+00:00",
-            "payload": payload,
-            **envelope,
-        }
-    ).encode()
 
 
 def refused(raw: bytes | str) -> set[tuple[str, str]]:

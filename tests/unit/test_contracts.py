@@ -382,7 +382,8 @@ def contract_types() -> dict[str, type[Message]]:
     }
 
 
-def envelope_json(payload: dict[str, Any], type_name: str) -> bytes:
+def envelope_json(type_name: str, payload: dict[str, Any], **envelope: Any) -> bytes:
+    """An envelope of shop-1 as bytes on the wire; `envelope` adds or replaces its fields."""
     return json.dumps(
         {
             "message_id": str(uuid.uuid4()),
@@ -390,6 +391,7 @@ def envelope_json(payload: dict[str, Any], type_name: str) -> bytes:
             "website_key": "shop-1",
             "occurred_at": "2026-11-21T10:00:00+00:00",
             "payload": payload,
+            **envelope,
         }
     ).encode()
 
@@ -457,7 +459,7 @@ def test_a_typo_in_a_command_field_is_a_parse_error_naming_the_field() -> None:
     body = create_invoice_payload(due_dat="2026-11-15")
 
     with pytest.raises(ParseError) as err:
-        parse_envelope(envelope_json(body, "CreateInvoice"))
+        parse_envelope(envelope_json("CreateInvoice", body))
 
     assert [(e.field, e.code) for e in err.value.errors] == [("payload.due_dat", "extra_forbidden")]
     assert err.value.attributable
@@ -469,7 +471,7 @@ def test_a_typo_deep_inside_a_command_is_a_parse_error_naming_its_path() -> None
     body["debtor"]["address"]["stret"] = "Kerkstraat"
 
     with pytest.raises(ParseError) as err:
-        parse_envelope(envelope_json(body, "CreateInvoice"))
+        parse_envelope(envelope_json("CreateInvoice", body))
 
     assert [(e.field, e.code) for e in err.value.errors] == [
         ("payload.debtor.address.stret", "extra_forbidden")
@@ -481,7 +483,7 @@ def test_a_missing_required_field_is_a_parse_error() -> None:
     del body["currency"]
 
     with pytest.raises(ParseError) as err:
-        parse_envelope(envelope_json(body, "CreateInvoice"))
+        parse_envelope(envelope_json("CreateInvoice", body))
 
     assert [(e.field, e.code) for e in err.value.errors] == [("payload.currency", "missing")]
 
@@ -498,7 +500,7 @@ def test_an_unknown_field_in_an_event_is_ignored() -> None:
 @pytest.mark.parametrize("amount", ["121.00001", 121.00001, "0.12345"])
 def test_more_than_four_decimals_is_a_parse_error(amount: Any) -> None:
     with pytest.raises(ParseError) as err:
-        parse_envelope(envelope_json(create_invoice_payload(amount_debit=amount), "CreateInvoice"))
+        parse_envelope(envelope_json("CreateInvoice", create_invoice_payload(amount_debit=amount)))
 
     assert [e.field for e in err.value.errors] == ["payload.amount_debit"]
 
@@ -522,7 +524,7 @@ def test_more_than_four_decimals_is_a_parse_error(amount: Any) -> None:
 )
 def test_business_rule_violations_are_not_parse_errors(changes: dict[str, Any]) -> None:
     """docs/invoices.md: these become Rejected invoices, so they must parse."""
-    parsed = parse_envelope(envelope_json(create_invoice_payload(**changes), "CreateInvoice"))
+    parsed = parse_envelope(envelope_json("CreateInvoice", create_invoice_payload(**changes)))
 
     assert isinstance(parsed.payload, invoice.CreateInvoice)
 
@@ -539,7 +541,7 @@ def test_business_rule_violations_are_not_parse_errors(changes: dict[str, Any]) 
 )
 def test_shape_errors_are_parse_errors(changes: dict[str, Any], field: str) -> None:
     with pytest.raises(ParseError) as err:
-        parse_envelope(envelope_json(create_invoice_payload(**changes), "CreateInvoice"))
+        parse_envelope(envelope_json("CreateInvoice", create_invoice_payload(**changes)))
 
     assert [e.field for e in err.value.errors] == [field]
 
@@ -607,7 +609,7 @@ def test_money_is_a_string_in_envelopes() -> None:
 
 def test_money_may_arrive_as_a_json_number() -> None:
     parsed = parse_envelope(
-        envelope_json(create_invoice_payload(amount_debit=121.5), "CreateInvoice")
+        envelope_json("CreateInvoice", create_invoice_payload(amount_debit=121.5))
     )
 
     assert parsed.payload.amount_debit == D("121.5")

@@ -34,6 +34,7 @@ from contracts.invoice import (
 )
 from contracts.payments import TransactionStatus
 from services.invoice import domain, dunning
+from tests.support import invoice_domain
 
 S = InvoiceStatus
 A = StepAction
@@ -77,21 +78,14 @@ CM1_DUE = {
 
 def make_invoice(status: InvoiceStatus = S.ACTIVE, **overrides: Any) -> domain.Invoice:
     fields: dict[str, Any] = {
-        "website_key": "shop",
-        "invoice_number": "INV-1",
-        "invoice_key": "KEY-1",
-        "status": status,
         "invoice_date": INVOICE_DATE,
         "due_date": DUE_DATE,
-        "currency": "EUR",
         "amount_debit": D("121.00"),
         "debtor_code": "D-1",
-        "scheme_key": "DefaultCM1",
         "scheme_steps": CM1,
         "created_at": at(2026, 11, 1, 9),
     }
-    fields.update(overrides)
-    return domain.Invoice(**fields)
+    return invoice_domain.make_invoice(status, **{**fields, **overrides})
 
 
 def step(index: int, action: StepAction, days: int = 0, **fields: Any) -> domain.SchemeStepState:

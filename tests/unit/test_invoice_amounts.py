@@ -10,9 +10,7 @@ transaction repeat rules; then credit notes.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
 from decimal import Decimal
-from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -21,28 +19,12 @@ from hypothesis import strategies as st
 from contracts.invoice import InvoiceEventName, InvoiceStatus
 from contracts.payments import TransactionStatus
 from services.invoice import domain
+from tests.support.invoice_domain import make_invoice
 
 S = InvoiceStatus
 T = TransactionStatus
 D = Decimal
 ZERO = D(0)
-
-
-def make_invoice(status: InvoiceStatus = S.ACTIVE, **overrides: Any) -> domain.Invoice:
-    fields: dict[str, Any] = {
-        "website_key": "shop",
-        "invoice_number": "INV-1",
-        "invoice_key": "KEY-1",
-        "status": status,
-        "invoice_date": date(2024, 1, 1),
-        "due_date": date(2024, 1, 15),
-        "currency": "EUR",
-        "amount_debit": D("100.00"),
-        "scheme_key": "DefaultCM1",
-        "created_at": datetime(2024, 1, 1, tzinfo=UTC),
-    }
-    fields.update(overrides)
-    return domain.Invoice(**fields)
 
 
 def tx(

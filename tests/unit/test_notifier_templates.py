@@ -18,31 +18,16 @@ from services.notifier.templates import (
     statutory_costs,
     template_errors,
 )
+from tests.support.invoice_domain import invoice_snapshot
 
 
 def snapshot(**overrides: object) -> InvoiceSnapshot:
-    values: dict[str, object] = {
-        "invoice_key": "K",
-        "invoice_number": "INV-1",
-        "website_key": "shop-1",
-        "type": "RegularInvoice",
-        "status_code": 10,
-        "is_test": False,
-        "culture": "nl-NL",
-        "invoice_date": "2026-11-01",
-        "due_date": "2026-11-15",
-        "pay_link": "https://pay.example.test/[PayLink]",
-        "debtor_code": "D-1",
-        "debtor": {"code": "D-1", "person": {"first_name": "Jan", "last_name": "Jansen"}},
-        "scheme_key": "DefaultCM1",
-        "scheme_version": 1,
-        "currency": "EUR",
-        **{name: "0" for name in InvoiceSnapshot.AMOUNT_FIELDS},
-        "amount_debit": "1234.56",
-        "open_amount": "1234.56",
-        "open_amount_incl_admin_costs": "1234.56",
-        "is_paid": False,
-    }
+    values = invoice_snapshot(
+        amount="1234.56",
+        invoice_key="K",
+        pay_link="https://pay.example.test/[PayLink]",
+        debtor={"code": "D-1", "person": {"first_name": "Jan", "last_name": "Jansen"}},
+    )
     values.update(overrides)
     return InvoiceSnapshot.model_validate(values)
 

@@ -23,6 +23,7 @@ from contracts.invoice import (
 )
 from contracts.limits import MAX_IDENTIFIER_LENGTH, MAX_INSTALLMENTS
 from services.invoice import domain
+from tests.support import invoice_domain
 
 S = InvoiceStatus
 D = Decimal
@@ -30,22 +31,11 @@ ZERO = D(0)
 NOW = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
 
 
-def make_invoice(number: str = "INV-1", status: InvoiceStatus = S.ACTIVE, **overrides: Any):
-    fields: dict[str, Any] = {
-        "website_key": "shop",
-        "invoice_number": number,
-        "invoice_key": f"KEY-{number}",
-        "status": status,
-        "invoice_date": date(2024, 1, 1),
-        "due_date": date(2024, 1, 15),
-        "currency": "EUR",
-        "amount_debit": D("100.00"),
-        "scheme_key": "DefaultCM1",
-        "created_at": datetime(2024, 1, 1, tzinfo=UTC),
-        "debtor_code": "D-1",
-    }
-    fields.update(overrides)
-    return domain.Invoice(**fields)
+def make_invoice(
+    number: str = "INV-1", status: InvoiceStatus = S.ACTIVE, **overrides: Any
+) -> domain.Invoice:
+    fields = {"invoice_number": number, "invoice_key": f"KEY-{number}", "debtor_code": "D-1"}
+    return invoice_domain.make_invoice(status, **{**fields, **overrides})
 
 
 def make_plan(**overrides: Any) -> domain.PaymentPlan:

@@ -10,26 +10,15 @@ from typing import Any
 import pytest
 
 from contracts import topics
-from services.runtime.app import Service
 from tests.support.invoices import (
     InvoiceClient,
-    invoice_client,
+    inv,
     invoice_payload,
-    invoice_service,
+    service,
 )
 from tests.support.kafka import TopicWatcher, poll_until
 
-
-@pytest.fixture(scope="module")
-async def service(kafka_bootstrap: str, database_url: str) -> AsyncIterator[Service]:
-    async with invoice_service(kafka_bootstrap, database_url) as running:
-        yield running
-
-
-@pytest.fixture
-async def inv(kafka_bootstrap: str, service: Service) -> AsyncIterator[InvoiceClient]:
-    async with invoice_client(kafka_bootstrap, service) as client:
-        yield client
+__all__ = ["inv", "service"]  # the fixtures
 
 
 @pytest.fixture

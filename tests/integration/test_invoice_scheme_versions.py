@@ -6,14 +6,10 @@ the timer the scheduler holds for them), new invoices the new ones."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
-import pytest
-
 from contracts import topics
-from services.runtime.app import Service
-from tests.support.invoices import InvoiceClient, invoice_client, invoice_payload, invoice_service
+from tests.support.invoices import InvoiceClient, inv, invoice_payload, service
 from tests.support.kafka import poll_until, publish, read_all
 
 SCHEME = "Versioned"
@@ -31,16 +27,7 @@ V2 = [
 ]
 
 
-@pytest.fixture(scope="module")
-async def service(kafka_bootstrap: str, database_url: str) -> AsyncIterator[Service]:
-    async with invoice_service(kafka_bootstrap, database_url) as running:
-        yield running
-
-
-@pytest.fixture
-async def inv(kafka_bootstrap: str, service: Service) -> AsyncIterator[InvoiceClient]:
-    async with invoice_client(kafka_bootstrap, service) as client:
-        yield client
+__all__ = ["inv", "service"]  # the fixtures
 
 
 async def accepted(

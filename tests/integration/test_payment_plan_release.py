@@ -4,26 +4,12 @@ later chargeback on one reopens it instead of leaving it stuck in 22."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
-import pytest
-
-from services.runtime.app import Service
-from tests.support.invoices import InvoiceClient, invoice_client, invoice_payload, invoice_service
+from tests.support.invoices import InvoiceClient, inv, invoice_payload, service
 from tests.support.kafka import poll_until
 
-
-@pytest.fixture(scope="module")
-async def service(kafka_bootstrap: str, database_url: str) -> AsyncIterator[Service]:
-    async with invoice_service(kafka_bootstrap, database_url) as running:
-        yield running
-
-
-@pytest.fixture
-async def inv(kafka_bootstrap: str, service: Service) -> AsyncIterator[InvoiceClient]:
-    async with invoice_client(kafka_bootstrap, service) as client:
-        yield client
+__all__ = ["inv", "service"]  # the fixtures
 
 
 async def accepted(inv: InvoiceClient, type_: str, payload: dict[str, Any], **kw: Any) -> None:

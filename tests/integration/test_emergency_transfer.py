@@ -5,26 +5,13 @@ in-process on the real broker and PostgreSQL."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
-import pytest
-
 from services.collection.handlers import auto_case_key
-from tests.integration.test_collection_service import Collection, _invoice_at_70, configure
+from tests.integration.test_collection_service import Collection, _invoice_at_70, col, configure
 from tests.support.kafka import poll_until
-from tests.support.platform import platform
 
-
-@pytest.fixture
-async def col(kafka_bootstrap: str, database_url: str) -> AsyncIterator[Collection]:
-    async with platform(kafka_bootstrap, database_url, "invoice", "scheduler", "collection") as cm:
-        client = Collection(cm)
-        await client.watcher.start()
-        try:
-            yield client
-        finally:
-            await client.watcher.stop()
+__all__ = ["col"]  # the fixture: invoice, scheduler and collection services, a merchant
 
 
 async def test_unpause_after_an_emergency_on_70_keeps_the_transfer(col: Collection) -> None:

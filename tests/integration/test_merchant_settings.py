@@ -12,7 +12,6 @@ import email.policy
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,25 +19,16 @@ import pytest
 
 from contracts import topics
 from services.notifier.channels.sms import SmsSender
+from tests.integration.test_notifier import cm, spool
 from tests.support.invoices import InvoiceClient, debtor, invoice_payload
 from tests.support.kafka import TopicWatcher, poll_until
 from tests.support.notifier import HttpSink, SmtpSink
-from tests.support.platform import Platform, mailing_platform
+from tests.support.platform import Platform
 
 SENDER = "Winkel Eén"
 
 
-@pytest.fixture(scope="module")
-def spool(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("letters")
-
-
-@pytest.fixture(scope="module")
-async def cm(
-    kafka_bootstrap: str, database_url: str, smtp: SmtpSink, spool: Path
-) -> AsyncIterator[Platform]:
-    async with mailing_platform(kafka_bootstrap, database_url, smtp, spool) as running:
-        yield running
+__all__ = ["cm", "spool"]  # the fixtures: invoice, scheduler and notifier mailing to `smtp`
 
 
 @pytest.fixture(scope="module")

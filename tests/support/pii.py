@@ -345,6 +345,13 @@ class Recorder:
                 self._handler.service_formatter = handler.formatter
         root.addHandler(self._handler)
         root.setLevel(logging.DEBUG)
+        # The test's own Kafka clients log each record they send at DEBUG; they are not a
+        # service. Every service holds aiokafka at WARNING at least (configure_logging),
+        # so hold it there too when no service in this process has done it yet.
+        kafka_logger = logging.getLogger("aiokafka")
+        if kafka_logger.level == logging.NOTSET:
+            kafka_logger.setLevel(logging.WARNING)
+            self._undo.append(lambda: kafka_logger.setLevel(logging.NOTSET))
 
     def uninstall(self) -> None:
         while self._undo:

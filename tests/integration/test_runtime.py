@@ -348,11 +348,8 @@ class LedgerProcess(ServiceProcess):
 def ledger_process(
     kafka_bootstrap: str, database_url: str, prefix: str, tmp_path: Path
 ) -> Iterator[LedgerProcess]:
-    process = LedgerProcess(kafka_bootstrap, database_url, prefix, tmp_path)
-    try:
+    with LedgerProcess(kafka_bootstrap, database_url, prefix, tmp_path) as process:
         yield process
-    finally:
-        process.stop()
 
 
 @pytest.fixture

@@ -106,11 +106,8 @@ class SubscriptionProcess(ServiceProcess):
 def subscription_process(
     kafka_bootstrap: str, own_database_url: str, prefix: str, tmp_path: Path
 ) -> Iterator[SubscriptionProcess]:
-    process = SubscriptionProcess(kafka_bootstrap, own_database_url, prefix, tmp_path)
-    try:
+    with SubscriptionProcess(kafka_bootstrap, own_database_url, prefix, tmp_path) as process:
         yield process
-    finally:
-        process.stop()
 
 
 @pytest.fixture

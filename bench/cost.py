@@ -131,3 +131,16 @@ def line(cost: dict[str, Any]) -> str:
         for name, p in cost["processes"].items()
     ]
     return "; ".join(parts)
+
+
+def collect(results: Any, path: str = "") -> list[tuple[str, dict[str, Any]]]:
+    """Every `cost` block in a benchmark's results, with where it is (`throughput.pushes`)."""
+    found: list[tuple[str, dict[str, Any]]] = []
+    if isinstance(results, dict):
+        for key, value in results.items():
+            where = f"{path}.{key}" if path else str(key)
+            if key == "cost" and isinstance(value, dict) and "processes" in value:
+                found.append((path, value))
+            else:
+                found.extend(collect(value, where))
+    return found

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import bench.benchmarks
+from bench.cost import collect, line
 from bench.infra import infrastructure
 from bench.registry import BENCHMARKS, BenchContext
 
@@ -91,6 +92,10 @@ def main(argv: list[str] | None = None) -> int:
             path.write_text(json.dumps(document, indent=2) + "\n")
             print(f"wrote {path}", file=sys.stderr, flush=True)
             documents.append(document)
+    # The cost of every path, together at the end (bench/cost.py).
+    for document in documents:
+        for where, cost in collect(document["results"]):
+            print(f"cost {document['benchmark']} {where}: {line(cost)}", file=sys.stderr)
     print(json.dumps(documents[0] if len(documents) == 1 else documents, indent=2))
     return 0
 

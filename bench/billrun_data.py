@@ -36,8 +36,9 @@ from contracts.subscription import CreateSubscription, RunBilling
 from contracts.topics import TopicNames
 from services.runtime.consumer import HandlerContext
 from services.scheduler.handlers import _dumps as scheduler_dumps
-from services.scheduler.repository import TimerRepository
+from services.scheduler.repository import Timer, TimerRepository
 from services.subscription import handlers as subscription_handlers
+from services.subscription.batch import SubscriptionBatchHooks
 
 #: Stands for the subscription's number (8 digits) in a template.
 NUMBER = "QQQQQQQQ"
@@ -171,14 +172,19 @@ async def build_one(number: str, merchant: str, start: date, scheme_key: str) ->
         cmd, website_key=merchant, occurred_at=datetime.combine(start, dtime(0), tzinfo=UTC)
     )
     recorder = Recorder()
+    # The consumer's batch hooks around the handler, as for a batch of one message.
+    hooks = SubscriptionBatchHooks()
+    batch = await hooks.begin(recorder, [created])  # type: ignore[arg-type]
     ctx = HandlerContext(
         conn=recorder,  # type: ignore[arg-type]
         envelope=created,
         service="subscription",
         topics=TopicNames(""),
         outbox=[],
+        batch=batch,
     )
     await subscription_handlers.create_subscription(ctx, cmd)
+    await hooks.finish(recorder, batch)  # type: ignore[arg-type]
     if ctx.result is None or not isinstance(ctx.result.payload, CommandAccepted):
         raise RuntimeError(f"the bench's CreateSubscription was not accepted: {ctx.result}")
     scheduled = [m for m in ctx.outbox if m.topic == topics.SCHEDULER_COMMANDS]
@@ -190,12 +196,14 @@ async def build_one(number: str, merchant: str, start: date, scheme_key: str) ->
         raise RuntimeError(f"expected a ScheduleTimer of a RunBilling, got {received}")
     timers = Recorder()
     await TimerRepository(timers).upsert(  # type: ignore[arg-type]
-        merchant,
-        received.timer_id,
-        received.due_at,
-        received.topic,
-        received.key,
-        scheduler_dumps(received.message),
+        Timer(
+            merchant,
+            received.timer_id,
+            received.due_at,
+            received.topic,
+            received.key,
+            scheduler_dumps(received.message),
+        )
     )
     return Built(
         recorder.tables(),

@@ -10,6 +10,7 @@ from typing import Any
 
 from cryptography.fernet import Fernet
 
+from bench.cost import CostMeter
 from bench.infra import Count, drop_run
 from bench.registry import BenchContext
 from services.runtime.app import Service, ServiceDefinition, build_service
@@ -73,6 +74,9 @@ class InProcessService:
         self.max_records = max_records
         self.probe = probe
         self._service: Service | None = None
+        #: CPU and peak RSS of the bench process from the service's start (after its
+        #: startup) to its stop: the service's cost (bench/cost.py).
+        self.meter = CostMeter()
 
     async def start(self) -> None:
         Probe.reset()
@@ -94,6 +98,17 @@ class InProcessService:
             service_definition = probed(service_definition, self.probe)
         self._service = build_service(replace(service_definition, schema=self.schema), settings)
         await self._service.app.__aenter__()
+        self.meter = CostMeter()
+        self.meter.add(self.cost_name)
+
+    @property
+    def cost_name(self) -> str:
+        """The service's name in the cost figures (it runs in the bench process)."""
+        return f"{self.definition.name} (in-process)"
+
+    def cost(self, messages: int) -> dict[str, Any]:
+        """CPU per message and peak RSS of the last start → stop (bench/cost.py)."""
+        return self.meter.figures(messages)
 
     @property
     def first_handled(self) -> float | None:
@@ -106,6 +121,7 @@ class InProcessService:
 
     async def stop(self) -> None:
         if self._service is not None:
+            await self.meter.stop()
             await self._service.app.__aexit__(None, None, None)
             self._service = None
 

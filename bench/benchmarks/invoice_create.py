@@ -21,6 +21,7 @@ from typing import Any
 
 from bench import kafka
 from bench.benchmarks import runtime_pipeline
+from bench.cost import line as cost_line
 from bench.driver import run_backlog, run_load
 from bench.inprocess import InProcessService
 from bench.invoice_loadgen import InvoiceLoadSpec
@@ -116,8 +117,10 @@ async def throughput(ctx: BenchContext, n: int) -> dict[str, Any]:
         **_checks(load.done),
         **backlog_figures(n, load, first_handled=service.first_handled),
         **counts,
+        "cost": service.cost(n),
     }
     _log(f"throughput: {result['msgs_per_s']} commands/s over {result['seconds']} s")
+    _log(f"throughput: {cost_line(result['cost'])}")
     return result
 
 
@@ -147,8 +150,10 @@ async def latency(ctx: BenchContext) -> dict[str, Any]:
         **_checks(done),
         **summary(done["latencies"]),
         "invoices_active": counts["invoices_active"],
+        "cost": service.cost(n),
     }
     _log(f"latency: p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms at {rate}/s")
+    _log(f"latency: {cost_line(result['cost'])}")
     return result
 
 

@@ -31,6 +31,7 @@ import asyncpg
 from aiokafka import AIOKafkaProducer
 
 from bench import kafka
+from bench.cost import line as cost_line
 from bench.driver import run_backlog, run_load
 from bench.infra import Count, free_port
 from bench.inprocess import InProcessService
@@ -197,8 +198,10 @@ async def pushes(ctx: BenchContext, n: int) -> dict[str, Any]:
         **backlog_figures(n, load, first_handled=notifier.first_handled, rate_key="pushes_per_s"),
         "webhook_deliveries": sum(counts["deliveries_by_status"].values()),
         "outbox_rows_left": counts["outbox_rows_left"],
+        "cost": notifier.cost(n),
     }
     _log(f"pushes: {result['pushes_per_s']} pushes/s over {result['seconds']} s")
+    _log(f"pushes: {cost_line(result['cost'])}")
     return result
 
 
@@ -249,7 +252,10 @@ async def webhooks(ctx: BenchContext, label: str, n: int, rate: float | None) ->
         "produce_seconds": round(load.produce_seconds, 3),
         "latency_produced_to_received": summary(done["latencies"]),
         **counts,
+        # Per event: its push, its delivery row, its POST and its record.
+        "cost": notifier.cost(n),
     }
+    _log(f"{label}: {cost_line(result['cost'])}")
     _log(
         f"{label}: {result['deliveries_per_s']} deliveries/s; produced → received p50"
         f" {result['latency_produced_to_received']['p50_ms']} ms, p99"

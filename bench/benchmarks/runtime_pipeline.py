@@ -17,6 +17,8 @@ from __future__ import annotations
 from typing import Any
 
 from bench import kafka
+from bench.cost import CostMeter
+from bench.cost import line as cost_line
 from bench.driver import run_backlog, run_load
 from bench.infra import drop_run
 from bench.inprocess import InProcessService, schema_of
@@ -70,6 +72,7 @@ class _Pipeline:
             ctx, prefix, definition(self.schema), max_records=max_records
         )
         self._raw: RawPipeline | None = None
+        self._raw_meter = CostMeter()
 
     async def start(self) -> None:
         if self.kind != "raw":
@@ -84,6 +87,13 @@ class _Pipeline:
             max_records=self.max_records,
         )
         await self._raw.start()
+        self._raw_meter.add("raw pipeline (in-process)")
+
+    def cost(self, messages: int) -> dict[str, Any]:
+        """CPU per message and peak RSS of the pipeline's process (bench/cost.py)."""
+        if self._raw is not None:
+            return self._raw_meter.figures(messages)
+        return self._service.cost(messages)
 
     @property
     def first_consumed(self) -> float | None:
@@ -91,6 +101,7 @@ class _Pipeline:
 
     async def stop(self) -> None:
         if self._raw is not None:
+            await self._raw_meter.stop()
             await self._raw.stop()
         else:
             await self._service.stop()
@@ -131,8 +142,10 @@ async def throughput(
         "duplicates_seen": done["duplicates"],
         **backlog_figures(n, load, first_handled=pipeline.first_consumed),
         **counts,
+        "cost": pipeline.cost(n),
     }
     _log(f"{label}: {result['msgs_per_s']} msg/s over {result['seconds']} s")
+    _log(f"{label}: {cost_line(result['cost'])}")
     return result
 
 
@@ -167,8 +180,10 @@ async def latency(ctx: BenchContext, label: str, kind: str, max_records: int) ->
         "outputs_seen": done["seen"],
         **summary(done["latencies"]),
         "state_rows": counts["state_rows"],
+        "cost": pipeline.cost(n),
     }
     _log(f"{label}: p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms at {ctx.args.rate}/s")
+    _log(f"{label}: {cost_line(result['cost'])}")
     return result
 
 

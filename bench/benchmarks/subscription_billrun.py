@@ -40,6 +40,8 @@ import psutil
 
 from bench import billrun_watch, kafka
 from bench.billrun_data import Templates, load_subscriptions, load_timers
+from bench.cost import RSS_TARGET_MB
+from bench.cost import line as cost_line
 from bench.driver import ChildProcess
 from bench.infra import drop_run
 from bench.procs import (
@@ -638,6 +640,27 @@ async def run(ctx: BenchContext) -> dict[str, Any]:
             "watcher": {k: v for k, v in done.items() if k not in ("first_created",)},
             "timeline": monitor.timeline,
         }
+        # The per-path cost in every benchmark's shape (bench/cost.py): per subscription
+        # billed, each service's CPU in the window and its peak RSS (VmHWM).
+        window["cost"] = {
+            "messages": n,
+            "per": "subscription billed (9 messages across the processes)",
+            "window_s": round(window_s, 3),
+            "rss_target_mb": RSS_TARGET_MB,
+            "processes": {
+                name: {
+                    "cpu_seconds": round(cpu_end[name] - monitor.cpu_start.get(name, 0.0), 3),
+                    "cpu_us_per_msg": round(
+                        (cpu_end[name] - monitor.cpu_start.get(name, 0.0)) / n * 1e6, 1
+                    ),
+                    "peak_rss_mb": hwm.get(name),
+                    "rss_under_150_mb": (hwm.get(name) or 0.0) < RSS_TARGET_MB,
+                }
+                for name in services
+                if name in cpu_end
+            },
+        }
+        _log(f"bill run: {cost_line(window['cost'])}")
         monitor.samples = tail_samples
         result = {
             "setup": {

@@ -32,6 +32,8 @@ from typing import Any
 import asyncpg
 from aiokafka.structs import ConsumerRecord
 
+from bench.cost import CostMeter
+from bench.cost import line as cost_line
 from bench.infra import drop_run
 from bench.inprocess import schema_of
 from bench.kafka import PARTITIONS
@@ -151,6 +153,8 @@ async def _scheduler_run(
     )
     scheduler.spawn()
     await scheduler.wait_healthy()
+    meter = CostMeter()
+    meter.add("scheduler", scheduler.pid)
     reader = Reader(ctx.bootstrap_servers, prefix + TARGET)
     try:
         await reader.start()
@@ -171,6 +175,7 @@ async def _scheduler_run(
         _log(f"{label}: COPY took {committed - copy_started:.2f} s; waiting for {n} messages")
         complete = await reader.wait_for(n, timeout=max(120.0, n / 2000))
     finally:
+        await meter.stop()
         await reader.stop()
         scheduler.stop()
     arrivals = reader.arrivals
@@ -204,6 +209,8 @@ async def _scheduler_run(
         "seconds_due_to_last": round(span, 3) if span else None,
         "first_message_after_due_ms": round((first - first_due) * 1000, 1) if first else None,
         "lag_due_to_kafka": summary(lags),
+        # Per timer fired (a message and its TimerFired published), from its start.
+        "cost": meter.figures(n),
     }
 
 
@@ -211,6 +218,7 @@ async def drain(ctx: BenchContext) -> dict[str, Any]:
     n = ctx.args.timers_n
     result = await _scheduler_run(ctx, "td", n, lambda start: [start] * n)
     _log(f"drain: {result['fired_per_s']} timers/s, lag {result['lag_due_to_kafka']}")
+    _log(f"drain: {cost_line(result['cost'])}")
     return result
 
 
@@ -222,6 +230,7 @@ async def steady(ctx: BenchContext) -> dict[str, Any]:
     )
     result["rate_per_s"] = rate
     _log(f"steady: lag {result['lag_due_to_kafka']} at {rate}/s")
+    _log(f"steady: {cost_line(result['cost'])}")
     return result
 
 
@@ -263,6 +272,8 @@ async def pgqueuer_run(ctx: BenchContext) -> dict[str, Any]:
         async def handle(job: Any) -> None:
             done.append(time.time())
 
+        meter = CostMeter()
+        meter.add("pgqueuer worker (in-process)")
         started = time.time()
         await manager.run(
             batch_size=batch_size,
@@ -270,6 +281,7 @@ async def pgqueuer_run(ctx: BenchContext) -> dict[str, Any]:
             dequeue_timeout=timedelta(seconds=1),
         )
         finished = time.time()
+        await meter.stop()
     finally:
         await worker.close()
     left = await drop_run(ctx, schema, {"jobs_left": "SELECT count(*) FROM {schema}.pgqueuer"})
@@ -284,8 +296,10 @@ async def pgqueuer_run(ctx: BenchContext) -> dict[str, Any]:
         "seconds": round(span, 3) if span else None,
         "run_seconds": round(finished - started, 3),
         "lag_start_to_handled": summary([t - started for t in done]),
+        "cost": meter.figures(n),
     }
     _log(f"pgqueuer: {result['jobs_per_s']} jobs/s")
+    _log(f"pgqueuer: {cost_line(result['cost'])}")
     return result
 
 

@@ -306,6 +306,35 @@ class NotifierRepository:
         )
         return True
 
+    async def record_delivered(
+        self, delivered: list[tuple[ClaimedDelivery, int, float | None]]
+    ) -> set[int]:
+        """`record_attempt(status="delivered")` of many claimed deliveries (delivery, HTTP
+        status, latency) in one statement; returns the ids recorded (the others' claims
+        are no longer ours: nothing written for them)."""
+        if not delivered:
+            return set()
+        rows = await self.conn.fetch(
+            "WITH u AS (SELECT * FROM unnest($1::bigint[], $2::uuid[], $3::int[], $4::int[],"
+            " $5::float8[]) AS u(id, token, attempt, status_code, latency_ms)),"
+            " done AS (UPDATE webhook_deliveries d SET status = 'delivered',"
+            " attempts = u.attempt, last_status = u.status_code, last_error = NULL,"
+            " lease_until = NULL, claim_token = NULL, delivered_at = now(), settled_at = now()"
+            " FROM u WHERE d.id = u.id AND d.claim_token = u.token AND d.status = 'sending'"
+            " RETURNING d.id),"
+            " logged AS (INSERT INTO webhook_delivery_log (delivery_id, attempt, outcome,"
+            " status_code, error, latency_ms) SELECT u.id, u.attempt, 'delivered',"
+            " u.status_code, NULL, u.latency_ms FROM u JOIN done ON done.id = u.id"
+            " ORDER BY u.id)"
+            " SELECT id FROM done",
+            [d.id for d, _, _ in delivered],
+            [d.claim_token for d, _, _ in delivered],
+            [d.attempts + 1 for d, _, _ in delivered],
+            [code for _, code, _ in delivered],
+            [latency for _, _, latency in delivered],
+        )
+        return {row["id"] for row in rows}
+
     async def prune_personal_data(self, older_than: timedelta, limit: int) -> int:
         """Drop the bodies of up to `limit` pushes delivered or given up, and the commands
         (invoice snapshots) of up to `limit` message jobs done or given up, longer than

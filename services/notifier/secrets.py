@@ -18,6 +18,8 @@ from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
 #: The prefix of an encrypted stored secret.
 PREFIX = "fernet:"
+#: Most opened secrets a `SecretBox` keeps (one per merchant with deliveries going out).
+_OPENED_MAX = 4096
 
 GENERATE_HINT = (
     "make one with: python -c 'from cryptography.fernet import Fernet; "
@@ -52,6 +54,8 @@ class SecretBox:
                 ) from None
         self._primary = fernets[0]
         self._all = MultiFernet(fernets)
+        #: Stored form → secret, of what `open` read (the keys never change for a box).
+        self._opened: dict[str, str] = {}
 
     @classmethod
     def from_setting(cls, value: str | None) -> SecretBox:
@@ -67,10 +71,17 @@ class SecretBox:
         or `SecretUnreadable`."""
         if not stored.startswith(PREFIX):
             return stored
+        opened = self._opened.get(stored)
+        if opened is not None:  # a merchant's deliveries share one stored secret
+            return opened
         try:
-            return self._all.decrypt(stored.removeprefix(PREFIX).encode()).decode()
+            opened = self._all.decrypt(stored.removeprefix(PREFIX).encode()).decode()
         except (InvalidToken, UnicodeDecodeError):
             raise SecretUnreadable(SecretUnreadable.code) from None
+        if len(self._opened) >= _OPENED_MAX:
+            self._opened.clear()
+        self._opened[stored] = opened
+        return opened
 
     def reseal(self, stored: str) -> str | None:
         """The stored value again, encrypted with the first key, when it is not yet (plain

@@ -1,7 +1,8 @@
 """Webhook delivery: signed HTTP POSTs of pushes to the merchant's endpoint, per invoice in
 sequence order, retried through scheduler timers.
 
-Each delivery is its own unit: claim, commit, send, record.
+Each delivery is its own unit: claim, commit, send, record (claims and successful
+records are shared by many deliveries, each in one statement).
 
 - **Claim**: one short transaction marks due deliveries `sending` with a lease
   (`WEBHOOK_LEASE_S`) and a claim token, and commits; no row lock is held while sending.
@@ -18,9 +19,13 @@ Each delivery is its own unit: claim, commit, send, record.
   (`invalid_secret`) or that no key of `CM_SECRET_KEY` decrypts (`secret_unreadable`),
   and a target that is not a public https endpoint (`target_not_allowed`, netguard.py)
   fail only that delivery.
-- **Record**: each outcome in a transaction of its own, only while the claim token
-  still matches: the delivery log, and for a failure a `ScheduleTimer` whose
-  `RetryWebhookDelivery` makes it pending again after its backoff. After the last
+- **Record**: each outcome only while the claim token still matches: the delivery log,
+  and for a failure a `ScheduleTimer` whose `RetryWebhookDelivery` makes it pending again
+  after its backoff, in a transaction of its own. Successes are group-committed: the
+  deliveries that succeed while one recording transaction runs are recorded together in
+  the next (one statement), so a burst costs a commit per group, not per push; each
+  delivery's task waits for its own record, and the invoice's next push is claimable
+  only after it committed, as before. After the last
   retry the delivery is given up (`failed`, a `WebhookDeliveryFailed` log entry, a
   metric) and the invoice's next push may go.
 
@@ -36,6 +41,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import functools
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -133,8 +139,10 @@ def signing_key(secret: str) -> Webhook:
     return Webhook(key)
 
 
+@functools.lru_cache(maxsize=1024)
 def endpoint_url(url: str) -> httpx.URL:
-    """The stored URL, parsed: http(s) with a host, or `InvalidDelivery("invalid_url")`."""
+    """The stored URL, parsed: http(s) with a host, or `InvalidDelivery("invalid_url")`
+    (kept per URL: a merchant's deliveries share it; a bad one raises every time)."""
     try:
         parsed = httpx.URL(url)
         _ = parsed.port  # a port that is not a number fails here, not mid-request
@@ -145,6 +153,13 @@ def endpoint_url(url: str) -> httpx.URL:
     return parsed
 
 
+@functools.lru_cache(maxsize=1024)
+def _signer(secret: str) -> Webhook:
+    """`signing_key`, kept per secret: a merchant's deliveries share one signer (a secret
+    that does not parse raises every time: exceptions are not cached)."""
+    return signing_key(secret)
+
+
 def signed_headers(secret: str, message_id: str, body: bytes, now: datetime) -> dict[str, str]:
     """Standard Webhooks headers for one push, signed at `now` (the wall clock)."""
     moment = datetime.fromtimestamp(int(now.timestamp()), UTC)
@@ -152,9 +167,7 @@ def signed_headers(secret: str, message_id: str, body: bytes, now: datetime) -> 
         "content-type": "application/json",
         "webhook-id": header_value(message_id),
         "webhook-timestamp": str(int(moment.timestamp())),
-        "webhook-signature": header_value(
-            signing_key(secret).sign(message_id, moment, body.decode())
-        ),
+        "webhook-signature": header_value(_signer(secret).sign(message_id, moment, body.decode())),
     }
 
 
@@ -286,6 +299,9 @@ class WebhookDispatcher:
         self._in_flight = asyncio.Semaphore(self.limits.webhook_max_in_flight)
         self._merchants: dict[str, _Merchant] = {}
         self._tasks: dict[asyncio.Task[None], _Claimed] = {}
+        #: Delivered, waiting for `_record_delivered` (one transaction for all of them).
+        self._delivered: list[tuple[ClaimedDelivery, PostResult, asyncio.Future[bool]]] = []
+        self._recorder: asyncio.Task[None] | None = None
 
     @property
     def max_claimed(self) -> int:
@@ -375,6 +391,9 @@ class WebhookDispatcher:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self._recorder is not None:
+            self._recorder.cancel()
+            await asyncio.gather(self._recorder, return_exceptions=True)
         with contextlib.suppress(Exception):
             await self._release(unstarted)
 
@@ -389,15 +408,7 @@ class WebhookDispatcher:
             "status_code": result.status_code,
         }
         if result.ok:
-            async with self.runtime.unit_of_work() as work:
-                recorded = await NotifierRepository(work.conn).record_attempt(
-                    delivery,
-                    status="delivered",
-                    status_code=result.status_code,
-                    error=None,
-                    latency_ms=result.latency_ms,
-                    gave_up=False,
-                )
+            recorded = await self._delivered_recorded(delivery, result)
             ATTEMPTS.labels("delivered").inc()
             if not recorded:
                 log.warning("delivery sent after its claim lapsed", **context)
@@ -427,6 +438,34 @@ class WebhookDispatcher:
             log.warning("WebhookDeliveryFailed: giving up on a push", error=error, **context)
         else:
             log.info("webhook delivery failed; retry scheduled", error=error, **context)
+
+    async def _delivered_recorded(self, delivery: ClaimedDelivery, result: PostResult) -> bool:
+        """Record a delivered push with every other one delivered meanwhile (group commit):
+        whoever comes while no recording runs starts one, which takes all that waits;
+        what arrives while it runs goes in the next. True once committed; False when the
+        claim was no longer ours."""
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._delivered.append((delivery, result, future))
+        if self._recorder is None or self._recorder.done():
+            self._recorder = asyncio.create_task(self._record_delivered())
+        return await future
+
+    async def _record_delivered(self) -> None:
+        while self._delivered:
+            batch, self._delivered = self._delivered, []
+            try:
+                async with self.runtime.pool.acquire() as conn, conn.transaction():
+                    recorded = await NotifierRepository(conn).record_delivered(
+                        [(d, r.status_code or 0, r.latency_ms) for d, r, _ in batch]
+                    )
+            except Exception as error:  # each delivery's task logs it; their leases lapse
+                for _, _, future in batch:
+                    if not future.done():
+                        future.set_exception(error)
+                continue
+            for delivery, _, future in batch:
+                if not future.done():
+                    future.set_result(delivery.id in recorded)
 
 
 @contextlib.asynccontextmanager

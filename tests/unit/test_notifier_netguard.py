@@ -279,3 +279,30 @@ async def test_the_webhook_client_refuses_private_targets_and_plain_http() -> No
         ):
             with pytest.raises(TargetNotAllowed):
                 await client.post(url, content=b"{}")
+
+
+async def test_the_guarded_stream_answers_is_readable_as_httpcore_does() -> None:
+    """`_Stream` answers httpcore's idle-connection probe from its socket: not readable
+    while the peer is quiet, readable once it sent something or closed."""
+    from httpcore._utils import is_socket_readable  # noqa: PLC0415
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    backend = GuardedBackend(TargetPolicy(allow_private_networks=True))
+    stream = await backend.connect_tcp("127.0.0.1", port, timeout=2.0)
+    peer, _ = await asyncio.to_thread(listener.accept)
+    try:
+        raw = stream.get_extra_info("socket")
+        assert stream.get_extra_info("is_readable") is False
+        assert is_socket_readable(raw) is False
+        peer.sendall(b"x")
+        await asyncio.sleep(0.05)
+        assert stream.get_extra_info("is_readable") is True
+        assert is_socket_readable(raw) is True
+        assert stream.get_extra_info("server_addr")[1] == port
+    finally:
+        peer.close()
+        listener.close()
+        await stream.aclose()

@@ -109,3 +109,15 @@ def test_the_notifier_process_refuses_to_start_without_a_valid_key(
     assert "refusing to start" in done.stderr and expected in done.stderr
     if value is not None:
         assert value not in done.stderr.replace("CM_SECRET_KEY", "")
+
+
+def test_an_opened_secret_is_kept_and_an_unreadable_one_fails_every_time() -> None:
+    box = SecretBox([key()])
+    secret = new_secret()
+    stored = box.seal(secret)
+    assert box.open(stored) == secret
+    assert box.open(stored) == secret  # the second time from what the box kept
+    foreign = SecretBox([key()]).seal(secret)
+    for _ in range(2):
+        with pytest.raises(SecretUnreadable):
+            box.open(foreign)

@@ -17,26 +17,27 @@ from __future__ import annotations
 import argparse
 from collections import Counter
 
-#: Stage → frames (substrings of a collapsed frame) of which a sample must hold one.
-STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("consumer: parse (JSON + envelope validation)", ("BatchConsumer._parse ",)),
-    ("  json.loads", ("loads (json/__init__.py",)),
-    ("  envelope model_validate", ("BaseModel.model_validate (pydantic",)),
-    ("handler: create_invoice", ("create_invoice (services/invoice/handlers.py",)),
-    ("  domain (decide)", ("(services/invoice/domain/",)),
-    ("  debtor snapshot", ("Publisher._know ",)),
-    ("  invoice snapshot", ("invoice_snapshot (services/invoice/snapshot.py",)),
-    ("  timer message", ("Publisher._timer_message ",)),
-    ("  envelope → JSON (to_json)", ("Envelope.to_json ",)),
-    ("  new_envelope (events, answer, timer)", ("new_envelope (contracts/envelope.py",)),
-    ("  repository (save, log events)", ("InvoiceRepository.",)),
-    ("consumer: answer (accept, CommandAccepted JSON)", ("HandlerContext.accept ",)),
-    ("consumer: log context (structlog bind/unbind)", ("contextvars",)),
-    ("consumer: metrics (prometheus labels/inc)", ("prometheus_client",)),
-    ("batch hooks: begin", ("InvoiceBatchHooks.begin ",)),
-    ("batch hooks: finish (flush)", ("InvoiceBatchHooks.finish ",)),
-    ("consumer: inbox insert", ("BatchConsumer._transact (services/runtime/consumer.py:6",)),
-    ("consumer: results + enqueue (_write)", ("BatchConsumer._write ",)),
+#: Stage → frames (substrings of a collapsed frame) of which a sample must hold one, and
+#: the frame it must be inside of (None: anywhere in the consumer).
+STAGES: tuple[tuple[str, tuple[str, ...], str | None], ...] = (
+    ("consumer: parse (JSON + envelope validation)", ("BatchConsumer._parse ",), None),
+    ("  json.loads", ("loads (json/__init__.py",), "BatchConsumer._parse "),
+    ("  envelope validation", ("BaseModel.model_validate ",), "BatchConsumer._parse "),
+    ("  e-mail address check", ("_header_address",), "BatchConsumer._parse "),
+    ("handler: create_invoice", ("create_invoice (services/invoice/handlers.py",), None),
+    ("  domain (decide)", ("(services/invoice/domain/",), None),
+    ("  debtor upsert + snapshot", ("Publisher._know ", "upsert_debtor "), None),
+    ("  invoice snapshot", ("invoice_snapshot (services/invoice/snapshot.py",), None),
+    ("  InvoiceEvent.of (validated)", ("InvoiceEvent.of ",), None),
+    ("  timer message", ("Publisher._timer_message ",), None),
+    ("  envelope → JSON (to_json)", ("Envelope.to_json ",), None),
+    ("  new_envelope (events, answer, timer)", ("new_envelope (contracts/envelope.py",), None),
+    ("consumer: answer (accept, CommandAccepted JSON)", ("HandlerContext.accept ",), None),
+    ("consumer: log context (structlog bind/unbind)", ("contextvars",), None),
+    ("consumer: metrics (prometheus)", ("prometheus_client",), None),
+    ("batch hooks: begin (locks, reads)", ("InvoiceBatchHooks.begin ",), None),
+    ("batch hooks: finish (flush: rows as JSON)", ("InvoiceBatchHooks.finish ",), None),
+    ("consumer: results + enqueue (_write)", ("BatchConsumer._write ",), None),
 )
 
 
@@ -49,8 +50,9 @@ def summarize(path: str) -> tuple[Counter[str], Counter[str]]:
             n = int(count)
             if "BatchConsumer.handle_batch " in stack:
                 groups["consumer (handle_batch)"] += n
-                for stage, frames in STAGES:
-                    if any(frame in stack for frame in frames):
+                for stage, frames, inside in STAGES:
+                    scope = stack if inside is None else stack.partition(inside)[2]
+                    if any(frame in scope for frame in frames):
                         stages[stage] += n
             elif "OutboxRelay.relay_batch " in stack:
                 groups["relay (relay_batch)"] += n
@@ -70,7 +72,7 @@ def main() -> None:
     consumer = groups["consumer (handle_batch)"] or 1
     for group, n in groups.most_common():
         print(f"{n:7d} samples  {group}")
-    for stage, _ in STAGES:
+    for stage, _, _ in STAGES:
         share = stages[stage] / consumer
         figure = f"{share * args.us:7.1f} µs" if args.us else ""
         print(f"{share:6.1%} {figure}  {stage}")

@@ -26,6 +26,16 @@ STAGES: tuple[tuple[str, tuple[str, ...], str | None], ...] = (
     ("  e-mail address check", ("_header_address",), "BatchConsumer._parse "),
     ("handler: create_invoice", ("create_invoice (services/invoice/handlers.py",), None),
     ("  domain (decide)", ("(services/invoice/domain/",), None),
+    (
+        "  reads of the batch's rows (held since begin)",
+        (
+            "InvoiceRepository.get ",
+            "InvoiceRepository.take_parked ",
+            "InvoiceRepository.scheme ",
+            "InvoiceRepository.merchant_settings ",
+        ),
+        None,
+    ),
     ("  debtor upsert + snapshot", ("Publisher._know ", "upsert_debtor "), None),
     ("  invoice snapshot", ("invoice_snapshot (services/invoice/snapshot.py",), None),
     ("  InvoiceEvent.of (validated)", ("InvoiceEvent.of ",), None),

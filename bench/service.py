@@ -1,24 +1,29 @@
 """The bench service: the smallest useful service on the runtime.
 
-`bench.BenchRecord` (a command) → one `bench_state` row and one `bench.BenchRecorded`
-event. The type names carry a `bench.` prefix so they can never collide with a platform
-message type. The command carries the wall time it was produced at (`sent_at`) and the
-event echoes it, so the load generator can measure end-to-end latency per message.
+`bench.BenchRecord` (a command) → one `bench_state` row (all of a batch's in one
+statement) and one `bench.BenchRecorded` event. The type names carry a `bench.` prefix so
+they can never collide with a platform message type. The command carries the wall time it
+was produced at (`sent_at`) and the event echoes it, so the load generator can measure
+end-to-end latency per message.
 """
 
 from __future__ import annotations
 
 import time
+import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, ClassVar
 
 from pydantic import Field
 
 from bench.inprocess import Probe
-from contracts.envelope import Command, Event, Money, new_envelope, register
+from contracts.envelope import Command, Envelope, Event, Money, new_envelope, register
 from services.runtime.app import ServiceDefinition
 from services.runtime.consumer import ConsumerSpec, HandlerContext, HandlerSpec
+from services.runtime.db import Connection
 
 #: Base topic names (a per-run prefix goes in front).
 COMMAND_TOPIC = "bench.commands"
@@ -66,12 +71,33 @@ def command_body(seq: int, keys: int) -> tuple[str, bytes]:
     return account, envelope.to_json()
 
 
-STATE_INSERT = "INSERT INTO bench_state (account, seq, amount, message_id) VALUES ($1, $2, $3, $4)"
+#: The batch's state rows in one statement, as `bench.raw` writes them.
+STATE_INSERT = (
+    "INSERT INTO bench_state (account, seq, amount, message_id)"
+    " SELECT * FROM unnest($1::text[], $2::bigint[], $3::numeric[], $4::uuid[])"
+)
+
+#: A state row: account, seq, amount, message_id.
+StateRow = tuple[str, int, Decimal, uuid.UUID]
+
+
+class StateRows:
+    """The bench consumer's `BatchHooks`: handlers keep their state rows, `finish` writes
+    them in one statement, as a service on the runtime does for throughput (the invoice
+    service's services/invoice/batch.py) and as `bench.raw` does. A replayed message is a
+    batch of its own: one row, one statement."""
+
+    async def begin(self, conn: Connection, envelopes: Sequence[Envelope[Any]]) -> list[StateRow]:
+        return []
+
+    async def finish(self, conn: Connection, rows: list[StateRow]) -> None:
+        if rows:
+            await conn.execute(STATE_INSERT, *(list(column) for column in zip(*rows, strict=True)))
 
 
 async def record(ctx: HandlerContext, cmd: BenchRecord) -> None:
     Probe.mark()
-    await ctx.conn.execute(STATE_INSERT, cmd.account, cmd.seq, cmd.amount, ctx.envelope.message_id)
+    ctx.batch_state(list).append((cmd.account, cmd.seq, cmd.amount, ctx.envelope.message_id))
     ctx.emit(
         EVENT_TOPIC,
         cmd.account,
@@ -87,5 +113,9 @@ def definition(schema: str, *, answers: bool = False) -> ServiceDefinition:
         name="bench",
         schema=schema,
         migrations=MIGRATIONS,
-        consumers=[ConsumerSpec(name="commands", topic=COMMAND_TOPIC, handlers=handlers)],
+        consumers=[
+            ConsumerSpec(
+                name="commands", topic=COMMAND_TOPIC, handlers=handlers, batch_hooks=StateRows()
+            )
+        ],
     )

@@ -24,7 +24,12 @@ from pydantic import (
     model_validator,
 )
 
-from contracts.fields import BusinessDateTime, may_hold_unstorable, unstorable_strings
+from contracts.fields import (
+    BusinessDateTime,
+    construct_complete,
+    may_hold_unstorable,
+    unstorable_strings,
+)
 from contracts.limits import MAX_AMOUNT, MAX_TOTAL_DIGITS
 
 #: An amount the platform computes (snapshot totals, a case's amount): a JSON number or
@@ -268,12 +273,15 @@ def new_envelope(
     """Build an envelope for `payload`, chaining correlation from the causing message."""
     mid = message_id or uuid.uuid4()
     # Built from trusted values: skip re-validating the payload model.
-    return envelope_class(type(payload)).model_construct(  # type: ignore[return-value]
-        message_id=mid,
-        type=payload.TYPE,
-        website_key=website_key,
-        occurred_at=occurred_at,
-        correlation_id=caused_by.correlation if caused_by else mid,
-        causation_id=caused_by.message_id if caused_by else None,
-        payload=payload,
+    return construct_complete(  # type: ignore[return-value]
+        envelope_class(type(payload)),
+        {
+            "message_id": mid,
+            "type": payload.TYPE,
+            "website_key": website_key,
+            "occurred_at": occurred_at,
+            "correlation_id": caused_by.correlation if caused_by else mid,
+            "causation_id": caused_by.message_id if caused_by else None,
+            "payload": payload,
+        },
     )

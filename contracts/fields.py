@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from datetime import date, datetime
 from decimal import Decimal, localcontext
 from email.headerregistry import Address
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import Annotated, Any, TypeVar
 
 from pydantic import (
@@ -169,9 +169,25 @@ def may_hold_unstorable(raw: bytes | str) -> bool:
 # --- e-mail addresses ------------------------------------------------------------------------
 
 
-@lru_cache(maxsize=4096)
+#: An address the header parser certainly carries as written: a dot-atom of letters,
+#: digits and `_%+-` before the `@`, dot-separated labels of letters, digits and `-` after
+#: it (most real addresses). `_header_address` answers these without the parser (~70 µs
+#: each); tests/unit/test_fast_paths.py checks that the parser agrees.
+_PLAIN_ADDRESS = re.compile(
+    r"[A-Za-z0-9_%+\-]+(?:\.[A-Za-z0-9_%+\-]+)*@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*"
+)
+
+
 def _header_address(value: str) -> bool:
     """Whether a mail header can carry `value` as its address exactly as written."""
+    if _PLAIN_ADDRESS.fullmatch(value):
+        return True
+    return _header_address_parsed(value)
+
+
+@lru_cache(maxsize=4096)
+def _header_address_parsed(value: str) -> bool:
+    """`_header_address` by the standard library's header parser (the reference)."""
     local, _, domain = value.rpartition("@")
     # Non-ASCII letters are legal in an address (SMTPUTF8) but the header parser knows
     # only ASCII local parts: check the syntax with each of them standing in as `x`.
@@ -360,3 +376,41 @@ class KeyValueSnapshot(KeyValue):
     """A key/value pair as reported in an event (unknown fields ignored)."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+# --- building models from trusted values ------------------------------------------------
+
+_M = TypeVar("_M", bound=BaseModel)
+
+
+@cache
+def _plain_fields(cls: type[BaseModel]) -> frozenset[str] | None:
+    """The field names of a model whose `model_construct`, given every field, does nothing
+    but set them (no alias, no extra kept, no post-init, not a root model); else None."""
+    if (
+        cls.__pydantic_root_model__
+        or cls.__pydantic_post_init__
+        or cls.__private_attributes__
+        or cls.model_config.get("extra") == "allow"
+    ):
+        return None
+    fields = cls.__pydantic_fields__
+    if any(f.alias is not None or f.validation_alias is not None for f in fields.values()):
+        return None
+    return frozenset(fields)
+
+
+def construct_complete(cls: type[_M], values: dict[str, Any]) -> _M:
+    """`cls.model_construct(**values)` for values the service computed itself, without
+    pydantic's per-field walk when `values` names every field exactly (the hot path's
+    envelopes and snapshots); otherwise `model_construct` itself. The instance is the one
+    `model_construct` builds (tests/unit/test_fast_paths.py compares them)."""
+    names = _plain_fields(cls)
+    if names is None or values.keys() != names:
+        return cls.model_construct(**values)
+    model = cls.__new__(cls)
+    object.__setattr__(model, "__dict__", {name: values[name] for name in cls.__pydantic_fields__})
+    object.__setattr__(model, "__pydantic_fields_set__", set(names))
+    object.__setattr__(model, "__pydantic_extra__", None)
+    object.__setattr__(model, "__pydantic_private__", None)
+    return model

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from contracts.debtor import DebtorSnapshot
-from contracts.fields import KeyValueSnapshot, with_minor_unit
+from contracts.fields import KeyValueSnapshot, construct_complete, with_minor_unit
 from contracts.invoice import InvoiceLineSnapshot, InvoiceSnapshot
 from services.invoice.domain import Invoice
 
@@ -97,11 +97,11 @@ def invoice_snapshot(
         "currency": currency,
         "is_paid": invoice.is_paid,
         "custom_parameters": [
-            KeyValueSnapshot.model_construct(key=p["key"], value=p["value"])
+            construct_complete(KeyValueSnapshot, {"key": p["key"], "value": p["value"]})
             for p in invoice.custom_parameters
         ],
         "additional_parameters": [
-            KeyValueSnapshot.model_construct(key=p["key"], value=p["value"])
+            construct_complete(KeyValueSnapshot, {"key": p["key"], "value": p["value"]})
             for p in invoice.additional_parameters
         ],
         "subscription_key": invoice.subscription_key,
@@ -121,4 +121,4 @@ def invoice_snapshot(
     }
     for name, amount in amounts.items():
         values[name] = with_minor_unit(amount, currency)
-    return InvoiceSnapshot.model_construct(**values)
+    return construct_complete(InvoiceSnapshot, values)

@@ -24,6 +24,7 @@ import hashlib
 import re
 import time
 import uuid
+from collections import Counter as Tally
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -642,8 +643,8 @@ class BatchConsumer:
                 if earlier:
                     outbox.extend(await self._stored_answers(conn, earlier))
             await self._write(conn, outbox, results)
-        for label, kind in counts:
-            HANDLED.labels(self.service, self.spec.name, label, kind).inc()
+        for (label, kind), count in Tally(counts).items():  # one metric update per kind
+            HANDLED.labels(self.service, self.spec.name, label, kind).inc(count)
         return outcome
 
     async def _transact_careful(self, records: Sequence[RawRecord]) -> BatchOutcome:

@@ -153,7 +153,9 @@ class SubscriptionBatch:
     async def load(self, conn: Connection, keys: Iterable[Key]) -> None:
         """Read the subscriptions not read yet, rows locked FOR UPDATE in key order, with
         their plans: two queries for the lot."""
-        new = sorted(set(keys) - self.subs.keys())
+        # Not `set(keys) - self.subs.keys()`: that copies every key held, for each
+        # handler's read of its one key (quadratic in the batch).
+        new = sorted({key for key in keys if key not in self.subs})
         if not new:
             return
         self.subs.update(dict.fromkeys(new))

@@ -280,6 +280,10 @@ class InvoiceLineSnapshot(InvoiceLine):
 
 #: `admin_cost: "statutory"`: the Dutch statutory scale of collection costs.
 Statutory = Literal["statutory"]
+#: `admin_cost: "interest"`: the Dutch statutory interest accrued so far (art. 6:119 /
+#: 6:119a BW; docs/interest.md).
+Interest = Literal["interest"]
+INTEREST_COST: Interest = "interest"
 
 
 class SchemeStep(Part):
@@ -301,9 +305,10 @@ class SchemeStep(Part):
     template_key: Identifier | None = Field(
         default=None, description="The notifier template for the step's message."
     )
-    admin_cost: Money | Statutory | None = Field(
+    admin_cost: Money | Statutory | Interest | None = Field(
         default=None,
-        description="AdminCostIncrease: an amount, or `statutory` for the Dutch scale.",
+        description="AdminCostIncrease: an amount, `statutory` for the Dutch scale, or "
+        "`interest` for the Dutch statutory interest accrued so far (docs/interest.md).",
     )
     threshold_amount: Money | None = Field(
         default=None,
@@ -637,6 +642,9 @@ class InvoiceSnapshot(SnapshotPart):
         "open_amount_admin_costs",
         "open_amount_incl_admin_costs",
     )
+    #: The statutory interest's amounts (docs/interest.md), padded like the others; not
+    #: part of the push's amounts.
+    INTEREST_FIELDS: ClassVar[tuple[str, ...]] = ("interest_accrued", "interest_booked")
 
     invoice_key: str = Field(min_length=1, description="The platform's id of the invoice.")
     invoice_number: Identifier = Field(description="The merchant's invoice number.")
@@ -682,6 +690,23 @@ class InvoiceSnapshot(SnapshotPart):
     open_amount_admin_costs: MoneyTotal = Field(description="Open admin costs.")
     open_amount_incl_admin_costs: MoneyTotal = Field(description="Open principal plus costs.")
     is_paid: bool = Field(description="`open_amount_incl_admin_costs` ≤ 0.")
+    interest_accrued: MoneyTotal = Field(
+        default=Decimal(0),
+        description="Dutch statutory interest (art. 6:119 / 6:119a BW) accrued from the day "
+        "after the due date up to the event's day (in the merchant's time zone), rounded to "
+        "the currency's digits; 0 before it is overdue and for a Rejected or Cancelled "
+        "invoice (docs/interest.md).",
+    )
+    interest_booked: MoneyTotal = Field(
+        default=Decimal(0),
+        description="How much of `amount_admin_costs` the scheme's interest steps added.",
+    )
+    interest_claimed: bool = Field(
+        default=False,
+        description="The invoice's scheme version adds the statutory interest (an "
+        "AdminCostIncrease step with `admin_cost` `interest`): a collection case claims "
+        "`interest_accrued` less `interest_booked` on top of the open amount.",
+    )
     custom_parameters: list[KeyValueSnapshot] = Field(
         default_factory=list, description="The merchant's key/value pairs."
     )
@@ -695,8 +720,20 @@ class InvoiceSnapshot(SnapshotPart):
 
     @model_validator(mode="after")
     def _pad_amounts(self) -> InvoiceSnapshot:
-        pad_amounts(self, self.AMOUNT_FIELDS, self.currency)
+        pad_amounts(self, self.AMOUNT_FIELDS + self.INTEREST_FIELDS, self.currency)
         return self
+
+    @property
+    def interest_not_booked(self) -> Decimal:
+        """Statutory interest accrued that no interest step has added to the costs."""
+        return max(Decimal(0), self.interest_accrued - self.interest_booked)
+
+    @property
+    def collection_amount(self) -> Decimal:
+        """What a collection case claims (docs/collection.md "Automatic cases"): the open
+        amount with costs, plus the interest not booked yet when the scheme opted in."""
+        extra = self.interest_not_booked if self.interest_claimed else Decimal(0)
+        return self.open_amount_incl_admin_costs + extra
 
 
 class InvoiceEvent(Event):

@@ -533,7 +533,7 @@ async def _open_chargeback_case(ctx: HandlerContext, evt: InvoiceEvent) -> None:
 
 async def _open_automatic_case(ctx: HandlerContext, evt: InvoiceEvent) -> None:
     invoice = evt.invoice
-    amount = Decimal(str(invoice.open_amount_incl_admin_costs))
+    amount = Decimal(str(invoice.collection_amount))
     agency = _parameter(evt, "AgencyCode")
 
     async def choice() -> domain.Choice:
@@ -571,6 +571,9 @@ def _line_items(evt: InvoiceEvent, amount: Decimal) -> list[InvoiceLine]:
         costs = Decimal(str(invoice.open_amount_admin_costs))
         if costs > 0:
             lines.append(_one("Administration costs", costs))
+        interest = invoice.interest_not_booked if invoice.interest_claimed else Decimal(0)
+        if interest > 0:  # accrued since the last interest step (docs/interest.md)
+            lines.append(_one("Statutory interest (art. 6:119/6:119a BW)", interest))
         total = sum(
             (
                 (li.quantity * li.unit_price * (1 + li.vat_percentage / 100)).quantize(digits)

@@ -15,6 +15,7 @@ from contracts.envelope import FieldError
 from contracts.fields import with_minor_unit
 from contracts.invoice import (
     DEFAULT_SCHEME_KEY,
+    INTEREST_COST,
     NO_STEPS_SCHEME_KEY,
     InvoiceEventName,
     MessageOutcome,
@@ -24,6 +25,7 @@ from contracts.invoice import (
 from contracts.statutory import applies_to, statutory_costs
 from services.invoice.domain.amounts import add_admin_costs
 from services.invoice.domain.custom_events import fill_tags
+from services.invoice.domain.interest import accrue, book_interest
 from services.invoice.domain.merchant import local_day, local_midnight
 from services.invoice.domain.model import ZERO, Invoice, S, SchemeStepState
 from services.invoice.domain.outcome import (
@@ -132,6 +134,16 @@ def scheme_errors(scheme_key: str, steps: list[SchemeStep]) -> list[FieldError]:
                         "an AdminCostIncrease needs an amount or `statutory`",
                     )
                 )
+            elif step.admin_cost == INTEREST_COST:
+                if step.days < 1:
+                    errors.append(
+                        FieldError(
+                            f"{at}.days",
+                            "interest_before_due",
+                            "statutory interest runs from the day after the due date: an "
+                            "interest step is due at least 1 day after it",
+                        )
+                    )
             elif step.admin_cost != "statutory" and Decimal(step.admin_cost) <= ZERO:
                 errors.append(
                     FieldError(f"{at}.admin_cost", "not_positive", "admin costs must be positive")
@@ -263,6 +275,7 @@ def run_step(
         return Outcome(invoice=invoice, requests=list(requests))
     # CustomEvent
     _done(invoice, step, now)
+    accrue(invoice, now)  # `[InterestAccrued]` as of the step
     message = fill_tags(step.message or "", invoice)
     return Outcome(
         invoice=invoice,
@@ -294,6 +307,19 @@ def _letter_outcome_pending(invoice: Invoice, step: SchemeStepState) -> bool:
 
 
 def _admin_costs(invoice: Invoice, step: SchemeStepState, now: datetime, forced: bool) -> Outcome:
+    if step.admin_cost == INTEREST_COST:
+        # The statutory interest accrued so far, less what was added before (docs/interest.md).
+        parameters = book_interest(invoice, now)
+        _done(invoice, step, now)
+        return Outcome(
+            invoice=invoice,
+            events=[
+                EventOut(
+                    InvoiceEventName.INCREASED_ADMIN_FEE,
+                    {"StepIndex": str(step.index), **parameters},
+                )
+            ],
+        )
     if step.admin_cost == "statutory" and not applies_to(invoice.currency):
         # The scale is in euros: nothing is charged, and the event says why.
         _done(invoice, step, now)

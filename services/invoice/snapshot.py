@@ -59,6 +59,9 @@ def invoice_snapshot_validated(
         open_amount_admin_costs=invoice.open_amount_admin_costs,
         open_amount_incl_admin_costs=invoice.open_amount_incl_admin_costs,
         is_paid=invoice.is_paid,
+        interest_accrued=invoice.interest_accrued,
+        interest_booked=invoice.interest_booked,
+        interest_claimed=invoice.interest_claimed,
         custom_parameters=[KeyValueSnapshot(**p) for p in invoice.custom_parameters],
         additional_parameters=[KeyValueSnapshot(**p) for p in invoice.additional_parameters],
         subscription_key=invoice.subscription_key,
@@ -96,6 +99,7 @@ def invoice_snapshot(
         "next_step_due_at": invoice.timer_due_at,
         "currency": currency,
         "is_paid": invoice.is_paid,
+        "interest_claimed": invoice.interest_claimed,
         "custom_parameters": [
             construct_complete(KeyValueSnapshot, {"key": p["key"], "value": p["value"]})
             for p in invoice.custom_parameters
@@ -118,6 +122,8 @@ def invoice_snapshot(
         "open_amount": invoice.open_amount,
         "open_amount_admin_costs": invoice.open_amount_admin_costs,
         "open_amount_incl_admin_costs": invoice.open_amount_incl_admin_costs,
+        "interest_accrued": invoice.interest_accrued,
+        "interest_booked": invoice.interest_booked,
     }
     for name, amount in amounts.items():
         values[name] = with_minor_unit(amount, currency)

@@ -145,6 +145,15 @@ TAGS: dict[str, Callable[[MessageContext], str]] = {
         c.invoice.open_amount_incl_admin_costs + _statutory(c), c.invoice.currency, c.culture
     ),
     "StatutoryTermDays": lambda c: str(STATUTORY_TERM_DAYS),
+    # Statutory interest (docs/interest.md): accrued up to the message's step, and the
+    # open amount with what of it no interest step has added to the costs yet.
+    "InterestAccrued": _amount("interest_accrued"),
+    "OpenAmountInclInterest": lambda c: money(
+        c.invoice.open_amount_incl_admin_costs
+        + max(Decimal(0), c.invoice.interest_accrued - c.invoice.interest_booked),
+        c.invoice.currency,
+        c.culture,
+    ),
     "PayLink": lambda c: c.invoice.pay_link or "",
     "InvoiceLinesRegularWithCurrencySymbol": _lines,
     "CustomerReference": _custom("CustomerReference"),

@@ -214,7 +214,9 @@ def create_credit_note(invoice: Invoice, msg: Envelope[CreateCreditNote]) -> Res
 
 
 def create_custom_event(invoice: Invoice, msg: Envelope[CreateCustomEvent]) -> Result:
-    return _one(invoice, custom_events.custom_event(invoice, msg.payload.message), msg)
+    return _one(
+        invoice, custom_events.custom_event(invoice, msg.payload.message, msg.occurred_at), msg
+    )
 
 
 def change_status(invoice: Invoice, msg: Envelope[InvoiceStateCommand]) -> Result:

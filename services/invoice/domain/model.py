@@ -13,7 +13,13 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from contracts.invoice import DEFAULT_TIME_ZONE, InvoiceStatus, InvoiceType, StepAction
+from contracts.invoice import (
+    DEFAULT_TIME_ZONE,
+    INTEREST_COST,
+    InvoiceStatus,
+    InvoiceType,
+    StepAction,
+)
 from contracts.payments import TransactionStatus
 from services.invoice.domain.merchant import local_midnight
 
@@ -58,13 +64,27 @@ class SchemeStepState(BaseModel):
     index: int
     action: StepAction
     days: int
-    admin_cost: str | None = None  # an amount as text, or "statutory"
+    admin_cost: str | None = None  # an amount as text, "statutory" or "interest"
     channels: list[str] = Field(default_factory=list)
     template_key: str | None = None
     threshold_amount: str | None = None
     agency_code: str | None = None
     message: str | None = None
     states_costs: bool = False
+
+
+class MoneyDay(BaseModel):
+    """What changed in an invoice's money on one (merchant-local) day: the principal
+    (debit less credit notes), costs other than booked interest, payments, refunds
+    (services/invoice/domain/interest.py; the statutory interest is computed from it)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    day: date
+    principal: Decimal = Decimal(0)
+    costs: Decimal = Decimal(0)
+    paid: Decimal = Decimal(0)
+    refunded: Decimal = Decimal(0)
 
 
 class RecollectionState(BaseModel):
@@ -120,6 +140,14 @@ class Invoice(BaseModel):
     amount_credit: Decimal = ZERO
     amount_admin_costs_paid: Decimal = ZERO
     transactions: dict[str, Booking] = Field(default_factory=dict)
+    #: The invoice's money over time, one entry per day it changed, and the statutory
+    #: interest: what had accrued on the day of the last change (rounded to the
+    #: currency's digits) and how much of `amount_admin_costs` interest steps added
+    #: (services/invoice/domain/interest.py; docs/interest.md). An invoice stored before
+    #: the history existed writes all its money down on the day of its next change.
+    money_history: list[MoneyDay] = Field(default_factory=list)
+    interest_accrued: Decimal = ZERO
+    interest_booked: Decimal = ZERO
 
     previous_step_index: int | None = None
     previous_step_date_time: datetime | None = None
@@ -207,6 +235,11 @@ class Invoice(BaseModel):
             ),
             ZERO,
         )
+
+    @property
+    def interest_claimed(self) -> bool:
+        """Its scheme version adds the statutory interest (an `interest` cost step)."""
+        return any(step.admin_cost == INTEREST_COST for step in self.scheme_steps)
 
     @property
     def creditable(self) -> Decimal:

@@ -1,10 +1,12 @@
 """Everything a message means for the invoices it touches (pure).
 
-`Result.add` finishes a rule's `Outcome`: the held time is counted up to now, the
-step timer planned (`schedule.plan_timer`) and the events numbered with the invoice's
-next sequence, in that order, so the snapshot the handler attaches to every event shows
-the invoice exactly as it is saved. Handlers save each change's invoice, emit its
-events, requests and timer, and answer with the result's errors or keys.
+`Result.add` finishes a rule's `Outcome`: the money that changed is written down with
+its day and the statutory interest accrued so far computed (`interest.accrue`), the
+held time is counted up to now, the step timer planned (`schedule.plan_timer`) and the
+events numbered with the invoice's next sequence, in that order, so the snapshot the
+handler attaches to every event shows the invoice exactly as it is saved. Handlers save
+each change's invoice, emit its events, requests and timer, and answer with the result's
+errors or keys.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from datetime import datetime
 from contracts.debtor import Debtor
 from contracts.envelope import FieldError
 from services.invoice.domain.amounts import Transaction
+from services.invoice.domain.interest import accrue
 from services.invoice.domain.model import Invoice
 from services.invoice.domain.outcome import EventOut, Outcome, Request
 from services.invoice.domain.plans import PaymentPlan
@@ -65,6 +68,7 @@ class Result:
         invoice = outcome.invoice
         if invoice is None:
             return None
+        accrue(invoice, now)
         timer = plan_timer(invoice, now)
         numbered = []
         for event in outcome.events:

@@ -1,0 +1,141 @@
+"""Statutory interest on an invoice (pure; docs/interest.md).
+
+The invoice keeps its money over time: after every change (`Result.add`) the totals
+that changed since the last change are written down with the merchant's local day
+(`record_money`). From that history, the debtor kind (a person owes the wettelijke
+rente, 6:119 BW, a company the handelsrente, 6:119a BW) and the due date,
+`contracts.interest.statutory_interest` computes the interest; the invoice keeps what
+had accrued on the day of its last change (`interest_accrued`, in its snapshot).
+
+A scheme opts in with an AdminCostIncrease step whose `admin_cost` is `interest`: it
+adds the interest accrued so far, less what earlier interest steps added, as admin
+costs (`interest_booked` keeps how much of the admin costs is interest).
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from decimal import Decimal
+
+from contracts.fields import minor_unit
+from contracts.interest import (
+    InterestKind,
+    InterestResult,
+    Movement,
+    MovementKind,
+    money,
+    rates,
+    statutory_interest,
+)
+from services.invoice.domain.merchant import local_day
+from services.invoice.domain.model import ZERO, Invoice, MoneyDay, S
+
+#: The `Reason` of the IncreasedAdminFee such a step emits.
+INTEREST_REASON = "statutory_interest"
+#: Invoices that accrue no interest: never active (90), or no longer applying (91).
+NO_INTEREST = frozenset({S.REJECTED, S.CANCELLED})
+
+
+def _totals(invoice: Invoice) -> tuple[Decimal, Decimal, Decimal, Decimal]:
+    """What the history records: the principal (debit less credit notes), costs other
+    than booked interest, payments, refunds."""
+    return (
+        invoice.amount_debit - invoice.amount_credit_notes,
+        invoice.amount_admin_costs - invoice.interest_booked,
+        invoice.amount_paid,
+        invoice.amount_credit,
+    )
+
+
+def record_money(invoice: Invoice, day: date) -> None:
+    """Write down what changed in the invoice's money since its last change, on `day`
+    (one entry per day: a second change on the same day adds to it)."""
+    recorded = [ZERO, ZERO, ZERO, ZERO]
+    for entry in invoice.money_history:
+        recorded[0] += entry.principal
+        recorded[1] += entry.costs
+        recorded[2] += entry.paid
+        recorded[3] += entry.refunded
+    deltas = [now - before for now, before in zip(_totals(invoice), recorded, strict=True)]
+    if not any(deltas):
+        return
+    history = list(invoice.money_history)
+    if history and history[-1].day == day:
+        last = history[-1]
+        history[-1] = MoneyDay(
+            day=day,
+            principal=last.principal + deltas[0],
+            costs=last.costs + deltas[1],
+            paid=last.paid + deltas[2],
+            refunded=last.refunded + deltas[3],
+        )
+    else:
+        history.append(
+            MoneyDay(
+                day=day, principal=deltas[0], costs=deltas[1], paid=deltas[2], refunded=deltas[3]
+            )
+        )
+    invoice.money_history = history
+
+
+def movements(invoice: Invoice) -> list[Movement]:
+    """The history as the interest function reads it; within a day: the principal and
+    costs first, then payments, then refunds."""
+    out = []
+    for entry in invoice.money_history:
+        for kind, amount in (
+            (MovementKind.PRINCIPAL, entry.principal),
+            (MovementKind.COSTS, entry.costs),
+            (MovementKind.PAYMENT, entry.paid),
+            (MovementKind.REFUND, entry.refunded),
+        ):
+            if amount:
+                out.append(Movement(entry.day, kind, amount))
+    return out
+
+
+def interest_on(invoice: Invoice, day: date) -> InterestResult | None:
+    """The invoice's statutory interest up to and including `day`, None when it accrues
+    none: Rejected or Cancelled, not overdue on `day`, or due before the rate table
+    starts (docs/interest.md)."""
+    if invoice.status in NO_INTEREST or day <= invoice.due_date:
+        return None
+    kind = InterestKind.of_debtor(invoice.debtor_is_person)
+    table = rates()
+    if invoice.due_date < table.starts(kind):
+        return None
+    return statutory_interest(movements(invoice), kind, invoice.due_date, day, table)
+
+
+def accrue(invoice: Invoice, now: datetime) -> None:
+    """After a change: the money history written down on the merchant's day of `now`,
+    and the interest accrued up to that day (rounded to the currency's digits)."""
+    day = local_day(now, invoice.time_zone)
+    record_money(invoice, day)
+    result = interest_on(invoice, day)
+    accrued = ZERO if result is None else money(result.total, minor_unit(invoice.currency))
+    invoice.interest_accrued = accrued
+
+
+def book_interest(invoice: Invoice, now: datetime) -> dict[str, str]:
+    """An interest step: add the interest accrued up to the merchant's day of `now`,
+    rounded, less what interest steps added before (never below zero), to the admin
+    costs. Returns the IncreasedAdminFee's parameters: `Amount` (what was added),
+    `Reason` `statutory_interest`, `InterestAccrued` (all interest so far), `InterestUntil`
+    (the last day counted) and `InterestKind` (`consumer` 6:119, `commercial` 6:119a)."""
+    day = local_day(now, invoice.time_zone)
+    record_money(invoice, day)
+    result = interest_on(invoice, day)
+    digits = minor_unit(invoice.currency)
+    accrued = ZERO if result is None else money(result.total, digits)
+    amount = money(max(ZERO, accrued - invoice.interest_booked), digits)
+    invoice.amount_admin_costs += amount
+    invoice.interest_booked += amount
+    invoice.interest_accrued = accrued
+    return {
+        "Amount": str(amount),
+        "Reason": INTEREST_REASON,
+        "InterestAccrued": str(accrued),
+        "InterestUntil": day.isoformat(),
+        "InterestKind": InterestKind.of_debtor(invoice.debtor_is_person).value,
+    }

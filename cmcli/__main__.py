@@ -3,6 +3,9 @@
     cm publish FILE.json [--topic T] [--key K]     (FILE may be `-` for stdin)
     cm tail TOPIC [--from-beginning] [--follow] [--type X] [--website-key W]
     cm topics
+    cm interest-rates [FILE]                       (the rate table, FILE's version over it)
+    cm interest --kind consumer|commercial --amount A --due YYYY-MM-DD --as-of YYYY-MM-DD
+               [--paid YYYY-MM-DD:AMOUNT ...]      (statutory interest, per period)
 
 Bootstrap servers: $KAFKA_BOOTSTRAP_SERVERS, else the address the running
 `python -m devstack run|up` recorded in .devstack/, else 127.0.0.1:9092.
@@ -20,13 +23,15 @@ import os
 import re
 import sys
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from contracts import catalog
+from contracts import interest as statutory
 from contracts.envelope import ParseError, parse_envelope
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
@@ -256,6 +261,61 @@ async def topics() -> int:
     return 0
 
 
+def interest_rates(file: str | None) -> int:
+    """Print the rate table the services would load (docs/interest.md): the shipped one
+    with FILE (else $CM_INTEREST_RATES) over it; refused when it does not load."""
+    extra = file or os.environ.get(statutory.RATES_ENV)
+    try:
+        table = statutory.load_rates(Path(extra) if extra else None)
+    except (ValueError, KeyError, OSError) as err:
+        raise CliError(f"the rate table does not load: {err}") from err
+    print(f"version {table.version}")
+    for kind in statutory.InterestKind:
+        for period in table.of(kind):
+            mark = "  (verify)" if period.verify else ""
+            print(f"{kind.value}\t{period.start}\t{period.percent}%\t{period.source}{mark}")
+        until = table.published_until(kind)
+        print(f"{kind.value}\tfrom {until}: the last rate carried on, provisional")
+    return 0
+
+
+def interest(kind: str, amount: str, due: str, as_of: str, paid: list[str]) -> int:
+    """Print the statutory interest on `amount` due `due`, as of `as_of`, per period."""
+    try:
+        due_day = date.fromisoformat(due)
+        moves = [statutory.Movement(due_day, statutory.MovementKind.PRINCIPAL, Decimal(amount))]
+        for item in paid:
+            day, _, value = item.partition(":")
+            moves.append(
+                statutory.Movement(
+                    date.fromisoformat(day), statutory.MovementKind.PAYMENT, Decimal(value)
+                )
+            )
+        result = statutory.statutory_interest(
+            moves,
+            statutory.InterestKind(kind),
+            due_day,
+            date.fromisoformat(as_of),
+            statutory.rates(),
+        )
+    except (ValueError, InvalidOperation) as err:
+        raise CliError(str(err)) from err
+    money = statutory.money
+    print("from\tto\trate\tdays\tyear\tbase\tinterest")
+    for p in result.periods:
+        flag = "\tprovisional" if p.provisional else ""
+        print(
+            f"{p.start}\t{p.end}\t{p.percent}%\t{p.days}\t{p.year_days}\t"
+            f"{money(p.base)}\t{money(p.interest)}{flag}"
+        )
+    print(
+        f"total {money(result.total)}; capitalised {money(result.capitalised)}; "
+        f"paid {money(result.paid)}; open {money(result.open)}; "
+        f"principal {money(result.principal)}"
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="cm", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -272,8 +332,20 @@ def main(argv: list[str] | None = None) -> int:
     p_tail.add_argument("--type", dest="type_filter", help="only messages of this type")
     p_tail.add_argument("--website-key", help="only messages of this merchant")
     sub.add_parser("topics", help="list topics and their partition counts")
+    p_rates = sub.add_parser("interest-rates", help="print the statutory interest rate table")
+    p_rates.add_argument("file", nargs="?", help="a later table version (JSON) to check")
+    p_int = sub.add_parser("interest", help="compute statutory interest, per period")
+    p_int.add_argument("--kind", required=True, choices=["consumer", "commercial"])
+    p_int.add_argument("--amount", required=True)
+    p_int.add_argument("--due", required=True, help="the due date, YYYY-MM-DD")
+    p_int.add_argument("--as-of", required=True, help="the last day counted, YYYY-MM-DD")
+    p_int.add_argument("--paid", action="append", default=[], help="YYYY-MM-DD:AMOUNT")
     args = parser.parse_args(argv)
     try:
+        if args.command == "interest-rates":
+            return interest_rates(args.file)
+        if args.command == "interest":
+            return interest(args.kind, args.amount, args.due, args.as_of, args.paid)
         if args.command == "publish":
             return asyncio.run(publish(args.file, args.topic, args.key))
         if args.command == "tail":

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from contracts import topics
 from contracts.catalog import types_for_topic
+from contracts.interest import rates
 from services.invoice import handlers
 from services.invoice.batch import InvoiceBatchHooks
 from services.invoice.domain import commands
@@ -26,6 +27,10 @@ STATUS_COMMANDS = tuple(
 
 
 def definition() -> ServiceDefinition:
+    # The statutory interest rates (the shipped table, and the operator's later version
+    # CM_INTEREST_RATES names): a table that does not load stops the service here, not
+    # every overdue invoice later (docs/interest.md).
+    rates()
     from_merchants: dict[str, HandlerSpec] = {
         "CreateInvoice": HandlerSpec(handlers.create_invoice),
         "CreateCombinedInvoice": HandlerSpec(handlers.create_invoice),

@@ -363,3 +363,39 @@ def test_splitting_a_period_at_any_day_gives_the_same_total_to_the_cent(
     assert money(split.total) == money(whole.total)
     if due < split_day <= as_of:
         assert any(p.start == split_day for p in split.periods)
+
+
+# --- the operator's commands (cm interest-rates, cm interest) ----------------------------
+
+
+def test_cm_interest_prints_the_worked_example_per_period(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from cmcli.__main__ import main  # noqa: PLC0415
+
+    argv = ["interest", "--kind", "consumer", "--amount", "1000.00"]
+    assert main([*argv, "--due", "2022-06-30", "--as-of", "2024-03-31"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[1:5] == [
+        "2022-07-01\t2022-12-31\t2%\t184\t365\t1000.00\t10.08",
+        "2023-01-01\t2023-06-30\t4%\t181\t365\t1000.00\t19.84",
+        "2023-07-01\t2023-12-31\t6%\t184\t366\t1029.92\t31.07",
+        "2024-01-01\t2024-03-31\t7%\t91\t366\t1029.92\t17.93",
+    ]
+    assert out[5].startswith("total 78.91; capitalised 29.92;")
+
+
+def test_cm_interest_rates_checks_an_operator_version(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cmcli.__main__ import main  # noqa: PLC0415
+
+    good = tmp_path / "good.json"
+    row = {"kind": "consumer", "from": "2031-01-01", "percent": "5", "source": "Stb. 2030, 1"}
+    good.write_text(json.dumps(_document([row])), encoding="utf-8")
+    assert main(["interest-rates", str(good)]) == 0
+    assert "consumer\t2031-01-01\t5%\tStb. 2030, 1" in capsys.readouterr().out
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(_document([{**row, "source": ""}])), encoding="utf-8")
+    assert main(["interest-rates", str(bad)]) == 2
+    assert "every rate names its source" in capsys.readouterr().err

@@ -32,6 +32,7 @@ from services.invoice import domain, dunning
 from services.invoice.domain import commands
 from services.invoice.domain.interest import movements
 from services.invoice.snapshot import invoice_snapshot, invoice_snapshot_validated
+from services.notifier.templates import MessageContext, fill, template_errors
 from tests.support.invoice_domain import invoice_snapshot as snapshot_json
 
 D = Decimal
@@ -310,3 +311,21 @@ def test_a_case_of_an_opting_in_invoice_claims_the_interest_not_booked_yet() -> 
     ]
     unclaimed = claimed.model_copy(update={"interest_claimed": False})
     assert unclaimed.collection_amount == D("1041.64")
+
+
+def test_the_notifiers_interest_tags() -> None:
+    values = snapshot_json(
+        amount="1000.00",
+        amount_admin_costs="1.64",
+        open_amount_admin_costs="1.64",
+        open_amount_incl_admin_costs="1001.64",
+        interest_accrued="12.50",
+        interest_booked="1.64",
+    )
+    context = MessageContext(
+        InvoiceSnapshot.model_validate(values), "nl-NL", utc(2024, 3, 31), "Shop"
+    )
+    text = "Rente [InterestAccrued], totaal [OpenAmountInclInterest]"
+    assert template_errors("payload.body", text) == []
+    # 1,001.64 + (12.50 - 1.64) = 1,012.50
+    assert fill(text, context) == "Rente € 12,50, totaal € 1.012,50"

@@ -329,3 +329,14 @@ def test_the_notifiers_interest_tags() -> None:
     assert template_errors("payload.body", text) == []
     # 1,001.64 + (12.50 - 1.64) = 1,012.50
     assert fill(text, context) == "Rente € 12,50, totaal € 1.012,50"
+
+
+def test_the_interest_day_is_the_merchants() -> None:
+    """Kiritimati (UTC+14) is already on the day after the due date at noon UTC of it."""
+    invoice = create(PERSON, "1000.00", date(2024, 1, 15), Scheme([])).changed()
+    invoice.time_zone = "Pacific/Kiritimati"
+    for now, days in ((utc(2024, 1, 14, 12), 0), (utc(2024, 1, 15, 12), 1)):
+        result = domain.Result()
+        result.add(domain.Outcome(invoice=invoice.changed()), now)
+        # one day at 7% on 1,000.00 in a 366-day year = 0.1913 → 0.19
+        assert result.changes[0].invoice.interest_accrued == (D("0.19") if days else 0)

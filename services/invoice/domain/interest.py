@@ -47,18 +47,40 @@ def _totals(invoice: Invoice) -> tuple[Decimal, Decimal, Decimal, Decimal]:
     )
 
 
+def _unrecorded(invoice: Invoice) -> tuple[Decimal, Decimal, Decimal, Decimal] | None:
+    """What changed in the money since the history's last entry, None when nothing did
+    (the hot path: most changes move no money)."""
+    principal = costs = paid = refunded = ZERO
+    for entry in invoice.money_history:
+        principal += entry.principal
+        costs += entry.costs
+        paid += entry.paid
+        refunded += entry.refunded
+    now_principal, now_costs, now_paid, now_refunded = _totals(invoice)
+    if (
+        now_principal == principal
+        and now_costs == costs
+        and now_paid == paid
+        and now_refunded == refunded
+    ):
+        return None
+    return (
+        now_principal - principal,
+        now_costs - costs,
+        now_paid - paid,
+        now_refunded - refunded,
+    )
+
+
 def record_money(invoice: Invoice, day: date) -> None:
     """Write down what changed in the invoice's money since its last change, on `day`
     (one entry per day: a second change on the same day adds to it)."""
-    recorded = [ZERO, ZERO, ZERO, ZERO]
-    for entry in invoice.money_history:
-        recorded[0] += entry.principal
-        recorded[1] += entry.costs
-        recorded[2] += entry.paid
-        recorded[3] += entry.refunded
-    deltas = [now - before for now, before in zip(_totals(invoice), recorded, strict=True)]
-    if not any(deltas):
-        return
+    deltas = _unrecorded(invoice)
+    if deltas is not None:
+        _record(invoice, day, deltas)
+
+
+def _record(invoice: Invoice, day: date, deltas: tuple[Decimal, Decimal, Decimal, Decimal]) -> None:
     history = list(invoice.money_history)
     if history and history[-1].day == day:
         last = history[-1]
@@ -110,8 +132,15 @@ def interest_on(invoice: Invoice, day: date) -> InterestResult | None:
 def accrue(invoice: Invoice, now: datetime) -> None:
     """After a change: the money history written down on the merchant's day of `now`,
     and the interest accrued up to that day (rounded to the currency's digits)."""
+    deltas = _unrecorded(invoice)
+    if deltas is None and now.date() < invoice.due_date:
+        # Nothing to write down, and not overdue in any time zone: no zone's day is more
+        # than one day after UTC's, so the merchant's day is at most the due date.
+        invoice.interest_accrued = ZERO
+        return
     day = local_day(now, invoice.time_zone)
-    record_money(invoice, day)
+    if deltas is not None:
+        _record(invoice, day, deltas)
     result = interest_on(invoice, day)
     accrued = ZERO if result is None else money(result.total, minor_unit(invoice.currency))
     invoice.interest_accrued = accrued

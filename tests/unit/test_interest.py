@@ -66,7 +66,7 @@ def test_the_shipped_table_has_every_half_year_from_2012_for_both_kinds_with_a_s
 
 def test_published_rates_the_examples_use() -> None:
     consumer = {p.start: p.percent for p in TABLE.of(CONSUMER)}
-    assert consumer[date(2015, 1, 1)] == 3
+    assert consumer[date(2015, 1, 1)] == 2  # Stb. 2014, 491
     assert consumer[date(2015, 7, 1)] == 2
     assert consumer[date(2022, 7, 1)] == 2
     assert consumer[date(2023, 1, 1)] == 4

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -15,10 +16,12 @@ from aiokafka.structs import OffsetAndMetadata
 from prometheus_client import REGISTRY
 
 from contracts import topics
-from services.runtime.app import Service, build_service
+from contracts.topics import TopicNames
+from services.runtime.app import Runtime, Service, build_service
 from services.runtime.db import create_pool, migrate
 from services.runtime.metrics import ConsumerGroup, MetricsSampler
 from services.runtime.outbox import OutboxMessage, enqueue
+from services.scheduler import app as scheduler_app
 from tests.support import ledger
 from tests.support.kafka import envelope, poll_until
 from tests.support.services import make_settings
@@ -184,3 +187,35 @@ async def test_a_running_service_samples_its_groups_and_counts_dead_letters_by_c
         return all(value == 0 for value in lags)
 
     await poll_until(caught_up, what="the service's own group sampled with no lag")
+
+
+async def test_timers_due_but_not_fired_are_sampled_by_the_schedulers_clock(
+    database_url: str, kafka_bootstrap: str
+) -> None:
+    schema = f"sched_{uuid.uuid4().hex[:8]}"
+    definition = scheduler_app.definition(schema)
+    pool = await create_pool(database_url, schema)
+    try:
+        await migrate(pool, schema, definition.migrations)
+        settings = make_settings(kafka_bootstrap, database_url, "", cm_clock="manual")
+        runtime = Runtime(settings, "scheduler", schema, TopicNames(""), pool, None)
+        await pool.execute("UPDATE clock SET now = '2030-01-01T12:00:00+00:00'")
+        await pool.executemany(
+            "INSERT INTO timers (website_key, timer_id, due_at, topic, key, message)"
+            " VALUES ('shop-1', $1, $2, 't', 'k', '{}'::jsonb)",
+            [
+                ("late", datetime(2030, 1, 1, 11, 58, tzinfo=UTC)),
+                ("now", datetime(2030, 1, 1, 12, 0, tzinfo=UTC)),
+                ("later", datetime(2030, 1, 1, 13, 0, tzinfo=UTC)),
+            ],
+        )
+        await scheduler_app.sample_due(runtime)
+        assert REGISTRY.get_sample_value("cm_scheduler_timers_due") == 2
+        assert REGISTRY.get_sample_value("cm_scheduler_oldest_due_age_seconds") == 120
+
+        await pool.execute("DELETE FROM timers WHERE due_at <= '2030-01-01T12:00:00+00:00'")
+        await scheduler_app.sample_due(runtime)
+        assert REGISTRY.get_sample_value("cm_scheduler_timers_due") == 0
+        assert REGISTRY.get_sample_value("cm_scheduler_oldest_due_age_seconds") == 0
+    finally:
+        await pool.close()

@@ -98,13 +98,6 @@ class ServiceDefinition:
         return self.schema or self.name
 
 
-def topic_configs(settings: Settings) -> dict[str, str]:
-    """The settings of a platform topic the service creates beyond its partitions."""
-    if settings.kafka_min_insync_replicas is None:
-        return {}
-    return {"min.insync.replicas": str(settings.kafka_min_insync_replicas)}
-
-
 async def ensure_topics(settings: Settings, topics: TopicNames) -> None:
     """Create every platform topic with the configured partitions, if missing."""
     admin = AIOKafkaAdminClient(
@@ -122,7 +115,7 @@ async def ensure_topics(settings: Settings, topics: TopicNames) -> None:
                             name,
                             num_partitions=settings.kafka_topic_partitions,
                             replication_factor=settings.kafka_replication_factor,
-                            topic_configs=topic_configs(settings),
+                            topic_configs=settings.topic_configs(),
                         )
                         for name in missing
                     ]

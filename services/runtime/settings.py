@@ -126,6 +126,12 @@ class Settings(BaseSettings):
     )
     notifier_prune_interval_s: float = 3600.0
 
+    def topic_configs(self) -> dict[str, str]:
+        """The settings of a topic the platform creates, beyond partitions and replicas."""
+        if self.kafka_min_insync_replicas is None:
+            return {}
+        return {"min.insync.replicas": str(self.kafka_min_insync_replicas)}
+
     def port_for(self, service: str) -> int:
         return (
             self.http_port if self.http_port is not None else DEFAULT_HTTP_PORTS.get(service, 8080)

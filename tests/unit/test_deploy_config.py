@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from contracts import acl, catalog
-from services.runtime.app import build_service, topic_configs
+from services.runtime.app import build_service
 from services.runtime.kafka_auth import KafkaAuthError, broker_security, client_options
 from services.runtime.settings import Settings
 
@@ -577,8 +577,8 @@ def test_with_three_brokers_every_topic_gets_three_replicas_and_two_in_sync() ->
         assert services_["kafka-init"]["depends_on"][broker]["condition"] == "service_healthy"
     assert services_["kafka-init"]["depends_on"]["kafka"]["condition"] == "service_healthy"
     settings = Settings(kafka_replication_factor=3, kafka_min_insync_replicas=2)
-    assert topic_configs(settings) == {"min.insync.replicas": "2"}
-    assert topic_configs(Settings()) == {}  # the embedded broker keeps its defaults
+    assert settings.topic_configs() == {"min.insync.replicas": "2"}
+    assert Settings().topic_configs() == {}  # the embedded broker keeps its defaults
 
 
 def test_every_producer_of_a_service_waits_for_all_in_sync_replicas() -> None:

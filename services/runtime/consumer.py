@@ -658,8 +658,9 @@ class BatchConsumer:
             await self._write(conn, outbox, results)
         for (label, kind), count in Tally(counts).items():  # one metric update per kind
             HANDLED.labels(self.service, self.spec.name, label, kind).inc(count)
-        for code, count in Tally(dead).items():
-            DEAD_LETTERS.labels(self.service, code).inc(count)
+        if dead:
+            for code, count in Tally(dead).items():
+                DEAD_LETTERS.labels(self.service, code).inc(count)
         return outcome
 
     async def _transact_careful(self, records: Sequence[RawRecord]) -> BatchOutcome:

@@ -31,7 +31,7 @@ from __future__ import annotations
 import contextlib
 import time
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -249,6 +249,14 @@ class MetricsSampler:
             await run_worker(f"metrics-{self._service}", self.sample, idle_s=interval_s)
         finally:
             await self.close()
+
+
+async def sample_every(interval_s: float, name: str, step: Callable[[], Awaitable[int]]) -> None:
+    """Run a service's own sampling `step` every `interval_s` (`METRICS_SAMPLE_INTERVAL_S`;
+    0 or less: never), as a worker named `name`."""
+    if interval_s <= 0:
+        return
+    await run_worker(name, step, idle_s=interval_s)
 
 
 def lag(end_offset: int, committed: int) -> int:

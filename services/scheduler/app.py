@@ -18,7 +18,7 @@ from contracts import topics
 from services.runtime.app import Runtime, ServiceDefinition
 from services.runtime.consumer import HandlerSpec, consumer_specs
 from services.runtime.logs import get_logger
-from services.runtime.metrics import COUNT_CAP
+from services.runtime.metrics import COUNT_CAP, sample_every
 from services.runtime.worker import run_worker
 from services.scheduler.handlers import Handlers, SchedulerConfig, fire_batch
 from services.scheduler.repository import TimerRepository
@@ -65,9 +65,7 @@ async def sample_due(runtime: Runtime) -> int:
 async def timers_behind(runtime: Runtime) -> None:
     """The timers-behind gauges, every `METRICS_SAMPLE_INTERVAL_S`."""
     interval = runtime.settings.metrics_sample_interval_s
-    if interval <= 0:
-        return
-    await run_worker("scheduler-metrics", lambda: sample_due(runtime), idle_s=interval)
+    await sample_every(interval, "scheduler-metrics", lambda: sample_due(runtime))
 
 
 def definition(schema: str | None = None) -> ServiceDefinition:

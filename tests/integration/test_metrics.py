@@ -17,6 +17,7 @@ from prometheus_client import REGISTRY
 
 from contracts import topics
 from contracts.topics import TopicNames
+from services.invoice import app as invoice_app
 from services.runtime.app import Runtime, Service, build_service
 from services.runtime.db import create_pool, migrate
 from services.runtime.metrics import ConsumerGroup, MetricsSampler
@@ -217,5 +218,29 @@ async def test_timers_due_but_not_fired_are_sampled_by_the_schedulers_clock(
         await scheduler_app.sample_due(runtime)
         assert REGISTRY.get_sample_value("cm_scheduler_timers_due") == 0
         assert REGISTRY.get_sample_value("cm_scheduler_oldest_due_age_seconds") == 0
+    finally:
+        await pool.close()
+
+
+async def test_payments_parked_until_their_invoice_exists_are_sampled(
+    database_url: str, kafka_bootstrap: str
+) -> None:
+    schema = f"inv_{uuid.uuid4().hex[:8]}"
+    definition = invoice_app.definition()
+    pool = await create_pool(database_url, schema)
+    try:
+        await migrate(pool, schema, definition.migrations)
+        settings = make_settings(kafka_bootstrap, database_url, "")
+        runtime = Runtime(settings, "invoice", schema, TopicNames(""), pool, None)
+        await invoice_app.sample_early_transactions(runtime)
+        assert REGISTRY.get_sample_value("cm_invoice_early_transactions") == 0
+        await pool.executemany(
+            "INSERT INTO early_transactions"
+            " (website_key, invoice_number, message_id, occurred_at, transaction)"
+            " VALUES ('shop-1', $1, $2, now(), '{}'::jsonb)",
+            [("F-1", uuid.uuid4()), ("F-1", uuid.uuid4()), ("F-2", uuid.uuid4())],
+        )
+        await invoice_app.sample_early_transactions(runtime)
+        assert REGISTRY.get_sample_value("cm_invoice_early_transactions") == 3
     finally:
         await pool.close()

@@ -9,9 +9,9 @@ service process reads
   from the service's own schema (two small queries);
 - the consumer lag of each of the service's consumer groups, per partition: the
   partition's end offset minus the group's committed offset (the log start where the
-  group has committed nothing yet), from the broker (one metadata, one offset-fetch and
-  one list-offsets request per group), so a consumer that is stuck or not assigned still
-  shows its lag.
+  group has committed nothing yet), from the broker (a metadata and a list-offsets
+  request per round, a coordinator lookup and an offset fetch per group), so a consumer
+  that is stuck or not assigned still shows its lag.
 
 Nothing here runs per message: the hot paths are unchanged. Every replica samples the
 same figures; the alert rules and the dashboard take the `max` over instances.

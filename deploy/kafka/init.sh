@@ -58,9 +58,14 @@ create_topic() {
   if grep -qxF -- "$topic" <<<"$EXISTING_TOPICS"; then
     return 0
   fi
+  local settings=()
+  if [[ -n ${KAFKA_MIN_INSYNC_REPLICAS:-} ]]; then
+    settings=(--config "min.insync.replicas=$KAFKA_MIN_INSYNC_REPLICAS")
+  fi
   echo "topic $topic"
   kafka_tool kafka-topics.sh --create --if-not-exists --topic "$topic" \
-    --partitions "${KAFKA_TOPIC_PARTITIONS:?}" --replication-factor "${KAFKA_REPLICATION_FACTOR:?}"
+    --partitions "${KAFKA_TOPIC_PARTITIONS:?}" --replication-factor "${KAFKA_REPLICATION_FACTOR:?}" \
+    "${settings[@]}"
 }
 
 # scram_user USER PASSWORD_VARIABLE required|optional: sets the user's SCRAM credential

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from prometheus_client import Gauge
+
 from contracts import topics
 from contracts.catalog import types_for_topic
 from contracts.interest import rates
@@ -17,13 +19,34 @@ from services.invoice.batch import InvoiceBatchHooks
 from services.invoice.domain import commands
 from services.invoice.domain.status import TRANSITIONS
 from services.invoice.handlers import on_invoice
-from services.runtime.app import ServiceDefinition
+from services.invoice.repository import early_transaction_count
+from services.runtime.app import Runtime, ServiceDefinition
 from services.runtime.consumer import HandlerSpec, consumer_specs
+from services.runtime.metrics import COUNT_CAP, sample_every
 
 #: The status commands: the rows of the transition table merchants send as commands.
 STATUS_COMMANDS = tuple(
     name for name in TRANSITIONS if name in types_for_topic(topics.INVOICE_COMMANDS)
 )
+
+
+EARLY_TRANSACTIONS = Gauge(
+    "cm_invoice_early_transactions",
+    "Payments parked until their invoice exists (early_transactions; counted up to"
+    " 1,000,000), sampled",
+)
+
+
+async def sample_early_transactions(runtime: Runtime) -> int:
+    async with runtime.pool.acquire() as conn:
+        EARLY_TRANSACTIONS.set(await early_transaction_count(conn, COUNT_CAP))
+    return 0
+
+
+async def parked_payments(runtime: Runtime) -> None:
+    """The parked-payments gauge, every `METRICS_SAMPLE_INTERVAL_S`."""
+    interval = runtime.settings.metrics_sample_interval_s
+    await sample_every(interval, "invoice-metrics", lambda: sample_early_transactions(runtime))
 
 
 def definition() -> ServiceDefinition:
@@ -67,4 +90,5 @@ def definition() -> ServiceDefinition:
             },
             InvoiceBatchHooks,
         ),
+        background_tasks=(parked_payments,),
     )

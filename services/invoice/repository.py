@@ -130,6 +130,14 @@ _WRITE_PARKED = (
 )
 
 
+async def early_transaction_count(conn: Connection, cap: int) -> int:
+    """Payments parked because their invoice does not exist yet (counted up to `cap`)."""
+    count: int = await conn.fetchval(
+        "SELECT count(*) FROM (SELECT 1 FROM early_transactions LIMIT $1) AS e", cap
+    )
+    return count
+
+
 def _invoice(row: Record) -> tuple[Key, Invoice]:
     return (row["website_key"], row["invoice_number"]), Invoice.model_validate(row["state"])
 

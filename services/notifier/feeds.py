@@ -229,7 +229,12 @@ class MerchantTopics:
         if missing:
             response = await admin.create_topics(
                 [
-                    NewTopic(name, partitions, self.settings.kafka_replication_factor)
+                    NewTopic(
+                        name,
+                        partitions,
+                        self.settings.kafka_replication_factor,
+                        topic_configs=self.settings.topic_configs(),
+                    )
                     for name in missing
                 ],
                 timeout_ms=ADMIN_TIMEOUT_MS,

@@ -56,6 +56,7 @@ from services.notifier.channels.email import EmailSender
 from services.notifier.channels.letter import LetterSender
 from services.notifier.channels.sms import SmsSender
 from services.notifier.limits import NotifierLimits, error_code
+from services.notifier.metrics import GIVE_UPS, NO_CHANNEL, RETRIES
 from services.notifier.repository import ClaimedJob, NotifierRepository
 from services.notifier.templates import (
     BUILT_IN,
@@ -266,6 +267,9 @@ class MessageSender:
             # Given up on an error outside any channel: answer "not sent".
             result.outcome = MessageOutcome.SKIPPED_NO_METHODS
             result.log.append(("job", "given_up", result.error))
+            GIVE_UPS.labels(NO_CHANNEL).inc()
+        elif result.outcome is None and result.error is not None:
+            RETRIES.labels(NO_CHANNEL).inc()
         answer: OutboxMessage | None = None
         if result.outcome is not None:
             answer = (
@@ -392,8 +396,10 @@ class MessageSender:
                 CHANNEL_RESULTS.labels(channel.value, "transient").inc()
                 result.log.append((channel.value, "transient", failure.code))
                 if not last_try:
+                    RETRIES.labels(channel.value).inc()
                     log.info("provider unreachable; message postponed", code=failure.code, **bound)
                     return JobResult(outcome=None, log=result.log)
+                GIVE_UPS.labels(channel.value).inc()
                 continue
             except ChannelFailed as failure:
                 CHANNEL_RESULTS.labels(channel.value, "failed").inc()

@@ -63,6 +63,7 @@ from services.notifier.limits import (
     header_value,
     read_capped,
 )
+from services.notifier.metrics import GIVE_UPS, RETRIES, WEBHOOK
 from services.notifier.netguard import TargetNotAllowed, TargetPolicy, guarded_transport
 from services.notifier.repository import ClaimedDelivery, NotifierRepository
 from services.notifier.secrets import SecretBox, SecretUnreadable
@@ -435,8 +436,10 @@ class WebhookDispatcher:
             log.warning("delivery failed after its claim lapsed", error=error, **context)
         elif gave_up:
             GIVEN_UP.inc()
+            GIVE_UPS.labels(WEBHOOK).inc()
             log.warning("WebhookDeliveryFailed: giving up on a push", error=error, **context)
         else:
+            RETRIES.labels(WEBHOOK).inc()
             log.info("webhook delivery failed; retry scheduled", error=error, **context)
 
     async def _delivered_recorded(self, delivery: ClaimedDelivery, result: PostResult) -> bool:

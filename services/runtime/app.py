@@ -39,6 +39,7 @@ from services.runtime.consumer import (
 from services.runtime.db import Connection, create_pool, migrate
 from services.runtime.kafka_auth import broker_security, client_options
 from services.runtime.logs import configure_logging, failure_site, get_logger
+from services.runtime.metrics import ConsumerGroup, MetricsSampler
 from services.runtime.outbox import OutboxMessage, OutboxRelay, enqueue
 from services.runtime.records import UNREADABLE, install_record_guard
 from services.runtime.retention import prune_forever
@@ -114,6 +115,7 @@ async def ensure_topics(settings: Settings, topics: TopicNames) -> None:
                             name,
                             num_partitions=settings.kafka_topic_partitions,
                             replication_factor=settings.kafka_replication_factor,
+                            topic_configs=settings.topic_configs(),
                         )
                         for name in missing
                     ]
@@ -195,6 +197,7 @@ def build_service(definition: ServiceDefinition, settings: Settings | None = Non
         settings.kafka_bootstrap_servers,
         logger=stdlib_logger,
         enable_idempotence=False,
+        acks="all",  # as the outbox relay's producer: a record is written once replicated
         client_id=f"cm-{service}",
         log_level=logging.DEBUG,  # per-message lines only when debugging
         security=broker_security(settings),
@@ -249,6 +252,13 @@ def build_service(definition: ServiceDefinition, settings: Settings | None = Non
             )
         for task in definition.background_tasks:
             state["tasks"].append(asyncio.create_task(task(runtime), name=task.__name__))
+        if settings.metrics_sample_interval_s > 0:
+            state["tasks"].append(
+                asyncio.create_task(
+                    _sampler(definition, runtime).run(settings.metrics_sample_interval_s),
+                    name="metrics-sampler",
+                )
+            )
         state["tasks"].append(
             asyncio.create_task(
                 prune_forever(
@@ -304,6 +314,28 @@ def build_service(definition: ServiceDefinition, settings: Settings | None = Non
     return Service(app=app, broker=broker, state=state)
 
 
+def consumer_group(topics: TopicNames, service: str, consumer: str) -> str:
+    """A consumer's group id (prefixed: environments on one cluster stay apart)."""
+    return topics(f"cm.{service}.{consumer}")
+
+
+def _sampler(definition: ServiceDefinition, runtime: Runtime) -> MetricsSampler:
+    """The backlog and lag gauges of this service (services/runtime/metrics.py)."""
+    return MetricsSampler(
+        service=runtime.service,
+        pool=runtime.pool,
+        groups=[
+            ConsumerGroup(
+                consumer_group(runtime.topics, runtime.service, spec.name),
+                runtime.topics(spec.topic),
+            )
+            for spec in definition.consumers
+        ],
+        bootstrap_servers=runtime.settings.kafka_bootstrap_servers,
+        kafka_options=client_options(runtime.settings),
+    )
+
+
 def _register_consumer(
     broker: KafkaBroker,
     spec: ConsumerSpec,
@@ -314,7 +346,7 @@ def _register_consumer(
 ) -> None:
     subscriber = broker.subscriber(
         topics(spec.topic),
-        group_id=topics(f"cm.{service}.{spec.name}"),  # environments on one cluster stay apart
+        group_id=consumer_group(topics, service, spec.name),
         batch=True,
         max_records=settings.kafka_max_records,
         batch_timeout_ms=settings.kafka_fetch_max_wait_ms,

@@ -51,6 +51,7 @@ from contracts.results import CommandAccepted, CommandRejected, DeadLetter, Resu
 from contracts.topics import COMMAND_RESULTS, DLQ, TopicNames
 from services.runtime.db import Connection
 from services.runtime.logs import failure_site, get_logger
+from services.runtime.metrics import BATCH_FAILURES, DEAD_LETTERS, dead_letter_code
 from services.runtime.outbox import OutboxMessage, OutboxMessageTooLarge, check_sizes, enqueue
 
 log = get_logger(__name__)
@@ -142,6 +143,11 @@ class Failure:
     @property
     def attributable(self) -> bool:
         return self.message_id is not None and self.website_key is not None
+
+    @property
+    def code_label(self) -> str:
+        """The `code` label of its dead letter: its first error's, from a closed set."""
+        return dead_letter_code(self.errors[0].code if self.errors else None)
 
     def __str__(self) -> str:
         return "; ".join(f"{e.field}: {e.code}: {e.message}" for e in self.errors)
@@ -508,14 +514,18 @@ class BatchConsumer:
     async def handle_batch(self, records: Sequence[RawRecord]) -> BatchOutcome:
         started = time.perf_counter()
         BATCH_RECORDS.labels(self.service, self.spec.name).observe(len(records))
-        kept = await self._prefilter(records)
         try:
-            outcome = await self._transact(kept)
-        except Exception as exc:
-            self._going_on(
-                exc, log.info, "batch failed on a message; replaying it message by message"
-            )
-            outcome = await self._transact_careful(kept)
+            kept = await self._prefilter(records)
+            try:
+                outcome = await self._transact(kept)
+            except Exception as exc:
+                self._going_on(
+                    exc, log.info, "batch failed on a message; replaying it message by message"
+                )
+                outcome = await self._transact_careful(kept)
+        except Exception:
+            BATCH_FAILURES.labels(self.service, self.spec.name).inc()
+            raise
         outcome.skipped = len(records) - len(kept)
         BATCH_SECONDS.labels(self.service, self.spec.name).observe(time.perf_counter() - started)
         self.on_commit()
@@ -595,13 +605,16 @@ class BatchConsumer:
         results: list[tuple[MessageRef, OutboxMessage]] = []
         parsed: list[tuple[RawRecord, Envelope[Any]]] = []
         counts: list[tuple[str, str]] = []
+        dead: list[str] = []
         for record in records:
             try:
                 parsed.append((record, self._parse(record)))
             except ParseError as error:
                 outcome.dead_lettered += 1
-                self._dead_letter(outbox, results, record, Failure.of_parse(error))
+                failure = Failure.of_parse(error)
+                self._dead_letter(outbox, results, record, failure)
                 counts.append((type_label(error.type), "dead_letter"))
+                dead.append(failure.code_label)
 
         async with self.pool.acquire() as conn, conn.transaction():
             fresh: set[MessageRef] = set()
@@ -645,6 +658,9 @@ class BatchConsumer:
             await self._write(conn, outbox, results)
         for (label, kind), count in Tally(counts).items():  # one metric update per kind
             HANDLED.labels(self.service, self.spec.name, label, kind).inc(count)
+        if dead:
+            for code, count in Tally(dead).items():
+                DEAD_LETTERS.labels(self.service, code).inc(count)
         return outcome
 
     async def _transact_careful(self, records: Sequence[RawRecord]) -> BatchOutcome:
@@ -774,6 +790,7 @@ class BatchConsumer:
         """Write one record's dead letter in its own savepoint; if even that fails, a bare
         one (no answer, no attribution); if that fails too, count it dropped and go on."""
         label = type_label(failure.type)
+        code = failure.code_label
         try:
             async with conn.transaction():
                 outbox: list[OutboxMessage] = []
@@ -799,6 +816,7 @@ class BatchConsumer:
                 async with conn.transaction():
                     bare = self._bare_dead_letter(record, f"{type(exc).__name__}")
                     await enqueue(conn, [bare], self.relay_shards)
+                code = "dead_letter_failed"
             except Exception as inner:
                 if is_infrastructure_error(inner):
                     raise
@@ -814,6 +832,7 @@ class BatchConsumer:
                 return
         outcome.dead_lettered += 1
         HANDLED.labels(self.service, self.spec.name, label, "dead_letter").inc()
+        DEAD_LETTERS.labels(self.service, code).inc()
 
     async def _stored_answers(
         self, conn: Connection, commands: list[MessageRef]

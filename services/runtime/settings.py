@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     kafka_max_records: int = 500
     kafka_topic_partitions: int = 8
     kafka_replication_factor: int = 1
+    #: `min.insync.replicas` of the topics a service creates (unset: the broker's
+    #: default). With replication factor 3, 2: with `acks=all` a write needs two copies.
+    kafka_min_insync_replicas: int | None = None
     kafka_linger_ms: int = 2
     #: The largest record the platform writes or reads (value + key + headers), the same
     #: as the broker's `message.max.bytes` (deploy/compose.yaml sets both). A consumed
@@ -75,6 +78,10 @@ class Settings(BaseSettings):
     # Deduplication window: inbox ids and stored answers older than this are deleted.
     inbox_retention_days: float = 7.0
     inbox_prune_interval_s: float = 3600.0
+
+    # How often the backlog gauges (outbox, parked rows, consumer lag, due timers) are
+    # read (services/runtime/metrics.py); 0 turns the sampling off.
+    metrics_sample_interval_s: float = 15.0
 
     # Redelivery back-off after an infrastructure failure.
     retry_backoff_ms: int = 500
@@ -118,6 +125,12 @@ class Settings(BaseSettings):
         30.0, description="Days a sent or given-up push or message keeps its personal data."
     )
     notifier_prune_interval_s: float = 3600.0
+
+    def topic_configs(self) -> dict[str, str]:
+        """The settings of a topic the platform creates, beyond partitions and replicas."""
+        if self.kafka_min_insync_replicas is None:
+            return {}
+        return {"min.insync.replicas": str(self.kafka_min_insync_replicas)}
 
     def port_for(self, service: str) -> int:
         return (

@@ -12,14 +12,27 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
+from prometheus_client import Gauge
+
 from contracts import topics
 from services.runtime.app import Runtime, ServiceDefinition
 from services.runtime.consumer import HandlerSpec, consumer_specs
 from services.runtime.logs import get_logger
+from services.runtime.metrics import COUNT_CAP, sample_every
 from services.runtime.worker import run_worker
 from services.scheduler.handlers import Handlers, SchedulerConfig, fire_batch
+from services.scheduler.repository import TimerRepository
 
 log = get_logger(__name__)
+
+TIMERS_DUE = Gauge(
+    "cm_scheduler_timers_due",
+    "Timers due by the scheduler's clock but not fired yet (counted up to 1,000,000), sampled",
+)
+OLDEST_DUE_AGE = Gauge(
+    "cm_scheduler_oldest_due_age_seconds",
+    "How long the earliest timer not fired yet has been due (0 when none is), sampled",
+)
 
 
 async def fire_due(runtime: Runtime, batch_size: int) -> int:
@@ -35,6 +48,24 @@ async def fire_due(runtime: Runtime, batch_size: int) -> int:
         total += count
         if count < batch_size:
             return total
+
+
+async def sample_due(runtime: Runtime) -> int:
+    """Read the timers-behind gauges once: due by the system clock, or by the manual
+    clock's time under `CM_CLOCK=manual`."""
+    async with runtime.pool.acquire() as conn:
+        repo = TimerRepository(conn)
+        now = await repo.clock() if runtime.settings.cm_clock == "manual" else datetime.now(UTC)
+        count, earliest = await repo.due(now, COUNT_CAP)
+    TIMERS_DUE.set(count)
+    OLDEST_DUE_AGE.set(max(0.0, (now - earliest).total_seconds()) if earliest else 0.0)
+    return 0
+
+
+async def timers_behind(runtime: Runtime) -> None:
+    """The timers-behind gauges, every `METRICS_SAMPLE_INTERVAL_S`."""
+    interval = runtime.settings.metrics_sample_interval_s
+    await sample_every(interval, "scheduler-metrics", lambda: sample_due(runtime))
 
 
 def definition(schema: str | None = None) -> ServiceDefinition:
@@ -66,5 +97,5 @@ def definition(schema: str | None = None) -> ServiceDefinition:
         schema=schema,
         migrations=Path(__file__).parent / "migrations",
         consumers=consumer_specs({("commands", topics.SCHEDULER_COMMANDS): commands}),
-        background_tasks=(scheduler_clock,),
+        background_tasks=(scheduler_clock, timers_behind),
     )

@@ -127,6 +127,18 @@ class TimerRepository:
         )
         return now
 
+    async def due(self, now: datetime, cap: int) -> tuple[int, datetime | None]:
+        """How many timers are due at `now` (counted up to `cap`) and the earliest due
+        time of any timer (both read off the (due_at, timer_id) index)."""
+        row = await self.conn.fetchrow(
+            "SELECT (SELECT count(*) FROM (SELECT 1 FROM timers WHERE due_at <= $1"
+            " LIMIT $2) AS d) AS n, (SELECT min(due_at) FROM timers) AS earliest",
+            now,
+            cap,
+        )
+        assert row is not None
+        return row["n"], row["earliest"]
+
     async def upsert(self, timer: Timer) -> None:
         await self.conn.execute(
             "INSERT INTO timers (website_key, timer_id, due_at, topic, key, message)"

@@ -15,6 +15,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+from prometheus_client import REGISTRY
 
 from services.notifier.channels.email import EmailSender
 from services.notifier.repository import NotifierRepository
@@ -295,3 +296,30 @@ async def test_a_letter_of_website_key_dot_dot_stays_inside_the_spool(
         assert not (spool.parent / "D-1").exists()
     finally:
         await inv.watcher.stop()
+
+
+async def test_a_postponed_job_counts_as_a_retry_outside_any_channel(
+    cm: Platform, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broken = await cm.merchant()
+    templates = NotifierRepository.templates
+    before = REGISTRY.get_sample_value("cm_notifier_retries_total", {"channel": "none"}) or 0.0
+
+    async def exploding(self: NotifierRepository, website_key: str, key: str) -> Any:
+        if website_key == broken.website_key:
+            raise RuntimeError("a bug that hits one merchant's jobs")
+        return await templates(self, website_key, key)
+
+    monkeypatch.setattr(NotifierRepository, "templates", exploding)
+    try:
+        await create(broken, schema_test_invoice("R-1", f"retry-{tag()}@example.test"))
+
+        async def postponed() -> list[asyncpg.Record] | None:
+            rows = await jobs(cm, broken.website_key)
+            return rows if rows and rows[0]["attempts"] == 1 else None
+
+        await poll_until(postponed, what="the broken job postponed")
+        after = REGISTRY.get_sample_value("cm_notifier_retries_total", {"channel": "none"})
+        assert after == before + 1
+    finally:
+        await broken.watcher.stop()

@@ -9,9 +9,11 @@ from typing import Any
 
 import asyncpg
 import pytest
+from prometheus_client import REGISTRY
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
+from services.notifier import webhooks
 from tests.support.invoices import InvoiceClient, invoice_payload
 from tests.support.kafka import at_least, poll_until
 from tests.support.notifier import HttpSink, Request, new_secret, notifier_command
@@ -248,3 +250,33 @@ async def test_a_push_is_given_up_after_the_last_retry_and_the_next_one_goes(
         )
     assert [tuple(r) for r in statuses] == [(1, "failed", 8), (2, "delivered", 1)]
     assert outcomes == ["attempt_failed"] * 8 + ["WebhookDeliveryFailed"]
+
+
+def counted(name: str) -> float:
+    return REGISTRY.get_sample_value(name, {"channel": "webhook"}) or 0.0
+
+
+async def test_retries_and_give_ups_are_counted_for_the_webhook_channel(
+    cm: Platform, inv: InvoiceClient, endpoint: HttpSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(webhooks, "RETRY_DELAYS", (timedelta(seconds=5),))  # one retry
+    retries, give_ups = counted("cm_notifier_retries_total"), counted("cm_notifier_give_ups_total")
+
+    def fails(request: Request) -> int:
+        return 500 if request.json()["Invoice"]["WebsiteKey"] == inv.website_key else 200
+
+    endpoint.responder = fails
+    await register(cm, inv, endpoint.url, new_secret())
+    at = datetime(2027, 5, 3, 9, tzinfo=UTC)
+    await invoice_with_events(inv, "W-M", 1, at)
+    await retry_scheduled(cm, inv, 2)
+    assert counted("cm_notifier_retries_total") == retries + 1
+    await cm.tick(at + timedelta(seconds=5))
+    (row,) = await settled_deliveries(cm, inv, 1)
+    assert tuple(row) == (1, "failed", 2)
+
+    async def given_up() -> bool:
+        return counted("cm_notifier_give_ups_total") == give_ups + 1
+
+    await poll_until(given_up, what="the give-up counted")
+    assert counted("cm_notifier_retries_total") == retries + 1

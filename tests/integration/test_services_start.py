@@ -13,6 +13,7 @@ from pathlib import Path
 import asyncpg
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from contracts import catalog, topics
 from tests.support.kafka import envelope, poll_until, publish, read_all
@@ -127,3 +128,44 @@ async def test_all_five_services_start_migrate_consume_and_report_health(
     async with httpx.AsyncClient() as client:
         metrics = (await client.get(f"http://127.0.0.1:{ports['invoice']}/metrics")).text
     assert 'cm_messages_handled_total{consumer="commands",outcome="dead_letter"' in metrics
+
+
+async def test_every_service_process_samples_its_lag_and_backlog(
+    platform: tuple[str, dict[str, int]],
+) -> None:
+    """The gauges a platform team alerts on come from each running process, for the
+    consumer groups it runs, from its first sample on (taken at start)."""
+    prefix, ports = platform
+
+    def samples(text: str) -> dict[str, list[dict[str, str]]]:
+        found: dict[str, list[dict[str, str]]] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                found.setdefault(sample.name, []).append(sample.labels)
+        return found
+
+    async def sampled(name: str) -> dict[str, list[dict[str, str]]] | None:
+        async with httpx.AsyncClient() as client:
+            try:
+                text = (await client.get(f"http://127.0.0.1:{ports[name]}/metrics")).text
+            except httpx.TransportError:
+                return None
+        found = samples(text)
+        lag_groups = {labels["group"] for labels in found.get("cm_consumer_lag", [])}
+        ready = "cm_metrics_last_sample_timestamp_seconds" in found and any(
+            group.startswith(f"{prefix}cm.{name}.") for group in lag_groups
+        )
+        return found if ready else None
+
+    for name in catalog.SERVICES:
+        found = await poll_until(
+            lambda name=name: sampled(name), timeout=60, interval=0.2, what=f"{name}'s sample"
+        )
+        assert {"service": name} in found["cm_outbox_pending_rows"]
+        assert {"service": name} in found["cm_outbox_parked_rows"]
+        groups = {labels["group"] for labels in found["cm_consumer_lag"]}
+        assert all(group.startswith(f"{prefix}cm.{name}.") for group in groups), groups
+        if name == "scheduler":
+            assert "cm_scheduler_timers_due" in found
+        if name == "invoice":
+            assert "cm_invoice_early_transactions" in found

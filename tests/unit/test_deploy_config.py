@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import importlib
 import itertools
+import json
 import os
 import re
 import shutil
@@ -15,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 import yaml
 
@@ -471,3 +473,176 @@ def test_the_container_healthcheck_knows_each_services_default_port() -> None:
         and any(isinstance(t, ast.Name) and t.id == "DEFAULT_HTTP_PORTS" for t in node.targets)
     ]
     assert ast.literal_eval(table) == DEFAULT_HTTP_PORTS
+
+
+# --- compose files against the Compose specification ---------------------------------
+
+COMPOSE_FILES = sorted(DEPLOY.glob("compose*.yaml"))
+
+
+def _compose_schema() -> dict[str, Any]:
+    # The Compose specification's JSON schema, as check-jsonschema ships it.
+    from importlib.resources import files  # noqa: PLC0415
+
+    text = (files("check_jsonschema.builtin_schemas.vendor") / "compose-spec.json").read_text()
+    schema: dict[str, Any] = json.loads(text)
+    return schema
+
+
+@pytest.mark.parametrize("path", COMPOSE_FILES, ids=lambda p: p.name)
+def test_every_compose_file_follows_the_compose_specification(path: Path) -> None:
+    validator = jsonschema.Draft202012Validator(_compose_schema())
+    errors = [
+        f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
+        for e in validator.iter_errors(yaml.safe_load(path.read_text()))
+    ]
+    assert not errors, errors
+
+
+def test_the_schema_check_catches_a_wrong_compose_file() -> None:
+    validator = jsonschema.Draft202012Validator(_compose_schema())
+    wrong = {"services": {"kafka": {"image": "apache/kafka:3.9.1", "restart": ["no"]}}}
+    assert list(validator.iter_errors(wrong))
+    assert list(validator.iter_errors({"services": {"x": {"imagee": "a"}}}))
+
+
+# --- three brokers (compose.kafka-cluster.yaml on top of compose.yaml) -----------------
+
+CLUSTER_FILE = DEPLOY / "compose.kafka-cluster.yaml"
+CLUSTER: dict[str, Any] = yaml.safe_load(CLUSTER_FILE.read_text())
+BROKERS = ("kafka", "kafka-2", "kafka-3")
+
+
+def merged(base: Any, override: Any) -> Any:
+    """Two compose files as compose merges them: mappings key by key, the rest replaced
+    (sequences such as ports and volumes are appended by compose; not needed here)."""
+    if isinstance(base, dict) and isinstance(override, dict):
+        out = dict(base)
+        for key, value in override.items():
+            out[key] = merged(base[key], value) if key in base else value
+        return out
+    return override
+
+
+CLUSTERED: dict[str, Any] = merged(COMPOSE, CLUSTER)
+
+
+def test_the_cluster_file_adds_two_brokers_of_the_same_pinned_image() -> None:
+    services_ = CLUSTERED["services"]
+    for broker in BROKERS:
+        spec = services_[broker]
+        assert spec["image"] == SERVICES["kafka"]["image"]
+        assert PINNED_TAG.match(spec["image"])
+        assert spec["entrypoint"] == ["/bin/bash", "/cm/kafka/broker.sh"]
+        assert f"--bootstrap-server {broker}:19092" in " ".join(spec["healthcheck"]["test"])
+    node_ids = [services_[b]["environment"]["KAFKA_NODE_ID"] for b in BROKERS]
+    assert node_ids == ["1", "2", "3"]
+    hosts = [services_[b]["environment"]["KAFKA_NODE_HOST"] for b in BROKERS]
+    assert hosts == list(BROKERS)
+    for broker in BROKERS[1:]:
+        env = services_[broker]["environment"]
+        assert env["KAFKA_CLUSTER_ID"] == environment("kafka")["KAFKA_CLUSTER_ID"]
+        assert REQUIRED.match(env["KAFKA_PASSWORD_ADMIN"])
+        assert REQUIRED.match(env["KAFKA_PASSWORD_CONTROLLER"])
+        (published,) = services_[broker]["ports"]
+        assert published == f"127.0.0.1:{env['KAFKA_EXTERNAL_PORT']}:9092"
+
+
+def test_the_clusters_quorum_is_its_three_brokers() -> None:
+    cluster = properties(KAFKA_DIR / "cluster.properties")
+    voters = dict(v.split("@") for v in cluster["controller.quorum.voters"].split(","))
+    services_ = CLUSTERED["services"]
+    assert voters == {services_[b]["environment"]["KAFKA_NODE_ID"]: f"{b}:9093" for b in BROKERS}
+    assert cluster["default.replication.factor"] == "3"
+    assert cluster["min.insync.replicas"] == "2"
+    assert cluster["offsets.topic.replication.factor"] == "3"
+    assert cluster["transaction.state.log.min.isr"] == "2"
+    assert cluster["unclean.leader.election.enable"] == "false"
+    # Still SASL everywhere: the cluster file changes where nodes listen, not how.
+    assert {item.split("://")[0] for item in cluster["listeners"].split(",")} == {
+        item.split("://")[0] for item in BROKER["listeners"].split(",")
+    }
+    assert not {"listener.security.protocol.map", "sasl.enabled.mechanisms"} & set(cluster)
+
+
+def test_with_three_brokers_every_topic_gets_three_replicas_and_two_in_sync() -> None:
+    services_ = CLUSTERED["services"]
+    bootstrap = ",".join(f"{b}:19092" for b in BROKERS)
+    for name in ["kafka-init", *catalog.SERVICES]:
+        env = services_[name]["environment"]
+        assert env["KAFKA_BOOTSTRAP_SERVERS"] == bootstrap, name
+        assert env["KAFKA_REPLICATION_FACTOR"] == "3", name
+        assert env["KAFKA_MIN_INSYNC_REPLICAS"] == "2", name
+    for broker in BROKERS[1:]:
+        assert services_["kafka-init"]["depends_on"][broker]["condition"] == "service_healthy"
+    assert services_["kafka-init"]["depends_on"]["kafka"]["condition"] == "service_healthy"
+    settings = Settings(kafka_replication_factor=3, kafka_min_insync_replicas=2)
+    assert settings.topic_configs() == {"min.insync.replicas": "2"}
+    assert Settings().topic_configs() == {}  # the embedded broker keeps its defaults
+
+
+def test_every_producer_of_a_service_waits_for_all_in_sync_replicas() -> None:
+    definition = importlib.import_module("services.invoice.app").definition()
+    assert build_service(definition, Settings()).broker._connection_kwargs["acks"] == "all"
+    relay = (ROOT / "services/runtime/outbox.py").read_text()
+    assert re.search(r'AIOKafkaProducer\([^)]*acks="all"', relay, re.S)
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_the_init_step_sets_min_insync_replicas_on_the_topics_it_creates(tmp_path: Path) -> None:
+    calls = _run_init(
+        tmp_path, "apply", KAFKA_REPLICATION_FACTOR="3", KAFKA_MIN_INSYNC_REPLICAS="2"
+    )
+    creates = [c for c in calls if "--create" in c]
+    assert creates
+    for call in creates:
+        assert call[call.index("--replication-factor") + 1] == "3"
+        assert call[call.index("--config") + 1] == "min.insync.replicas=2"
+    (tmp_path / "single").mkdir()
+    single = _run_init(tmp_path / "single")
+    assert all("--config" not in c for c in single if "--create" in c)
+
+
+def _run_broker(tmp_path: Path, **extra: str) -> subprocess.CompletedProcess[bytes]:
+    for tool in ("kafka-storage.sh", "kafka-server-start.sh"):
+        (tmp_path / tool).write_text("#!/usr/bin/env bash\n")
+        (tmp_path / tool).chmod(0o755)
+    env = {
+        "PATH": os.environ["PATH"],
+        "KAFKA_BIN": str(tmp_path),
+        "CM_KAFKA_RUN_DIR": str(tmp_path),
+        "KAFKA_CLUSTER_ID": "cluster-1",
+        "KAFKA_PASSWORD_ADMIN": "a" * 32,
+        "KAFKA_PASSWORD_CONTROLLER": "c" * 32,
+        **extra,
+    }
+    return subprocess.run(
+        ["bash", str(KAFKA_DIR / "broker.sh")], env=env, check=False, capture_output=True
+    )
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_a_node_of_the_cluster_runs_with_the_cluster_settings_and_its_own_id(
+    tmp_path: Path,
+) -> None:
+    done = _run_broker(
+        tmp_path, KAFKA_NODE_ID="2", KAFKA_NODE_HOST="kafka-2", KAFKA_EXTERNAL_PORT="9094"
+    )
+    assert done.returncode == 0, done.stderr
+    effective = properties(tmp_path / "cm-server.properties")  # the last value counts
+    for key, value in properties(KAFKA_DIR / "cluster.properties").items():
+        assert effective[key] == value, key
+    assert effective["node.id"] == "2"
+    assert effective["advertised.listeners"] == (
+        "INTERNAL://kafka-2:19092,EXTERNAL://localhost:9094"
+    )
+    assert effective["authorizer.class.name"] == BROKER["authorizer.class.name"]
+    assert 'user_cm-controller="' in effective["listener.name.controller.plain.sasl.jaas.config"]
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_a_node_without_its_host_or_port_refuses_to_start(tmp_path: Path) -> None:
+    assert _run_broker(tmp_path, KAFKA_NODE_ID="2", KAFKA_EXTERNAL_PORT="9094").returncode
+    assert _run_broker(
+        tmp_path, KAFKA_NODE_ID="x", KAFKA_NODE_HOST="k", KAFKA_EXTERNAL_PORT="1"
+    ).returncode

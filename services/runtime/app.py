@@ -255,6 +255,7 @@ def build_service(definition: ServiceDefinition, settings: Settings | None = Non
                     pool,
                     timedelta(days=settings.inbox_retention_days),
                     timedelta(seconds=settings.inbox_prune_interval_s),
+                    timedelta(days=settings.dlq_retention_days),
                 ),
                 name="inbox-retention",
             )
@@ -338,7 +339,15 @@ def _register_consumer(
         raw = message.raw_message
         records: tuple[ConsumerRecord[Any, Any], ...] = raw if isinstance(raw, tuple) else (raw,)
         batch = [
-            RawRecord(r.topic, r.partition, r.offset, r.key, r.value, _unreadable(r))
+            RawRecord(
+                r.topic,
+                r.partition,
+                r.offset,
+                r.key,
+                r.value,
+                _unreadable(r),
+                tuple(r.headers) if r.headers else (),
+            )
             for r in records
         ]
         try:

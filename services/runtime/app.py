@@ -3,7 +3,9 @@
 `create_app(service)` wires a `ServiceDefinition` into an `AsgiFastStream`: on start it
 configures logging, opens the pool, migrates the service schema, creates the topics,
 starts the outbox relay and any background tasks, then the broker's subscribers.
-`GET /healthz` answers 200 once every subscriber consumes; `GET /metrics` serves
+`GET /healthz` (liveness) answers 200 once started and while nothing has been failing for
+longer than `HEALTH_FAILING_THRESHOLD_S`; `GET /readyz` (readiness) answers 200 while
+migrated, connected and consuming (services/runtime/health.py); `GET /metrics` serves
 Prometheus metrics. Run it with `run(service)` (uvicorn on `HTTP_PORT`).
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field, replace
@@ -37,8 +40,9 @@ from services.runtime.consumer import (
     is_infrastructure_error,
 )
 from services.runtime.db import Connection, create_pool, migrate
+from services.runtime.health import Health, reporting_to
 from services.runtime.kafka_auth import broker_security, client_options
-from services.runtime.logs import configure_logging, failure_site, get_logger
+from services.runtime.logs import RepeatedFailureLog, configure_logging, get_logger
 from services.runtime.outbox import OutboxMessage, OutboxRelay, enqueue
 from services.runtime.records import UNREADABLE, install_record_guard
 from services.runtime.retention import prune_forever
@@ -199,7 +203,8 @@ def build_service(definition: ServiceDefinition, settings: Settings | None = Non
         log_level=logging.DEBUG,  # per-message lines only when debugging
         security=broker_security(settings),
     )
-    state: dict[str, Any] = {"runtime": None, "tasks": [], "consumers": {}}
+    health = Health(threshold_s=settings.health_failing_threshold_s)
+    state: dict[str, Any] = {"runtime": None, "tasks": [], "consumers": {}, "health": health}
 
     for spec in definition.consumers:
         _register_consumer(broker, spec, settings, topics, service, state)
@@ -215,6 +220,10 @@ def build_service(definition: ServiceDefinition, settings: Settings | None = Non
         if applied:
             log.info("migrations applied", versions=applied)
         await ensure_topics(settings, topics)
+        with reporting_to(health):  # the tasks started here report to this service's health
+            await _start_work(pool)
+
+    async def _start_work(pool: asyncpg.Pool) -> None:
         relay = None
         if settings.relay_enabled:
             relay = OutboxRelay(
@@ -280,22 +289,66 @@ def build_service(definition: ServiceDefinition, settings: Settings | None = Non
         await runtime.pool.close()
         log.info("service stopped")
 
+    async def probe(runtime: Runtime) -> dict[str, str]:
+        """Ask the database and the broker now; record the answers in `health`."""
+        down: dict[str, str] = {}
+        try:
+            async with runtime.pool.acquire(timeout=2.0) as conn:
+                await conn.fetchval("SELECT 1", timeout=2.0)
+        except Exception as exc:
+            down["database"] = type(exc).__name__
+        try:
+            if not await broker.ping(timeout=2.0):
+                down["broker"] = "no answer"
+        except Exception as exc:
+            down["broker"] = type(exc).__name__
+        for part in ("database", "broker"):
+            (health.failed if part in down else health.ok)(part)
+        return down
+
+    def stopped() -> dict[str, str]:
+        """Consumers that stopped and background tasks that ended: never alive again."""
+        found = {
+            f"consumer:{','.join(getattr(sub, 'topic_names', ()))}": "stopped"
+            for sub in broker.subscribers
+            if not sub.running
+        }
+        for task in state["tasks"]:
+            if task.done() and not task.cancelled():
+                found[f"task:{task.get_name()}"] = "ended"
+        return found
+
     @get
     async def healthz(scope: Any) -> AsgiResponse:
         runtime: Runtime | None = state["runtime"]
-        ok = (
-            runtime is not None
-            and all(sub.running for sub in broker.subscribers)
-            and await broker.ping(timeout=2.0)
-        )
-        body = b'{"status":"ok"}' if ok else b'{"status":"starting"}'
-        return AsgiResponse(
-            body, status_code=200 if ok else 503, headers={"content-type": "application/json"}
-        )
+        if runtime is None:
+            return _json({"status": "starting"}, 503)
+        await probe(runtime)
+        problems: dict[str, str] = stopped()
+        for part, seconds in health.failing_too_long().items():
+            problems[part] = f"failing for {seconds:.0f}s"
+        failing = {part: round(seconds, 1) for part, seconds in health.failing().items()}
+        if problems:
+            return _json({"status": "unhealthy", "problems": problems, "failing_s": failing}, 503)
+        return _json({"status": "ok", "failing_s": failing}, 200)
+
+    @get
+    async def readyz(scope: Any) -> AsgiResponse:
+        runtime: Runtime | None = state["runtime"]
+        if runtime is None:
+            return _json({"status": "starting"}, 503)
+        problems: dict[str, str] = {**await probe(runtime), **stopped()}
+        if problems:
+            return _json({"status": "not ready", "problems": problems}, 503)
+        return _json({"status": "ready"}, 200)
 
     app = AsgiFastStream(
         broker,
-        asgi_routes=[("/healthz", healthz), ("/metrics", make_asgi_app())],
+        asgi_routes=[
+            ("/healthz", healthz),
+            ("/readyz", readyz),
+            ("/metrics", make_asgi_app()),
+        ],
         logger=stdlib_logger,
         on_startup=[on_startup],
         after_startup=[after_startup],
@@ -303,6 +356,14 @@ def build_service(definition: ServiceDefinition, settings: Settings | None = Non
         after_shutdown=[after_shutdown],
     )
     return Service(app=app, broker=broker, state=state)
+
+
+def _json(body: dict[str, Any], status: int) -> AsgiResponse:
+    return AsgiResponse(
+        json.dumps(body).encode(),
+        status_code=status,
+        headers={"content-type": "application/json"},
+    )
 
 
 def _register_consumer(
@@ -330,8 +391,16 @@ def _register_consumer(
     )
 
     # Consecutive failed deliveries of this consumer's batches: the pause before the next
-    # one doubles (from RETRY_BACKOFF_MS, at most 30 s) and each pause logs one line.
+    # one doubles (from RETRY_BACKOFF_MS, at most 30 s); the same failure is logged once
+    # per log window with its count (RepeatedFailureLog), and reported to the health.
     failures = Backoff(initial_s=settings.retry_backoff_ms / 1000, max_s=30.0)
+    failure_log = RepeatedFailureLog(
+        log.warning,
+        "the batch failed and will be delivered again",
+        first_window_s=failures.initial_s,
+    )
+    health: Health = state["health"]
+    part = f"consumer:{spec.name}"
 
     @subscriber
     async def consume(body: Any, message: KafkaMessage) -> None:
@@ -356,17 +425,18 @@ def _register_consumer(
             # Infrastructure failed (or, against every guard, something else did): the batch
             # is delivered again, after a pause that grows while the failure lasts.
             delay = failures.next_delay()
-            log.warning(
-                "the batch failed and will be delivered again",
+            health.failed(part)
+            failure_log.failed(
+                exc,
                 consumer=spec.name,
                 infrastructure=is_infrastructure_error(exc),
-                error_type=type(exc).__name__,
-                at=failure_site(exc),
-                failures_in_a_row=failures.failures,
                 retry_in_s=delay,
             )
             await backoff(delay)
             raise
+        health.ok(part)
+        if failures.failures:
+            failure_log.recovered(log.info, "the batch went through again", consumer=spec.name)
         failures.reset()
 
 

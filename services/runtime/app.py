@@ -204,7 +204,13 @@ def build_service(definition: ServiceDefinition, settings: Settings | None = Non
         security=broker_security(settings),
     )
     health = Health(threshold_s=settings.health_failing_threshold_s)
-    state: dict[str, Any] = {"runtime": None, "tasks": [], "consumers": {}, "health": health}
+    state: dict[str, Any] = {
+        "runtime": None,
+        "tasks": [],
+        "consumers": {},
+        "health": health,
+        "started": False,
+    }
 
     for spec in definition.consumers:
         _register_consumer(broker, spec, settings, topics, service, state)
@@ -271,6 +277,7 @@ def build_service(definition: ServiceDefinition, settings: Settings | None = Non
         )
 
     async def after_startup() -> None:
+        state["started"] = True  # the subscribers have been started
         log.info("service started", topics=[topics(c.topic) for c in definition.consumers])
 
     async def on_shutdown() -> None:
@@ -307,21 +314,22 @@ def build_service(definition: ServiceDefinition, settings: Settings | None = Non
         return down
 
     def stopped() -> dict[str, str]:
-        """Consumers that stopped and background tasks that ended: never alive again."""
+        """Consumers that stopped and background tasks that ended with an error: never
+        alive again."""
         found = {
             f"consumer:{','.join(getattr(sub, 'topic_names', ()))}": "stopped"
             for sub in broker.subscribers
             if not sub.running
         }
-        for task in state["tasks"]:
-            if task.done() and not task.cancelled():
-                found[f"task:{task.get_name()}"] = "ended"
+        for task in state["tasks"]:  # some end by design (their work done): not those
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                found[f"task:{task.get_name()}"] = f"ended: {type(task.exception()).__name__}"
         return found
 
     @get
     async def healthz(scope: Any) -> AsgiResponse:
         runtime: Runtime | None = state["runtime"]
-        if runtime is None:
+        if runtime is None or not state["started"]:
             return _json({"status": "starting"}, 503)
         await probe(runtime)
         problems: dict[str, str] = stopped()
@@ -335,7 +343,7 @@ def build_service(definition: ServiceDefinition, settings: Settings | None = Non
     @get
     async def readyz(scope: Any) -> AsgiResponse:
         runtime: Runtime | None = state["runtime"]
-        if runtime is None:
+        if runtime is None or not state["started"]:
             return _json({"status": "starting"}, 503)
         problems: dict[str, str] = {**await probe(runtime), **stopped()}
         if problems:

@@ -151,9 +151,11 @@ async def fetch(dsn: str, schemas: Sequence[str], filters: Filters) -> list[dict
     try:
         rows: list[dict[str, Any]] = []
         where, args = filters.where()
+        limit = "" if filters.limit is None else f" LIMIT {max(0, int(filters.limit))}"
         for schema in await _tables(conn, schemas):
             found = await conn.fetch(
-                f'SELECT {_COLUMNS} FROM "{schema}".dead_letters{where} ORDER BY created_at, id',
+                f'SELECT {_COLUMNS} FROM "{schema}".dead_letters{where}'
+                f" ORDER BY created_at DESC, id DESC{limit}",
                 *args,
             )
             rows.extend({"schema": schema, **dict(row)} for row in found)

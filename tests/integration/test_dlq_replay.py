@@ -3,7 +3,8 @@
 A command is dead-lettered by a handler bug (the test switch `ledger.BUGGY`), the bug is
 "fixed", and the dead letter is replayed: the command is handled once and answered, and
 replaying it again never handles it a second time (the inbox). A dead letter whose body
-was cut for its size is listed as such and its replay is refused.
+was cut for its size is listed as such and its replay is refused. The replay header alone,
+without the replay recorded in the database, opens nothing.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+from aiokafka import AIOKafkaProducer
 
 from cmcli import dlq
 from contracts import topics
@@ -250,6 +252,43 @@ async def test_a_dead_letter_cut_for_its_size_is_listed_so_and_its_replay_refuse
     after = {str(r["id"]): r for r in await letters(database_url, schema)}
     assert after[str(cut["id"])]["replay_requested_at"] is None
     assert after[str(whole["id"])]["replays"] == 1
+
+
+async def test_the_replay_header_alone_does_not_take_a_message_past_the_inbox(
+    service: Service,
+    kafka_bootstrap: str,
+    database_url: str,
+    prefix: str,
+    schema: str,
+    buggy: set[str],
+) -> None:
+    """A sender who puts `cm-replay-of` on a record (even with the right dead letter's id)
+    gets a duplicate's answer: only a replay `cm dlq replay` recorded opens the inbox."""
+    buggy.add("e-forged")
+    bug = command("e-forged")
+    await send(kafka_bootstrap, prefix, bug)
+    [letter] = await poll_until(lambda: letters(database_url, schema), what="the dead letter")
+    buggy.clear()
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, enable_idempotence=False)
+    await producer.start()
+    try:
+        await producer.send_and_wait(
+            prefix + topics.INVOICE_COMMANDS,
+            json.dumps(bug).encode(),
+            key=f"shop-1:{bug['payload']['entry_id']}".encode(),
+            headers=[("cm-replay-of", str(letter["id"]).encode())],
+        )
+    finally:
+        await producer.stop()
+    repeated = await poll_until(
+        lambda: _at_least(answers(kafka_bootstrap, prefix, bug["message_id"]), 2),
+        what="the duplicate's answer",
+    )
+    assert [a["type"] for a in repeated] == ["CommandRejected", "CommandRejected"]
+    assert repeated[0] == repeated[1], "the stored rejection, again"
+    assert await entries(service.runtime.pool, "e-forged") == []
+    [unchanged] = await letters(database_url, schema)
+    assert unchanged["replay_requested_at"] is None and unchanged["replays"] == 0
 
 
 async def _at_least(rows: Any, count: int) -> list[dict[str, Any]] | None:

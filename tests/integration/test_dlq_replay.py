@@ -190,7 +190,10 @@ async def test_a_dead_letter_replayed_after_the_fix_is_handled_once_and_answered
     )
     assert all(a == repeated[0] for a in repeated), "the stored answer, unchanged"
     assert len(await entries(service.runtime.pool, "e-bug")) == 1
-    events = await read_all(kafka_bootstrap, prefix + topics.INVOICE_EVENTS)
+    events = await poll_until(
+        lambda: _at_least(read_all(kafka_bootstrap, prefix + topics.INVOICE_EVENTS), 2),
+        what="the events",
+    )
     assert sorted(e.json()["payload"]["entry_id"] for e in events) == ["e-bug", "e-fine"]
     assert len(await letters(database_url, schema)) == 2, "no new dead letter"
     marked = {str(r["id"]): r["replays"] for r in await letters(database_url, schema)}

@@ -303,14 +303,18 @@ async def replay(
 
     from aiokafka import AIOKafkaProducer  # noqa: PLC0415
 
-    conn = await _connect(dsn)
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap,
         enable_idempotence=False,  # the embedded broker cannot hand out producer ids
         acks="all",
         **(kafka_options or {}),
     )
-    await producer.start()
+    await producer.start()  # before anything is marked: no broker, nothing recorded
+    try:
+        conn = await _connect(dsn)
+    except BaseException:
+        await producer.stop()
+        raise
     try:
         for schema, ids in chosen.items():
             # Recorded before it is published: the consumer checks it when the replay
@@ -325,7 +329,8 @@ async def replay(
             )
             for lost in set(ids) - {row["id"] for row in claimed}:
                 report.skipped[str(lost)] = "replayed by someone else meanwhile"
-            for claim in sorted(claimed, key=lambda r: ids.index(r["id"])):
+            order = {letter_id: n for n, letter_id in enumerate(ids)}
+            for claim in sorted(claimed, key=lambda r: order[r["id"]]):
                 letter = str(claim["id"])
                 headers = [(str(k), base64.b64decode(v)) for k, v in claim["headers"]]
                 headers.append((REPLAY_HEADER, letter.encode()))

@@ -6,12 +6,16 @@
     cm interest-rates [FILE]                       (the rate table, FILE's version over it)
     cm interest --kind consumer|commercial --amount A --due YYYY-MM-DD --as-of YYYY-MM-DD
                [--paid YYYY-MM-DD:AMOUNT ...]      (statutory interest, per period)
+    cm dlq list [--service S] [--code C] [--since T] [--until T] [--json]
+    cm dlq replay [ID ...] [--service S] [--code C] [--since T] [--until T] [--again]
 
 Bootstrap servers: $KAFKA_BOOTSTRAP_SERVERS, else the address the running
 `python -m devstack run|up` recorded in .devstack/, else 127.0.0.1:9092.
 Topic names get $CM_TOPIC_PREFIX in front. Authentication as for the services:
 $KAFKA_SECURITY_PROTOCOL (default PLAINTEXT), $KAFKA_SASL_MECHANISM,
 $KAFKA_SASL_USERNAME, $KAFKA_SASL_PASSWORD (docs/deploy.md, "The cm CLI").
+`cm dlq` also reads the services' dead-letter tables in $DATABASE_URL (else the
+devstack's, else postgresql://postgres@127.0.0.1:5432/postgres); docs/operations.md.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from contracts import catalog
@@ -316,6 +321,64 @@ def interest(kind: str, amount: str, due: str, as_of: str, paid: list[str]) -> i
     return 0
 
 
+def _add_dlq(sub: Any) -> None:
+    p_dlq = sub.add_parser("dlq", help="list and replay dead letters (docs/operations.md)")
+    dlq_sub = p_dlq.add_subparsers(dest="dlq_command", required=True)
+    p_list = dlq_sub.add_parser("list", help="the dead letters the services keep")
+    p_replay = dlq_sub.add_parser(
+        "replay", help="publish dead letters again to their original topic, key and headers"
+    )
+    p_replay.add_argument("ids", nargs="*", help="dead letter ids (from cm dlq list)")
+    for p in (p_list, p_replay):
+        p.add_argument("--service", action="append", default=[], help="only this service")
+        p.add_argument(
+            "--schema", action="append", default=[], help="a service's schema, if not its name"
+        )
+        p.add_argument("--code", action="append", default=[], help="only with this error code")
+        p.add_argument("--since", help="created at or after: 2h, 30m, 7d or an ISO time")
+        p.add_argument("--until", help="created before: 2h, 30m, 7d or an ISO time")
+    p_list.add_argument("--json", action="store_true", help="JSON lines instead of a table")
+    p_list.add_argument("--limit", type=int, default=200, help="the newest N (default 200)")
+    p_replay.add_argument(
+        "--again", action="store_true", help="replay dead letters already replayed too"
+    )
+    p_replay.add_argument("--dry-run", action="store_true", help="say what would be replayed")
+
+
+def _run_dlq(args: argparse.Namespace) -> int:
+    from cmcli import dlq  # noqa: PLC0415
+
+    try:
+        filters = dlq.Filters(
+            ids=dlq.parse_ids(getattr(args, "ids", [])),
+            codes=args.code,
+            since=dlq.parse_time(args.since) if args.since else None,
+            until=dlq.parse_time(args.until) if args.until else None,
+            limit=getattr(args, "limit", None),
+        )
+        schemas = dlq.schemas_for(args.service, args.schema)
+        dsn = dlq.database_url()
+        if args.dlq_command == "list":
+            return asyncio.run(dlq.list_command(dsn, schemas, filters, as_json=args.json))
+        report = asyncio.run(
+            dlq.replay(
+                dsn,
+                bootstrap_servers(),
+                schemas,
+                filters,
+                again=args.again,
+                dry_run=args.dry_run,
+                kafka_options=kafka_options(),
+            )
+        )
+    except dlq.DlqError as err:
+        raise CliError(str(err)) from err
+    except asyncpg.PostgresError as err:
+        raise CliError(f"the database: {type(err).__name__}: {err}") from err
+    dlq.print_report(report)
+    return 0 if report.ok else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="cm", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -340,12 +403,15 @@ def main(argv: list[str] | None = None) -> int:
     p_int.add_argument("--due", required=True, help="the due date, YYYY-MM-DD")
     p_int.add_argument("--as-of", required=True, help="the last day counted, YYYY-MM-DD")
     p_int.add_argument("--paid", action="append", default=[], help="YYYY-MM-DD:AMOUNT")
+    _add_dlq(sub)
     args = parser.parse_args(argv)
     try:
         if args.command == "interest-rates":
             return interest_rates(args.file)
         if args.command == "interest":
             return interest(args.kind, args.amount, args.due, args.as_of, args.paid)
+        if args.command == "dlq":
+            return _run_dlq(args)
         if args.command == "publish":
             return asyncio.run(publish(args.file, args.topic, args.key))
         if args.command == "tail":

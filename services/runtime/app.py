@@ -3,7 +3,9 @@
 `create_app(service)` wires a `ServiceDefinition` into an `AsgiFastStream`: on start it
 configures logging, opens the pool, migrates the service schema, creates the topics,
 starts the outbox relay and any background tasks, then the broker's subscribers.
-`GET /healthz` answers 200 once every subscriber consumes; `GET /metrics` serves
+`GET /healthz` (liveness) answers 200 once started and while nothing has been failing for
+longer than `HEALTH_FAILING_THRESHOLD_S`; `GET /readyz` (readiness) answers 200 while
+migrated, connected and consuming (services/runtime/health.py); `GET /metrics` serves
 Prometheus metrics. Run it with `run(service)` (uvicorn on `HTTP_PORT`).
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field, replace
@@ -37,8 +40,13 @@ from services.runtime.consumer import (
     is_infrastructure_error,
 )
 from services.runtime.db import Connection, create_pool, migrate
+from services.runtime.health import Health, reporting_to
 from services.runtime.kafka_auth import broker_security, client_options
-from services.runtime.logs import configure_logging, failure_site, get_logger
+from services.runtime.logs import (
+    RepeatedFailureLog,
+    configure_logging,
+    get_logger,
+)
 from services.runtime.metrics import ConsumerGroup, MetricsSampler
 from services.runtime.outbox import OutboxMessage, OutboxRelay, enqueue
 from services.runtime.records import UNREADABLE, install_record_guard
@@ -202,7 +210,14 @@ def build_service(definition: ServiceDefinition, settings: Settings | None = Non
         log_level=logging.DEBUG,  # per-message lines only when debugging
         security=broker_security(settings),
     )
-    state: dict[str, Any] = {"runtime": None, "tasks": [], "consumers": {}}
+    health = Health(threshold_s=settings.health_failing_threshold_s)
+    state: dict[str, Any] = {
+        "runtime": None,
+        "tasks": [],
+        "consumers": {},
+        "health": health,
+        "started": False,
+    }
 
     for spec in definition.consumers:
         _register_consumer(broker, spec, settings, topics, service, state)
@@ -218,6 +233,10 @@ def build_service(definition: ServiceDefinition, settings: Settings | None = Non
         if applied:
             log.info("migrations applied", versions=applied)
         await ensure_topics(settings, topics)
+        with reporting_to(health):  # the tasks started here report to this service's health
+            await _start_work(pool)
+
+    async def _start_work(pool: asyncpg.Pool) -> None:
         relay = None
         if settings.relay_enabled:
             relay = OutboxRelay(
@@ -265,12 +284,14 @@ def build_service(definition: ServiceDefinition, settings: Settings | None = Non
                     pool,
                     timedelta(days=settings.inbox_retention_days),
                     timedelta(seconds=settings.inbox_prune_interval_s),
+                    timedelta(days=settings.dlq_retention_days),
                 ),
                 name="inbox-retention",
             )
         )
 
     async def after_startup() -> None:
+        state["started"] = True  # the subscribers have been started
         log.info("service started", topics=[topics(c.topic) for c in definition.consumers])
 
     async def on_shutdown() -> None:
@@ -289,22 +310,67 @@ def build_service(definition: ServiceDefinition, settings: Settings | None = Non
         await runtime.pool.close()
         log.info("service stopped")
 
+    async def probe(runtime: Runtime) -> dict[str, str]:
+        """Ask the database and the broker now; record the answers in `health`."""
+        down: dict[str, str] = {}
+        try:
+            async with runtime.pool.acquire(timeout=2.0) as conn:
+                await conn.fetchval("SELECT 1", timeout=2.0)
+        except Exception as exc:
+            down["database"] = type(exc).__name__
+        try:
+            if not await broker.ping(timeout=2.0):
+                down["broker"] = "no answer"
+        except Exception as exc:
+            down["broker"] = type(exc).__name__
+        for part in ("database", "broker"):
+            (health.failed if part in down else health.ok)(part)
+        return down
+
+    def stopped() -> dict[str, str]:
+        """Consumers that stopped and background tasks that ended with an error: never
+        alive again."""
+        found = {
+            f"consumer:{','.join(getattr(sub, 'topic_names', ()))}": "stopped"
+            for sub in broker.subscribers
+            if not sub.running
+        }
+        for task in state["tasks"]:  # some end by design (their work done): not those
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                found[f"task:{task.get_name()}"] = f"ended: {type(task.exception()).__name__}"
+        return found
+
     @get
     async def healthz(scope: Any) -> AsgiResponse:
         runtime: Runtime | None = state["runtime"]
-        ok = (
-            runtime is not None
-            and all(sub.running for sub in broker.subscribers)
-            and await broker.ping(timeout=2.0)
-        )
-        body = b'{"status":"ok"}' if ok else b'{"status":"starting"}'
-        return AsgiResponse(
-            body, status_code=200 if ok else 503, headers={"content-type": "application/json"}
-        )
+        if runtime is None or not state["started"]:
+            return _json({"status": "starting"}, 503)
+        await probe(runtime)
+        problems: dict[str, str] = stopped()
+        for part, seconds in health.failing_too_long().items():
+            problems[part] = f"failing for {seconds:.0f}s"
+        failing = {part: round(seconds, 1) for part, seconds in health.failing().items()}
+        if problems:
+            return _json({"status": "unhealthy", "problems": problems, "failing_s": failing}, 503)
+        return _json({"status": "ok", "failing_s": failing}, 200)
+
+    @get
+    async def readyz(scope: Any) -> AsgiResponse:
+        runtime: Runtime | None = state["runtime"]
+        if runtime is None or not state["started"]:
+            return _json({"status": "starting"}, 503)
+        problems: dict[str, str] = {**await probe(runtime), **stopped()}
+        if problems:
+            return _json({"status": "not ready", "problems": problems}, 503)
+        return _json({"status": "ready"}, 200)
 
     app = AsgiFastStream(
         broker,
-        asgi_routes=[("/healthz", healthz), ("/metrics", make_asgi_app())],
+        asgi_routes=[
+            ("/healthz", healthz),
+            ("/readyz", readyz),
+            ("/metrics", make_asgi_app()),
+        ],
         logger=stdlib_logger,
         on_startup=[on_startup],
         after_startup=[after_startup],
@@ -336,6 +402,14 @@ def _sampler(definition: ServiceDefinition, runtime: Runtime) -> MetricsSampler:
     )
 
 
+def _json(body: dict[str, Any], status: int) -> AsgiResponse:
+    return AsgiResponse(
+        json.dumps(body).encode(),
+        status_code=status,
+        headers={"content-type": "application/json"},
+    )
+
+
 def _register_consumer(
     broker: KafkaBroker,
     spec: ConsumerSpec,
@@ -361,8 +435,16 @@ def _register_consumer(
     )
 
     # Consecutive failed deliveries of this consumer's batches: the pause before the next
-    # one doubles (from RETRY_BACKOFF_MS, at most 30 s) and each pause logs one line.
+    # one doubles (from RETRY_BACKOFF_MS, at most 30 s); the same failure is logged once
+    # per log window with its count (RepeatedFailureLog), and reported to the health.
     failures = Backoff(initial_s=settings.retry_backoff_ms / 1000, max_s=30.0)
+    failure_log = RepeatedFailureLog(
+        log.warning,
+        "the batch failed and will be delivered again",
+        first_window_s=failures.initial_s,
+    )
+    health: Health = state["health"]
+    part = f"consumer:{spec.name}"
 
     @subscriber
     async def consume(body: Any, message: KafkaMessage) -> None:
@@ -370,7 +452,15 @@ def _register_consumer(
         raw = message.raw_message
         records: tuple[ConsumerRecord[Any, Any], ...] = raw if isinstance(raw, tuple) else (raw,)
         batch = [
-            RawRecord(r.topic, r.partition, r.offset, r.key, r.value, _unreadable(r))
+            RawRecord(
+                r.topic,
+                r.partition,
+                r.offset,
+                r.key,
+                r.value,
+                _unreadable(r),
+                tuple(r.headers) if r.headers else (),
+            )
             for r in records
         ]
         try:
@@ -379,17 +469,18 @@ def _register_consumer(
             # Infrastructure failed (or, against every guard, something else did): the batch
             # is delivered again, after a pause that grows while the failure lasts.
             delay = failures.next_delay()
-            log.warning(
-                "the batch failed and will be delivered again",
+            health.failed(part)
+            failure_log.failed(
+                exc,
                 consumer=spec.name,
                 infrastructure=is_infrastructure_error(exc),
-                error_type=type(exc).__name__,
-                at=failure_site(exc),
-                failures_in_a_row=failures.failures,
                 retry_in_s=delay,
             )
             await backoff(delay)
             raise
+        health.ok(part)
+        if failures.failures:
+            failure_log.recovered(log.info, "the batch went through again", consumer=spec.name)
         failures.reset()
 
 

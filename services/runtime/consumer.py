@@ -18,6 +18,7 @@ messages) commits in one transaction; the offsets are committed only afterwards.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import functools
 import hashlib
@@ -53,6 +54,7 @@ from services.runtime.db import Connection
 from services.runtime.logs import failure_site, get_logger
 from services.runtime.metrics import BATCH_FAILURES, DEAD_LETTERS, dead_letter_code
 from services.runtime.outbox import OutboxMessage, OutboxMessageTooLarge, check_sizes, enqueue
+from services.runtime.records import UNREADABLE
 
 log = get_logger(__name__)
 
@@ -351,6 +353,29 @@ class RawRecord:
     value: bytes | None
     #: Why the record's bytes could not be decoded (services/runtime/records.py), if so.
     unreadable: str | None = None
+    #: The record's Kafka headers (kept in a dead letter, for a replay).
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+    def replay_of(self) -> uuid.UUID | None:
+        """The dead letter this record replays (`cm dlq replay` sets `REPLAY_HEADER`)."""
+        for name, value in self.headers:
+            if name == REPLAY_HEADER:
+                try:
+                    return uuid.UUID(bytes(value or b"").decode("ascii", "replace"))
+                except ValueError:
+                    return None
+        return None
+
+
+#: The header `cm dlq replay` puts on a replayed record: the id of its dead letter. The
+#: consumer lets such a record past the inbox only when the inbox row is the one that dead
+#: letter wrote and the replay was asked for in the database (`_reopen`).
+REPLAY_HEADER = "cm-replay-of"
+#: Headers a dead letter does not keep: the runtime's own markers, never the sender's.
+_RUNTIME_HEADERS = frozenset({REPLAY_HEADER, UNREADABLE})
+
+#: A `dead_letters` row as `_write` inserts it (migrations/004_dead_letters.sql).
+DeadLetterRow = tuple[Any, ...]
 
 
 @dataclass
@@ -603,21 +628,29 @@ class BatchConsumer:
             return outcome
         outbox: list[OutboxMessage] = []
         results: list[tuple[MessageRef, OutboxMessage]] = []
+        letters: list[DeadLetterRow] = []
         parsed: list[tuple[RawRecord, Envelope[Any]]] = []
         counts: list[tuple[str, str]] = []
         dead: list[str] = []
+        replays: list[tuple[Envelope[Any], uuid.UUID]] = []
         for record in records:
             try:
-                parsed.append((record, self._parse(record)))
+                envelope = self._parse(record)
             except ParseError as error:
                 outcome.dead_lettered += 1
                 failure = Failure.of_parse(error)
-                self._dead_letter(outbox, results, record, failure)
+                self._dead_letter(outbox, results, letters, record, failure)
                 counts.append((type_label(error.type), "dead_letter"))
                 dead.append(failure.code_label)
+                continue
+            parsed.append((record, envelope))
+            if record.headers and (letter := record.replay_of()) is not None:
+                replays.append((envelope, letter))
 
         async with self.pool.acquire() as conn, conn.transaction():
             fresh: set[MessageRef] = set()
+            if replays:
+                await self._reopen(conn, replays)
             if parsed:
                 rows = await conn.fetch(
                     "INSERT INTO inbox (consumer, website_key, message_id)"
@@ -655,7 +688,7 @@ class BatchConsumer:
                 outbox.extend(answered_now[d] for d in duplicates if d in answered_now)
                 if earlier:
                     outbox.extend(await self._stored_answers(conn, earlier))
-            await self._write(conn, outbox, results)
+            await self._write(conn, outbox, results, letters)
         for (label, kind), count in Tally(counts).items():  # one metric update per kind
             HANDLED.labels(self.service, self.spec.name, label, kind).inc(count)
         if dead:
@@ -707,6 +740,8 @@ class BatchConsumer:
             results: list[tuple[MessageRef, OutboxMessage]] = []
             try:
                 async with conn.transaction():  # a savepoint: all of this record or none
+                    if record.headers and (letter := record.replay_of()) is not None:
+                        await self._reopen(conn, [(envelope, letter)])
                     fresh = await conn.fetchval(
                         "INSERT INTO inbox (consumer, website_key, message_id)"
                         " VALUES ($1, $2, $3) ON CONFLICT DO NOTHING RETURNING message_id",
@@ -795,15 +830,21 @@ class BatchConsumer:
             async with conn.transaction():
                 outbox: list[OutboxMessage] = []
                 results: list[tuple[MessageRef, OutboxMessage]] = []
-                self._dead_letter(outbox, results, record, failure)
+                letters: list[DeadLetterRow] = []
+                self._dead_letter(outbox, results, letters, record, failure)
                 if inbox_ref is not None:  # a redelivery gets the same answer, not a retry
+                    # The row names this dead letter: its replay (and only its) may pass.
+                    # A row a failed replay left names the new dead letter from now on.
                     await conn.execute(
-                        "INSERT INTO inbox (consumer, website_key, message_id)"
-                        " VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                        "INSERT INTO inbox (consumer, website_key, message_id, dead_letter)"
+                        " VALUES ($1, $2, $3, $4) ON CONFLICT (consumer, website_key, message_id)"
+                        " DO UPDATE SET dead_letter = EXCLUDED.dead_letter"
+                        " WHERE inbox.dead_letter IS NOT NULL",
                         self.inbox_name,
                         *inbox_ref,
+                        letters[0][0],
                     )
-                await self._write(conn, outbox, results)
+                await self._write(conn, outbox, results, letters)
         except Exception as exc:
             if is_infrastructure_error(exc):
                 raise
@@ -847,14 +888,49 @@ class BatchConsumer:
         )
         return [OutboxMessage(r["topic"], r["key"], bytes(r["value"])) for r in stored]
 
+    async def _reopen(
+        self, conn: Connection, replays: Sequence[tuple[Envelope[Any], uuid.UUID]]
+    ) -> None:
+        """Let replayed records past the inbox: a message whose inbox row was written by
+        the very dead letter it replays, a replay `cm dlq replay` asked for in the database
+        (`replay_requested_at`), loses that row and its stored answer (the rejection the
+        dead letter gave), and is handled as new. Once handled, its row no longer names a
+        dead letter: a second replay is a duplicate, answered with the new answer."""
+        await conn.execute(
+            "WITH reopened AS ("
+            " DELETE FROM inbox i USING unnest($2::text[], $3::uuid[], $4::uuid[])"
+            " AS r (website_key, message_id, letter)"
+            " WHERE i.consumer = $1 AND i.website_key = r.website_key"
+            " AND i.message_id = r.message_id AND i.dead_letter = r.letter"
+            " AND EXISTS (SELECT 1 FROM dead_letters d"
+            " WHERE d.id = r.letter AND d.replay_requested_at IS NOT NULL)"
+            " RETURNING i.website_key, i.message_id)"
+            " DELETE FROM command_results c USING reopened r"
+            " WHERE c.website_key = r.website_key AND c.command_id = r.message_id",
+            self.inbox_name,
+            [envelope.website_key for envelope, _ in replays],
+            [envelope.message_id for envelope, _ in replays],
+            [letter for _, letter in replays],
+        )
+
     async def _write(
         self,
         conn: Connection,
         outbox: list[OutboxMessage],
         results: list[tuple[MessageRef, OutboxMessage]],
+        letters: Sequence[DeadLetterRow] = (),
     ) -> None:
-        """Store the answers and enqueue everything (sizes checked before any write)."""
+        """Store the answers and dead letters and enqueue everything (sizes checked
+        before any write)."""
         check_sizes(outbox, self.limits.max_message_bytes)
+        if letters:
+            await conn.executemany(
+                "INSERT INTO dead_letters (id, consumer, topic, kafka_partition, kafka_offset,"
+                " key, value, value_length, value_truncated, headers, website_key, message_id,"
+                " message_type, codes, error)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+                letters,
+            )
         if results:
             await conn.executemany(
                 "INSERT INTO command_results (website_key, command_id, topic, key, value)"
@@ -954,6 +1030,7 @@ class BatchConsumer:
         self,
         outbox: list[OutboxMessage],
         results: list[tuple[MessageRef, OutboxMessage]],
+        letters: list[DeadLetterRow],
         record: RawRecord,
         failure: Failure,
     ) -> None:
@@ -968,6 +1045,7 @@ class BatchConsumer:
         website_key = failure.website_key or "unknown"
         dead = new_envelope(letter, website_key=website_key, occurred_at=now)
         outbox.append(OutboxMessage(self.topics(DLQ), parts["key"], dead.to_json()))
+        letters.append(self._letter_row(dead.message_id, record, failure, letter))
         log.warning(
             "message dead-lettered",
             topic=record.topic,
@@ -996,6 +1074,35 @@ class BatchConsumer:
             )
             outbox.append(message)
             results.append(((failure.website_key, failure.message_id), message))
+
+    def _letter_row(
+        self, letter_id: uuid.UUID, record: RawRecord, failure: Failure, letter: DeadLetter
+    ) -> DeadLetterRow:
+        """The `dead_letters` row of a dead letter: what a replay sends again (the key and
+        headers as they came, the body's first `dlq_max_value_bytes` bytes)."""
+        value = record.value or b""
+        headers = [
+            [_clean(name, MAX_ERROR_FIELD_CHARS), base64.b64encode(data or b"").decode()]
+            for name, data in record.headers
+            if name not in _RUNTIME_HEADERS
+        ]
+        return (
+            letter_id,
+            self.inbox_name,
+            record.topic,
+            record.partition,
+            record.offset,
+            record.key,
+            value[: self.limits.dlq_max_value_bytes],
+            len(value),
+            letter.raw_truncated,
+            headers,
+            None if failure.website_key is None else _clean(failure.website_key, 200),
+            failure.message_id,
+            None if failure.type is None else _clean(failure.type, MAX_ERROR_FIELD_CHARS),
+            sorted({e.code for e in letter.errors}),
+            letter.error,
+        )
 
     def _is_command(self, type_name: str | None) -> bool:
         """An unknown type on a command topic is still answered; internal ones are not."""

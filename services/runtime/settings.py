@@ -89,8 +89,15 @@ class Settings(BaseSettings):
     # back-off from `handler_retry_backoff_ms`) before that message alone is dead-lettered.
     handler_retry_attempts: int = 3
     handler_retry_backoff_ms: int = 100
-    # How much of a bad body a dead letter carries (plus its length and SHA-256).
+    # How much of a bad body a dead letter carries (plus its length and SHA-256); a body
+    # cut to it cannot be replayed (`cm dlq replay` refuses it).
     dlq_max_value_bytes: int = 16_384
+    # Dead letters stay in the service's `dead_letters` table (for `cm dlq`) this long.
+    dlq_retention_days: float = 30.0
+
+    # Liveness: `/healthz` answers 503 once the database, the broker, a consumer or a
+    # background worker has been failing for longer than this (services/runtime/health.py).
+    health_failing_threshold_s: float = 60.0
 
     # Notifier (used from the notifier issue on).
     smtp_host: str = "127.0.0.1"

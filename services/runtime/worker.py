@@ -6,9 +6,13 @@ returns how much it did. `run_worker` calls it forever:
 
 - work was done → the next round starts at once;
 - nothing to do → it waits `idle_s` (or until `wake` is set);
-- the step raised → it waits with exponential backoff (`Backoff`), and logs the failure
-  once per wait, with the number of failures in a row, never once per attempt in a tight
-  loop. The first success after failures is logged once too.
+- the step raised → it waits with exponential backoff (`Backoff`) and logs the failure
+  once per log window (`RepeatedFailureLog`: a line per wait while the backoff still
+  grows, then ever rarer, at most one per 10 minutes), with the number of failures in a
+  row and of those not logged, never once per attempt in a tight loop. The first success
+  after failures is logged once too.
+- the worker reports each failure and success to its service's `Health` (`/healthz`
+  turns unhealthy when it has been failing for longer than the threshold).
 
 `CancelledError` always ends the loop. A `stop` flag lets a caller end it between rounds
 without cancelling a step half-way.
@@ -24,7 +28,8 @@ from typing import Any
 
 from prometheus_client import Counter
 
-from services.runtime.logs import failure_site, get_logger
+from services.runtime import health as health_board
+from services.runtime.logs import RepeatedFailureLog, get_logger
 
 log = get_logger(__name__)
 
@@ -73,10 +78,34 @@ async def run_worker(
     wake: asyncio.Event | None = None,
     backoff: Backoff | None = None,
     stop: StopFlag | None = None,
+    failure_log: RepeatedFailureLog | None = None,
 ) -> None:
     """Run `step` until cancelled (or `stop` is set); see the module docstring."""
     backoff = backoff or Backoff()
     stop = stop or StopFlag()
+    failures = failure_log or RepeatedFailureLog(
+        log.error, "background work failed; backing off", first_window_s=backoff.initial_s
+    )
+    health = health_board.current()
+    part = f"worker:{name}"
+    try:
+        await _loop(name, step, idle_s, wake, backoff, stop, failures, health, part)
+    finally:
+        if health is not None:
+            health.ok(part)  # a worker that ended is no longer failing (nor running)
+
+
+async def _loop(
+    name: str,
+    step: Callable[[], Awaitable[int]],
+    idle_s: float,
+    wake: asyncio.Event | None,
+    backoff: Backoff,
+    stop: StopFlag,
+    failures: RepeatedFailureLog,
+    health: health_board.Health | None,
+    part: str,
+) -> None:
     while not stop.stopped:
         if wake is not None:
             wake.clear()  # a wake-up during the step makes the idle wait end at once
@@ -86,20 +115,17 @@ async def run_worker(
             raise
         except Exception as exc:
             WORKER_FAILURES.labels(name).inc()
+            if health is not None:
+                health.failed(part)
             delay = backoff.next_delay()
-            # Type, site and count only: an exception's text may carry personal data.
-            log.error(
-                "background work failed; backing off",
-                worker=name,
-                error_type=type(exc).__name__,
-                at=failure_site(exc),
-                failures_in_a_row=backoff.failures,
-                retry_in_s=delay,
-            )
+            # Type, site and counts only: an exception's text may carry personal data.
+            failures.failed(exc, worker=name, retry_in_s=delay)
             await _wait(delay, None, stop)
             continue
+        if health is not None:
+            health.ok(part)
         if backoff.failures:
-            log.info("background work recovered", worker=name, after_failures=backoff.failures)
+            failures.recovered(log.info, "background work recovered", worker=name)
             backoff.reset()
         if done == 0 and not stop.stopped:
             await _wait(idle_s, wake, stop)

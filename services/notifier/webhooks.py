@@ -170,6 +170,8 @@ def signed_headers(secret: str, message_id: str, body: bytes, now: datetime) -> 
 #: The recorded code of a transport error: the kind of failure, as the delivery log named
 #: it before the client was aiohttp (docs/notifier.md); any other keeps its type name.
 _TRANSPORT_ERRORS: tuple[tuple[type[BaseException], str], ...] = (
+    # aiohttp refuses a host such as `127.1` or `2130706433` (legacy IPv4 forms) itself.
+    (aiohttp.InvalidURL, "invalid_url"),
     (aiohttp.ClientConnectorError, "ConnectError"),  # refused, unreachable, DNS, TLS
     (aiohttp.ServerDisconnectedError, "RemoteProtocolError"),
     (aiohttp.ClientPayloadError, "RemoteProtocolError"),

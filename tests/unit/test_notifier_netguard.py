@@ -218,6 +218,18 @@ async def test_the_client_refuses_before_connecting_when_any_address_is_private(
     assert recorder.log == []
 
 
+async def test_a_legacy_numeric_ipv4_host_is_an_invalid_url_and_never_connected() -> None:
+    """`127.1` and `2130706433` name 127.0.0.1 to the system's resolver; the client
+    refuses them as URLs, whatever the policy."""
+    for policy in (TargetPolicy(resolve=resolver({})), TargetPolicy(allow_private_networks=True)):
+        async with recorded_client(policy) as (client, recorder):
+            for url in ("https://127.1/hook", "https://2130706433/hook"):
+                with pytest.raises(aiohttp.InvalidURL) as refused:
+                    await send(client, url)
+                assert transport_error_code(refused.value) == "invalid_url"
+        assert recorder.log == []
+
+
 async def test_dns_rebinding_between_registration_and_delivery_is_refused() -> None:
     """The name passes at registration; at connect time it resolves to loopback."""
     answers = {"rebind.example": ["93.184.215.14"]}

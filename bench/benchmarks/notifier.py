@@ -28,17 +28,19 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+import psutil
 from aiokafka import AIOKafkaProducer
 
 from bench import kafka
 from bench.cost import line as cost_line
-from bench.driver import run_backlog, run_load
+from bench.driver import Load, LoadGenerator, run_backlog
 from bench.infra import Count, free_port
 from bench.inprocess import InProcessService
 from bench.invoice_loadgen import website_key
 from bench.kafka import PARTITIONS
 from bench.notifier_loadgen import NotifierLoadSpec, invoice_count
 from bench.notifier_loadgen import main as loadgen_main
+from bench.procs import embedded_pids, tree_cpu_seconds
 from bench.registry import BenchContext, Options, benchmark, logger
 from bench.stats import backlog_figures, summary
 from contracts import topics
@@ -168,6 +170,71 @@ def _spec(ctx: BenchContext, events_topic: str, n: int, **extra: Any) -> Notifie
     )
 
 
+class _Shares:
+    """CPU time of every process of the run over the load's window (the generator ready
+    → its "done"): the notifier (this process), the load generator with the endpoint, the
+    embedded broker and PostgreSQL (all its processes). Shows which process the shared
+    cores went to at the measured rate."""
+
+    def __init__(self, generator_pid: int) -> None:
+        # The bench process alone: the load generator, the embedded broker and
+        # PostgreSQL are its children.
+        self.own = {
+            "notifier (bench process)": os.getpid(),
+            "load generator + endpoint": generator_pid,
+        }
+        self.trees = embedded_pids()
+        self.started = time.monotonic()
+        self.cpu = self._now()
+        self.window_s = 0.0
+
+    def _now(self) -> dict[str, float]:
+        return {
+            **{name: _own_cpu_seconds(pid) for name, pid in self.own.items()},
+            **{name: tree_cpu_seconds(pid) for name, pid in self.trees.items()},
+        }
+
+    def stop(self) -> None:
+        self.window_s = time.monotonic() - self.started
+        now = self._now()
+        self.cpu = {name: now[name] - self.cpu[name] for name in now}
+
+    def figures(self, n: int) -> dict[str, Any]:
+        return {
+            "window_s": round(self.window_s, 3),
+            "processes": {
+                name: {
+                    "cpu_us_per_delivery": round(seconds / n * 1e6, 1),
+                    "cores": round(seconds / self.window_s, 2) if self.window_s else None,
+                }
+                for name, seconds in self.cpu.items()
+            },
+            "cores_in_all": round(sum(self.cpu.values()) / self.window_s, 2)
+            if self.window_s
+            else None,
+        }
+
+
+def _own_cpu_seconds(pid: int) -> float:
+    times = psutil.Process(pid).cpu_times()
+    return float(times.user + times.system)
+
+
+async def _load_with_shares(spec: NotifierLoadSpec) -> tuple[Load, _Shares]:
+    """`run_load`, with the CPU of every process measured over the load (`_Shares`)."""
+    generator = LoadGenerator(spec, loadgen_main)
+    try:
+        await generator.start()
+        assert generator.process.pid is not None
+        shares = _Shares(generator.process.pid)
+        _, first_send, last_ack = await generator.expect("produced", 300.0)
+        _, done = await generator.expect("done", spec.timeout_s + 30)
+        shares.stop()
+    finally:
+        generator.stop()
+    return Load(first_send, last_ack, done), shares
+
+
 def _checks(done: dict[str, Any]) -> dict[str, Any]:
     return {
         "complete": done["complete"],
@@ -225,7 +292,7 @@ async def webhooks(ctx: BenchContext, label: str, n: int, rate: float | None) ->
     try:
         registered_in = await notifier.register_webhooks(f"http://127.0.0.1:{port}/hook", secrets)
         _log(f"{label}: {len(secrets)} webhooks registered in {registered_in:.2f} s; sending")
-        load = await run_load(spec, loadgen_main)
+        load, shares = await _load_with_shares(spec)
     finally:
         await notifier.stop()
     counts = await notifier.cleanup(COUNTS)
@@ -254,8 +321,10 @@ async def webhooks(ctx: BenchContext, label: str, n: int, rate: float | None) ->
         **counts,
         # Per event: its push, its delivery row, its POST and its record.
         "cost": notifier.cost(n),
+        "cpu_by_process": shares.figures(n),
     }
     _log(f"{label}: {cost_line(result['cost'])}")
+    _log(f"{label}: CPU by process over the load {result['cpu_by_process']['processes']}")
     _log(
         f"{label}: {result['deliveries_per_s']} deliveries/s; produced → received p50"
         f" {result['latency_produced_to_received']['p50_ms']} ms, p99"
@@ -311,8 +380,9 @@ async def run(ctx: BenchContext) -> dict[str, Any]:
             " fast as the producer goes; deliveries_per_s = n / (last delivery accepted by"
             " the endpoint - first event produced); latency = event produced → POST"
             " received (under a burst, mostly time queued). webhook_latency: the same at a"
-            " fixed rate. The load generator and the endpoint (uvicorn, h11, uvloop) run in"
-            " a process of their own."
+            " fixed rate. The load generator and the endpoint (a bare HTTP/1.1 server on"
+            " asyncio protocols, uvloop) run in a process of their own; cpu_by_process is"
+            " each process's CPU over the load (generator ready → done)."
         ),
         "ordering": (
             "Deliveries of one invoice are sequential: the claim takes only the lowest open"

@@ -21,7 +21,7 @@ class NotifierLimits:
     #: One deadline per webhook delivery: connect, send and read together.
     webhook_timeout_s: float = 10.0
     #: Webhook requests in flight per process, and per merchant within those.
-    webhook_max_in_flight: int = 16
+    webhook_max_in_flight: int = 128
     webhook_max_in_flight_per_merchant: int = 4
     #: How long a claimed delivery stays `sending` before another worker may take it
     #: (at least `webhook_lease`'s floor).

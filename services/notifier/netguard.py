@@ -13,26 +13,32 @@ Two checks, at two moments:
   name's addresses when it resolves within `WEBHOOK_DNS_TIMEOUT_S` (the event loop's
   `getaddrinfo`, so the consumer waits at most that long). A name that does not resolve
   (yet) is accepted: the delivery check decides.
-- **Delivery** (`guarded_transport`): the HTTP client's network backend resolves the
-  name itself, refuses the connection when any address is not allowed, and connects to
-  the checked address, never to the name (so a DNS answer that changes between the check
-  and the connect, "DNS rebinding", cannot reach a private address). TLS still verifies
-  the certificate against the URL's host name (SNI). A refused target fails that delivery
-  with `target_not_allowed`; redirects are never followed (a 3xx is a failed attempt).
+- **Delivery** (`guarded_connector`, the webhook client's aiohttp connection pool): its
+  resolver (`GuardedResolver`) resolves the name at every new connection and refuses it
+  when any address is not allowed; the connector connects to the checked addresses,
+  never to the name (so a DNS answer that changes between the check and the connect,
+  "DNS rebinding", cannot reach a private address), and each address is checked once
+  more as its socket is opened (`guarded_socket_factory`: this is where a literal IP in
+  the URL is refused). TLS still verifies the certificate against the URL's host name
+  (SNI). A refused target fails that delivery with `target_not_allowed`; the scheme is
+  checked before each request (`check_scheme`), and redirects are never followed (a 3xx
+  is a failed attempt).
 """
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
-import select
 import socket
 import ssl
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-import httpcore
+import aiohttp
 import httpx
+from aiohappyeyeballs import AddrInfoType
+from aiohttp.abc import AbstractResolver, ResolveResult
+from yarl import URL
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -138,9 +144,18 @@ class TargetPolicy:
     dns_timeout_s: float = 1.0
     resolve: Resolver = field(default=system_resolve, compare=False)
 
-    def check_scheme(self, url: httpx.URL) -> None:
+    def check_scheme(self, url: httpx.URL | URL) -> None:
         if not self.allow_private_networks and url.scheme != "https":
             raise TargetNotAllowed(_HTTPS_REQUIRED)
+
+    def check_address(self, text: str) -> None:
+        """`TargetNotAllowed` unless a connection may go to the address `text` (an IPv6
+        zone, `%eth0`, is ignored)."""
+        if self.allow_private_networks:
+            return
+        address = literal_address(text.split("%", 1)[0])
+        if address is None or not address_allowed(address):
+            raise TargetNotAllowed(_NOT_PUBLIC)
 
     async def registration_refusal(self, url: str) -> str | None:
         """Why `url` cannot be registered (a message without the URL), or None. A name
@@ -167,139 +182,87 @@ class TargetPolicy:
         else:
             async with asyncio.timeout(timeout_s):
                 found = await self.resolve(host, port)
-        if not self.allow_private_networks:
-            for text in found:
-                address = literal_address(text.split("%", 1)[0])
-                if address is None or not address_allowed(address):
-                    raise TargetNotAllowed(_NOT_PUBLIC)
+        for text in found:
+            self.check_address(text)
         return found
 
 
-class _Stream(httpcore.AsyncNetworkStream):
-    """The inner backend's stream, answering httpcore's `is_readable` probe from the
-    socket it keeps. The pool asks it of every idle connection at every request and
-    every response's end; through anyio each answer builds the stream's table of
-    attributes anew, a few times the cost of the probe (a zero-timeout poll) itself."""
+class GuardedResolver(AbstractResolver):
+    """aiohttp's resolver hook: the policy's resolution, every address checked (one that
+    is not allowed refuses the whole name: `TargetNotAllowed`). The connector connects
+    to the addresses returned here, never to the name."""
 
-    def __init__(self, inner: httpcore.AsyncNetworkStream) -> None:
-        self._inner = inner
-        self._socket: socket.socket | None = inner.get_extra_info("socket")
-
-    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return await self._inner.read(max_bytes, timeout)
-
-    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        await self._inner.write(buffer, timeout)
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-    async def start_tls(
-        self,
-        ssl_context: ssl.SSLContext,
-        server_hostname: str | None = None,
-        timeout: float | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        return _Stream(await self._inner.start_tls(ssl_context, server_hostname, timeout))
-
-    def get_extra_info(self, info: str) -> object:
-        if info == "is_readable" and self._socket is not None:
-            return _readable(self._socket)
-        return self._inner.get_extra_info(info)
-
-
-def _readable(sock: socket.socket) -> bool:
-    """Whether a read would not block (data, or the peer closed): httpcore's test."""
-    fd = sock.fileno()
-    if fd < 0:
-        return True
-    poller = select.poll()
-    poller.register(fd, select.POLLIN)
-    return bool(poller.poll(0))
-
-
-class GuardedBackend(httpcore.AsyncNetworkBackend):
-    """An httpcore network backend that resolves the host itself, refuses the connection
-    unless every address is allowed, and connects to the checked addresses in turn."""
-
-    def __init__(
-        self, policy: TargetPolicy, inner: httpcore.AsyncNetworkBackend | None = None
-    ) -> None:
+    def __init__(self, policy: TargetPolicy) -> None:
         self.policy = policy
-        self.inner = inner or httpcore.AnyIOBackend()
 
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        try:
-            addresses = await self.policy.addresses(host, port, timeout_s=timeout)
-        except TimeoutError as error:
-            raise httpcore.ConnectTimeout("name resolution timed out") from error
-        except OSError as error:  # socket.gaierror: the name does not resolve
-            raise httpcore.ConnectError("name resolution failed") from error
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        # No timeout of its own: the delivery's deadline covers the lookup too.
+        addresses = await self.policy.addresses(host, port, timeout_s=None)
         if not addresses:
-            raise httpcore.ConnectError("the name has no addresses")
-        failure: Exception | None = None
-        for address in addresses:
-            try:
-                return _Stream(
-                    await self.inner.connect_tcp(
-                        address, port, timeout, local_address, socket_options
-                    )
-                )
-            except (httpcore.ConnectError, httpcore.ConnectTimeout) as error:
-                failure = error
-        assert failure is not None
-        raise failure
+            raise OSError("the name has no addresses")  # aiohttp: a connection error
+        return [
+            ResolveResult(
+                hostname=host,
+                host=address,
+                port=port,
+                family=socket.AF_INET6 if ":" in address else socket.AF_INET,
+                proto=0,
+                flags=socket.AI_NUMERICHOST | socket.AI_NUMERICSERV,
+            )
+            for address in addresses
+        ]
 
-    async def connect_unix_socket(
-        self,
-        path: str,
-        timeout: float | None = None,
-        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        raise TargetNotAllowed("webhooks do not use Unix sockets")
-
-    async def sleep(self, seconds: float) -> None:
-        await self.inner.sleep(seconds)
+    async def close(self) -> None:
+        return None
 
 
-class GuardedTransport(httpx.AsyncHTTPTransport):
-    """httpx's transport on a `GuardedBackend`, refusing http when https is required.
-
-    httpx 0.28 takes no network backend (encode/httpx PR 3749 would add one): the
-    connection pool is replaced by one built the same way with the guarded backend.
-    tests/unit/test_notifier_netguard.py fails if that stops taking effect."""
-
-    def __init__(
-        self,
-        policy: TargetPolicy,
-        *,
-        limits: httpx.Limits,
-        verify: ssl.SSLContext | bool = True,
-    ) -> None:
-        super().__init__(limits=limits, verify=verify, trust_env=False)
-        self.policy = policy
-        self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=httpx.create_ssl_context(verify=verify, trust_env=False),
-            max_connections=limits.max_connections,
-            max_keepalive_connections=limits.max_keepalive_connections,
-            keepalive_expiry=limits.keepalive_expiry,
-            network_backend=GuardedBackend(policy),
-        )
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        self.policy.check_scheme(request.url)
-        return await super().handle_async_request(request)
+#: Opens the socket of one connection attempt (aiohappyeyeballs' `socket_factory`).
+SocketOpener = Callable[[AddrInfoType], socket.socket]
 
 
-def guarded_transport(
-    policy: TargetPolicy, limits: httpx.Limits, *, verify: ssl.SSLContext | bool = True
-) -> GuardedTransport:
-    """The transport of the webhook client (see the module docstring)."""
-    return GuardedTransport(policy, limits=limits, verify=verify)
+def _open_socket(addr_info: AddrInfoType) -> socket.socket:
+    family, type_, proto, _, _ = addr_info
+    return socket.socket(family=family, type=type_, proto=proto)
+
+
+def guarded_socket_factory(
+    policy: TargetPolicy, open_socket: SocketOpener = _open_socket
+) -> SocketOpener:
+    """The last check, on the address each connection attempt is about to connect to
+    (a literal IP in the URL never reaches the resolver): `TargetNotAllowed` before a
+    socket exists, so nothing is sent."""
+
+    def create(addr_info: AddrInfoType) -> socket.socket:
+        policy.check_address(str(addr_info[4][0]))
+        return open_socket(addr_info)
+
+    return create
+
+
+def guarded_connector(
+    policy: TargetPolicy,
+    *,
+    limit: int,
+    keepalive_s: float = 5.0,
+    ssl_context: ssl.SSLContext | None = None,
+    open_socket: SocketOpener = _open_socket,
+) -> aiohttp.TCPConnector:
+    """The webhook client's connection pool (aiohttp): names resolved and checked by
+    `GuardedResolver` at every new connection (no DNS cache), every address checked again
+    as its socket is opened (`guarded_socket_factory`), addresses tried in turn (no
+    happy-eyeballs race, whose attempts would swallow a refusal), TLS verified against the
+    URL's host name (SNI) with httpx's trust store (certifi), at most `limit` connections,
+    idle ones kept `keepalive_s`. `open_socket` is for tests (record instead of connect)."""
+    return aiohttp.TCPConnector(
+        limit=limit,
+        limit_per_host=0,
+        keepalive_timeout=keepalive_s,
+        use_dns_cache=False,
+        resolver=GuardedResolver(policy),
+        socket_factory=guarded_socket_factory(policy, open_socket),
+        happy_eyeballs_delay=None,
+        interleave=None,
+        ssl=ssl_context if ssl_context is not None else httpx.create_ssl_context(trust_env=False),
+    )

@@ -49,22 +49,18 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import httpx
+import aiohttp
 from prometheus_client import Counter, Histogram
 from standardwebhooks import Webhook
+from yarl import URL
 
 from contracts import topics
 from contracts.catalog import timer_for
 from contracts.envelope import Message, envelope_class
 from contracts.notifier import RetryWebhookDelivery
-from services.notifier.limits import (
-    NotifierLimits,
-    error_code,
-    header_value,
-    read_capped,
-)
+from services.notifier.limits import NotifierLimits, error_code, header_value
 from services.notifier.metrics import GIVE_UPS, RETRIES, WEBHOOK
-from services.notifier.netguard import TargetNotAllowed, TargetPolicy, guarded_transport
+from services.notifier.netguard import TargetNotAllowed, TargetPolicy, guarded_connector
 from services.notifier.repository import ClaimedDelivery, NotifierRepository
 from services.notifier.secrets import SecretBox, SecretUnreadable
 from services.runtime.app import Runtime
@@ -141,13 +137,13 @@ def signing_key(secret: str) -> Webhook:
 
 
 @functools.lru_cache(maxsize=1024)
-def endpoint_url(url: str) -> httpx.URL:
+def endpoint_url(url: str) -> URL:
     """The stored URL, parsed: http(s) with a host, or `InvalidDelivery("invalid_url")`
     (kept per URL: a merchant's deliveries share it; a bad one raises every time)."""
     try:
-        parsed = httpx.URL(url)
+        parsed = URL(url)
         _ = parsed.port  # a port that is not a number fails here, not mid-request
-    except (httpx.InvalidURL, ValueError, TypeError):
+    except (ValueError, TypeError, UnicodeError):
         raise InvalidDelivery("invalid_url") from None
     if parsed.scheme not in ("http", "https") or not parsed.host:
         raise InvalidDelivery("invalid_url")
@@ -172,8 +168,69 @@ def signed_headers(secret: str, message_id: str, body: bytes, now: datetime) -> 
     }
 
 
+#: The recorded code of a transport error: the kind of failure, as the delivery log named
+#: it before the client was aiohttp (docs/notifier.md); any other keeps its type name.
+_TRANSPORT_ERRORS: tuple[tuple[type[BaseException], str], ...] = (
+    # aiohttp refuses a host such as `127.1` or `2130706433` (legacy IPv4 forms) itself.
+    (aiohttp.InvalidURL, "invalid_url"),
+    (aiohttp.ClientConnectorError, "ConnectError"),  # refused, unreachable, DNS, TLS
+    (aiohttp.ServerDisconnectedError, "RemoteProtocolError"),
+    (aiohttp.ClientPayloadError, "RemoteProtocolError"),
+    (aiohttp.ClientResponseError, "RemoteProtocolError"),  # an answer that does not parse
+)
+
+
+def transport_error_code(error: BaseException) -> str:
+    for kind, code in _TRANSPORT_ERRORS:
+        if isinstance(error, kind):
+            return code
+    return type(error).__name__
+
+
+class WebhookClient:
+    """The HTTP client of webhook deliveries: an aiohttp session on the guarded connector
+    (netguard.py), HTTP/1.1 keep-alive, no redirects, no cookies, no proxies from the
+    environment, no decompression (only the status counts). Made by `webhook_client`."""
+
+    follow_redirects = False
+
+    def __init__(self, session: aiohttp.ClientSession, policy: TargetPolicy) -> None:
+        self.session = session
+        self.policy = policy
+
+    @contextlib.asynccontextmanager
+    async def send(
+        self, url: URL, body: bytes, headers: dict[str, str]
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """POST `body` to `url`; the answer's body is left to read (`read_capped`). A
+        target that is not allowed raises `TargetNotAllowed` before anything is sent."""
+        self.policy.check_scheme(url)
+        async with self.session.post(
+            url, data=body, headers=headers, allow_redirects=False
+        ) as response:
+            yield response
+
+    async def close(self) -> None:
+        await self.session.close()
+
+
+async def read_capped(response: aiohttp.ClientResponse, max_bytes: int) -> bytes:
+    """At most `max_bytes` of the answer's body; the rest is never read (the connection
+    is then closed instead of reused: aiohttp keeps only connections whose answer
+    ended). The connection reads ahead into a bounded buffer only."""
+    parts: list[bytes] = []
+    size = 0
+    while size < max_bytes:
+        chunk = await response.content.readany()
+        if not chunk:
+            break
+        parts.append(chunk[: max_bytes - size])
+        size += len(parts[-1])
+    return b"".join(parts)
+
+
 async def post(
-    client: httpx.AsyncClient,
+    client: WebhookClient,
     delivery: ClaimedDelivery,
     *,
     timeout_s: float,
@@ -198,14 +255,16 @@ async def post(
             secret, str(delivery.push_message_id), delivery.body, datetime.now(UTC)
         )
         async with asyncio.timeout(timeout_s):
-            async with client.stream("POST", url, content=delivery.body, headers=headers) as r:
-                status = r.status_code
-                await read_capped(r, max_response_bytes)
+            async with client.send(url, delivery.body, headers) as response:
+                status = response.status
+                await read_capped(response, max_response_bytes)
     except (InvalidDelivery, TargetNotAllowed, SecretUnreadable) as error:
         return failed(error.code)
-    except (TimeoutError, httpx.HTTPError) as error:
+    except (TimeoutError, aiohttp.ClientError) as error:
         if status is None:  # else only the (unneeded) rest of the body was lost
-            return failed("timeout" if isinstance(error, TimeoutError) else type(error).__name__)
+            return failed(
+                "timeout" if isinstance(error, TimeoutError) else transport_error_code(error)
+            )
     except Exception as error:  # one delivery's bad luck never touches another's
         return failed(error_code(error))
     assert status is not None
@@ -288,7 +347,7 @@ class WebhookDispatcher:
     def __init__(
         self,
         runtime: Runtime,
-        client: httpx.AsyncClient,
+        client: WebhookClient,
         limits: NotifierLimits | None = None,
         secrets: SecretBox | None = None,
     ) -> None:
@@ -473,18 +532,25 @@ class WebhookDispatcher:
 
 @contextlib.asynccontextmanager
 async def webhook_client(
-    limits: NotifierLimits, policy: TargetPolicy | None = None
-) -> AsyncIterator[httpx.AsyncClient]:
-    """The HTTP client of webhook deliveries: no redirects, no proxies from the
-    environment, connections only to targets `policy` allows (netguard.py; None: the
-    strict default), a pool the size of the in-flight bound, per-operation timeouts within
-    the overall deadline."""
-    connections = limits.webhook_max_in_flight
-    pool_limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
-    async with httpx.AsyncClient(
-        transport=guarded_transport(policy or TargetPolicy(), pool_limits),
-        timeout=httpx.Timeout(limits.webhook_timeout_s),
-        follow_redirects=False,
+    limits: NotifierLimits,
+    policy: TargetPolicy | None = None,
+    *,
+    connector: aiohttp.TCPConnector | None = None,
+) -> AsyncIterator[WebhookClient]:
+    """The HTTP client of webhook deliveries (docs/decisions.md, "Webhook deliveries on
+    aiohttp"): connections only to targets `policy` allows (netguard.py; None: the strict
+    default), a pool the size of the in-flight bound, the delivery's deadline as the
+    session's total timeout too. `connector`: tests (one of `guarded_connector`'s)."""
+    policy = policy or TargetPolicy()
+    session = aiohttp.ClientSession(
+        connector=connector or guarded_connector(policy, limit=limits.webhook_max_in_flight),
+        timeout=aiohttp.ClientTimeout(total=limits.webhook_timeout_s),
+        cookie_jar=aiohttp.DummyCookieJar(),
+        auto_decompress=False,
         trust_env=False,
-    ) as client:
+    )
+    client = WebhookClient(session, policy)
+    try:
         yield client
+    finally:
+        await client.close()

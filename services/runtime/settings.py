@@ -108,7 +108,7 @@ class Settings(BaseSettings):
     print_provider_url: str | None = None
     webhook_timeout_s: float = 10.0
     # Notifier bounds (services/notifier/limits.py says what each one bounds).
-    webhook_max_in_flight: int = 16
+    webhook_max_in_flight: int = 128
     webhook_max_in_flight_per_merchant: int = 4
     webhook_lease_s: float = 60.0
     notifier_response_max_bytes: int = 65_536

@@ -1,29 +1,30 @@
 """Webhook targets: which addresses are public, what registration refuses, and that the
-webhook client connects only to checked addresses (never to the name), with TLS still
-checked against the name."""
+webhook client (aiohttp on the guarded connector) connects only to checked addresses
+(never to the name), with TLS still checked against the name, and follows no redirect."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import socket
 import ssl
-from collections.abc import Iterable
+from collections.abc import AsyncIterator
 from typing import Any
 
-import httpcore
+import aiohttp
 import httpx
 import pytest
+from yarl import URL
 
 from services.notifier.limits import NotifierLimits
 from services.notifier.netguard import (
-    GuardedBackend,
     TargetNotAllowed,
     TargetPolicy,
     address_allowed,
-    guarded_transport,
+    guarded_connector,
 )
-from services.notifier.webhooks import webhook_client
+from services.notifier.webhooks import WebhookClient, transport_error_code, webhook_client
 
 REFUSED = [
     "127.0.0.1",
@@ -167,74 +168,66 @@ async def test_private_networks_allowed_turns_every_check_off() -> None:
 # --- the connection ---------------------------------------------------------------------
 
 
-class RecordingStream(httpcore.AsyncNetworkStream):
-    def __init__(self, log: list[tuple[str, Any]]) -> None:
-        self.log = log
+class Recorder:
+    """Stands in for opening sockets: records where each connection attempt would go and
+    refuses it, so no traffic leaves the machine."""
 
-    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return b""
+    def __init__(self) -> None:
+        self.log: list[tuple[str, int]] = []
 
-    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        self.log.append(("write", buffer))
-
-    async def aclose(self) -> None:
-        pass
-
-    async def start_tls(
-        self,
-        ssl_context: ssl.SSLContext,
-        server_hostname: str | None = None,
-        timeout: float | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        self.log.append(("start_tls", server_hostname))
-        raise httpcore.ConnectError("no TLS in this test")
+    def __call__(self, addr_info: Any) -> socket.socket:
+        self.log.append((str(addr_info[4][0]), int(addr_info[4][1])))
+        raise ConnectionRefusedError(111, "refused (recorded)")
 
 
-class RecordingBackend(httpcore.AsyncNetworkBackend):
-    """Records where connections go; `refuse` addresses fail to connect."""
-
-    def __init__(self, refuse: Iterable[str] = ()) -> None:
-        self.log: list[tuple[str, Any]] = []
-        self.refuse = set(refuse)
-
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        self.log.append(("connect", (host, port)))
-        if host in self.refuse:
-            raise httpcore.ConnectError("refused")
-        return RecordingStream(self.log)
-
-    async def sleep(self, seconds: float) -> None:
-        pass
+@contextlib.asynccontextmanager
+async def recorded_client(policy: TargetPolicy) -> AsyncIterator[tuple[WebhookClient, Recorder]]:
+    recorder = Recorder()
+    connector = guarded_connector(policy, limit=1, open_socket=recorder)
+    async with webhook_client(LIMITS, policy, connector=connector) as client:
+        yield client, recorder
 
 
-async def test_the_backend_connects_to_the_checked_address_not_to_the_name() -> None:
-    inner = RecordingBackend(refuse={"93.184.215.14"})
+async def send(client: WebhookClient, url: str) -> int:
+    async with client.send(URL(url), b"{}", {"content-type": "application/json"}) as response:
+        return response.status
+
+
+LIMITS = NotifierLimits(webhook_timeout_s=2.0)
+
+
+async def test_the_client_connects_to_the_checked_addresses_in_turn_not_to_the_name() -> None:
     answers = {"shop.example": ["93.184.215.14", "2606:4700:4700::1111"]}
-    backend = GuardedBackend(TargetPolicy(resolve=resolver(answers)), inner)
-    await backend.connect_tcp("shop.example", 443, timeout=1.0)
+    async with recorded_client(TargetPolicy(resolve=resolver(answers))) as (client, recorder):
+        with pytest.raises(aiohttp.ClientConnectorError) as refused:
+            await send(client, "https://shop.example/cm/push")
     # The first address refused the connection; the second one was tried.
-    assert inner.log == [
-        ("connect", ("93.184.215.14", 443)),
-        ("connect", ("2606:4700:4700::1111", 443)),
+    assert recorder.log == [
+        ("93.184.215.14", 443),
+        ("2606:4700:4700::1111", 443),
     ]
+    assert transport_error_code(refused.value) == "ConnectError"
 
 
-async def test_the_backend_refuses_before_connecting_when_any_address_is_private() -> None:
-    inner = RecordingBackend()
+async def test_the_client_refuses_before_connecting_when_any_address_is_private() -> None:
     answers = {"rebound.example": ["93.184.215.14", "127.0.0.1"]}
-    backend = GuardedBackend(TargetPolicy(resolve=resolver(answers)), inner)
-    with pytest.raises(TargetNotAllowed):
-        await backend.connect_tcp("rebound.example", 443, timeout=1.0)
-    with pytest.raises(TargetNotAllowed):
-        await backend.connect_tcp("10.0.0.1", 443, timeout=1.0)
-    assert inner.log == []
+    async with recorded_client(TargetPolicy(resolve=resolver(answers))) as (client, recorder):
+        for url in ("https://rebound.example/hook", "https://10.0.0.1/hook", "https://[::1]/"):
+            with pytest.raises(TargetNotAllowed):
+                await send(client, url)
+    assert recorder.log == []
+
+
+async def test_a_legacy_numeric_ipv4_host_is_an_invalid_url_and_never_connected() -> None:
+    """`127.1` and `2130706433` name 127.0.0.1 to the system's resolver; the client
+    refuses them as URLs, whatever the policy."""
+    for policy in (TargetPolicy(resolve=resolver({})), TargetPolicy(allow_private_networks=True)):
+        async with recorded_client(policy) as (client, recorder):
+            for url in ("https://127.1/hook", "https://2130706433/hook"):
+                with pytest.raises(aiohttp.InvalidURL) as refused:
+                    await send(client, url)
+                assert transport_error_code(refused.value) == "invalid_url"
+        assert recorder.log == []
 
 
 async def test_dns_rebinding_between_registration_and_delivery_is_refused() -> None:
@@ -243,33 +236,68 @@ async def test_dns_rebinding_between_registration_and_delivery_is_refused() -> N
     policy = TargetPolicy(resolve=resolver(answers))
     assert await policy.registration_refusal("https://rebind.example/hook") is None
     answers["rebind.example"] = ["127.0.0.1"]
-    inner = RecordingBackend()
-    with pytest.raises(TargetNotAllowed):
-        await GuardedBackend(policy, inner).connect_tcp("rebind.example", 443, timeout=1.0)
-    assert inner.log == []
+    async with recorded_client(policy) as (client, recorder):
+        with pytest.raises(TargetNotAllowed):
+            await send(client, "https://rebind.example/hook")
+    assert recorder.log == []
+
+
+async def test_every_new_connection_resolves_and_checks_the_name_again() -> None:
+    """No DNS cache: a name rebound to loopback after a first (public) connection is
+    refused at the next one."""
+    answers = {"shop.example": ["93.184.215.14"]}
+    async with recorded_client(TargetPolicy(resolve=resolver(answers))) as (client, recorder):
+        with pytest.raises(aiohttp.ClientConnectorError):
+            await send(client, "https://shop.example/hook")
+        answers["shop.example"] = ["127.0.0.1"]
+        with pytest.raises(TargetNotAllowed):
+            await send(client, "https://shop.example/hook")
+    assert recorder.log == [("93.184.215.14", 443)]
 
 
 async def test_a_name_that_does_not_resolve_is_a_connect_error() -> None:
-    backend = GuardedBackend(TargetPolicy(resolve=resolver({})), RecordingBackend())
-    with pytest.raises(httpcore.ConnectError):
-        await backend.connect_tcp("gone.example", 443, timeout=1.0)
+    async with recorded_client(TargetPolicy(resolve=resolver({}))) as (client, recorder):
+        with pytest.raises(aiohttp.ClientConnectorError) as failed:
+            await send(client, "https://gone.example/hook")
+    assert transport_error_code(failed.value) == "ConnectError"
+    assert recorder.log == []
 
 
 async def test_tls_is_checked_against_the_host_name_while_connecting_to_the_address() -> None:
-    """Through httpx: the connection goes to the resolved IP, SNI carries the name."""
-    inner = RecordingBackend()
-    policy = TargetPolicy(resolve=resolver(PUBLIC))
-    transport = guarded_transport(policy, httpx.Limits(max_connections=1))
-    transport._pool = httpcore.AsyncConnectionPool(network_backend=GuardedBackend(policy, inner))
-    async with httpx.AsyncClient(transport=transport) as client:
-        with pytest.raises(httpx.ConnectError):
-            await client.post("https://shop.example/cm/push", content=b"{}")
-    assert inner.log == [("connect", ("93.184.215.14", 443)), ("start_tls", "shop.example")]
+    """The connection goes to the resolved address (a local TLS listener), SNI carries
+    the name from the URL."""
+    names: list[str | None] = []
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+
+    def record(_: Any, name: str | None, __: Any) -> int:
+        names.append(name)
+        return ssl.ALERT_DESCRIPTION_HANDSHAKE_FAILURE  # no certificate needed: stop here
+
+    context.sni_callback = record
+    peers: list[str] = []
+
+    async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peers.append(writer.get_extra_info("peername")[0])
+        writer.close()
+
+    server = await asyncio.start_server(accept, "127.0.0.1", 0, ssl=context)
+    port = server.sockets[0].getsockname()[1]
+    resolve = resolver({"shop.example": ["127.0.0.1"]})
+    policy = TargetPolicy(allow_private_networks=True, resolve=resolve)
+    try:
+        async with webhook_client(LIMITS, policy) as client:
+            with pytest.raises(aiohttp.ClientConnectorError):
+                await send(client, f"https://shop.example:{port}/cm/push")
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert resolve.calls == ["shop.example"]
+    assert names == ["shop.example"]
 
 
 async def test_the_webhook_client_refuses_private_targets_and_plain_http() -> None:
     """The real client as the notifier builds it (strict policy): nothing is sent."""
-    async with webhook_client(NotifierLimits(webhook_timeout_s=2.0)) as client:
+    async with webhook_client(LIMITS) as client:
         assert client.follow_redirects is False
         for url in (
             "https://127.0.0.1:9/hook",
@@ -278,31 +306,38 @@ async def test_the_webhook_client_refuses_private_targets_and_plain_http() -> No
             "http://93.184.215.14/hook",
         ):
             with pytest.raises(TargetNotAllowed):
-                await client.post(url, content=b"{}")
+                await send(client, url)
 
 
-async def test_the_guarded_stream_answers_is_readable_as_httpcore_does() -> None:
-    """`_Stream` answers httpcore's idle-connection probe from its socket: not readable
-    while the peer is quiet, readable once it sent something or closed."""
-    from httpcore._utils import is_socket_readable  # noqa: PLC0415
+async def test_a_redirect_is_answered_not_followed() -> None:
+    """A 3xx is the attempt's answer (a failed attempt): the client never goes where it
+    points (here a second local listener that would count any request)."""
+    hits: list[bytes] = []
 
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen()
-    port = listener.getsockname()[1]
-    backend = GuardedBackend(TargetPolicy(allow_private_networks=True))
-    stream = await backend.connect_tcp("127.0.0.1", port, timeout=2.0)
-    peer, _ = await asyncio.to_thread(listener.accept)
+    async def target(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        hits.append(await reader.read(1024))
+        writer.close()
+
+    elsewhere = await asyncio.start_server(target, "127.0.0.1", 0)
+    location = f"http://127.0.0.1:{elsewhere.sockets[0].getsockname()[1]}/internal"
+
+    async def redirect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        await reader.readexactly(2)  # the body, b"{}"
+        writer.write(
+            f"HTTP/1.1 307 Temporary Redirect\r\nlocation: {location}\r\n"
+            "content-length: 0\r\n\r\n".encode()
+        )
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(redirect, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/hook"
     try:
-        raw = stream.get_extra_info("socket")
-        assert stream.get_extra_info("is_readable") is False
-        assert is_socket_readable(raw) is False
-        peer.sendall(b"x")
-        await asyncio.sleep(0.05)
-        assert stream.get_extra_info("is_readable") is True
-        assert is_socket_readable(raw) is True
-        assert stream.get_extra_info("server_addr")[1] == port
+        async with webhook_client(LIMITS, TargetPolicy(allow_private_networks=True)) as client:
+            assert await send(client, url) == 307
     finally:
-        peer.close()
-        listener.close()
-        await stream.aclose()
+        for listener in (server, elsewhere):
+            listener.close()
+            await listener.wait_closed()
+    assert hits == []

@@ -1,0 +1,108 @@
+"""The reports' rules: which invoices count and where they fall. Pure functions; the SQL
+in repository.py is built from the same table (`BUCKETS`)."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import date
+from decimal import Decimal
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """Invoices `low`..`high` days past their due date (inclusive; None: no bound)."""
+
+    key: str
+    label: str
+    low: int | None
+    high: int | None
+
+
+#: The aging buckets: not yet due (or due today), 1-30, 31-60, 61-90, over 90 days overdue.
+BUCKETS: tuple[Bucket, ...] = (
+    Bucket("current", "Current", None, 0),
+    Bucket("1-30", "1-30 days", 1, 30),
+    Bucket("31-60", "31-60 days", 31, 60),
+    Bucket("61-90", "61-90 days", 61, 90),
+    Bucket("90+", "Over 90 days", 91, None),
+)
+
+#: Invoice statuses whose open amount no longer ages: written off, rejected, cancelled.
+CLOSED_STATUSES = (80, 90, 91)
+
+
+def counts_for_aging(*, is_test: bool, status_code: int, open_amount: Decimal) -> bool:
+    """An invoice is in the aging report when it is real, not closed and something is open
+    (principal plus admin costs)."""
+    return not is_test and status_code not in CLOSED_STATUSES and open_amount > 0
+
+
+def bucket_of(days_overdue: int) -> Bucket:
+    for bucket in BUCKETS:
+        if bucket.high is None or days_overdue <= bucket.high:
+            return bucket
+    raise AssertionError("the last bucket has no upper bound")
+
+
+@dataclass
+class AgingRow:
+    """One currency's open amounts by bucket."""
+
+    currency: str
+    amounts: dict[str, Decimal] = field(
+        default_factory=lambda: {b.key: Decimal(0) for b in BUCKETS}
+    )
+    counts: dict[str, int] = field(default_factory=lambda: {b.key: 0 for b in BUCKETS})
+
+    @property
+    def total(self) -> Decimal:
+        return sum(self.amounts.values(), Decimal(0))
+
+    @property
+    def chart_values(self) -> list[str]:
+        """The amounts in bucket order, as exact decimal strings."""
+        return [f"{self.amounts[b.key]:f}" for b in BUCKETS]
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts.values())
+
+
+@dataclass(frozen=True)
+class AgingReport:
+    as_of: date
+    rows: list[AgingRow]
+
+
+def aging_from_sums(as_of: date, sums: Iterable[tuple[str, str, int, Decimal]]) -> AgingReport:
+    """The report from (currency, bucket key, invoices, amount) sums."""
+    rows: dict[str, AgingRow] = {}
+    for currency, key, count, amount in sums:
+        row = rows.setdefault(currency, AgingRow(currency))
+        row.amounts[key] += amount
+        row.counts[key] += count
+    return AgingReport(as_of, [rows[c] for c in sorted(rows)])
+
+
+def aging_csv(report: AgingReport) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(["as_of", "currency", "bucket", "invoices", "open_amount"])
+    for row in report.rows:
+        for bucket in BUCKETS:
+            writer.writerow(
+                [
+                    report.as_of.isoformat(),
+                    row.currency,
+                    bucket.key,
+                    row.counts[bucket.key],
+                    f"{row.amounts[bucket.key]:f}",
+                ]
+            )
+        writer.writerow(
+            [report.as_of.isoformat(), row.currency, "total", row.count, f"{row.total:f}"]
+        )
+    return out.getvalue()

@@ -1,0 +1,756 @@
+"""The console's pages and JSON API (Starlette + Jinja2, htmx and Chart.js as static files).
+
+Every handler that shows or changes data starts from the signed-in user's website key:
+an invoice key of another merchant finds nothing and answers 404, like a key that does
+not exist. Writes (forms and API) carry the session's CSRF token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+from zoneinfo import ZoneInfo
+
+from babel import Locale, UnknownLocaleError
+from babel.dates import format_date, format_datetime
+from babel.numbers import format_currency
+from prometheus_client import make_asgi_app
+from pydantic import ValidationError
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import (
+    JSONResponse,
+    PlainTextResponse,
+    RedirectResponse,
+    Response,
+)
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.templating import Jinja2Templates
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from contracts.catalog import key_for, topic_for_type
+from contracts.envelope import Command, field_errors, new_envelope
+from contracts.invoice import (
+    CreateCreditNote,
+    InvoiceStatus,
+    PauseInvoice,
+    RegisterDispute,
+    ResolveDispute,
+    TriggerNextStep,
+    UnpauseInvoice,
+    WriteOffInvoice,
+)
+from services.console import auth, reports, repository
+from services.console.app import ConsoleSettings
+from services.console.repository import InvoiceFilter, PageKey, User
+from services.invoice.domain.status import TRANSITIONS
+from services.runtime.app import Runtime, Service
+from services.runtime.logs import get_logger
+from services.runtime.outbox import OutboxMessage
+
+log = get_logger(__name__)
+
+HERE = Path(__file__).parent
+templates = Jinja2Templates(directory=HERE / "templates")
+
+
+# --- the merchant's culture (Babel) ---------------------------------------------------------
+
+
+def _locale(culture: str) -> Locale:
+    try:
+        return Locale.parse(culture, sep="-")
+    except (UnknownLocaleError, ValueError):
+        return Locale.parse("en_GB")
+
+
+def fmt_money(amount: Decimal | str | None, currency: str, culture: str) -> str:
+    if amount is None:
+        return ""
+    return format_currency(Decimal(amount), currency, locale=_locale(culture))
+
+
+def fmt_date(day: date | str | None, culture: str) -> str:
+    if day is None:
+        return ""
+    if isinstance(day, str):
+        day = date.fromisoformat(day)
+    return format_date(day, "medium", locale=_locale(culture))
+
+
+def fmt_datetime(moment: datetime | str | None, culture: str, time_zone: str) -> str:
+    if moment is None:
+        return ""
+    if isinstance(moment, str):
+        moment = datetime.fromisoformat(moment)
+    return format_datetime(moment, "medium", tzinfo=ZoneInfo(time_zone), locale=_locale(culture))
+
+
+def status_name(code: int) -> str:
+    try:
+        name = InvoiceStatus(code).display_name
+    except ValueError:
+        return str(code)
+    return re.sub(r"(?<=[a-z])(?=[A-Z])", " ", name).capitalize()
+
+
+def event_name(name: str) -> str:
+    return re.sub(r"(?<=[a-z])(?=[A-Z])", " ", name).capitalize()
+
+
+templates.env.globals["status_name"] = status_name
+templates.env.globals["event_name"] = event_name
+templates.env.globals["STATUSES"] = [(s.value, status_name(s.value)) for s in InvoiceStatus]
+templates.env.globals["BUCKETS"] = reports.BUCKETS
+
+
+# --- actions: the commands a page may send --------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Action:
+    name: str
+    label: str
+    command: type[Command]
+    test_only: bool = False
+    has_reason: bool = True
+
+    @property
+    def statuses(self) -> frozenset[int] | None:
+        """The statuses the invoice service moves on from with this command (its own
+        table, services/invoice/domain/status.py); None: not a status command."""
+        moves = TRANSITIONS.get(self.command.TYPE)
+        return frozenset(int(s) for s in moves) if moves is not None else None
+
+
+ACTIONS: dict[str, Action] = {
+    a.name: a
+    for a in (
+        Action("pause", "Pause", PauseInvoice),
+        Action("unpause", "Unpause", UnpauseInvoice),
+        Action("dispute", "Register a dispute", RegisterDispute),
+        Action("resolve-dispute", "Resolve the dispute", ResolveDispute),
+        Action("write-off", "Write off", WriteOffInvoice),
+        Action(
+            "trigger-next-step",
+            "Trigger the next step",
+            TriggerNextStep,
+            test_only=True,
+            has_reason=False,
+        ),
+    )
+}
+
+
+def actions_for(invoice: dict[str, Any]) -> list[Action]:
+    """The actions the page offers (the service has the last word: a refused command
+    comes back as CommandRejected)."""
+    return [
+        a
+        for a in ACTIONS.values()
+        if (a.statuses is None or invoice["status_code"] in a.statuses)
+        and (not a.test_only or invoice["is_test"])
+    ]
+
+
+# --- security headers ---------------------------------------------------------------------
+
+_SECURITY_HEADERS = [
+    (
+        b"content-security-policy",
+        b"default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self';"
+        b" object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'",
+    ),
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"same-origin"),
+]
+
+
+class SecurityHeaders:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def with_headers(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), *_SECURITY_HEADERS]
+                if not scope["path"].startswith("/static/"):
+                    message["headers"].append((b"cache-control", b"no-store"))
+            await send(message)
+
+        await self.app(scope, receive, with_headers)  # type: ignore[arg-type]
+
+
+# --- the app --------------------------------------------------------------------------------
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+class Console:
+    """The routes, bound to the running service and the console's settings."""
+
+    def __init__(self, service: Service, settings: ConsoleSettings) -> None:
+        self.service = service
+        self.settings = settings
+
+    @property
+    def runtime(self) -> Runtime:
+        return self.service.runtime
+
+    # --- sessions ---
+
+    async def _session(self, request: Request) -> tuple[User, str] | None:
+        token = request.cookies.get(auth.SESSION_COOKIE)
+        if not token:
+            return None
+        async with self.runtime.pool.acquire() as conn:
+            return await repository.session_user(conn, auth.token_digest(token), datetime.now(UTC))
+
+    def page(self, handler: Callable[[Request, User, str], Awaitable[Response]]) -> Endpoint:
+        """A page for signed-in users; others are sent to the sign-in page. POSTs must
+        carry the session's CSRF token."""
+
+        @functools.wraps(handler)
+        async def endpoint(request: Request) -> Response:
+            found = await self._session(request)
+            if found is None:
+                target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+                return RedirectResponse(f"/login?{urlencode({'next': target})}", status_code=303)
+            user, csrf = found
+            if request.method == "POST":
+                form = await request.form()
+                given = form.get("csrf_token") or request.headers.get("x-csrf-token")
+                if not auth.same_token(csrf, given if isinstance(given, str) else None):
+                    return PlainTextResponse("CSRF token missing or wrong", status_code=403)
+            return await handler(request, user, csrf)
+
+        return endpoint
+
+    def api(self, handler: Callable[[Request, User], Awaitable[Response]]) -> Endpoint:
+        """A JSON endpoint for signed-in users (401 otherwise); writes need the
+        `X-CSRF-Token` header."""
+
+        @functools.wraps(handler)
+        async def endpoint(request: Request) -> Response:
+            found = await self._session(request)
+            if found is None:
+                return JSONResponse({"error": "not signed in"}, status_code=401)
+            user, csrf = found
+            if request.method != "GET" and not auth.same_token(
+                csrf, request.headers.get("x-csrf-token")
+            ):
+                return JSONResponse({"error": "CSRF token missing or wrong"}, status_code=403)
+            return await handler(request, user)
+
+        return endpoint
+
+    def render(
+        self,
+        request: Request,
+        name: str,
+        user: User | None,
+        csrf: str | None,
+        status_code: int = 200,
+        **context: Any,
+    ) -> Response:
+        culture = user.culture if user else "en-GB"
+        zone = user.time_zone if user else "UTC"
+        context |= {
+            "user": user,
+            "csrf": csrf,
+            "money": lambda a, c: fmt_money(a, c, culture),
+            "day": lambda d: fmt_date(d, culture),
+            "moment": lambda m: fmt_datetime(m, culture, zone),
+            "lang": culture.split("-")[0],
+        }
+        return templates.TemplateResponse(request, name, context, status_code=status_code)
+
+    # --- sign in and out ---
+
+    def _cookie_args(self) -> dict[str, Any]:
+        return {"httponly": True, "secure": self.settings.console_cookie_secure, "samesite": "lax"}
+
+    async def login_form(self, request: Request) -> Response:
+        return self._login_page(request, error=None)
+
+    def _login_page(self, request: Request, error: str | None, status_code: int = 200) -> Response:
+        token = auth.new_token()
+        response = self.render(
+            request,
+            "login.html",
+            None,
+            token,
+            status_code=status_code,
+            error=error,
+            next=_safe_next(request.query_params.get("next")),
+        )
+        response.set_cookie(
+            auth.LOGIN_CSRF_COOKIE, token, max_age=3600, path="/login", **self._cookie_args()
+        )
+        return response
+
+    async def login(self, request: Request) -> Response:
+        form = await request.form()
+        given = form.get("csrf_token")
+        if not auth.same_token(
+            request.cookies.get(auth.LOGIN_CSRF_COOKIE), given if isinstance(given, str) else None
+        ):
+            return self._login_page(request, "The form expired: please sign in again.", 403)
+        username = str(form.get("username") or "").strip()
+        password = str(form.get("password") or "")
+        async with self.runtime.pool.acquire() as conn:
+            found = await repository.user_with_hash(conn, username)
+        stored_hash = found[1] if found else None
+        # argon2 takes tens of milliseconds: off the event loop.
+        ok = await asyncio.to_thread(auth.verify_password, stored_hash, password)
+        if not ok or found is None:
+            log.info("console sign-in refused")
+            return self._login_page(request, "Wrong username or password.", 401)
+        user = found[0]
+        token, csrf = auth.new_token(), auth.new_token()
+        async with self.runtime.pool.acquire() as conn:
+            if auth.needs_rehash(stored_hash or ""):
+                new_hash = await asyncio.to_thread(auth.hash_password, password)
+                await repository.set_password(conn, user.username, new_hash)
+            await repository.prune_sessions(conn, datetime.now(UTC))
+            await repository.open_session(
+                conn,
+                auth.token_digest(token),
+                user.username,
+                csrf,
+                datetime.now(UTC) + timedelta(hours=self.settings.console_session_hours),
+            )
+        log.info("console sign-in", website_key=user.website_key)
+        response = RedirectResponse(_safe_next(str(form.get("next") or "")), status_code=303)
+        response.set_cookie(
+            auth.SESSION_COOKIE,
+            token,
+            max_age=int(self.settings.console_session_hours * 3600),
+            path="/",
+            **self._cookie_args(),
+        )
+        response.delete_cookie(auth.LOGIN_CSRF_COOKIE, path="/login")
+        return response
+
+    async def logout(self, request: Request, user: User, csrf: str) -> Response:
+        token = request.cookies.get(auth.SESSION_COOKIE, "")
+        async with self.runtime.pool.acquire() as conn:
+            await repository.close_session(conn, auth.token_digest(token))
+        response = RedirectResponse("/login", status_code=303)
+        response.delete_cookie(auth.SESSION_COOKIE, path="/")
+        return response
+
+    # --- invoices ---
+
+    async def invoice_list(self, request: Request, user: User, csrf: str) -> Response:
+        filters, errors = _filters(request)
+        after = PageKey.parse(request.query_params.get("after"))
+        async with self.runtime.pool.acquire() as conn:
+            rows, following = await repository.invoice_page(conn, user.website_key, filters, after)
+            choices = await repository.filter_choices(conn, user.website_key)
+        query = {k: v for k, v in request.query_params.items() if k != "after" and v}
+        next_url = (
+            f"/invoices?{urlencode({**query, 'after': following.token()})}" if following else None
+        )
+        return self.render(
+            request,
+            "invoices.html",
+            user,
+            csrf,
+            invoices=rows,
+            filters=filters,
+            errors=errors,
+            schemes=choices["schemes"],
+            next_url=next_url,
+            first_url=f"/invoices?{urlencode(query)}" if after else None,
+        )
+
+    async def _invoice(self, user: User, invoice_key: str) -> dict[str, Any] | None:
+        async with self.runtime.pool.acquire() as conn:
+            row = await repository.invoice(conn, user.website_key, invoice_key)
+            if row is None:
+                return None
+            row["timeline"] = await repository.timeline(conn, user.website_key, invoice_key)
+            row["commands"] = await repository.commands_of(conn, user.website_key, invoice_key)
+        return row
+
+    async def invoice_detail(self, request: Request, user: User, csrf: str) -> Response:
+        row = await self._invoice(user, request.path_params["invoice_key"])
+        if row is None:
+            return self._not_found(request, user, csrf)
+        return self.render(
+            request,
+            "invoice.html",
+            user,
+            csrf,
+            invoice=row,
+            actions=actions_for(row),
+            form_errors=[],
+            form={},
+        )
+
+    async def invoice_live(self, request: Request, user: User, csrf: str) -> Response:
+        row = await self._invoice(user, request.path_params["invoice_key"])
+        if row is None:
+            return self._not_found(request, user, csrf)
+        return self.render(request, "_invoice_live.html", user, csrf, invoice=row)
+
+    def _not_found(self, request: Request, user: User, csrf: str) -> Response:
+        return self.render(request, "not_found.html", user, csrf, status_code=404)
+
+    async def invoice_action(self, request: Request, user: User, csrf: str) -> Response:
+        invoice_key = request.path_params["invoice_key"]
+        action = ACTIONS.get(request.path_params["action"])
+        async with self.runtime.pool.acquire() as conn:
+            row = await repository.invoice(conn, user.website_key, invoice_key)
+        if row is None or action is None:
+            return self._not_found(request, user, csrf)
+        form = await request.form()
+        reason = str(form.get("reason") or "").strip() or None
+        values: dict[str, Any] = {"invoice_number": row["invoice_number"]}
+        if action.has_reason and reason:
+            values["reason"] = reason
+        await self._send_or_show(request, user, csrf, row, action.command, values)
+        return RedirectResponse(f"/invoices/{invoice_key}#commands", status_code=303)
+
+    async def credit_note(self, request: Request, user: User, csrf: str) -> Response:
+        invoice_key = request.path_params["invoice_key"]
+        async with self.runtime.pool.acquire() as conn:
+            row = await repository.invoice(conn, user.website_key, invoice_key)
+        if row is None:
+            return self._not_found(request, user, csrf)
+        form = await request.form()
+        values = {
+            "original_invoice_number": row["invoice_number"],
+            "credit_note_number": str(form.get("credit_note_number") or "").strip(),
+            "amount": str(form.get("amount") or "").strip(),
+            "description": str(form.get("description") or "").strip() or None,
+        }
+        errors = await self._send_or_show(request, user, csrf, row, CreateCreditNote, values)
+        if errors:
+            full = await self._invoice(user, invoice_key)
+            assert full is not None
+            return self.render(
+                request,
+                "invoice.html",
+                user,
+                csrf,
+                status_code=422,
+                invoice=full,
+                actions=actions_for(full),
+                form_errors=errors,
+                form=values,
+            )
+        return RedirectResponse(f"/invoices/{invoice_key}#commands", status_code=303)
+
+    async def _send_or_show(
+        self,
+        request: Request,
+        user: User,
+        csrf: str,
+        row: dict[str, Any],
+        command: type[Command],
+        values: dict[str, Any],
+    ) -> list[dict[str, str]]:
+        """Validate and publish the command; the field errors when it does not validate
+        (the same messages the service would answer with; nothing is sent)."""
+        try:
+            payload = command.model_validate(values)
+        except ValidationError as exc:
+            return [
+                {"field": e.field.removeprefix("payload."), "message": e.message}
+                for e in field_errors(exc, "payload")
+            ]
+        await self.send(user, payload, row["invoice_key"])
+        return []
+
+    async def send(self, user: User, payload: Command, invoice_key: str | None) -> uuid.UUID:
+        """Publish a merchant command for the user's merchant through the outbox (the row
+        that remembers it and the message commit together)."""
+        envelope = new_envelope(
+            payload, website_key=user.website_key, occurred_at=datetime.now(UTC)
+        )
+        runtime = self.runtime
+        async with runtime.unit_of_work() as uow:
+            await repository.record_sent(
+                uow.conn,
+                user.website_key,
+                envelope.message_id,
+                payload.TYPE,
+                invoice_key,
+                user.username,
+            )
+            uow.outbox.append(
+                OutboxMessage(
+                    topic=runtime.topics(topic_for_type(payload.TYPE)),
+                    key=key_for(envelope),
+                    value=envelope.to_json(),
+                    headers=(("content-type", "application/json"),),
+                )
+            )
+        log.info("console command sent", type=payload.TYPE, website_key=user.website_key)
+        return envelope.message_id
+
+    # --- reports ---
+
+    async def _aging(self, request: Request, user: User) -> reports.AgingReport:
+        as_of = _as_of(request, user)
+        async with self.runtime.pool.acquire() as conn:
+            sums = await repository.aging_sums(conn, user.website_key, as_of)
+        return reports.aging_from_sums(as_of, sums)
+
+    async def aging(self, request: Request, user: User, csrf: str) -> Response:
+        report = await self._aging(request, user)
+        return self.render(request, "aging.html", user, csrf, report=report)
+
+    async def aging_csv(self, request: Request, user: User, csrf: str) -> Response:
+        report = await self._aging(request, user)
+        return PlainTextResponse(
+            reports.aging_csv(report),
+            media_type="text/csv; charset=utf-8",
+            headers={"content-disposition": f'attachment; filename="aging-{report.as_of}.csv"'},
+        )
+
+    # --- the JSON API ---
+
+    async def api_invoices(self, request: Request, user: User) -> Response:
+        filters, errors = _filters(request)
+        if errors:
+            return JSONResponse({"errors": errors}, status_code=400)
+        after = PageKey.parse(request.query_params.get("after"))
+        async with self.runtime.pool.acquire() as conn:
+            rows, following = await repository.invoice_page(conn, user.website_key, filters, after)
+        return JSONResponse(
+            {
+                "invoices": [_json(r) for r in rows],
+                "next": following.token() if following else None,
+            }
+        )
+
+    async def api_invoice(self, request: Request, user: User) -> Response:
+        row = await self._invoice(user, request.path_params["invoice_key"])
+        if row is None:
+            return JSONResponse({"error": "no such invoice"}, status_code=404)
+        return JSONResponse(_json(row))
+
+    async def api_action(self, request: Request, user: User) -> Response:
+        invoice_key = request.path_params["invoice_key"]
+        action = ACTIONS.get(request.path_params["action"])
+        async with self.runtime.pool.acquire() as conn:
+            row = await repository.invoice(conn, user.website_key, invoice_key)
+        if row is None or action is None:
+            return JSONResponse({"error": "no such invoice or action"}, status_code=404)
+        try:
+            body = await request.json() if await request.body() else {}
+        except ValueError:
+            return JSONResponse({"error": "the body is not JSON"}, status_code=400)
+        values: dict[str, Any] = {"invoice_number": row["invoice_number"]}
+        if action.has_reason and isinstance(body, dict) and body.get("reason"):
+            values["reason"] = body["reason"]
+        try:
+            payload = action.command.model_validate(values)
+        except ValidationError as exc:
+            errors = field_errors(exc, "payload")
+            return JSONResponse(
+                {
+                    "errors": [
+                        {"field": e.field, "code": e.code, "message": e.message} for e in errors
+                    ]
+                },
+                status_code=422,
+            )
+        command_id = await self.send(user, payload, invoice_key)
+        answer = await self._wait_for_answer(user, command_id)
+        return JSONResponse(
+            {"command_id": str(command_id), **_answer_json(answer)},
+            status_code=200 if answer else 202,
+        )
+
+    async def _wait_for_answer(self, user: User, command_id: uuid.UUID) -> dict[str, Any] | None:
+        deadline = time.monotonic() + self.settings.console_result_wait_s
+        while True:
+            async with self.runtime.pool.acquire() as conn:
+                answer = await repository.command(conn, user.website_key, command_id)
+            if answer is not None or time.monotonic() >= deadline:
+                return answer
+            await asyncio.sleep(0.1)
+
+    async def api_command(self, request: Request, user: User) -> Response:
+        try:
+            command_id = uuid.UUID(request.path_params["command_id"])
+        except ValueError:
+            return JSONResponse({"error": "not a command id"}, status_code=404)
+        async with self.runtime.pool.acquire() as conn:
+            answer = await repository.command(conn, user.website_key, command_id)
+        return JSONResponse({"command_id": str(command_id), **_answer_json(answer)})
+
+    async def api_aging(self, request: Request, user: User) -> Response:
+        report = await self._aging(request, user)
+        return JSONResponse(
+            {
+                "as_of": report.as_of.isoformat(),
+                "buckets": [b.key for b in reports.BUCKETS],
+                "currencies": [
+                    {
+                        "currency": row.currency,
+                        "amounts": {k: f"{v:f}" for k, v in row.amounts.items()},
+                        "invoices": row.counts,
+                        "total": f"{row.total:f}",
+                    }
+                    for row in report.rows
+                ],
+            }
+        )
+
+    # --- health ---
+
+    async def healthz(self, request: Request) -> Response:
+        state = self.service.state
+        ok = (
+            state["runtime"] is not None
+            and all(sub.running for sub in self.service.broker.subscribers)
+            and await self.service.broker.ping(timeout=2.0)
+        )
+        return JSONResponse({"status": "ok" if ok else "starting"}, status_code=200 if ok else 503)
+
+    async def home(self, request: Request) -> Response:
+        return RedirectResponse("/invoices", status_code=303)
+
+    def routes(self) -> list[Route | Mount]:
+        return [
+            Route("/", self.home),
+            Route("/healthz", self.healthz),
+            Mount("/metrics", make_asgi_app()),
+            Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
+            Route("/login", self.login_form, methods=["GET"]),
+            Route("/login", self.login, methods=["POST"]),
+            Route("/logout", self.page(self.logout), methods=["POST"]),
+            Route("/invoices", self.page(self.invoice_list)),
+            Route("/invoices/{invoice_key}", self.page(self.invoice_detail)),
+            Route("/invoices/{invoice_key}/live", self.page(self.invoice_live)),
+            Route(
+                "/invoices/{invoice_key}/actions/{action}",
+                self.page(self.invoice_action),
+                methods=["POST"],
+            ),
+            Route(
+                "/invoices/{invoice_key}/credit-note",
+                self.page(self.credit_note),
+                methods=["POST"],
+            ),
+            Route("/reports/aging", self.page(self.aging)),
+            Route("/reports/aging.csv", self.page(self.aging_csv)),
+            Route("/api/invoices", self.api(self.api_invoices)),
+            Route("/api/invoices/{invoice_key}", self.api(self.api_invoice)),
+            Route(
+                "/api/invoices/{invoice_key}/actions/{action}",
+                self.api(self.api_action),
+                methods=["POST"],
+            ),
+            Route("/api/commands/{command_id}", self.api(self.api_command)),
+            Route("/api/reports/aging", self.api(self.api_aging)),
+        ]
+
+
+def create_web(
+    service: Service,
+    settings: ConsoleSettings,
+    lifespan: Callable[[Starlette], AbstractAsyncContextManager[None]] | None = None,
+) -> Starlette:
+    console = Console(service, settings)
+    return Starlette(
+        routes=console.routes(),
+        middleware=[Middleware(SecurityHeaders)],
+        lifespan=lifespan,
+    )
+
+
+# --- request parsing and JSON -----------------------------------------------------------------
+
+
+def _safe_next(target: str | None) -> str:
+    """Only a path of this site (no scheme, no host, no `//`): no open redirect."""
+    if target and target.startswith("/") and not target.startswith(("//", "/\\")):
+        return target
+    return "/invoices"
+
+
+def _int_param(request: Request, name: str, errors: list[dict[str, str]]) -> int | None:
+    raw = request.query_params.get(name, "").strip()
+    if not raw:
+        return None
+    if not raw.isdigit() or len(raw) > 9:
+        errors.append({"field": name, "message": "a whole number"})
+        return None
+    return int(raw)
+
+
+def _filters(request: Request) -> tuple[InvoiceFilter, list[dict[str, str]]]:
+    errors: list[dict[str, str]] = []
+    q = request.query_params
+
+    def text(name: str) -> str | None:
+        value = q.get(name, "").strip()[:200]
+        return value or None
+
+    return (
+        InvoiceFilter(
+            status=_int_param(request, "status", errors),
+            scheme=text("scheme"),
+            step=_int_param(request, "step", errors),
+            debtor=text("debtor"),
+            number=text("number"),
+        ),
+        errors,
+    )
+
+
+def _as_of(request: Request, user: User) -> date:
+    raw = request.query_params.get("as_of", "")
+    try:
+        return date.fromisoformat(raw)
+    except ValueError:
+        return datetime.now(ZoneInfo(user.time_zone)).date()
+
+
+def _json(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json(v) for v in value]
+    if isinstance(value, Decimal):
+        return f"{value:f}"
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    return value
+
+
+def _answer_json(answer: dict[str, Any] | None) -> dict[str, Any]:
+    if answer is None:
+        return {"status": "pending"}
+    return {
+        "status": "accepted" if answer["accepted"] else "rejected",
+        "command_type": answer["command_type"],
+        "errors": answer["errors"],
+        "keys": answer["keys"],
+    }

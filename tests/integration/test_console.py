@@ -1,0 +1,293 @@
+"""The console on the real broker and PostgreSQL with the invoice service: invoice events
+and command results become read-model rows; sign-in; every answer scoped to the merchant
+signed in; actions publish commands whose answers come back; the aging report reconciles
+with the invoice events to the cent."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import date
+from decimal import Decimal
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.support.console import PASSWORD, ConsoleStack, console_stack
+from tests.support.invoices import InvoiceClient, invoice_payload
+from tests.support.kafka import poll_until
+
+
+@pytest.fixture(scope="module")
+async def stack(kafka_bootstrap: str, database_url: str) -> AsyncIterator[ConsoleStack]:
+    async with console_stack(kafka_bootstrap, database_url) as running:
+        yield running
+
+
+@pytest.fixture
+async def merchant(stack: ConsoleStack) -> AsyncIterator[InvoiceClient]:
+    client = await stack.cm.merchant()
+    try:
+        yield client
+    finally:
+        await client.watcher.stop()
+
+
+async def create(inv: InvoiceClient, number: str, **overrides: Any) -> None:
+    answer = await inv.answer(
+        await inv.command("CreateInvoice", invoice_payload(number, **overrides))
+    )
+    assert answer["type"] == "CommandAccepted", answer
+
+
+async def test_invoice_events_and_results_fill_the_read_models(
+    stack: ConsoleStack, merchant: InvoiceClient
+) -> None:
+    await create(merchant, "RM-1", debtor={**invoice_payload("x")["debtor"], "code": "DEB-7"})
+    row = await stack.row_when(merchant.website_key, "RM-1", status_code=10)
+    assert row["open_amount"] == Decimal("121.00")
+    assert row["currency"] == "EUR"
+    assert row["debtor_code"] == "DEB-7"
+    assert row["due_date"] == date(2026, 11, 15)
+    assert row["scheme_key"] == row["snapshot"]["scheme_key"]
+    assert row["next_step_index"] == row["snapshot"]["next_step_index"]
+
+    paused = await merchant.command("PauseInvoice", {"invoice_number": "RM-1"})
+    assert (await merchant.answer(paused))["type"] == "CommandAccepted"
+    refused = await merchant.command("UnpauseInvoice", {"invoice_number": "NOPE"})
+    assert (await merchant.answer(refused))["type"] == "CommandRejected"
+    row = await stack.row_when(merchant.website_key, "RM-1", status_code=20)
+    events = await merchant.events("RM-1", 2)
+    assert row["last_sequence"] == events[-1]["sequence"]
+
+    async def results() -> list[Any]:
+        async with stack.pool.acquire() as conn:
+            found = await conn.fetch(
+                f'SELECT command_id, accepted, errors FROM "{stack.schema}".results'
+                " WHERE website_key = $1 ORDER BY accepted",
+                merchant.website_key,
+            )
+        return found if len(found) >= 3 else []  # CreateInvoice, Pause, the refused Unpause
+
+    found = await poll_until(results, what="three command results")
+    by_id = {str(r["command_id"]): r for r in found}
+    assert by_id[paused]["accepted"] is True
+    assert by_id[refused]["accepted"] is False
+    assert by_id[refused]["errors"][0]["field"].startswith("payload.")
+
+    async with stack.pool.acquire() as conn:
+        timeline = await conn.fetch(
+            f'SELECT sequence, event, status_code FROM "{stack.schema}".invoice_events'
+            " WHERE website_key = $1 ORDER BY sequence",
+            merchant.website_key,
+        )
+    assert [(r["sequence"], r["event"]) for r in timeline] == [
+        (e["sequence"], e["event"]) for e in events
+    ]
+    assert timeline[-1]["status_code"] == 20
+
+
+async def test_sign_in_refuses_a_wrong_password_and_a_missing_csrf_token(
+    stack: ConsoleStack, merchant: InvoiceClient
+) -> None:
+    username = await stack.user(merchant.website_key)
+    async with httpx.AsyncClient(base_url=stack.url) as client:
+        page = await client.get("/login")
+        assert page.status_code == 200
+        token = client.cookies.get("cm_console_login")
+        assert token and f'value="{token}"' in page.text
+        cookie = page.headers["set-cookie"].lower()
+        assert "httponly" in cookie and "samesite=lax" in cookie
+        wrong = await client.post(
+            "/login", data={"username": username, "password": "not it at all", "csrf_token": token}
+        )
+        assert wrong.status_code == 401
+        token = client.cookies.get("cm_console_login")
+        no_csrf = await client.post("/login", data={"username": username, "password": PASSWORD})
+        assert no_csrf.status_code == 403
+        assert (await client.get("/invoices")).status_code == 303
+        assert (await client.get("/api/invoices")).status_code == 401
+    async with stack.pool.acquire() as conn:
+        stored = await conn.fetchval(
+            f'SELECT password_hash FROM "{stack.schema}".users WHERE username = $1', username
+        )
+    assert stored.startswith("$argon2id$") and PASSWORD not in stored
+
+
+async def test_every_answer_is_scoped_to_the_merchant_signed_in(stack: ConsoleStack) -> None:
+    first, second = await stack.cm.merchant(), await stack.cm.merchant()
+    try:
+        await create(first, "MINE-1")
+        await create(second, "THEIRS-1")
+        mine = await stack.row_when(first.website_key, "MINE-1", status_code=10)
+        theirs = await stack.row_when(second.website_key, "THEIRS-1", status_code=10)
+        async with stack.signed_in(await stack.user(first.website_key)) as client:
+            listed = (await client.get("/api/invoices")).json()
+            assert [i["invoice_number"] for i in listed["invoices"]] == ["MINE-1"]
+            assert (await client.get(f"/api/invoices/{mine['invoice_key']}")).status_code == 200
+            for path in (
+                f"/api/invoices/{theirs['invoice_key']}",
+                f"/invoices/{theirs['invoice_key']}",
+                f"/invoices/{theirs['invoice_key']}/live",
+            ):
+                answer = await client.get(path)
+                assert answer.status_code == 404, path
+                assert "THEIRS-1" not in answer.text
+            acted = await client.post(f"/api/invoices/{theirs['invoice_key']}/actions/pause")
+            assert acted.status_code == 404
+            page = await client.get("/invoices", params={"number": "THEIRS"})
+            assert "THEIRS-1" not in page.text
+        assert (await stack.row(second.website_key, "THEIRS-1") or {})["status_code"] == 10
+    finally:
+        await first.watcher.stop()
+        await second.watcher.stop()
+
+
+async def test_an_action_publishes_the_command_and_shows_its_answer(
+    stack: ConsoleStack, merchant: InvoiceClient
+) -> None:
+    await create(merchant, "ACT-1")
+    row = await stack.row_when(merchant.website_key, "ACT-1", status_code=10)
+    async with stack.signed_in(await stack.user(merchant.website_key)) as client:
+        no_csrf = await client.post(
+            f"/api/invoices/{row['invoice_key']}/actions/pause",
+            headers={"x-csrf-token": "wrong"},
+        )
+        assert no_csrf.status_code == 403
+        acted = await client.post(
+            f"/api/invoices/{row['invoice_key']}/actions/pause", json={"reason": "on hold"}
+        )
+        body = acted.json()
+        command_id = body["command_id"]
+
+        async def answered() -> dict[str, Any] | None:
+            found = (await client.get(f"/api/commands/{command_id}")).json()
+            return found if found["status"] != "pending" else None
+
+        answer = await poll_until(answered, what="the pause's answer in the console")
+        assert answer["status"] == "accepted"
+        await stack.row_when(merchant.website_key, "ACT-1", status_code=20)
+        # Not disputed: the invoice service refuses, and the console shows why.
+        again = await client.post(f"/api/invoices/{row['invoice_key']}/actions/resolve-dispute")
+        rejected = await poll_until(
+            lambda: _answer(client, again.json()["command_id"]), what="the second pause's answer"
+        )
+        assert rejected["status"] == "rejected" and rejected["errors"]
+        detail = (await client.get(f"/api/invoices/{row['invoice_key']}")).json()
+        assert {c["command_type"] for c in detail["commands"]} == {
+            "PauseInvoice",
+            "ResolveDispute",
+        }
+        assert any(c["accepted"] is False for c in detail["commands"])
+        # The command travelled as the merchant's own, with the catalog's key.
+        sent = merchant.answers(command_id)
+        assert sent and sent[0]["website_key"] == merchant.website_key
+
+
+async def _answer(client: Any, command_id: str) -> dict[str, Any] | None:
+    found = (await client.get(f"/api/commands/{command_id}")).json()
+    return found if found["status"] != "pending" else None  # type: ignore[no-any-return]
+
+
+async def test_credit_note_form_shows_field_errors_and_sends_nothing(
+    stack: ConsoleStack, merchant: InvoiceClient
+) -> None:
+    await create(merchant, "CN-1")
+    row = await stack.row_when(merchant.website_key, "CN-1", status_code=10)
+    async with stack.signed_in(await stack.user(merchant.website_key)) as client:
+        csrf = client.headers["x-csrf-token"]
+        bad = await client.post(
+            f"/invoices/{row['invoice_key']}/credit-note",
+            data={"csrf_token": csrf, "credit_note_number": "", "amount": "-5"},
+        )
+        assert bad.status_code == 422
+        assert "credit_note_number" in bad.text and "amount" in bad.text
+        async with stack.pool.acquire() as conn:
+            sent = await conn.fetchval(
+                f'SELECT count(*) FROM "{stack.schema}".sent_commands WHERE website_key = $1',
+                merchant.website_key,
+            )
+        assert sent == 0
+        good = await client.post(
+            f"/invoices/{row['invoice_key']}/credit-note",
+            data={"csrf_token": csrf, "credit_note_number": "CN-1-C", "amount": "21.00"},
+        )
+        assert good.status_code == 303
+        await stack.row_when(merchant.website_key, "CN-1", open_amount=Decimal("100.00"))
+
+
+#: The oracle's own bucket bounds (days past due, inclusive upper bounds).
+ORACLE_BOUNDS = [("current", 0), ("1-30", 30), ("31-60", 60), ("61-90", 90), ("90+", 10**9)]
+
+
+def aging_from_events(events: list[dict[str, Any]], as_of: date) -> dict[str, dict[str, Decimal]]:
+    """The aging report computed from the invoice events alone: the last snapshot of each
+    invoice, open amount incl. costs, real invoices, not written off/rejected/cancelled."""
+    last: dict[str, dict[str, Any]] = {}
+    for event in sorted(events, key=lambda e: e["sequence"]):
+        last[event["invoice"]["invoice_key"]] = event["invoice"]
+    out: dict[str, dict[str, Decimal]] = {}
+    for snap in last.values():
+        open_amount = Decimal(snap["open_amount_incl_admin_costs"])
+        if snap["is_test"] or snap["status_code"] in (80, 90, 91) or open_amount <= 0:
+            continue
+        days = (as_of - date.fromisoformat(snap["due_date"])).days
+        bucket = next(name for name, high in ORACLE_BOUNDS if days <= high)
+        per = out.setdefault(snap["currency"], {name: Decimal(0) for name, _ in ORACLE_BOUNDS})
+        per[bucket] += open_amount
+    return out
+
+
+async def test_the_aging_report_reconciles_with_the_invoice_events(
+    stack: ConsoleStack, merchant: InvoiceClient
+) -> None:
+    as_of = date(2026, 12, 31)
+    plan = [  # number, due date, amount, currency
+        ("AG-1", "2027-01-10", "100.10", "EUR"),  # current
+        ("AG-2", "2026-12-31", "50.05", "EUR"),  # due today: current
+        ("AG-3", "2026-12-30", "10.01", "EUR"),  # 1 day
+        ("AG-4", "2026-12-01", "20.02", "EUR"),  # 30 days
+        ("AG-5", "2026-11-30", "30.03", "EUR"),  # 31 days
+        ("AG-6", "2026-10-02", "40.04", "EUR"),  # 90 days
+        ("AG-7", "2026-10-01", "60.06", "EUR"),  # 91 days
+        ("AG-8", "2026-09-01", "70.07", "USD"),  # 121 days, another currency
+        ("AG-9", "2026-11-20", "80.08", "EUR"),  # written off: left out
+        ("AG-10", "2026-11-20", "90.09", "EUR"),  # a test invoice: left out
+        ("AG-11", "2026-11-20", "99.99", "EUR"),  # paid in part: 49.99 open
+    ]
+    for number, due, amount, currency in plan:
+        await create(
+            merchant,
+            number,
+            invoice_date="2026-08-01",
+            due_date=due,
+            amount_debit=amount,
+            amount_vat="0.00",
+            currency=currency,
+            is_test=number == "AG-10",
+        )
+    written_off = await merchant.command("WriteOffInvoice", {"invoice_number": "AG-9"})
+    assert (await merchant.answer(written_off))["type"] == "CommandAccepted"
+    await merchant.transaction("AG-11", f"T-{uuid.uuid4().hex[:6]}", "50.00", "success")
+    await stack.row_when(merchant.website_key, "AG-9", status_code=80)
+    await stack.row_when(merchant.website_key, "AG-11", open_amount=Decimal("49.99"))
+    events = [e for number, *_ in plan for e in merchant.events_now(number)]
+    expected = aging_from_events(events, as_of)
+    assert expected["EUR"]["current"] == Decimal("150.15")  # the oracle itself, by hand
+    assert expected["EUR"]["61-90"] == Decimal("40.04")
+
+    async with stack.signed_in(await stack.user(merchant.website_key)) as client:
+        report = (await client.get("/api/reports/aging", params={"as_of": "2026-12-31"})).json()
+        got = {
+            c["currency"]: {k: Decimal(v) for k, v in c["amounts"].items()}
+            for c in report["currencies"]
+        }
+        assert got == expected
+        eur = next(c for c in report["currencies"] if c["currency"] == "EUR")
+        assert Decimal(eur["total"]) == sum(expected["EUR"].values())
+        csv_text = (await client.get("/reports/aging.csv", params={"as_of": "2026-12-31"})).text
+        assert "2026-12-31,EUR,90+,1,60.06" in csv_text
+        assert "2026-12-31,USD,90+,1,70.07" in csv_text
+        page = await client.get("/reports/aging", params={"as_of": "2026-12-31"})
+        assert page.status_code == 200 and "€" in page.text

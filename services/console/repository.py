@@ -161,15 +161,19 @@ _LIST_COLUMNS = (
 )
 
 
-async def invoice_page(
-    conn: Connection,
-    website_key: str,
-    filters: InvoiceFilter,
-    after: PageKey | None,
-    limit: int = PAGE_SIZE,
-) -> tuple[list[dict[str, Any]], PageKey | None]:
-    """One page of the merchant's invoices, newest due date first, and the key of the
-    next page (None on the last)."""
+def _next_prefix(prefix: str) -> str | None:
+    """The smallest string above every string that starts with `prefix`, in byte order
+    (UTF-8 keeps code point order); None when there is none to give."""
+    last = ord(prefix[-1]) + 1
+    if last > 0x10FFFF or 0xD800 <= last <= 0xDFFF:
+        return None
+    return prefix[:-1] + chr(last)
+
+
+def page_query(
+    website_key: str, filters: InvoiceFilter, after: PageKey | None, limit: int
+) -> tuple[str, list[Any]]:
+    """The SQL of one page (`limit` + 1 rows, to know whether another page follows)."""
     where = ["website_key = $1"]
     args: list[Any] = [website_key]
 
@@ -186,7 +190,14 @@ async def invoice_page(
     if filters.debtor:
         where.append(f"debtor_code = {arg(filters.debtor)}")
     if filters.number:
-        escaped = filters.number.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        # A byte-order range the text_pattern_ops index serves even in a generic plan
+        # (a LIKE parameter does not), and the LIKE for exactness.
+        prefix = filters.number
+        where.append(f"invoice_number ~>=~ {arg(prefix)}")
+        upper = _next_prefix(prefix)
+        if upper is not None:
+            where.append(f"invoice_number ~<~ {arg(upper)}")
+        escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         where.append(f"invoice_number LIKE {arg(escaped + '%')}")
     if after is not None:
         where.append(f"(due_date, invoice_key) < ({arg(after.due_date)}, {arg(after.invoice_key)})")
@@ -194,6 +205,19 @@ async def invoice_page(
         f"SELECT {_LIST_COLUMNS} FROM invoices WHERE {' AND '.join(where)}"
         f" ORDER BY due_date DESC, invoice_key DESC LIMIT {arg(limit + 1)}"
     )
+    return sql, args
+
+
+async def invoice_page(
+    conn: Connection,
+    website_key: str,
+    filters: InvoiceFilter,
+    after: PageKey | None,
+    limit: int = PAGE_SIZE,
+) -> tuple[list[dict[str, Any]], PageKey | None]:
+    """One page of the merchant's invoices, newest due date first, and the key of the
+    next page (None on the last)."""
+    sql, args = page_query(website_key, filters, after, limit)
     rows = [dict(r) for r in await conn.fetch(sql, *args)]
     more = len(rows) > limit
     rows = rows[:limit]

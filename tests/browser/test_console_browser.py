@@ -45,12 +45,19 @@ async def merchant(stack: ConsoleStack) -> AsyncIterator[InvoiceClient]:
         await client.watcher.stop()
 
 
-async def sign_in(browser: Any, stack: ConsoleStack, username: str, **context: Any) -> Any:
+async def sign_in(
+    browser: Any,
+    stack: ConsoleStack,
+    username: str,
+    screenshots: Path | None = None,
+    **context: Any,
+) -> Any:
     ctx = await browser.new_context(**context)
     ctx.set_default_timeout(TIMEOUT_MS)
     page = await ctx.new_page()
     await page.goto(f"{stack.url}/invoices")
     assert "/login" in page.url  # not signed in: sent to the sign-in page
+    await shot(page, screenshots, "sign-in")
     await page.get_by_label("Username").fill(username)
     await page.get_by_label("Password").fill(PASSWORD)
     await page.get_by_role("button", name="Sign in").click()
@@ -84,7 +91,7 @@ async def test_sign_in_list_filter_open_and_pause(
     await stack.row_when(merchant.website_key, "OTHER-3", status_code=20)
     await stack.row_when(merchant.website_key, "WEB-1", status_code=10)
     await stack.row_when(merchant.website_key, "WEB-2", status_code=10)
-    page = await sign_in(browser, stack, await stack.user(merchant.website_key))
+    page = await sign_in(browser, stack, await stack.user(merchant.website_key), screenshots)
 
     rows = page.locator("table.list tbody tr")
     await rows.nth(2).wait_for()

@@ -106,3 +106,90 @@ def aging_csv(report: AgingReport) -> str:
             [report.as_of.isoformat(), row.currency, "total", row.count, f"{row.total:f}"]
         )
     return out.getvalue()
+
+
+# --- the step funnel --------------------------------------------------------------------
+
+#: Invoices the funnel leaves out: rejected (90) invoices never ran a step.
+NOT_IN_FUNNEL = (90,)
+
+
+@dataclass(frozen=True)
+class FunnelStep:
+    """Step `step` of a scheme (0: before the first step): how many invoices reached it,
+    and how many of those were paid before the next step."""
+
+    step: int
+    reached: int
+    paid_after: int
+
+
+@dataclass(frozen=True)
+class Funnel:
+    scheme_key: str
+    steps: list[FunnelStep]
+
+
+def funnel(counts: Iterable[tuple[str, int, bool, int]]) -> list[Funnel]:
+    """The funnel per scheme from (scheme, step reached or 0, paid, invoices): an
+    invoice at step k reached every step up to k, and counts as paid after step k when
+    it is paid and k is the last step it reached."""
+    by_scheme: dict[str, dict[int, tuple[int, int]]] = {}
+    for scheme, step, paid, count in counts:
+        at = by_scheme.setdefault(scheme, {})
+        total, paid_count = at.get(step, (0, 0))
+        at[step] = (total + count, paid_count + (count if paid else 0))
+    out = []
+    for scheme in sorted(by_scheme):
+        at = by_scheme[scheme]
+        last = max(at)
+        steps = [
+            FunnelStep(
+                step=k,
+                reached=sum(total for s, (total, _) in at.items() if s >= k),
+                paid_after=at.get(k, (0, 0))[1],
+            )
+            for k in range(last + 1)
+        ]
+        out.append(Funnel(scheme, steps))
+    return out
+
+
+def funnel_csv(funnels: list[Funnel]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(["scheme", "step", "reached", "paid_after"])
+    for f in funnels:
+        for s in f.steps:
+            writer.writerow([f.scheme_key, s.step, s.reached, s.paid_after])
+    return out.getvalue()
+
+
+# --- costs ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Costs:
+    """Admin and statutory costs of one currency's real invoices: charged, paid, open."""
+
+    currency: str
+    invoices: int
+    charged: Decimal
+    paid: Decimal
+
+    @property
+    def open(self) -> Decimal:
+        return self.charged - self.paid
+
+
+def costs(sums: Iterable[tuple[str, int, Decimal, Decimal]]) -> list[Costs]:
+    return sorted((Costs(*row) for row in sums), key=lambda c: c.currency)
+
+
+def costs_csv(rows: list[Costs]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(["currency", "invoices", "charged", "paid", "open"])
+    for c in rows:
+        writer.writerow([c.currency, c.invoices, f"{c.charged:f}", f"{c.paid:f}", f"{c.open:f}"])
+    return out.getvalue()

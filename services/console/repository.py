@@ -46,9 +46,9 @@ async def apply_invoice_event(
         "INSERT INTO invoices (website_key, invoice_key, invoice_number, type, status_code,"
         " is_test, is_paid, scheme_key, step_index, next_step_index, next_step_due_at,"
         " debtor_code, currency, amount_debit, open_amount, invoice_date, due_date,"
-        " last_sequence, last_event_at, snapshot)"
+        " last_sequence, last_event_at, snapshot, amount_paid, admin_costs, admin_costs_paid)"
         " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,"
-        " $18, $19, $20)"
+        " $18, $19, $20, $21, $22, $23)"
         " ON CONFLICT (website_key, invoice_key) DO UPDATE SET"
         " invoice_number = EXCLUDED.invoice_number, type = EXCLUDED.type,"
         " status_code = EXCLUDED.status_code, is_test = EXCLUDED.is_test,"
@@ -58,7 +58,9 @@ async def apply_invoice_event(
         " currency = EXCLUDED.currency, amount_debit = EXCLUDED.amount_debit,"
         " open_amount = EXCLUDED.open_amount, invoice_date = EXCLUDED.invoice_date,"
         " due_date = EXCLUDED.due_date, last_sequence = EXCLUDED.last_sequence,"
-        " last_event_at = EXCLUDED.last_event_at, snapshot = EXCLUDED.snapshot"
+        " last_event_at = EXCLUDED.last_event_at, snapshot = EXCLUDED.snapshot,"
+        " amount_paid = EXCLUDED.amount_paid, admin_costs = EXCLUDED.admin_costs,"
+        " admin_costs_paid = EXCLUDED.admin_costs_paid"
         " WHERE invoices.last_sequence < EXCLUDED.last_sequence",
         website_key,
         inv.invoice_key,
@@ -80,6 +82,9 @@ async def apply_invoice_event(
         evt.sequence,
         at,
         inv.model_dump(mode="json"),
+        inv.amount_paid,
+        inv.amount_admin_costs,
+        inv.amount_admin_costs_paid,
     )
 
 
@@ -316,6 +321,30 @@ async def aging_sums(
         list(reports.CLOSED_STATUSES),
     )
     return [(r["currency"], r["bucket"], r["invoices"], r["amount"]) for r in rows]
+
+
+async def funnel_counts(conn: Connection, website_key: str) -> list[tuple[str, int, bool, int]]:
+    """(scheme, step reached or 0, paid, invoices) of the invoices the funnel counts
+    (`reports.counts_for_funnel`)."""
+    rows = await conn.fetch(
+        "SELECT scheme_key, coalesce(step_index, 0) AS step, is_paid, count(*) AS invoices"
+        " FROM invoices WHERE website_key = $1 AND NOT is_test"
+        " AND status_code <> ALL($2::integer[]) GROUP BY 1, 2, 3",
+        website_key,
+        list(reports.NOT_IN_FUNNEL),
+    )
+    return [(r["scheme_key"], r["step"], r["is_paid"], r["invoices"]) for r in rows]
+
+
+async def cost_sums(conn: Connection, website_key: str) -> list[tuple[str, int, Decimal, Decimal]]:
+    """(currency, invoices charged, costs charged, costs paid) of real invoices."""
+    rows = await conn.fetch(
+        "SELECT currency, count(*) AS invoices, sum(admin_costs) AS charged,"
+        " sum(admin_costs_paid) AS paid FROM invoices"
+        " WHERE website_key = $1 AND NOT is_test AND admin_costs > 0 GROUP BY 1",
+        website_key,
+    )
+    return [(r["currency"], r["invoices"], r["charged"], r["paid"]) for r in rows]
 
 
 # --- accounts and sessions --------------------------------------------------------------------

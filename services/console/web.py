@@ -529,6 +529,58 @@ class Console:
             headers={"content-disposition": f'attachment; filename="aging-{report.as_of}.csv"'},
         )
 
+    async def _funnel(self, user: User) -> list[reports.Funnel]:
+        async with self.runtime.pool.acquire() as conn:
+            return reports.funnel(await repository.funnel_counts(conn, user.website_key))
+
+    async def _costs(self, user: User) -> list[reports.Costs]:
+        async with self.runtime.pool.acquire() as conn:
+            return reports.costs(await repository.cost_sums(conn, user.website_key))
+
+    async def funnel(self, request: Request, user: User, csrf: str) -> Response:
+        return self.render(request, "funnel.html", user, csrf, funnels=await self._funnel(user))
+
+    async def funnel_csv(self, request: Request, user: User, csrf: str) -> Response:
+        return _csv(reports.funnel_csv(await self._funnel(user)), "step-funnel.csv")
+
+    async def costs(self, request: Request, user: User, csrf: str) -> Response:
+        return self.render(request, "costs.html", user, csrf, rows=await self._costs(user))
+
+    async def costs_csv(self, request: Request, user: User, csrf: str) -> Response:
+        return _csv(reports.costs_csv(await self._costs(user)), "costs.csv")
+
+    async def api_funnel(self, request: Request, user: User) -> Response:
+        return JSONResponse(
+            {
+                "schemes": [
+                    {
+                        "scheme_key": f.scheme_key,
+                        "steps": [
+                            {"step": s.step, "reached": s.reached, "paid_after": s.paid_after}
+                            for s in f.steps
+                        ],
+                    }
+                    for f in await self._funnel(user)
+                ]
+            }
+        )
+
+    async def api_costs(self, request: Request, user: User) -> Response:
+        return JSONResponse(
+            {
+                "currencies": [
+                    {
+                        "currency": c.currency,
+                        "invoices": c.invoices,
+                        "charged": f"{c.charged:f}",
+                        "paid": f"{c.paid:f}",
+                        "open": f"{c.open:f}",
+                    }
+                    for c in await self._costs(user)
+                ]
+            }
+        )
+
     # --- the JSON API ---
 
     async def api_invoices(self, request: Request, user: User) -> Response:
@@ -658,6 +710,12 @@ class Console:
             ),
             Route("/reports/aging", self.page(self.aging)),
             Route("/reports/aging.csv", self.page(self.aging_csv)),
+            Route("/reports/funnel", self.page(self.funnel)),
+            Route("/reports/funnel.csv", self.page(self.funnel_csv)),
+            Route("/reports/costs", self.page(self.costs)),
+            Route("/reports/costs.csv", self.page(self.costs_csv)),
+            Route("/api/reports/funnel", self.api(self.api_funnel)),
+            Route("/api/reports/costs", self.api(self.api_costs)),
             Route("/api/invoices", self.api(self.api_invoices)),
             Route("/api/invoices/{invoice_key}", self.api(self.api_invoice)),
             Route(
@@ -684,6 +742,14 @@ def create_web(
 
 
 # --- request parsing and JSON -----------------------------------------------------------------
+
+
+def _csv(text: str, filename: str) -> Response:
+    return PlainTextResponse(
+        text,
+        media_type="text/csv; charset=utf-8",
+        headers={"content-disposition": f'attachment; filename="{filename}"'},
+    )
 
 
 def _safe_next(target: str | None) -> str:

@@ -195,7 +195,7 @@ async def test_the_aging_report_matches_the_events(
     # en-GB amounts, and a chart drawn by Chart.js for each currency.
     assert "€150.15" in await page.locator("#aging-table-EUR").inner_text()
     drawn = await page.evaluate(
-        "() => [...document.querySelectorAll('canvas.aging-chart')]"
+        "() => [...document.querySelectorAll('canvas.report-chart')]"
         ".map(c => Chart.getChart(c) !== undefined)"
     )
     assert drawn == [True, True]

@@ -39,13 +39,14 @@ async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
                 "INSERT INTO invoices (website_key, invoice_key, invoice_number, type,"
                 " status_code, is_test, is_paid, scheme_key, step_index, next_step_index,"
                 " next_step_due_at, debtor_code, currency, amount_debit, open_amount,"
-                " invoice_date, due_date, last_sequence, last_event_at, snapshot)"
+                " invoice_date, due_date, last_sequence, last_event_at, snapshot, amount_paid,"
+                " admin_costs, admin_costs_paid)"
                 " SELECT $1, 'k' || lpad(g::text, 9, '0'), 'INV-' || g, 'RegularInvoice',"
                 " (ARRAY[10, 10, 10, 20, 21, 80, 91])[1 + g % 7], false, g % 11 = 0,"
                 " (ARRAY['DefaultCM1', 'Soft', 'Hard'])[1 + g % 3], NULLIF(g % 6, 0),"
                 " NULL, NULL, 'D-' || (g % 5000), 'EUR', 100, 100,"
                 " date '2025-01-01' + (g % 700), date '2025-01-15' + (g % 700), 1, now(),"
-                " '{}'::jsonb FROM generate_series(1, $2) AS g",
+                " '{}'::jsonb, 0, 0, 0 FROM generate_series(1, $2) AS g",
                 website_key,
                 count,
             )

@@ -3,6 +3,7 @@
 -- One row per invoice: the latest snapshot the invoice events carried (by `sequence`).
 --   step_index:   the last scheme step taken (previous_step_index), null before the first
 --   open_amount:  open principal plus open admin costs (open_amount_incl_admin_costs)
+--   admin_costs:  admin and statutory costs charged (amount_admin_costs), and paid
 --   snapshot:     the whole InvoiceSnapshot as the last event carried it
 CREATE TABLE invoices (
     website_key      text        NOT NULL,
@@ -20,6 +21,9 @@ CREATE TABLE invoices (
     currency         text        NOT NULL,
     amount_debit     numeric     NOT NULL,
     open_amount      numeric     NOT NULL,
+    amount_paid      numeric     NOT NULL,
+    admin_costs      numeric     NOT NULL,
+    admin_costs_paid numeric     NOT NULL,
     invoice_date     date        NOT NULL,
     due_date         date        NOT NULL,
     last_sequence    integer     NOT NULL,

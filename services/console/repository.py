@@ -112,18 +112,50 @@ async def record_sent(
     website_key: str,
     command_id: uuid.UUID,
     command_type: str,
-    invoice_key: str | None,
     username: str,
+    payload: dict[str, Any],
+    *,
+    invoice_key: str | None = None,
+    scheme_key: str | None = None,
 ) -> None:
     await conn.execute(
         "INSERT INTO sent_commands (website_key, command_id, command_type, invoice_key,"
-        " username) VALUES ($1, $2, $3, $4, $5)",
+        " scheme_key, payload, username) VALUES ($1, $2, $3, $4, $5, $6, $7)",
         website_key,
         command_id,
         command_type,
         invoice_key,
+        scheme_key,
+        payload,
         username,
     )
+
+
+async def schemes_in_use(conn: Connection, website_key: str) -> list[dict[str, Any]]:
+    """The schemes the merchant's invoices follow: key, newest version seen, invoices."""
+    rows = await conn.fetch(
+        "SELECT scheme_key, max((snapshot->>'scheme_version')::integer) AS version,"
+        " count(*) AS invoices FROM invoices WHERE website_key = $1 GROUP BY 1 ORDER BY 1",
+        website_key,
+    )
+    return [dict(r) for r in rows]
+
+
+async def scheme_versions_sent(
+    conn: Connection, website_key: str, scheme_key: str | None = None, limit: int = 50
+) -> list[dict[str, Any]]:
+    """UpsertScheme commands the console sent (newest first), with their answers."""
+    rows = await conn.fetch(
+        "SELECT s.command_id, s.scheme_key, s.payload, s.username, s.sent_at, r.accepted,"
+        " r.errors FROM sent_commands s LEFT JOIN results r"
+        " ON r.website_key = s.website_key AND r.command_id = s.command_id"
+        " WHERE s.website_key = $1 AND s.scheme_key IS NOT NULL"
+        " AND ($2::text IS NULL OR s.scheme_key = $2) ORDER BY s.sent_at DESC LIMIT $3",
+        website_key,
+        scheme_key,
+        limit,
+    )
+    return [dict(r) for r in rows]
 
 
 # --- reads ------------------------------------------------------------------------------------

@@ -53,7 +53,7 @@ from contracts.invoice import (
     UnpauseInvoice,
     WriteOffInvoice,
 )
-from services.console import auth, reports, repository
+from services.console import auth, reports, repository, schemes
 from services.console.app import ConsoleSettings
 from services.console.repository import InvoiceFilter, PageKey, User
 from services.invoice.domain.status import TRANSITIONS
@@ -479,10 +479,17 @@ class Console:
                 {"field": e.field.removeprefix("payload."), "message": e.message}
                 for e in field_errors(exc, "payload")
             ]
-        await self.send(user, payload, row["invoice_key"])
+        await self.send(user, payload, invoice_key=row["invoice_key"])
         return []
 
-    async def send(self, user: User, payload: Command, invoice_key: str | None) -> uuid.UUID:
+    async def send(
+        self,
+        user: User,
+        payload: Command,
+        *,
+        invoice_key: str | None = None,
+        scheme_key: str | None = None,
+    ) -> uuid.UUID:
         """Publish a merchant command for the user's merchant through the outbox (the row
         that remembers it and the message commit together)."""
         envelope = new_envelope(
@@ -495,8 +502,10 @@ class Console:
                 user.website_key,
                 envelope.message_id,
                 payload.TYPE,
-                invoice_key,
                 user.username,
+                payload.model_dump(mode="json"),
+                invoice_key=invoice_key,
+                scheme_key=scheme_key,
             )
             uow.outbox.append(
                 OutboxMessage(
@@ -508,6 +517,64 @@ class Console:
             )
         log.info("console command sent", type=payload.TYPE, website_key=user.website_key)
         return envelope.message_id
+
+    # --- schemes ---
+
+    async def scheme_list(self, request: Request, user: User, csrf: str) -> Response:
+        async with self.runtime.pool.acquire() as conn:
+            in_use = await repository.schemes_in_use(conn, user.website_key)
+            sent = await repository.scheme_versions_sent(conn, user.website_key)
+        return self.render(
+            request, "schemes.html", user, csrf, in_use=in_use, sent=sent, steps=schemes.steps_of
+        )
+
+    async def scheme_sent_live(self, request: Request, user: User, csrf: str) -> Response:
+        async with self.runtime.pool.acquire() as conn:
+            sent = await repository.scheme_versions_sent(conn, user.website_key)
+        return self.render(
+            request, "_schemes_sent.html", user, csrf, sent=sent, steps=schemes.steps_of
+        )
+
+    async def scheme_form(self, request: Request, user: User, csrf: str) -> Response:
+        start: dict[str, Any] = {}
+        key = request.query_params.get("from")
+        if key:
+            async with self.runtime.pool.acquire() as conn:
+                sent = await repository.scheme_versions_sent(conn, user.website_key, key)
+            accepted = [v for v in sent if v["accepted"]] or sent
+            if accepted:
+                start = accepted[0]["payload"]
+        return self._scheme_form(request, user, csrf, schemes.form_of(start), [], 200)
+
+    def _scheme_form(
+        self,
+        request: Request,
+        user: User,
+        csrf: str,
+        form: schemes.SchemeForm,
+        errors: list[dict[str, str]],
+        status_code: int,
+    ) -> Response:
+        return self.render(
+            request,
+            "scheme_form.html",
+            user,
+            csrf,
+            status_code=status_code,
+            form=form,
+            errors=errors,
+            error_fields={e["field"] for e in errors},
+            actions=schemes.STEP_ACTIONS,
+            channels=schemes.CHANNELS,
+        )
+
+    async def scheme_save(self, request: Request, user: User, csrf: str) -> Response:
+        form = schemes.read_form(await request.form())
+        payload, errors = schemes.validate(form)
+        if payload is None:
+            return self._scheme_form(request, user, csrf, form, errors, 422)
+        await self.send(user, payload, scheme_key=payload.scheme_key)
+        return RedirectResponse("/schemes#sent", status_code=303)
 
     # --- reports ---
 
@@ -629,7 +696,7 @@ class Console:
                 },
                 status_code=422,
             )
-        command_id = await self.send(user, payload, invoice_key)
+        command_id = await self.send(user, payload, invoice_key=invoice_key)
         answer = await self._wait_for_answer(user, command_id)
         return JSONResponse(
             {"command_id": str(command_id), **_answer_json(answer)},
@@ -708,6 +775,10 @@ class Console:
                 self.page(self.credit_note),
                 methods=["POST"],
             ),
+            Route("/schemes", self.page(self.scheme_list), methods=["GET"]),
+            Route("/schemes", self.page(self.scheme_save), methods=["POST"]),
+            Route("/schemes/sent", self.page(self.scheme_sent_live)),
+            Route("/schemes/new", self.page(self.scheme_form)),
             Route("/reports/aging", self.page(self.aging)),
             Route("/reports/aging.csv", self.page(self.aging_csv)),
             Route("/reports/funnel", self.page(self.funnel)),

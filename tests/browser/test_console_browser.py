@@ -231,3 +231,39 @@ async def test_the_list_on_a_phone(
     assert label == '"Invoice"'
     await shot(page, screenshots, "invoices-phone")
     await page.context.close()
+
+
+async def test_a_scheme_form_rejected_then_saved(
+    browser: Any, stack: ConsoleStack, merchant: InvoiceClient, screenshots: Path | None
+) -> None:
+    page = await sign_in(browser, stack, await stack.user(merchant.website_key))
+    await page.get_by_role("link", name="Schemes").click()
+    await page.get_by_role("link", name="Create a scheme").click()
+    await page.get_by_label("Scheme key").fill("Web-Soft")
+    await page.get_by_label("Name").fill("Soft, then statutory")
+    await page.locator("#steps-0-action").select_option("PaymentInvitation")
+    await page.locator("#steps-0-days").fill("0")
+    await page.locator('input[name="steps-0-channels"][value="email"]').check()
+    await page.locator("#steps-1-action").select_option("Reminder")
+    await page.locator("#steps-1-days").fill("7")
+    await page.locator('input[name="steps-1-channels"][value="letter"]').check()
+    await page.locator("#steps-1-states_costs").check()
+    await page.locator("#steps-2-action").select_option("AdminCostIncrease")
+    await page.locator("#steps-2-days").fill("14")
+    await page.locator("#steps-2-admin_cost").fill("statutory")
+    assert await unlabelled_fields(page) == []
+    await page.locator("#save-scheme").click()
+
+    errors = page.locator("#form-errors")
+    await errors.wait_for()
+    assert await errors.locator('[data-code="statutory_without_14_day_letter"]').count() == 1
+    assert await page.locator("#steps-2-admin_cost").get_attribute("aria-invalid") == "true"
+    await shot(page, screenshots, "scheme-rejected")
+    # The form kept what was typed: move the costs past the letter's term and save.
+    assert await page.locator("#steps-1-states_costs").is_checked()
+    await page.locator("#steps-2-days").fill("30")
+    await page.locator("#save-scheme").click()
+    await page.wait_for_url("**/schemes#sent")
+    await page.locator(".command.accepted", has_text="Web-Soft").wait_for()
+    assert "3. AdminCostIncrease at day 30" in await page.locator("#sent").inner_text()
+    await page.context.close()

@@ -241,3 +241,58 @@ async def test_the_aging_report_reconciles_with_the_invoice_events(
         assert "2026-12-31,USD,90+,1,70.07" in csv_text
         page = await client.get("/reports/aging", params={"as_of": "2026-12-31"})
         assert page.status_code == 200 and "€" in page.text
+
+
+def scheme_form(csrf: str, key: str, cost_day: str) -> dict[str, Any]:
+    return {
+        "csrf_token": csrf,
+        "scheme_key": key,
+        "name": "Soft, then statutory",
+        "steps-0-action": "PaymentInvitation",
+        "steps-0-days": "0",
+        "steps-0-channels": "email",
+        "steps-1-action": "Reminder",
+        "steps-1-days": "7",
+        "steps-1-channels": ["email", "letter"],
+        "steps-1-states_costs": "on",
+        "steps-3-action": "AdminCostIncrease",  # a blank row in between is left out
+        "steps-3-days": cost_day,
+        "steps-3-admin_cost": "statutory",
+    }
+
+
+async def test_the_scheme_form_shows_the_services_rules_and_saves_a_version(
+    stack: ConsoleStack, merchant: InvoiceClient
+) -> None:
+    async with stack.signed_in(await stack.user(merchant.website_key)) as client:
+        csrf = client.headers["x-csrf-token"]
+        # Statutory costs 7 days after the 14-day letter: the invoice service's own rule.
+        refused = await client.post("/schemes", data=scheme_form(csrf, "Soft-1", "14"))
+        assert refused.status_code == 422
+        assert 'data-code="statutory_without_14_day_letter"' in refused.text
+        assert 'href="#steps-3-admin_cost">Step 3, admin cost' in refused.text
+        assert 'value="Soft, then statutory"' in refused.text  # the form keeps its values
+        built_in = await client.post("/schemes", data=scheme_form(csrf, "DefaultCM1", "30"))
+        assert 'data-code="built_in_scheme"' in built_in.text
+        async with stack.pool.acquire() as conn:
+            sent = await conn.fetchval(
+                f'SELECT count(*) FROM "{stack.schema}".sent_commands WHERE website_key = $1',
+                merchant.website_key,
+            )
+        assert sent == 0
+
+        saved = await client.post("/schemes", data=scheme_form(csrf, "Soft-1", "30"))
+        assert saved.status_code == 303
+
+        async def accepted() -> str | None:
+            page = (await client.get("/schemes/sent")).text
+            return page if "CommandAccepted" in page else None
+
+        page = await poll_until(accepted, what="the scheme's answer")
+        assert "3. AdminCostIncrease at day 30, costs statutory" in page
+        # Its next version starts from what was saved.
+        again = await client.get("/schemes/new", params={"from": "Soft-1"})
+        assert 'name="steps-2-admin_cost" value="statutory"' in again.text
+    await create(merchant, "SCH-1", scheme_key="Soft-1")
+    row = await stack.row_when(merchant.website_key, "SCH-1", status_code=10)
+    assert row["scheme_key"] == "Soft-1"

@@ -73,16 +73,21 @@ CREATE TABLE results (
     PRIMARY KEY (website_key, command_id)
 );
 
--- What the console itself sent, for whom and by whom.
+-- What the console itself sent, for whom and by whom (the payload: to show a scheme
+-- version the console saved, and to start its next version from it).
 CREATE TABLE sent_commands (
     website_key  text        NOT NULL,
     command_id   uuid        NOT NULL,
     command_type text        NOT NULL,
     invoice_key  text,
+    scheme_key   text,
+    payload      jsonb       NOT NULL,
     username     text        NOT NULL,
     sent_at      timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (website_key, command_id)
 );
+CREATE INDEX sent_commands_scheme ON sent_commands (website_key, scheme_key, sent_at DESC)
+    WHERE scheme_key IS NOT NULL;
 CREATE INDEX sent_commands_invoice ON sent_commands (website_key, invoice_key, sent_at DESC);
 
 -- Console accounts, each of one merchant (website key). password_hash: argon2id (PHC).

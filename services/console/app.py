@@ -48,6 +48,10 @@ def definition() -> ServiceDefinition:
         "CommandAccepted": HandlerSpec(handlers.command_result, answers=False),
         "CommandRejected": HandlerSpec(handlers.command_result, answers=False),
     }
+    subscription_events = {
+        "SubscriptionEvent": HandlerSpec(handlers.subscription_event, answers=False)
+    }
+    case_events = {"CaseEvent": HandlerSpec(handlers.case_event, answers=False)}
     return ServiceDefinition(
         name=NAME,
         migrations=Path(__file__).parent / "migrations",
@@ -55,6 +59,8 @@ def definition() -> ServiceDefinition:
             {
                 ("invoice-events", topics.INVOICE_EVENTS): invoice_events,
                 ("command-results", topics.COMMAND_RESULTS): results,
+                ("subscription-events", topics.SUBSCRIPTION_EVENTS): subscription_events,
+                ("collection-events", topics.COLLECTION_EVENTS): case_events,
             }
         ),
     )

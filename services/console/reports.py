@@ -193,3 +193,61 @@ def costs_csv(rows: list[Costs]) -> str:
     for c in rows:
         writer.writerow([c.currency, c.invoices, f"{c.charged:f}", f"{c.paid:f}", f"{c.open:f}"])
     return out.getvalue()
+
+
+# --- collection results -------------------------------------------------------------------
+
+#: The case states in the order of a case's life.
+CASE_STATES = ("preparing", "reviewing", "processing", "failed", "closed")
+
+
+@dataclass(frozen=True)
+class CaseTotals:
+    state: str
+    cases: int
+    amount: Decimal
+    collected: Decimal
+
+
+@dataclass(frozen=True)
+class CollectionResults:
+    """One currency's production cases by state: how many, to collect, collected."""
+
+    currency: str
+    states: list[CaseTotals]
+
+    @property
+    def collected(self) -> Decimal:
+        return sum((s.collected for s in self.states), Decimal(0))
+
+    @property
+    def amount(self) -> Decimal:
+        return sum((s.amount for s in self.states), Decimal(0))
+
+
+def collection_results(
+    sums: Iterable[tuple[str, str, int, Decimal, Decimal]],
+) -> list[CollectionResults]:
+    by_currency: dict[str, dict[str, CaseTotals]] = {}
+    for currency, state, count, amount, collected in sums:
+        by_currency.setdefault(currency, {})[state] = CaseTotals(state, count, amount, collected)
+    return [
+        CollectionResults(
+            currency,
+            [
+                by_currency[currency].get(state, CaseTotals(state, 0, Decimal(0), Decimal(0)))
+                for state in CASE_STATES
+            ],
+        )
+        for currency in sorted(by_currency)
+    ]
+
+
+def collection_csv(rows: list[CollectionResults]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(["currency", "state", "cases", "amount", "collected"])
+    for r in rows:
+        for s in r.states:
+            writer.writerow([r.currency, s.state, s.cases, f"{s.amount:f}", f"{s.collected:f}"])
+    return out.getvalue()

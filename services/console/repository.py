@@ -9,8 +9,10 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
+from contracts.collection import CaseEvent
 from contracts.invoice import InvoiceEvent
 from contracts.results import CommandAccepted, CommandRejected
+from contracts.subscription import SubscriptionEvent
 from services.console import reports
 from services.runtime.db import Connection
 
@@ -88,6 +90,178 @@ async def apply_invoice_event(
     )
 
 
+async def apply_subscription_event(
+    conn: Connection, website_key: str, message_id: uuid.UUID, at: datetime, evt: SubscriptionEvent
+) -> None:
+    sub = evt.subscription
+    await conn.execute(
+        "INSERT INTO subscription_events (website_key, message_id, subscription_key, event,"
+        " invoice_number, period_index, reason, status, occurred_at)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING",
+        website_key,
+        message_id,
+        sub.subscription_key,
+        str(evt.event),
+        evt.invoice_number,
+        evt.period_index,
+        evt.reason,
+        str(sub.status),
+        at,
+    )
+    await conn.execute(
+        "INSERT INTO subscriptions (website_key, subscription_key, status, currency,"
+        " scheme_key, next_billing_date, last_event, last_event_at, snapshot)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+        " ON CONFLICT (website_key, subscription_key) DO UPDATE SET status = EXCLUDED.status,"
+        " currency = EXCLUDED.currency, scheme_key = EXCLUDED.scheme_key,"
+        " next_billing_date = EXCLUDED.next_billing_date, last_event = EXCLUDED.last_event,"
+        " last_event_at = EXCLUDED.last_event_at, snapshot = EXCLUDED.snapshot"
+        " WHERE subscriptions.last_event_at <= EXCLUDED.last_event_at",
+        website_key,
+        sub.subscription_key,
+        str(sub.status),
+        sub.currency,
+        sub.scheme_key,
+        sub.next_billing_date,
+        str(evt.event),
+        at,
+        sub.model_dump(mode="json"),
+    )
+
+
+async def apply_case_event(
+    conn: Connection, website_key: str, message_id: uuid.UUID, at: datetime, evt: CaseEvent
+) -> None:
+    case = evt.case
+    await conn.execute(
+        "INSERT INTO case_events (website_key, message_id, case_key, event, reason, state,"
+        " collected_amount, occurred_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+        " ON CONFLICT DO NOTHING",
+        website_key,
+        message_id,
+        case.case_key,
+        str(evt.event),
+        evt.reason,
+        str(case.state),
+        case.collected_amount,
+        at,
+    )
+    await conn.execute(
+        "INSERT INTO cases (website_key, case_key, state, invoice_number, environment,"
+        " agency_code, currency, amount, collected_amount, last_event, last_event_at, snapshot)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+        " ON CONFLICT (website_key, case_key) DO UPDATE SET state = EXCLUDED.state,"
+        " invoice_number = EXCLUDED.invoice_number, environment = EXCLUDED.environment,"
+        " agency_code = EXCLUDED.agency_code, currency = EXCLUDED.currency,"
+        " amount = EXCLUDED.amount, collected_amount = EXCLUDED.collected_amount,"
+        " last_event = EXCLUDED.last_event, last_event_at = EXCLUDED.last_event_at,"
+        " snapshot = EXCLUDED.snapshot WHERE cases.last_event_at <= EXCLUDED.last_event_at",
+        website_key,
+        case.case_key,
+        str(case.state),
+        case.invoice_number,
+        str(case.environment),
+        case.agency_code,
+        case.currency,
+        case.amount,
+        case.collected_amount,
+        str(evt.event),
+        at,
+        case.model_dump(mode="json"),
+    )
+
+
+async def subscription_page(
+    conn: Connection,
+    website_key: str,
+    status: str | None,
+    after: str | None,
+    limit: int = PAGE_SIZE,
+) -> list[dict[str, Any]]:
+    """Up to `limit` + 1 subscriptions by key, after `after`, of one status if given."""
+    rows = await conn.fetch(
+        "SELECT subscription_key, status, currency, scheme_key, next_billing_date, last_event,"
+        " last_event_at FROM subscriptions WHERE website_key = $1"
+        " AND ($2::text IS NULL OR status = $2) AND ($3::text IS NULL OR subscription_key > $3)"
+        " ORDER BY subscription_key LIMIT $4",
+        website_key,
+        status,
+        after,
+        limit + 1,
+    )
+    return [dict(r) for r in rows]
+
+
+async def subscription(conn: Connection, website_key: str, key: str) -> dict[str, Any] | None:
+    row = await conn.fetchrow(
+        "SELECT * FROM subscriptions WHERE website_key = $1 AND subscription_key = $2",
+        website_key,
+        key,
+    )
+    if row is None:
+        return None
+    found = dict(row)
+    found["events"] = [
+        dict(r)
+        for r in await conn.fetch(
+            "SELECT event, invoice_number, period_index, reason, status, occurred_at"
+            " FROM subscription_events WHERE website_key = $1 AND subscription_key = $2"
+            " ORDER BY occurred_at, message_id",
+            website_key,
+            key,
+        )
+    ]
+    return found
+
+
+async def case_page(
+    conn: Connection, website_key: str, state: str | None, after: str | None, limit: int = PAGE_SIZE
+) -> list[dict[str, Any]]:
+    rows = await conn.fetch(
+        "SELECT case_key, state, invoice_number, environment, agency_code, currency, amount,"
+        " collected_amount, last_event, last_event_at FROM cases WHERE website_key = $1"
+        " AND ($2::text IS NULL OR state = $2) AND ($3::text IS NULL OR case_key > $3)"
+        " ORDER BY case_key LIMIT $4",
+        website_key,
+        state,
+        after,
+        limit + 1,
+    )
+    return [dict(r) for r in rows]
+
+
+async def case(conn: Connection, website_key: str, key: str) -> dict[str, Any] | None:
+    row = await conn.fetchrow(
+        "SELECT * FROM cases WHERE website_key = $1 AND case_key = $2", website_key, key
+    )
+    if row is None:
+        return None
+    found = dict(row)
+    found["events"] = [
+        dict(r)
+        for r in await conn.fetch(
+            "SELECT event, reason, state, collected_amount, occurred_at FROM case_events"
+            " WHERE website_key = $1 AND case_key = $2 ORDER BY occurred_at, message_id",
+            website_key,
+            key,
+        )
+    ]
+    return found
+
+
+async def case_sums(
+    conn: Connection, website_key: str
+) -> list[tuple[str, str, int, Decimal, Decimal]]:
+    """(currency, state, cases, amount, collected) of the merchant's production cases."""
+    rows = await conn.fetch(
+        "SELECT currency, state, count(*) AS cases, sum(amount) AS amount,"
+        " sum(collected_amount) AS collected FROM cases"
+        " WHERE website_key = $1 AND environment = 'production' GROUP BY 1, 2",
+        website_key,
+    )
+    return [(r["currency"], r["state"], r["cases"], r["amount"], r["collected"]) for r in rows]
+
+
 async def record_result(
     conn: Connection, website_key: str, result: CommandAccepted | CommandRejected
 ) -> None:
@@ -117,18 +291,37 @@ async def record_sent(
     *,
     invoice_key: str | None = None,
     scheme_key: str | None = None,
+    subject: str | None = None,
 ) -> None:
     await conn.execute(
         "INSERT INTO sent_commands (website_key, command_id, command_type, invoice_key,"
-        " scheme_key, payload, username) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        " scheme_key, subject, payload, username) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         website_key,
         command_id,
         command_type,
         invoice_key,
         scheme_key,
+        subject,
         payload,
         username,
     )
+
+
+async def commands_about(
+    conn: Connection, website_key: str, subject: str, limit: int = 20
+) -> list[dict[str, Any]]:
+    """The commands the console sent about a subscription or case (`subject`), newest
+    first, with their answers."""
+    rows = await conn.fetch(
+        "SELECT s.command_id, s.command_type, s.username, s.sent_at, r.accepted, r.errors"
+        " FROM sent_commands s LEFT JOIN results r"
+        " ON r.website_key = s.website_key AND r.command_id = s.command_id"
+        " WHERE s.website_key = $1 AND s.subject = $2 ORDER BY s.sent_at DESC LIMIT $3",
+        website_key,
+        subject,
+        limit,
+    )
+    return [dict(r) for r in rows]
 
 
 async def schemes_in_use(conn: Connection, website_key: str) -> list[dict[str, Any]]:

@@ -42,6 +42,7 @@ from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from contracts.catalog import key_for, topic_for_type
+from contracts.collection import CloseCase
 from contracts.envelope import Command, field_errors, new_envelope
 from contracts.invoice import (
     CreateCreditNote,
@@ -53,6 +54,7 @@ from contracts.invoice import (
     UnpauseInvoice,
     WriteOffInvoice,
 )
+from contracts.subscription import StopSubscription, SubscriptionStatus
 from services.console import auth, reports, repository, schemes
 from services.console.app import ConsoleSettings
 from services.console.repository import InvoiceFilter, PageKey, User
@@ -489,6 +491,7 @@ class Console:
         *,
         invoice_key: str | None = None,
         scheme_key: str | None = None,
+        subject: str | None = None,
     ) -> uuid.UUID:
         """Publish a merchant command for the user's merchant through the outbox (the row
         that remembers it and the message commit together)."""
@@ -506,6 +509,7 @@ class Console:
                 payload.model_dump(mode="json"),
                 invoice_key=invoice_key,
                 scheme_key=scheme_key,
+                subject=subject,
             )
             uow.outbox.append(
                 OutboxMessage(
@@ -575,6 +579,148 @@ class Console:
             return self._scheme_form(request, user, csrf, form, errors, 422)
         await self.send(user, payload, scheme_key=payload.scheme_key)
         return RedirectResponse("/schemes#sent", status_code=303)
+
+    # --- subscriptions and collection cases ---
+
+    async def subscription_list(self, request: Request, user: User, csrf: str) -> Response:
+        status = request.query_params.get("status") or None
+        after = request.query_params.get("after") or None
+        async with self.runtime.pool.acquire() as conn:
+            rows = await repository.subscription_page(conn, user.website_key, status, after)
+        more = len(rows) > repository.PAGE_SIZE
+        rows = rows[: repository.PAGE_SIZE]
+        last = rows[-1]["subscription_key"] if more else ""
+        next_url = (
+            f"/subscriptions?{urlencode({'status': status or '', 'after': last})}" if more else None
+        )
+        return self.render(
+            request,
+            "subscriptions.html",
+            user,
+            csrf,
+            rows=rows,
+            status=status,
+            statuses=[s.value for s in SubscriptionStatus],
+            next_url=next_url,
+        )
+
+    async def subscription_detail(self, request: Request, user: User, csrf: str) -> Response:
+        key = request.path_params["key"]
+        async with self.runtime.pool.acquire() as conn:
+            row = await repository.subscription(conn, user.website_key, key)
+            if row is None:
+                return self._not_found(request, user, csrf)
+            row["commands"] = await repository.commands_about(
+                conn, user.website_key, f"subscription:{key}"
+            )
+        return self.render(request, "subscription.html", user, csrf, sub=row)
+
+    async def subscription_stop(self, request: Request, user: User, csrf: str) -> Response:
+        key = request.path_params["key"]
+        async with self.runtime.pool.acquire() as conn:
+            row = await repository.subscription(conn, user.website_key, key)
+        if row is None:
+            return self._not_found(request, user, csrf)
+        form = await request.form()
+        values: dict[str, Any] = {"subscription_key": key}
+        for name in ("end_date", "reason"):
+            value = str(form.get(name) or "").strip()
+            if value:
+                values[name] = value
+        try:
+            payload = StopSubscription.model_validate(values)
+        except ValidationError as exc:
+            return PlainTextResponse(
+                "; ".join(f"{e.field}: {e.message}" for e in field_errors(exc, "payload")),
+                status_code=422,
+            )
+        await self.send(user, payload, subject=f"subscription:{key}")
+        return RedirectResponse(f"/subscriptions/{key}#commands", status_code=303)
+
+    async def case_list(self, request: Request, user: User, csrf: str) -> Response:
+        state = request.query_params.get("state") or None
+        after = request.query_params.get("after") or None
+        async with self.runtime.pool.acquire() as conn:
+            rows = await repository.case_page(conn, user.website_key, state, after)
+        more = len(rows) > repository.PAGE_SIZE
+        rows = rows[: repository.PAGE_SIZE]
+        next_url = (
+            f"/cases?{urlencode({'state': state or '', 'after': rows[-1]['case_key']})}"
+            if more
+            else None
+        )
+        return self.render(
+            request,
+            "cases.html",
+            user,
+            csrf,
+            rows=rows,
+            state=state,
+            states=reports.CASE_STATES,
+            next_url=next_url,
+        )
+
+    async def case_detail(self, request: Request, user: User, csrf: str) -> Response:
+        key = request.path_params["key"]
+        async with self.runtime.pool.acquire() as conn:
+            row = await repository.case(conn, user.website_key, key)
+            if row is None:
+                return self._not_found(request, user, csrf)
+            row["commands"] = await repository.commands_about(conn, user.website_key, f"case:{key}")
+        return self.render(request, "case.html", user, csrf, case=row)
+
+    async def case_close(self, request: Request, user: User, csrf: str) -> Response:
+        key = request.path_params["key"]
+        async with self.runtime.pool.acquire() as conn:
+            row = await repository.case(conn, user.website_key, key)
+        if row is None:
+            return self._not_found(request, user, csrf)
+        form = await request.form()
+        try:
+            payload = CloseCase.model_validate(
+                {"case_key": key, "reason": str(form.get("reason") or "").strip()}
+            )
+        except ValidationError as exc:
+            return PlainTextResponse(
+                "; ".join(f"{e.field}: {e.message}" for e in field_errors(exc, "payload")),
+                status_code=422,
+            )
+        await self.send(user, payload, subject=f"case:{key}")
+        return RedirectResponse(f"/cases/{key}#commands", status_code=303)
+
+    async def _collection(self, user: User) -> list[reports.CollectionResults]:
+        async with self.runtime.pool.acquire() as conn:
+            return reports.collection_results(await repository.case_sums(conn, user.website_key))
+
+    async def collection(self, request: Request, user: User, csrf: str) -> Response:
+        return self.render(
+            request, "collection.html", user, csrf, results=await self._collection(user)
+        )
+
+    async def collection_csv(self, request: Request, user: User, csrf: str) -> Response:
+        return _csv(reports.collection_csv(await self._collection(user)), "collection.csv")
+
+    async def api_collection(self, request: Request, user: User) -> Response:
+        return JSONResponse(
+            {
+                "currencies": [
+                    {
+                        "currency": r.currency,
+                        "states": [
+                            {
+                                "state": s.state,
+                                "cases": s.cases,
+                                "amount": f"{s.amount:f}",
+                                "collected": f"{s.collected:f}",
+                            }
+                            for s in r.states
+                        ],
+                        "collected": f"{r.collected:f}",
+                    }
+                    for r in await self._collection(user)
+                ]
+            }
+        )
 
     # --- reports ---
 
@@ -779,6 +925,15 @@ class Console:
             Route("/schemes", self.page(self.scheme_save), methods=["POST"]),
             Route("/schemes/sent", self.page(self.scheme_sent_live)),
             Route("/schemes/new", self.page(self.scheme_form)),
+            Route("/subscriptions", self.page(self.subscription_list)),
+            Route("/subscriptions/{key}", self.page(self.subscription_detail)),
+            Route("/subscriptions/{key}/stop", self.page(self.subscription_stop), methods=["POST"]),
+            Route("/cases", self.page(self.case_list)),
+            Route("/cases/{key}", self.page(self.case_detail)),
+            Route("/cases/{key}/close", self.page(self.case_close), methods=["POST"]),
+            Route("/reports/collection", self.page(self.collection)),
+            Route("/reports/collection.csv", self.page(self.collection_csv)),
+            Route("/api/reports/collection", self.api(self.api_collection)),
             Route("/reports/aging", self.page(self.aging)),
             Route("/reports/aging.csv", self.page(self.aging_csv)),
             Route("/reports/funnel", self.page(self.funnel)),

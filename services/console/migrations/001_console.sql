@@ -81,14 +81,76 @@ CREATE TABLE sent_commands (
     command_type text        NOT NULL,
     invoice_key  text,
     scheme_key   text,
+    subject      text,
     payload      jsonb       NOT NULL,
     username     text        NOT NULL,
     sent_at      timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (website_key, command_id)
 );
+CREATE INDEX sent_commands_subject ON sent_commands (website_key, subject, sent_at DESC)
+    WHERE subject IS NOT NULL;
 CREATE INDEX sent_commands_scheme ON sent_commands (website_key, scheme_key, sent_at DESC)
     WHERE scheme_key IS NOT NULL;
 CREATE INDEX sent_commands_invoice ON sent_commands (website_key, invoice_key, sent_at DESC);
+
+-- Subscriptions and collection cases: the last snapshot their events carried (these
+-- events have no sequence: a snapshot older than the stored one by business time is
+-- kept out), and each event for the detail page.
+CREATE TABLE subscriptions (
+    website_key       text        NOT NULL,
+    subscription_key  text        NOT NULL,
+    status            text        NOT NULL,
+    currency          text        NOT NULL,
+    scheme_key        text        NOT NULL,
+    next_billing_date date,
+    last_event        text        NOT NULL,
+    last_event_at     timestamptz NOT NULL,
+    snapshot          jsonb       NOT NULL,
+    PRIMARY KEY (website_key, subscription_key)
+);
+CREATE INDEX subscriptions_status ON subscriptions (website_key, status, subscription_key);
+CREATE TABLE subscription_events (
+    website_key      text        NOT NULL,
+    message_id       uuid        NOT NULL,
+    subscription_key text        NOT NULL,
+    event            text        NOT NULL,
+    invoice_number   text,
+    period_index     integer,
+    reason           text,
+    status           text        NOT NULL,
+    occurred_at      timestamptz NOT NULL,
+    PRIMARY KEY (website_key, message_id)
+);
+CREATE INDEX subscription_events_of ON subscription_events (website_key, subscription_key, occurred_at);
+
+CREATE TABLE cases (
+    website_key      text        NOT NULL,
+    case_key         text        NOT NULL,
+    state            text        NOT NULL,
+    invoice_number   text,
+    environment      text        NOT NULL,
+    agency_code      text,
+    currency         text        NOT NULL,
+    amount           numeric     NOT NULL,
+    collected_amount numeric     NOT NULL,
+    last_event       text        NOT NULL,
+    last_event_at    timestamptz NOT NULL,
+    snapshot         jsonb       NOT NULL,
+    PRIMARY KEY (website_key, case_key)
+);
+CREATE INDEX cases_state ON cases (website_key, state, case_key);
+CREATE TABLE case_events (
+    website_key      text        NOT NULL,
+    message_id       uuid        NOT NULL,
+    case_key         text        NOT NULL,
+    event            text        NOT NULL,
+    reason           text,
+    state            text        NOT NULL,
+    collected_amount numeric     NOT NULL,
+    occurred_at      timestamptz NOT NULL,
+    PRIMARY KEY (website_key, message_id)
+);
+CREATE INDEX case_events_of ON case_events (website_key, case_key, occurred_at);
 
 -- Console accounts, each of one merchant (website key). password_hash: argon2id (PHC).
 CREATE TABLE users (

@@ -37,6 +37,15 @@ class ConsoleSettings(BaseSettings):
         True, description="Mark cookies Secure (false only for plain-http local runs)."
     )
     console_session_hours: float = Field(12.0, description="How long a sign-in lasts.")
+    console_sign_in_window_s: float = Field(
+        900.0, description="The window in which failed sign-ins are counted."
+    )
+    console_sign_in_max_failures_per_user: int = Field(
+        5, description="Failed sign-ins of one username in the window before it is refused."
+    )
+    console_sign_in_max_failures_per_address: int = Field(
+        20, description="Failed sign-ins from one client address in the window."
+    )
     console_result_wait_s: float = Field(
         2.0, description="How long the API's action call waits for the command's answer."
     )

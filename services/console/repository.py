@@ -654,6 +654,26 @@ async def session_user(
     ]
 
 
+async def recent_failures(conn: Connection, keys: list[str], since: datetime) -> dict[str, int]:
+    rows = await conn.fetch(
+        "SELECT key, count(*) AS failures FROM sign_in_failures"
+        " WHERE key = ANY($1::text[]) AND failed_at > $2 GROUP BY key",
+        keys,
+        since,
+    )
+    return {r["key"]: r["failures"] for r in rows}
+
+
+async def record_failure(conn: Connection, keys: list[str], before: datetime) -> None:
+    """Remember a failed sign-in under each key; forget failures older than `before`."""
+    await conn.execute("DELETE FROM sign_in_failures WHERE failed_at <= $1", before)
+    await conn.execute("INSERT INTO sign_in_failures (key) SELECT unnest($1::text[])", keys)
+
+
+async def clear_failures(conn: Connection, key: str) -> None:
+    await conn.execute("DELETE FROM sign_in_failures WHERE key = $1", key)
+
+
 async def close_session(conn: Connection, token_sha256: str) -> None:
     await conn.execute("DELETE FROM sessions WHERE token_sha256 = $1", token_sha256)
 

@@ -316,19 +316,39 @@ class Console:
             request.cookies.get(auth.LOGIN_CSRF_COOKIE), given if isinstance(given, str) else None
         ):
             return self._login_page(request, "The form expired: please sign in again.", 403)
-        username = str(form.get("username") or "").strip()
-        password = str(form.get("password") or "")
+        username = str(form.get("username") or "").strip()[:200]
+        password = str(form.get("password") or "")[:1000]
+        settings = self.settings
+        now = datetime.now(UTC)
+        since = now - timedelta(seconds=settings.console_sign_in_window_s)
+        user_key = f"user:{username}"
+        address_key = f"ip:{request.client.host if request.client else '-'}"
         async with self.runtime.pool.acquire() as conn:
+            failures = await repository.recent_failures(conn, [user_key, address_key], since)
             found = await repository.user_with_hash(conn, username)
+        if (
+            failures.get(user_key, 0) >= settings.console_sign_in_max_failures_per_user
+            or failures.get(address_key, 0) >= settings.console_sign_in_max_failures_per_address
+        ):
+            log.warning("console sign-in throttled")
+            minutes = max(1, round(settings.console_sign_in_window_s / 60))
+            return self._login_page(
+                request,
+                f"Too many failed sign-ins: try again in {minutes} minutes.",
+                429,
+            )
         stored_hash = found[1] if found else None
         # argon2 takes tens of milliseconds: off the event loop.
         ok = await asyncio.to_thread(auth.verify_password, stored_hash, password)
         if not ok or found is None:
+            async with self.runtime.pool.acquire() as conn:
+                await repository.record_failure(conn, [user_key, address_key], since)
             log.info("console sign-in refused")
             return self._login_page(request, "Wrong username or password.", 401)
         user = found[0]
         token, csrf = auth.new_token(), auth.new_token()
         async with self.runtime.pool.acquire() as conn:
+            await repository.clear_failures(conn, user_key)
             if auth.needs_rehash(stored_hash or ""):
                 new_hash = await asyncio.to_thread(auth.hash_password, password)
                 await repository.set_password(conn, user.username, new_hash)

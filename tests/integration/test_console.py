@@ -296,3 +296,27 @@ async def test_the_scheme_form_shows_the_services_rules_and_saves_a_version(
     await create(merchant, "SCH-1", scheme_key="Soft-1")
     row = await stack.row_when(merchant.website_key, "SCH-1", status_code=10)
     assert row["scheme_key"] == "Soft-1"
+
+
+async def test_repeated_wrong_passwords_lock_the_username_for_a_while(
+    stack: ConsoleStack, merchant: InvoiceClient
+) -> None:
+    username = await stack.user(merchant.website_key)
+    async with httpx.AsyncClient(base_url=stack.url) as client:
+
+        async def attempt(password: str) -> int:
+            await client.get("/login")
+            token = client.cookies.get("cm_console_login")
+            answer = await client.post(
+                "/login", data={"username": username, "password": password, "csrf_token": token}
+            )
+            return answer.status_code
+
+        assert [await attempt("wrong password!") for _ in range(5)] == [401] * 5
+        assert await attempt(PASSWORD) == 429  # even the right one, until the window ends
+    async with stack.pool.acquire() as conn:
+        await conn.execute(
+            f'DELETE FROM "{stack.schema}".sign_in_failures WHERE key = $1', f"user:{username}"
+        )
+    async with stack.signed_in(username) as client:  # the window over: in again
+        assert (await client.get("/api/invoices")).status_code == 200

@@ -171,3 +171,11 @@ CREATE TABLE sessions (
     expires_at   timestamptz NOT NULL
 );
 CREATE INDEX sessions_expiry ON sessions (expires_at);
+
+-- Failed sign-ins in the throttling window, by username and by client address
+-- (`user:<name>`, `ip:<address>`); pruned as they age out.
+CREATE TABLE sign_in_failures (
+    key       text        NOT NULL,
+    failed_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX sign_in_failures_key ON sign_in_failures (key, failed_at);

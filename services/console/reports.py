@@ -7,7 +7,7 @@ import csv
 import io
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import UTC, date, datetime
 from decimal import Decimal
 
 
@@ -250,4 +250,85 @@ def collection_csv(rows: list[CollectionResults]) -> str:
     for r in rows:
         for s in r.states:
             writer.writerow([r.currency, s.state, s.cases, f"{s.amount:f}", f"{s.collected:f}"])
+    return out.getvalue()
+
+
+# --- days sales outstanding ---------------------------------------------------------------
+
+
+def months_until(last: date, count: int) -> list[date]:
+    """The first days of `count` months, oldest first, ending with `last`'s month."""
+    months = []
+    year, month = last.year, last.month
+    for _ in range(count):
+        months.append(date(year, month, 1))
+        year, month = (year, month - 1) if month > 1 else (year - 1, 12)
+    return months[::-1]
+
+
+def next_month(first: date) -> date:
+    return date(first.year + first.month // 12, first.month % 12 + 1, 1)
+
+
+def month_end(first: date) -> datetime:
+    """The moment a month ends (UTC): the start of the next."""
+    following = next_month(first)
+    return datetime(following.year, following.month, following.day, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class DsoMonth:
+    """One month of one currency: open receivables at its end, sales invoiced in it, and
+    DSO = receivables / sales x days in the month (None without sales)."""
+
+    month: date
+    receivables: Decimal
+    sales: Decimal
+
+    @property
+    def days(self) -> int:
+        return (next_month(self.month) - self.month).days
+
+    @property
+    def dso(self) -> Decimal | None:
+        if self.sales <= 0:
+            return None
+        return (self.receivables / self.sales * self.days).quantize(Decimal("0.1"))
+
+
+def dso_series(
+    months: list[date],
+    receivables: dict[date, dict[str, Decimal]],
+    sales: dict[date, dict[str, Decimal]],
+) -> dict[str, list[DsoMonth]]:
+    currencies = sorted({c for per in (*receivables.values(), *sales.values()) for c in per})
+    return {
+        currency: [
+            DsoMonth(
+                m,
+                receivables.get(m, {}).get(currency, Decimal(0)),
+                sales.get(m, {}).get(currency, Decimal(0)),
+            )
+            for m in months
+        ]
+        for currency in currencies
+    }
+
+
+def dso_csv(series: dict[str, list[DsoMonth]]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(["currency", "month", "receivables", "sales", "days", "dso"])
+    for currency, months in series.items():
+        for m in months:
+            writer.writerow(
+                [
+                    currency,
+                    m.month.strftime("%Y-%m"),
+                    f"{m.receivables:f}",
+                    f"{m.sales:f}",
+                    m.days,
+                    "" if m.dso is None else f"{m.dso:f}",
+                ]
+            )
     return out.getvalue()

@@ -572,6 +572,41 @@ async def cost_sums(conn: Connection, website_key: str) -> list[tuple[str, int, 
     return [(r["currency"], r["invoices"], r["charged"], r["paid"]) for r in rows]
 
 
+async def receivables_at(
+    conn: Connection, website_key: str, moment: datetime
+) -> list[tuple[str, Decimal]]:
+    """(currency, open amount) of real invoices just before `moment`: each invoice as its
+    last event before then left it (open incl. costs, not closed)."""
+    rows = await conn.fetch(
+        "SELECT i.currency, sum(e.open_amount) AS amount FROM invoices i"
+        " JOIN LATERAL (SELECT ev.open_amount, ev.status_code FROM invoice_events ev"
+        " WHERE ev.website_key = i.website_key AND ev.invoice_key = i.invoice_key"
+        " AND ev.occurred_at < $2 ORDER BY ev.sequence DESC LIMIT 1) e ON true"
+        " WHERE i.website_key = $1 AND NOT i.is_test AND e.open_amount > 0"
+        " AND e.status_code <> ALL($3::integer[]) GROUP BY 1",
+        website_key,
+        moment,
+        list(reports.CLOSED_STATUSES),
+    )
+    return [(r["currency"], r["amount"]) for r in rows]
+
+
+async def sales_between(
+    conn: Connection, website_key: str, first: date, end: date
+) -> list[tuple[str, Decimal]]:
+    """(currency, amount invoiced) of real invoices dated `first` .. before `end`
+    (credit notes and rejected invoices left out)."""
+    rows = await conn.fetch(
+        "SELECT currency, sum(amount_debit) AS amount FROM invoices"
+        " WHERE website_key = $1 AND NOT is_test AND type <> 'CreditNote'"
+        " AND status_code <> 90 AND invoice_date >= $2 AND invoice_date < $3 GROUP BY 1",
+        website_key,
+        first,
+        end,
+    )
+    return [(r["currency"], r["amount"]) for r in rows]
+
+
 # --- accounts and sessions --------------------------------------------------------------------
 
 

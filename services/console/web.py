@@ -708,6 +708,59 @@ class Console:
         await self.send(user, payload, subject=f"case:{key}")
         return RedirectResponse(f"/cases/{key}#commands", status_code=303)
 
+    async def _dso(self, request: Request, user: User) -> dict[str, list[reports.DsoMonth]]:
+        until = _as_of(request, user, "until")
+        try:
+            count = min(max(int(request.query_params.get("months", "12")), 1), 36)
+        except ValueError:
+            count = 12
+        months = reports.months_until(until, count)
+        receivables: dict[date, dict[str, Decimal]] = {}
+        sales: dict[date, dict[str, Decimal]] = {}
+        async with self.runtime.pool.acquire() as conn:
+            for month in months:
+                receivables[month] = dict(
+                    await repository.receivables_at(
+                        conn, user.website_key, reports.month_end(month)
+                    )
+                )
+                sales[month] = dict(
+                    await repository.sales_between(
+                        conn, user.website_key, month, reports.next_month(month)
+                    )
+                )
+        return reports.dso_series(months, receivables, sales)
+
+    async def dso(self, request: Request, user: User, csrf: str) -> Response:
+        series = await self._dso(request, user)
+        return self.render(request, "dso.html", user, csrf, series=series)
+
+    async def dso_csv(self, request: Request, user: User, csrf: str) -> Response:
+        return _csv(reports.dso_csv(await self._dso(request, user)), "dso.csv")
+
+    async def api_dso(self, request: Request, user: User) -> Response:
+        series = await self._dso(request, user)
+        return JSONResponse(
+            {
+                "currencies": [
+                    {
+                        "currency": currency,
+                        "months": [
+                            {
+                                "month": m.month.strftime("%Y-%m"),
+                                "receivables": f"{m.receivables:f}",
+                                "sales": f"{m.sales:f}",
+                                "days": m.days,
+                                "dso": None if m.dso is None else f"{m.dso:f}",
+                            }
+                            for m in months
+                        ],
+                    }
+                    for currency, months in series.items()
+                ]
+            }
+        )
+
     async def _collection(self, user: User) -> list[reports.CollectionResults]:
         async with self.runtime.pool.acquire() as conn:
             return reports.collection_results(await repository.case_sums(conn, user.website_key))
@@ -951,6 +1004,9 @@ class Console:
             Route("/cases", self.page(self.case_list)),
             Route("/cases/{key}", self.page(self.case_detail)),
             Route("/cases/{key}/close", self.page(self.case_close), methods=["POST"]),
+            Route("/reports/dso", self.page(self.dso)),
+            Route("/reports/dso.csv", self.page(self.dso_csv)),
+            Route("/api/reports/dso", self.api(self.api_dso)),
             Route("/reports/collection", self.page(self.collection)),
             Route("/reports/collection.csv", self.page(self.collection_csv)),
             Route("/api/reports/collection", self.api(self.api_collection)),
@@ -1035,8 +1091,8 @@ def _filters(request: Request) -> tuple[InvoiceFilter, list[dict[str, str]]]:
     )
 
 
-def _as_of(request: Request, user: User) -> date:
-    raw = request.query_params.get("as_of", "")
+def _as_of(request: Request, user: User, name: str = "as_of") -> date:
+    raw = request.query_params.get(name, "")
     try:
         return date.fromisoformat(raw)
     except ValueError:

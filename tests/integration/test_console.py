@@ -6,7 +6,7 @@ with the invoice events to the cent."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import date
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -320,3 +320,113 @@ async def test_repeated_wrong_passwords_lock_the_username_for_a_while(
         )
     async with stack.signed_in(username) as client:  # the window over: in again
         assert (await client.get("/api/invoices")).status_code == 200
+
+
+def dso_from_events(
+    events: list[dict[str, Any]], months: list[tuple[str, datetime, datetime, int]]
+) -> dict[str, tuple[Decimal, Decimal, Decimal | None]]:
+    """(open at the month's end, invoiced in it, DSO) per month, from the events alone."""
+    out = {}
+    for label, start, end, days in months:
+        last: dict[str, dict[str, Any]] = {}
+        for event in sorted(events, key=lambda e: e["sequence"]):
+            if datetime.fromisoformat(event["occurred_at"]) < end:
+                last[event["invoice"]["invoice_key"]] = event["invoice"]
+        open_total = sum(
+            (
+                Decimal(s["open_amount_incl_admin_costs"])
+                for s in last.values()
+                if not s["is_test"]
+                and s["status_code"] not in (80, 90, 91)
+                and Decimal(s["open_amount_incl_admin_costs"]) > 0
+            ),
+            Decimal(0),
+        )
+        first = {e["invoice"]["invoice_key"]: e["invoice"] for e in events if e["sequence"] == 1}
+        sales = sum(
+            (
+                Decimal(s["amount_debit"])
+                for s in first.values()
+                if not s["is_test"]
+                and start.date() <= date.fromisoformat(s["invoice_date"]) < end.date()
+            ),
+            Decimal(0),
+        )
+        dso = (open_total / sales * days).quantize(Decimal("0.1")) if sales else None
+        out[label] = (open_total, sales, dso)
+    return out
+
+
+async def test_days_sales_outstanding_reconciles_with_the_events(
+    stack: ConsoleStack, merchant: InvoiceClient
+) -> None:
+    plan = [
+        ("DSO-1", "2026-10-05", "100.00", False),
+        ("DSO-2", "2026-11-10", "200.00", False),
+        ("DSO-3", "2026-11-10", "500.00", True),  # a test invoice: left out
+    ]
+    for number, day, amount, is_test in plan:
+        answer = await merchant.answer(
+            await merchant.command(
+                "CreateInvoice",
+                invoice_payload(
+                    number,
+                    invoice_date=day,
+                    due_date=day,
+                    amount_debit=amount,
+                    amount_vat="0.00",
+                    is_test=is_test,
+                ),
+                occurred_at=f"{day}T09:00:00+00:00",
+            )
+        )
+        assert answer["type"] == "CommandAccepted"
+    await merchant.transaction(
+        "DSO-1", "T-DSO-1", "40.00", "success", occurred_at="2026-11-20T10:00:00+00:00"
+    )
+    await stack.row_when(merchant.website_key, "DSO-1", open_amount=Decimal("60.00"))
+    events = []
+    for number, *_ in plan:
+        row = await stack.row_when(merchant.website_key, number)
+        events += await merchant.events(number, row["last_sequence"])
+    for record in merchant.watcher.on(stack.cm.prefix + "cm.invoice.events"):
+        body = record.json()
+        for event in events:
+            if event["invoice"]["invoice_key"] == body["payload"]["invoice"]["invoice_key"] and (
+                event["sequence"] == body["payload"]["sequence"]
+            ):
+                event["occurred_at"] = body["occurred_at"]
+    utc = UTC
+    expected = dso_from_events(
+        events,
+        [
+            ("2026-10", datetime(2026, 10, 1, tzinfo=utc), datetime(2026, 11, 1, tzinfo=utc), 31),
+            ("2026-11", datetime(2026, 11, 1, tzinfo=utc), datetime(2026, 12, 1, tzinfo=utc), 30),
+        ],
+    )
+    assert expected == {  # the oracle, by hand
+        "2026-10": (Decimal("100.00"), Decimal("100.00"), Decimal("31.0")),
+        "2026-11": (Decimal("260.00"), Decimal("200.00"), Decimal("39.0")),
+    }
+    async with stack.signed_in(await stack.user(merchant.website_key)) as client:
+        report = (
+            await client.get("/api/reports/dso", params={"until": "2026-11-15", "months": "2"})
+        ).json()
+        [eur] = report["currencies"]
+        got = {
+            m["month"]: (
+                Decimal(m["receivables"]),
+                Decimal(m["sales"]),
+                Decimal(m["dso"]) if m["dso"] else None,
+            )
+            for m in eur["months"]
+        }
+        assert got == expected
+        page = await client.get("/reports/dso", params={"until": "2026-11-15", "months": "2"})
+        assert page.status_code == 200 and 'data-dso="39.0"' in page.text
+        assert (
+            "EUR,2026-11,260.00,200.00,30,39.0"
+            in (
+                await client.get("/reports/dso.csv", params={"until": "2026-11-15", "months": "2"})
+            ).text
+        )

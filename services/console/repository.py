@@ -83,7 +83,9 @@ async def apply_invoice_event(
         inv.due_date,
         evt.sequence,
         at,
-        inv.model_dump(mode="json"),
+        # No debtor details (names, addresses, contact data): the console needs the code
+        # only, and keeps no personal data it would have to prune.
+        inv.model_dump(mode="json", exclude={"debtor"}),
         inv.amount_paid,
         inv.amount_admin_costs,
         inv.amount_admin_costs_paid,
@@ -125,7 +127,7 @@ async def apply_subscription_event(
         sub.next_billing_date,
         str(evt.event),
         at,
-        sub.model_dump(mode="json"),
+        sub.model_dump(mode="json", exclude={"debtor"}),
     )
 
 
@@ -319,6 +321,32 @@ async def commands_about(
         " WHERE s.website_key = $1 AND s.subject = $2 ORDER BY s.sent_at DESC LIMIT $3",
         website_key,
         subject,
+        limit,
+    )
+    return [dict(r) for r in rows]
+
+
+async def latest_snapshot(conn: Connection, website_key: str) -> dict[str, Any] | None:
+    """The snapshot of the merchant's most recently changed real invoice (for previews)."""
+    found: dict[str, Any] | None = await conn.fetchval(
+        "SELECT snapshot FROM invoices WHERE website_key = $1 AND NOT is_test"
+        " ORDER BY last_event_at DESC LIMIT 1",
+        website_key,
+    )
+    return found
+
+
+async def sent_about(
+    conn: Connection, website_key: str, command_type: str, limit: int = 50
+) -> list[dict[str, Any]]:
+    """Commands of one type the console sent (newest first), with their answers."""
+    rows = await conn.fetch(
+        "SELECT s.command_id, s.subject, s.payload, s.username, s.sent_at, r.accepted,"
+        " r.errors FROM sent_commands s LEFT JOIN results r"
+        " ON r.website_key = s.website_key AND r.command_id = s.command_id"
+        " WHERE s.website_key = $1 AND s.command_type = $2 ORDER BY s.sent_at DESC LIMIT $3",
+        website_key,
+        command_type,
         limit,
     )
     return [dict(r) for r in rows]

@@ -55,7 +55,7 @@ from contracts.invoice import (
     WriteOffInvoice,
 )
 from contracts.subscription import StopSubscription, SubscriptionStatus
-from services.console import auth, reports, repository, schemes
+from services.console import auth, messages, reports, repository, schemes
 from services.console.app import ConsoleSettings
 from services.console.repository import InvoiceFilter, PageKey, User
 from services.invoice.domain.status import TRANSITIONS
@@ -600,6 +600,72 @@ class Console:
         await self.send(user, payload, scheme_key=payload.scheme_key)
         return RedirectResponse("/schemes#sent", status_code=303)
 
+    # --- message templates ---
+
+    async def template_list(self, request: Request, user: User, csrf: str) -> Response:
+        async with self.runtime.pool.acquire() as conn:
+            sent = await repository.sent_about(conn, user.website_key, "UpsertTemplate")
+        return self.render(request, "message_templates.html", user, csrf, sent=sent)
+
+    async def template_form(self, request: Request, user: User, csrf: str) -> Response:
+        form = messages.TemplateForm(culture=user.culture)
+        command = request.query_params.get("from")
+        if command:
+            async with self.runtime.pool.acquire() as conn:
+                sent = await repository.sent_about(conn, user.website_key, "UpsertTemplate")
+            found = [c for c in sent if str(c["command_id"]) == command]
+            if found:
+                form = messages.form_of(found[0]["payload"])
+        return await self._template_page(request, user, csrf, form, [], 200)
+
+    async def _template_page(
+        self,
+        request: Request,
+        user: User,
+        csrf: str,
+        form: messages.TemplateForm,
+        errors: list[dict[str, str]],
+        status_code: int,
+        fragment: bool = False,
+    ) -> Response:
+        async with self.runtime.pool.acquire() as conn:
+            snapshot = await repository.latest_snapshot(conn, user.website_key)
+        shown = (
+            messages.preview(form, snapshot, user.website_key) if form.body and not errors else None
+        )
+        return self.render(
+            request,
+            "_template_preview.html" if fragment else "message_template_form.html",
+            user,
+            csrf,
+            status_code=status_code,
+            form=form,
+            errors=errors,
+            preview=shown,
+            has_sample=snapshot is not None,
+            channels=messages.CHANNELS,
+        )
+
+    async def template_preview(self, request: Request, user: User, csrf: str) -> Response:
+        form = messages.read_form(await request.form())
+        _, errors = messages.validate(form)
+        return await self._template_page(request, user, csrf, form, errors, 200, fragment=True)
+
+    async def template_save(self, request: Request, user: User, csrf: str) -> Response:
+        data = await request.form()
+        form = messages.read_form(data)
+        payload, errors = messages.validate(form)
+        if payload is None or data.get("action") == "preview":
+            return await self._template_page(
+                request, user, csrf, form, errors, 422 if errors else 200
+            )
+        await self.send(
+            user,
+            payload,
+            subject=f"template:{payload.template_key}:{payload.culture}:{payload.channel}",
+        )
+        return RedirectResponse("/templates#sent", status_code=303)
+
     # --- subscriptions and collection cases ---
 
     async def subscription_list(self, request: Request, user: User, csrf: str) -> Response:
@@ -994,6 +1060,10 @@ class Console:
                 self.page(self.credit_note),
                 methods=["POST"],
             ),
+            Route("/templates", self.page(self.template_list), methods=["GET"]),
+            Route("/templates", self.page(self.template_save), methods=["POST"]),
+            Route("/templates/new", self.page(self.template_form)),
+            Route("/templates/preview", self.page(self.template_preview), methods=["POST"]),
             Route("/schemes", self.page(self.scheme_list), methods=["GET"]),
             Route("/schemes", self.page(self.scheme_save), methods=["POST"]),
             Route("/schemes/sent", self.page(self.scheme_sent_live)),

@@ -267,3 +267,29 @@ async def test_a_scheme_form_rejected_then_saved(
     await page.locator(".command.accepted", has_text="Web-Soft").wait_for()
     assert "3. AdminCostIncrease at day 30" in await page.locator("#sent").inner_text()
     await page.context.close()
+
+
+async def test_a_template_preview_follows_the_typing(
+    browser: Any, stack: ConsoleStack, merchant: InvoiceClient, screenshots: Path | None
+) -> None:
+    await create(merchant, "TPL-9")
+    await stack.row_when(merchant.website_key, "TPL-9", status_code=10)
+    page = await sign_in(browser, stack, await stack.user(merchant.website_key))
+    await page.get_by_role("link", name="Templates").click()
+    await page.get_by_role("link", name="Write a template").click()
+    await page.get_by_label("Template key").fill("friendly")
+    await page.get_by_label("Subject (e-mail, letter)").fill("Factuur [InvoiceNumber]")
+    await page.get_by_label("Text").fill("Beste [DebtorName], open: [OpenAmount].")
+    # htmx posts the form as it changes and swaps the preview in: no button pressed.
+    await page.locator("#preview-subject", has_text="Factuur TPL-9").wait_for()
+    assert "Sam Sample" in await page.locator("#preview-body").inner_text()
+    await page.get_by_label("Text").fill("Beste [Nope]")
+    await page.locator('#form-errors [data-code="unknown_tag"]').wait_for()
+    assert await unlabelled_fields(page) == []
+    await page.get_by_label("Text").fill("Beste [DebtorName], open: [OpenAmount].")
+    await page.locator("#preview-body").wait_for()
+    await shot(page, screenshots, "template")
+    await page.locator("#save-template").click()
+    await page.wait_for_url("**/templates#sent")
+    assert "friendly" in await page.locator("#sent").inner_text()
+    await page.context.close()

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
+from contracts import topics
 from tests.support.console import (
     AGING_AS_OF,
     PASSWORD,
@@ -23,7 +24,7 @@ from tests.support.console import (
     seed_aging,
 )
 from tests.support.invoices import InvoiceClient, invoice_payload
-from tests.support.kafka import poll_until
+from tests.support.kafka import TopicWatcher, at_least, poll_until
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +52,7 @@ async def test_invoice_events_and_results_fill_the_read_models(
     assert row["debtor_code"] == "DEB-7"
     assert row["due_date"] == date(2026, 11, 15)
     assert row["scheme_key"] == row["snapshot"]["scheme_key"]
+    assert "debtor" not in row["snapshot"]  # no personal data in the console
     assert row["next_step_index"] == row["snapshot"]["next_step_index"]
 
     paused = await merchant.command("PauseInvoice", {"invoice_number": "RM-1"})
@@ -430,3 +432,50 @@ async def test_days_sales_outstanding_reconciles_with_the_events(
                 await client.get("/reports/dso.csv", params={"until": "2026-11-15", "months": "2"})
             ).text
         )
+
+
+async def test_a_template_is_previewed_from_an_invoice_checked_and_sent(
+    stack: ConsoleStack, merchant: InvoiceClient
+) -> None:
+    await create(merchant, "TPL-1", amount_debit="242.00", amount_vat="42.00")
+    await stack.row_when(merchant.website_key, "TPL-1", status_code=10)
+    watcher = TopicWatcher(stack.cm.bootstrap, stack.cm.prefix + topics.NOTIFIER_COMMANDS)
+    await watcher.start()
+    try:
+        async with stack.signed_in(await stack.user(merchant.website_key)) as client:
+            csrf = client.headers["x-csrf-token"]
+            form = {
+                "csrf_token": csrf,
+                "template_key": "friendly",
+                "culture": "nl-NL",
+                "channel": "email",
+                "subject": "Factuur [InvoiceNumber]",
+                "body": "Beste [DebtorName], nog open: [OpenAmount].",
+            }
+            preview = await client.post("/templates/preview", data=form)
+            assert preview.status_code == 200
+            assert "Factuur TPL-1" in preview.text
+            assert "Beste Sam Sample, nog open: € 242,00." in preview.text.replace("\xa0", " ")
+            wrong = await client.post(
+                "/templates", data={**form, "body": "Hi [NoSuchTag] {{ debtor }}", "action": "save"}
+            )
+            assert wrong.status_code == 422
+            assert 'data-code="unknown_tag"' in wrong.text
+            assert 'data-code="template_syntax"' in wrong.text
+            saved = await client.post("/templates", data={**form, "action": "save"})
+            assert saved.status_code == 303
+            listed = (await client.get("/templates")).text
+            assert "friendly" in listed and "waiting for the answer" in listed
+
+        def sent() -> list[Any]:
+            return [
+                r.json()
+                for r in watcher.on(stack.cm.prefix + topics.NOTIFIER_COMMANDS)
+                if r.json()["website_key"] == merchant.website_key
+            ]
+
+        [command] = await at_least(1, sent, what="the UpsertTemplate on the notifier's topic")
+        assert command["type"] == "UpsertTemplate"
+        assert command["payload"]["body"] == form["body"]
+    finally:
+        await watcher.stop()

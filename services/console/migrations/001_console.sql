@@ -4,7 +4,8 @@
 --   step_index:   the last scheme step taken (previous_step_index), null before the first
 --   open_amount:  open principal plus open admin costs (open_amount_incl_admin_costs)
 --   admin_costs:  admin and statutory costs charged (amount_admin_costs), and paid
---   snapshot:     the whole InvoiceSnapshot as the last event carried it
+--   snapshot:     the InvoiceSnapshot as the last event carried it, without `debtor`
+--                 (no personal data in the console; `debtor_code` is kept)
 CREATE TABLE invoices (
     website_key      text        NOT NULL,
     invoice_key      text        NOT NULL,

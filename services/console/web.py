@@ -54,6 +54,7 @@ from contracts.invoice import (
     UnpauseInvoice,
     WriteOffInvoice,
 )
+from contracts.notifier import RegisterWebhook
 from contracts.subscription import StopSubscription, SubscriptionStatus
 from services.console import auth, messages, reports, repository, schemes
 from services.console.app import ConsoleSettings
@@ -512,6 +513,7 @@ class Console:
         invoice_key: str | None = None,
         scheme_key: str | None = None,
         subject: str | None = None,
+        keep: dict[str, str] | None = None,
     ) -> uuid.UUID:
         """Publish a merchant command for the user's merchant through the outbox (the row
         that remembers it and the message commit together)."""
@@ -526,7 +528,9 @@ class Console:
                 envelope.message_id,
                 payload.TYPE,
                 user.username,
-                payload.model_dump(mode="json"),
+                # What the console remembers of the payload: `keep` replaces fields it
+                # must not store (a webhook's signing secret).
+                {**payload.model_dump(mode="json"), **(keep or {})},
                 invoice_key=invoice_key,
                 scheme_key=scheme_key,
                 subject=subject,
@@ -665,6 +669,56 @@ class Console:
             subject=f"template:{payload.template_key}:{payload.culture}:{payload.channel}",
         )
         return RedirectResponse("/templates#sent", status_code=303)
+
+    # --- webhooks ---
+
+    async def webhooks(self, request: Request, user: User, csrf: str) -> Response:
+        return await self._webhook_page(request, user, csrf, {}, [], 200)
+
+    async def _webhook_page(
+        self,
+        request: Request,
+        user: User,
+        csrf: str,
+        form: dict[str, str],
+        errors: list[dict[str, str]],
+        status_code: int,
+    ) -> Response:
+        async with self.runtime.pool.acquire() as conn:
+            sent = await repository.sent_about(conn, user.website_key, "RegisterWebhook")
+        return self.render(
+            request,
+            "webhooks.html",
+            user,
+            csrf,
+            status_code=status_code,
+            sent=sent,
+            form=form,
+            errors=errors,
+        )
+
+    async def webhook_register(self, request: Request, user: User, csrf: str) -> Response:
+        data = await request.form()
+        form = {
+            "url": str(data.get("url") or "").strip(),
+            "secret": str(data.get("secret") or "").strip(),
+            "enabled": "on" if data.get("enabled") == "on" else "",
+        }
+        try:
+            payload = RegisterWebhook.model_validate(
+                {"url": form["url"], "secret": form["secret"], "enabled": bool(form["enabled"])}
+            )
+        except ValidationError as exc:
+            errors = [
+                {"field": e.field.removeprefix("payload."), "code": e.code, "message": e.message}
+                for e in field_errors(exc, "payload")
+            ]
+            # The secret is never sent back to the browser.
+            return await self._webhook_page(
+                request, user, csrf, {**form, "secret": ""}, errors, 422
+            )
+        await self.send(user, payload, subject="webhook", keep={"secret": "(not kept)"})
+        return RedirectResponse("/webhooks#sent", status_code=303)
 
     # --- subscriptions and collection cases ---
 
@@ -1060,6 +1114,8 @@ class Console:
                 self.page(self.credit_note),
                 methods=["POST"],
             ),
+            Route("/webhooks", self.page(self.webhooks), methods=["GET"]),
+            Route("/webhooks", self.page(self.webhook_register), methods=["POST"]),
             Route("/templates", self.page(self.template_list), methods=["GET"]),
             Route("/templates", self.page(self.template_save), methods=["POST"]),
             Route("/templates/new", self.page(self.template_form)),

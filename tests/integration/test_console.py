@@ -5,6 +5,8 @@ with the invoice events to the cent."""
 
 from __future__ import annotations
 
+import base64
+import json
 from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -477,5 +479,58 @@ async def test_a_template_is_previewed_from_an_invoice_checked_and_sent(
         [command] = await at_least(1, sent, what="the UpsertTemplate on the notifier's topic")
         assert command["type"] == "UpsertTemplate"
         assert command["payload"]["body"] == form["body"]
+    finally:
+        await watcher.stop()
+
+
+async def test_a_webhook_is_registered_and_its_secret_is_not_kept(
+    stack: ConsoleStack, merchant: InvoiceClient
+) -> None:
+    secret = "whsec_" + base64.b64encode(b"k" * 32).decode()
+    watcher = TopicWatcher(stack.cm.bootstrap, stack.cm.prefix + topics.NOTIFIER_COMMANDS)
+    await watcher.start()
+    try:
+        async with stack.signed_in(await stack.user(merchant.website_key)) as client:
+            csrf = client.headers["x-csrf-token"]
+            bad = await client.post(
+                "/webhooks",
+                data={
+                    "csrf_token": csrf,
+                    "url": "not a url",
+                    "secret": "whsec_short!",
+                    "enabled": "on",
+                },
+            )
+            assert bad.status_code == 422
+            assert "<code>url</code>" in bad.text and "<code>secret</code>" in bad.text
+            assert "whsec_short!" not in bad.text  # the secret is not sent back
+            good = await client.post(
+                "/webhooks",
+                data={
+                    "csrf_token": csrf,
+                    "url": "https://hooks.example.test/cm",
+                    "secret": secret,
+                    "enabled": "on",
+                },
+            )
+            assert good.status_code == 303
+            assert "https://hooks.example.test/cm" in (await client.get("/webhooks")).text
+        async with stack.pool.acquire() as conn:
+            kept = await conn.fetchval(
+                f'SELECT payload FROM "{stack.schema}".sent_commands'
+                " WHERE website_key = $1 AND command_type = 'RegisterWebhook'",
+                merchant.website_key,
+            )
+        assert kept["secret"] == "(not kept)" and secret not in json.dumps(kept)
+
+        def sent() -> list[Any]:
+            return [
+                r.json()
+                for r in watcher.on(stack.cm.prefix + topics.NOTIFIER_COMMANDS)
+                if r.json()["website_key"] == merchant.website_key
+            ]
+
+        [command] = await at_least(1, sent, what="the RegisterWebhook on the notifier's topic")
+        assert command["payload"]["secret"] == secret  # the notifier gets it, encrypts it
     finally:
         await watcher.stop()

@@ -42,7 +42,7 @@ from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from contracts.catalog import key_for, topic_for_type
-from contracts.collection import CloseCase
+from contracts.collection import CloseCase, MarkAsPrepared, ReviewCase
 from contracts.envelope import Command, field_errors, new_envelope
 from contracts.invoice import (
     CreateCreditNote,
@@ -167,6 +167,54 @@ def actions_for(invoice: dict[str, Any]) -> list[Action]:
         if (a.statuses is None or invoice["status_code"] in a.statuses)
         and (not a.test_only or invoice["is_test"])
     ]
+
+
+@dataclass(frozen=True)
+class CaseAction:
+    """A form on a case's page: its command, the form fields it reads, fixed values,
+    and the case states it is offered in (the collection service decides)."""
+
+    name: str
+    label: str
+    command: type[Command]
+    states: frozenset[str]
+    fields: tuple[str, ...] = ()
+    fixed: tuple[tuple[str, Any], ...] = ()
+
+
+CASE_ACTIONS: dict[str, CaseAction] = {
+    a.name: a
+    for a in (
+        CaseAction("prepare", "Mark as prepared", MarkAsPrepared, frozenset({"preparing"})),
+        CaseAction(
+            "approve",
+            "Approve and transfer",
+            ReviewCase,
+            frozenset({"reviewing"}),
+            ("reason", "agency_code"),
+            (("approve", True),),
+        ),
+        CaseAction(
+            "reject",
+            "Reject",
+            ReviewCase,
+            frozenset({"reviewing"}),
+            ("reason",),
+            (("approve", False),),
+        ),
+        CaseAction(
+            "close",
+            "Close the case",
+            CloseCase,
+            frozenset({"preparing", "reviewing", "processing", "failed"}),
+            ("reason",),
+        ),
+    )
+}
+
+
+def case_actions_for(case: dict[str, Any]) -> list[CaseAction]:
+    return [a for a in CASE_ACTIONS.values() if case["state"] in a.states]
 
 
 # --- security headers ---------------------------------------------------------------------
@@ -807,23 +855,48 @@ class Console:
             if row is None:
                 return self._not_found(request, user, csrf)
             row["commands"] = await repository.commands_about(conn, user.website_key, f"case:{key}")
-        return self.render(request, "case.html", user, csrf, case=row)
+        return self.render(
+            request,
+            "case.html",
+            user,
+            csrf,
+            case=row,
+            actions=case_actions_for(row),
+            form_errors=[],
+        )
 
-    async def case_close(self, request: Request, user: User, csrf: str) -> Response:
+    async def case_action(self, request: Request, user: User, csrf: str) -> Response:
         key = request.path_params["key"]
+        action = CASE_ACTIONS.get(request.path_params["action"])
         async with self.runtime.pool.acquire() as conn:
             row = await repository.case(conn, user.website_key, key)
-        if row is None:
+        if row is None or action is None:
             return self._not_found(request, user, csrf)
         form = await request.form()
+        values: dict[str, Any] = {"case_key": key, **dict(action.fixed)}
+        for name in action.fields:
+            value = str(form.get(name) or "").strip()
+            if value:
+                values[name] = value
         try:
-            payload = CloseCase.model_validate(
-                {"case_key": key, "reason": str(form.get("reason") or "").strip()}
-            )
+            payload = action.command.model_validate(values)
         except ValidationError as exc:
-            return PlainTextResponse(
-                "; ".join(f"{e.field}: {e.message}" for e in field_errors(exc, "payload")),
+            async with self.runtime.pool.acquire() as conn:
+                row["commands"] = await repository.commands_about(
+                    conn, user.website_key, f"case:{key}"
+                )
+            return self.render(
+                request,
+                "case.html",
+                user,
+                csrf,
                 status_code=422,
+                case=row,
+                actions=case_actions_for(row),
+                form_errors=[
+                    {"field": e.field.removeprefix("payload."), "message": e.message}
+                    for e in field_errors(exc, "payload")
+                ],
             )
         await self.send(user, payload, subject=f"case:{key}")
         return RedirectResponse(f"/cases/{key}#commands", status_code=303)
@@ -1129,7 +1202,7 @@ class Console:
             Route("/subscriptions/{key}/stop", self.page(self.subscription_stop), methods=["POST"]),
             Route("/cases", self.page(self.case_list)),
             Route("/cases/{key}", self.page(self.case_detail)),
-            Route("/cases/{key}/close", self.page(self.case_close), methods=["POST"]),
+            Route("/cases/{key}/actions/{action}", self.page(self.case_action), methods=["POST"]),
             Route("/reports/dso", self.page(self.dso)),
             Route("/reports/dso.csv", self.page(self.dso_csv)),
             Route("/api/reports/dso", self.api(self.api_dso)),

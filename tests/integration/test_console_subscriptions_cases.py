@@ -135,8 +135,19 @@ async def test_cases_list_close_and_collection_results(stack: ConsoleStack) -> N
         async with stack.signed_in(await stack.user(shop)) as client:
             assert "CASE-2" in (await client.get("/cases", params={"state": "preparing"})).text
             detail = await client.get("/cases/CASE-1")
+            csrf = CSRF.search(detail.text).group(1)  # type: ignore[union-attr]
+            # Closing needs a reason: the form says so and nothing is sent.
+            no_reason = await client.post("/cases/CASE-1/actions/close", data={"csrf_token": csrf})
+            assert no_reason.status_code == 422 and "<code>reason</code>" in no_reason.text
+            # CASE-2 goes on: prepared, and (no configuration) to its review.
+            prepared = await client.post("/cases/CASE-2/actions/prepare", data={"csrf_token": csrf})
+            assert prepared.status_code == 303
+            moved = await row(stack, "cases", "case_key", shop, "CASE-2", last_event="CasePrepared")
+            assert moved["state"] == "reviewing"
+            page = (await client.get("/cases/CASE-2")).text
+            assert 'id="action-approve"' in page and 'id="action-reject"' in page
             closed = await client.post(
-                "/cases/CASE-1/close",
+                "/cases/CASE-1/actions/close",
                 data={"csrf_token": CSRF.search(detail.text).group(1), "reason": "paid to us"},  # type: ignore[union-attr]
             )
             assert closed.status_code == 303
@@ -154,7 +165,8 @@ async def test_cases_list_close_and_collection_results(stack: ConsoleStack) -> N
                 found = last_snapshots()
                 return (
                     found
-                    if found.get("CASE-1", {}).get("state") == "closed" and "CASE-2" in found
+                    if found.get("CASE-1", {}).get("state") == "closed"
+                    and found.get("CASE-2", {}).get("state") == "reviewing"
                     else None
                 )
 
@@ -179,7 +191,7 @@ async def test_cases_list_close_and_collection_results(stack: ConsoleStack) -> N
                 == expected
                 == {
                     "closed": (1, Decimal("121.00"), Decimal("0.00")),
-                    "preparing": (1, Decimal("50.50"), Decimal("0.00")),
+                    "reviewing": (1, Decimal("50.50"), Decimal("0.00")),
                 }
             )
             assert (await client.get("/reports/collection")).status_code == 200

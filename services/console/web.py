@@ -284,7 +284,11 @@ class Console:
             found = await self._session(request)
             if found is None:
                 target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-                return RedirectResponse(f"/login?{urlencode({'next': target})}", status_code=303)
+                login = f"/login?{urlencode({'next': target})}"
+                if request.headers.get("hx-request"):
+                    # A part of a page asking (htmx): send the whole page to sign in.
+                    return Response(status_code=200, headers={"hx-redirect": login})
+                return RedirectResponse(login, status_code=303)
             user, csrf = found
             if request.method == "POST":
                 form = await request.form()

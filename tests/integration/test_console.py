@@ -534,3 +534,13 @@ async def test_a_webhook_is_registered_and_its_secret_is_not_kept(
         assert command["payload"]["secret"] == secret  # the notifier gets it, encrypts it
     finally:
         await watcher.stop()
+
+
+async def test_a_page_part_asked_without_a_session_sends_the_page_to_sign_in(
+    stack: ConsoleStack,
+) -> None:
+    async with httpx.AsyncClient(base_url=stack.url) as client:
+        answer = await client.get("/invoices/some-key/live", headers={"HX-Request": "true"})
+    assert answer.status_code == 200
+    assert answer.headers["hx-redirect"].startswith("/login?next=")
+    assert answer.headers["content-security-policy"].startswith("default-src 'self'")

@@ -173,23 +173,32 @@ async def apply_case_event(
     )
 
 
+def _like_prefix(prefix: str | None) -> str | None:
+    if not prefix:
+        return None
+    return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
 async def subscription_page(
     conn: Connection,
     website_key: str,
     status: str | None,
     after: str | None,
     limit: int = PAGE_SIZE,
+    prefix: str | None = None,
 ) -> list[dict[str, Any]]:
     """Up to `limit` + 1 subscriptions by key, after `after`, of one status if given."""
     rows = await conn.fetch(
         "SELECT subscription_key, status, currency, scheme_key, next_billing_date, last_event,"
         " last_event_at FROM subscriptions WHERE website_key = $1"
         " AND ($2::text IS NULL OR status = $2) AND ($3::text IS NULL OR subscription_key > $3)"
+        " AND ($5::text IS NULL OR subscription_key LIKE $5)"
         " ORDER BY subscription_key LIMIT $4",
         website_key,
         status,
         after,
         limit + 1,
+        _like_prefix(prefix),
     )
     return [dict(r) for r in rows]
 
@@ -217,17 +226,24 @@ async def subscription(conn: Connection, website_key: str, key: str) -> dict[str
 
 
 async def case_page(
-    conn: Connection, website_key: str, state: str | None, after: str | None, limit: int = PAGE_SIZE
+    conn: Connection,
+    website_key: str,
+    state: str | None,
+    after: str | None,
+    limit: int = PAGE_SIZE,
+    prefix: str | None = None,
 ) -> list[dict[str, Any]]:
     rows = await conn.fetch(
         "SELECT case_key, state, invoice_number, environment, agency_code, currency, amount,"
         " collected_amount, last_event, last_event_at FROM cases WHERE website_key = $1"
         " AND ($2::text IS NULL OR state = $2) AND ($3::text IS NULL OR case_key > $3)"
+        " AND ($5::text IS NULL OR case_key LIKE $5 OR invoice_number LIKE $5)"
         " ORDER BY case_key LIMIT $4",
         website_key,
         state,
         after,
         limit + 1,
+        _like_prefix(prefix),
     )
     return [dict(r) for r in rows]
 

@@ -777,13 +777,18 @@ class Console:
     async def subscription_list(self, request: Request, user: User, csrf: str) -> Response:
         status = request.query_params.get("status") or None
         after = request.query_params.get("after") or None
+        key = request.query_params.get("key", "").strip()[:200] or None
         async with self.runtime.pool.acquire() as conn:
-            rows = await repository.subscription_page(conn, user.website_key, status, after)
+            rows = await repository.subscription_page(
+                conn, user.website_key, status, after, prefix=key
+            )
         more = len(rows) > repository.PAGE_SIZE
         rows = rows[: repository.PAGE_SIZE]
         last = rows[-1]["subscription_key"] if more else ""
         next_url = (
-            f"/subscriptions?{urlencode({'status': status or '', 'after': last})}" if more else None
+            f"/subscriptions?{urlencode({'status': status or '', 'key': key or '', 'after': last})}"
+            if more
+            else None
         )
         return self.render(
             request,
@@ -792,6 +797,7 @@ class Console:
             csrf,
             rows=rows,
             status=status,
+            key=key,
             statuses=[s.value for s in SubscriptionStatus],
             next_url=next_url,
         )
@@ -832,12 +838,14 @@ class Console:
     async def case_list(self, request: Request, user: User, csrf: str) -> Response:
         state = request.query_params.get("state") or None
         after = request.query_params.get("after") or None
+        key = request.query_params.get("key", "").strip()[:200] or None
         async with self.runtime.pool.acquire() as conn:
-            rows = await repository.case_page(conn, user.website_key, state, after)
+            rows = await repository.case_page(conn, user.website_key, state, after, prefix=key)
         more = len(rows) > repository.PAGE_SIZE
         rows = rows[: repository.PAGE_SIZE]
         next_url = (
-            f"/cases?{urlencode({'state': state or '', 'after': rows[-1]['case_key']})}"
+            "/cases?"
+            + urlencode({"state": state or "", "key": key or "", "after": rows[-1]["case_key"]})
             if more
             else None
         )
@@ -848,6 +856,7 @@ class Console:
             csrf,
             rows=rows,
             state=state,
+            key=key,
             states=reports.CASE_STATES,
             next_url=next_url,
         )

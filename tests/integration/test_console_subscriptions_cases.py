@@ -76,6 +76,7 @@ async def test_subscriptions_list_detail_and_stop(stack: ConsoleStack) -> None:
     async with stack.signed_in(await stack.user(shop)) as client:
         listed = (await client.get("/subscriptions")).text
         assert "SUB-1" in listed and "SUB-OTHER" not in listed
+        assert "SUB-1" not in (await client.get("/subscriptions", params={"key": "X"})).text
         assert (await client.get("/subscriptions/SUB-OTHER")).status_code == 404
         detail = await client.get("/subscriptions/SUB-1")
         assert detail.status_code == 200 and "Basic plan" in detail.text
@@ -134,6 +135,8 @@ async def test_cases_list_close_and_collection_results(stack: ConsoleStack) -> N
         await row(stack, "cases", "case_key", shop, "CASE-2", state="preparing")
         async with stack.signed_in(await stack.user(shop)) as client:
             assert "CASE-2" in (await client.get("/cases", params={"state": "preparing"})).text
+            found = (await client.get("/cases", params={"key": "CASE-2"})).text
+            assert "CASE-2" in found and "CASE-1<" not in found
             detail = await client.get("/cases/CASE-1")
             csrf = CSRF.search(detail.text).group(1)  # type: ignore[union-attr]
             # Closing needs a reason: the form says so and nothing is sent.

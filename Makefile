@@ -11,7 +11,7 @@ RUN = $(UV) run --frozen
 
 help:
 	@echo "make install   create .venv from uv.lock (installs uv if missing)"
-	@echo "make run       broker + Postgres + all five services, prefixed logs; Ctrl-C stops all"
+	@echo "make run       broker + Postgres + all five services + the console, prefixed logs; Ctrl-C stops all"
 	@echo "make up        broker + Postgres only; prints the env exports for a service run by hand"
 	@echo "make test      the whole test suite against the embedded stack"
 	@echo "make lint      ruff check, ruff format --check, mypy"

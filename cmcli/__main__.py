@@ -8,11 +8,14 @@
                [--paid YYYY-MM-DD:AMOUNT ...]      (statutory interest, per period)
     cm dlq list [--service S] [--code C] [--since T] [--until T] [--json]
     cm dlq replay [ID ...] [--service S] [--code C] [--since T] [--until T] [--again]
+    cm console add-user --website-key W --username U [--culture C] [--time-zone Z]
+                        [--password-stdin] [--replace-password]
 
 Bootstrap servers: $KAFKA_BOOTSTRAP_SERVERS, else the address the running
 `python -m devstack run|up` recorded in .devstack/, else 127.0.0.1:9092.
-Topic names get $CM_TOPIC_PREFIX in front. Authentication as for the services:
-$KAFKA_SECURITY_PROTOCOL (default PLAINTEXT), $KAFKA_SASL_MECHANISM,
+Topic names get $CM_TOPIC_PREFIX in front. `cm console` writes the console's accounts
+to $DATABASE_URL, else the database the running devstack recorded. Authentication as for
+the services: $KAFKA_SECURITY_PROTOCOL (default PLAINTEXT), $KAFKA_SASL_MECHANISM,
 $KAFKA_SASL_USERNAME, $KAFKA_SASL_PASSWORD (docs/deploy.md, "The cm CLI").
 `cm dlq` also reads the services' dead-letter tables in $DATABASE_URL (else the
 devstack's, else postgresql://postgres@127.0.0.1:5432/postgres); docs/operations.md.
@@ -57,6 +60,21 @@ def bootstrap_servers() -> str:
     except Exception:
         recorded = None
     return str(recorded) if recorded else DEFAULT_BOOTSTRAP
+
+
+def database_url() -> str:
+    env = os.environ.get("DATABASE_URL")
+    if env:
+        return env
+    try:
+        from devstack.runner import state_file  # noqa: PLC0415
+
+        recorded = state_file().info().get("env", {}).get("DATABASE_URL")
+    except Exception:
+        recorded = None
+    if not recorded:
+        raise CliError("no DATABASE_URL, and no running `make run` recorded one")
+    return str(recorded)
 
 
 def topic_prefix() -> str:
@@ -379,6 +397,38 @@ def _run_dlq(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+async def console_add_user(args: argparse.Namespace) -> int:
+    from services.console.accounts import AccountError, add_user  # noqa: PLC0415
+
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        import getpass  # noqa: PLC0415
+
+        password = getpass.getpass("password (12 characters or more): ")
+        if getpass.getpass("again: ") != password:
+            raise CliError("the passwords differ")
+    try:
+        created = await add_user(
+            database_url(),
+            args.username,
+            args.website_key,
+            password,
+            culture=args.culture,
+            time_zone=args.time_zone,
+            replace_password=args.replace_password,
+        )
+    except AccountError as err:
+        raise CliError(str(err)) from err
+    if created:
+        print(f"created console user {args.username} of {args.website_key}")
+    elif args.replace_password:
+        print(f"new password for console user {args.username}")
+    else:
+        raise CliError(f"the username {args.username!r} is taken (--replace-password sets it)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="cm", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -404,6 +454,19 @@ def main(argv: list[str] | None = None) -> int:
     p_int.add_argument("--as-of", required=True, help="the last day counted, YYYY-MM-DD")
     p_int.add_argument("--paid", action="append", default=[], help="YYYY-MM-DD:AMOUNT")
     _add_dlq(sub)
+    p_console = sub.add_parser("console", help="the merchant console's accounts")
+    console_sub = p_console.add_subparsers(dest="console_command", required=True)
+    p_user = console_sub.add_parser("add-user", help="create a sign-in for one merchant")
+    p_user.add_argument("--website-key", required=True, help="the merchant")
+    p_user.add_argument("--username", required=True)
+    p_user.add_argument("--culture", default="nl-NL", help="amounts and dates, e.g. en-GB")
+    p_user.add_argument("--time-zone", default="Europe/Amsterdam")
+    p_user.add_argument(
+        "--password-stdin", action="store_true", help="read the password from stdin"
+    )
+    p_user.add_argument(
+        "--replace-password", action="store_true", help="set a new password if the user exists"
+    )
     args = parser.parse_args(argv)
     try:
         if args.command == "interest-rates":
@@ -424,6 +487,8 @@ def main(argv: list[str] | None = None) -> int:
                     website_key=args.website_key,
                 )
             )
+        if args.command == "console":
+            return asyncio.run(console_add_user(args))
         return asyncio.run(topics())
     except CliError as err:
         print(f"cm: {err}", file=sys.stderr)

@@ -14,6 +14,7 @@ DEFAULT_HTTP_PORTS = {
     "notifier": 8083,
     "subscription": 8084,
     "collection": 8085,
+    "console": 8086,
 }
 
 

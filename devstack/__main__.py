@@ -1,4 +1,4 @@
-"""`python -m devstack run` (broker + Postgres + the five services) or `up` (infra only)."""
+"""`python -m devstack run` (broker, Postgres, the five services, the console) or `up`."""
 
 from __future__ import annotations
 

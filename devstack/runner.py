@@ -32,6 +32,12 @@ SERVICES: tuple[tuple[str, int], ...] = (
 #: health check. Left out when `--service-cmd` replaces the services (stand-ins), unless
 #: named in `--services`.
 ADAPTERS: tuple[tuple[str, str], ...] = (("agency-sim", "services.collection.agency_sim"),)
+#: The merchant console (services/console): started after the services, on the port after
+#: theirs (or any free one), with a demo login for the README walkthrough's merchant. Left
+#: out like the adapters when `--service-cmd` replaces the services, unless named.
+CONSOLE = "console"
+CONSOLE_DEMO_USER = "demo"
+CONSOLE_DEMO_WEBSITE_KEY = "shop-1"
 DATABASE = "cm"
 DEFAULT_KAFKA_PORT = 9092
 DEFAULT_PG_PORT = 5432
@@ -57,6 +63,45 @@ def local_secret_key() -> str:
         with os.fdopen(fd, "w") as out:
             out.write(Fernet.generate_key().decode() + "\n")
     return path.read_text().strip()
+
+
+def console_demo_password() -> str:
+    """The demo login's password: random, generated once per state dir and kept there
+    (`console-demo.txt`, readable by its owner only)."""
+    path = devstack_dir() / "console-demo.txt"
+    if not path.exists():
+        import secrets  # noqa: PLC0415
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_urlsafe(12) + "\n")
+    return path.read_text().strip()
+
+
+async def ensure_console_demo_user(dsn: str) -> str:
+    """Create (or reset) the console's demo login; returns its password."""
+    from services.console.accounts import add_user  # noqa: PLC0415
+
+    password = console_demo_password()
+    await add_user(
+        dsn,
+        CONSOLE_DEMO_USER,
+        CONSOLE_DEMO_WEBSITE_KEY,
+        password,
+        culture="nl-NL",
+        time_zone="Europe/Amsterdam",
+        replace_password=True,
+    )
+    return password
+
+
+def _free_port() -> int:
+    import socket  # noqa: PLC0415
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def local_service_env() -> dict[str, str]:
@@ -417,7 +462,7 @@ async def run(
             base_env |= {"SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(mailbox.port)}
         base_env.setdefault("LETTER_SPOOL_DIR", str(devstack_dir() / "letters"))
         names = list(only) if only else [name for name, _ in SERVICES]
-        known = {name for name, _ in SERVICES} | {name for name, _ in ADAPTERS}
+        known = {name for name, _ in SERVICES} | {name for name, _ in ADAPTERS} | {CONSOLE}
         unknown = sorted(set(names) - known)
         if unknown:
             console.say(f"unknown services: {', '.join(unknown)}", error=True)
@@ -436,6 +481,18 @@ async def run(
                 adapter = Service(name, None, index)
                 stack.services.append(adapter)
                 await stack.start_service(adapter, [sys.executable, "-m", module], base_env)
+        console_login: str | None = None
+        if (CONSOLE in only) if only else service_cmd is None:
+            console_port = http_port_base + len(SERVICES)
+            if not port_is_free(console_port):
+                console_port = _free_port()
+            console_login = await ensure_console_demo_user(base_env["DATABASE_URL"])
+            web = Service(CONSOLE, console_port, len(SERVICES) + len(ADAPTERS))
+            stack.services.append(web)
+            web_env = base_env | {"HTTP_PORT": str(console_port)}
+            # Plain http on loopback: cookies without the Secure flag, unless told otherwise.
+            web_env.setdefault("CONSOLE_COOKIE_SECURE", "false")
+            await stack.start_service(web, service_command(CONSOLE, None), web_env)
         try:
             unhealthy = await stack.wait_healthy(health_timeout)
         except _Trouble as trouble:
@@ -450,7 +507,7 @@ async def run(
                 error=True,
             )
             return 1
-        checked = [s for s in stack.services if s.port is not None]
+        checked = [s for s in stack.services if s.port is not None and s.name != CONSOLE]
         lines = [
             f"all {len(checked)} services healthy in {time.monotonic() - started:.1f} s",
             "",
@@ -461,8 +518,18 @@ async def run(
             lines.append(f"  e-mail    {stack.mailbox.directory} (Maildir)")
         lines.append(f"  letters   {base_env['LETTER_SPOOL_DIR']}")
         for service in stack.services:
+            if service.name == CONSOLE:
+                continue
             where = service.health_url if service.port is not None else "(no HTTP)"
             lines.append(f"  {service.name:<12}  {where}")
+        for service in stack.services:
+            if service.name == CONSOLE:
+                lines += [
+                    "",
+                    f"  console   http://127.0.0.1:{service.port}/",
+                    f"            sign in as {CONSOLE_DEMO_USER} / {console_login}"
+                    f" (merchant {CONSOLE_DEMO_WEBSITE_KEY})",
+                ]
         lines += ["", "  cm topics | cm tail cm.invoice.events --follow | Ctrl-C stops all"]
         console.say("\n".join(lines))
         problem = await stack.wait_for_trouble()

@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import psutil
 import pytest
 
@@ -145,3 +146,53 @@ async def test_make_run_plays_the_readme_walkthrough_and_stops_cleanly(
     assert runner.stop() == 0
     gone = psutil.wait_procs([p for p in children if p.is_running()], timeout=10)[1]
     assert gone == [], f"left running: {gone}"
+
+
+async def test_make_run_serves_the_console_with_the_walkthroughs_invoice(runner: Runner) -> None:
+    """The README's console walkthrough: the printed URL and demo login sign in, the
+    walkthrough's invoice is listed, pausing it from the console's form changes its
+    status, and the aging report shows what is open."""
+    runner.wait_for(r"all 5 services healthy")
+    bootstrap = runner.wait_for(r"kafka\s+(\S+)").group(1)
+    url = runner.wait_for(r"console\s+(http://\S+?)/?\s*$").group(1)
+    user, password = runner.wait_for(r"sign in as (\S+) / (\S+) \(merchant shop-1\)").groups()
+    await publish(
+        bootstrap, topics.SCHEDULER_COMMANDS, [("clock", example("tick-2026-11-01.json"))]
+    )
+    await publish(
+        bootstrap, topics.INVOICE_COMMANDS, [("shop-1:INV-0001", example("create-invoice.json"))]
+    )
+    token = re.compile(r'name="csrf_token" value="([^"]+)"')
+    async with httpx.AsyncClient(base_url=url, timeout=30) as web:
+        login = await web.get("/login")
+        signed_in = await web.post(
+            "/login",
+            data={
+                "username": user,
+                "password": password,
+                "csrf_token": token.search(login.text).group(1),  # type: ignore[union-attr]
+                "next": "/invoices",
+            },
+        )
+        assert signed_in.status_code == 303
+
+        async def listed() -> str | None:
+            page = (await web.get("/invoices")).text
+            return page if "INV-0001" in page else None
+
+        page = await poll_until(listed, timeout=90, interval=0.5, what="INV-0001 in the console")
+        detail_path = re.search(r'href="(/invoices/[^"]+)">INV-0001<', page).group(1)  # type: ignore[union-attr]
+        detail = await web.get(detail_path)
+        paused = await web.post(
+            f"{detail_path}/actions/pause",
+            data={"csrf_token": token.search(detail.text).group(1)},  # type: ignore[union-attr]
+        )
+        assert paused.status_code == 303
+
+        async def shows_paused() -> bool:
+            live = (await web.get(f"{detail_path}/live")).text
+            return 'id="status">Paused' in live and "CommandAccepted" in live
+
+        await poll_until(shows_paused, timeout=90, interval=0.5, what="INV-0001 paused")
+        aging = (await web.get("/reports/aging", params={"as_of": "2026-12-31"})).text
+        assert 'data-bucket="31-60"' in aging and 'data-amount="121.00"' in aging

@@ -1,0 +1,1 @@
+"""The merchant console: read models of the event topics, a web UI and a JSON API."""

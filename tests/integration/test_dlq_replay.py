@@ -19,7 +19,6 @@ from typing import Any
 
 import asyncpg
 import pytest
-from aiokafka import AIOKafkaProducer
 
 from cmcli import dlq
 from contracts import topics
@@ -272,17 +271,12 @@ async def test_the_replay_header_alone_does_not_take_a_message_past_the_inbox(
     await send(kafka_bootstrap, prefix, bug)
     [letter] = await poll_until(lambda: letters(database_url, schema), what="the dead letter")
     buggy.clear()
-    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, enable_idempotence=False)
-    await producer.start()
-    try:
-        await producer.send_and_wait(
-            prefix + topics.INVOICE_COMMANDS,
-            json.dumps(bug).encode(),
-            key=f"shop-1:{bug['payload']['entry_id']}".encode(),
-            headers=[("cm-replay-of", str(letter["id"]).encode())],
-        )
-    finally:
-        await producer.stop()
+    await publish(
+        kafka_bootstrap,
+        prefix + topics.INVOICE_COMMANDS,
+        [(f"shop-1:{bug['payload']['entry_id']}", json.dumps(bug).encode())],
+        headers=[("cm-replay-of", str(letter["id"]).encode())],
+    )
     repeated = await poll_until(
         lambda: _at_least(answers(kafka_bootstrap, prefix, bug["message_id"]), 2),
         what="the duplicate's answer",

@@ -38,6 +38,7 @@ from typing import Any
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from cmcli.environment import setting
 from contracts import catalog
 from contracts import interest as statutory
 from contracts.envelope import ParseError, parse_envelope
@@ -50,31 +51,14 @@ class CliError(Exception):
 
 
 def bootstrap_servers() -> str:
-    env = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if env:
-        return env
-    try:
-        from devstack.runner import state_file  # noqa: PLC0415
-
-        recorded = state_file().info().get("env", {}).get("KAFKA_BOOTSTRAP_SERVERS")
-    except Exception:
-        recorded = None
-    return str(recorded) if recorded else DEFAULT_BOOTSTRAP
+    return setting("KAFKA_BOOTSTRAP_SERVERS") or DEFAULT_BOOTSTRAP
 
 
 def database_url() -> str:
-    env = os.environ.get("DATABASE_URL")
-    if env:
-        return env
-    try:
-        from devstack.runner import state_file  # noqa: PLC0415
-
-        recorded = state_file().info().get("env", {}).get("DATABASE_URL")
-    except Exception:
-        recorded = None
-    if not recorded:
+    found = setting("DATABASE_URL")
+    if not found:
         raise CliError("no DATABASE_URL, and no running `make run` recorded one")
-    return str(recorded)
+    return found
 
 
 def topic_prefix() -> str:

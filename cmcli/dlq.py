@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
 import sys
 import uuid
@@ -30,6 +29,7 @@ from typing import Any
 
 import asyncpg
 
+from cmcli.environment import setting
 from contracts.catalog import SERVICES
 from services.runtime.consumer import REPLAY_HEADER
 
@@ -52,16 +52,7 @@ class DlqError(Exception):
 
 def database_url() -> str:
     """$DATABASE_URL, else the one the running `python -m devstack run|up` recorded."""
-    env = os.environ.get("DATABASE_URL")
-    if env:
-        return env
-    try:
-        from devstack.runner import state_file  # noqa: PLC0415
-
-        recorded = state_file().info().get("env", {}).get("DATABASE_URL")
-    except Exception:
-        recorded = None
-    return str(recorded) if recorded else DEFAULT_DATABASE_URL
+    return setting("DATABASE_URL") or DEFAULT_DATABASE_URL
 
 
 def parse_time(text: str, now: datetime | None = None) -> datetime:

@@ -309,33 +309,12 @@ def _letter_outcome_pending(invoice: Invoice, step: SchemeStepState) -> bool:
 def _admin_costs(invoice: Invoice, step: SchemeStepState, now: datetime, forced: bool) -> Outcome:
     if step.admin_cost == INTEREST_COST:
         # The statutory interest accrued so far, less what was added before (docs/interest.md).
-        parameters = book_interest(invoice, now)
-        _done(invoice, step, now)
-        return Outcome(
-            invoice=invoice,
-            events=[
-                EventOut(
-                    InvoiceEventName.INCREASED_ADMIN_FEE,
-                    {"StepIndex": str(step.index), **parameters},
-                )
-            ],
-        )
+        return _admin_fee_added(invoice, step, now, book_interest(invoice, now))
     if step.admin_cost == "statutory" and not applies_to(invoice.currency):
         # The scale is in euros: nothing is charged, and the event says why.
-        _done(invoice, step, now)
         amount = with_minor_unit(ZERO, invoice.currency)
-        return Outcome(
-            invoice=invoice,
-            events=[
-                EventOut(
-                    InvoiceEventName.INCREASED_ADMIN_FEE,
-                    {
-                        "StepIndex": str(step.index),
-                        "Amount": str(amount),
-                        "Reason": STATUTORY_NOT_IN_EUR,
-                    },
-                )
-            ],
+        return _admin_fee_added(
+            invoice, step, now, {"Amount": str(amount), "Reason": STATUTORY_NOT_IN_EUR}
         )
     if step.admin_cost == "statutory":
         if invoice.debtor_is_person:
@@ -357,13 +336,20 @@ def _admin_costs(invoice: Invoice, step: SchemeStepState, now: datetime, forced:
     else:
         amount = Decimal(step.admin_cost or "0")
     add_admin_costs(invoice, amount)
+    return _admin_fee_added(invoice, step, now, {"Amount": str(amount)})
+
+
+def _admin_fee_added(
+    invoice: Invoice, step: SchemeStepState, now: datetime, parameters: dict[str, str]
+) -> Outcome:
+    """The admin-cost step done, and its IncreasedAdminFee event with `parameters`."""
     _done(invoice, step, now)
     return Outcome(
         invoice=invoice,
         events=[
             EventOut(
                 InvoiceEventName.INCREASED_ADMIN_FEE,
-                {"StepIndex": str(step.index), "Amount": str(amount)},
+                {"StepIndex": str(step.index), **parameters},
             )
         ],
     )

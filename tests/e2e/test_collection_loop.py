@@ -24,63 +24,36 @@ import pytest
 
 from contracts import topics
 from services.collection.agency_sim import AgencySim, SimSettings
-from services.collection.handlers import auto_case_key
 from tests.support.invoices import invoice_payload
-from tests.support.kafka import TopicWatcher, envelope, poll_until, publish
-from tests.support.notifier import SmtpSink
-from tests.support.platform import Platform, mailing_services
+from tests.support.kafka import envelope, poll_until, publish
+from tests.support.platform import CollectionWatch, collection_services
 
 NUMBER = "INV-COL-1"
 
 
-class Loop:
-    def __init__(self, cm: Platform) -> None:
-        self.cm = cm
-        self.website_key = cm.invoices.website_key
-        self.watcher = TopicWatcher(
-            cm.bootstrap, cm.prefix + topics.PUSH_INVOICE, cm.prefix + topics.COLLECTION_EVENTS
-        )
-
-    def pushes(self) -> list[dict[str, Any]]:
-        found = [
-            json.loads(r.value or b"{}", parse_float=Decimal)["Invoice"]
-            for r in self.watcher.on(self.cm.prefix + topics.PUSH_INVOICE)
-            if r.key == f"{self.website_key}:{NUMBER}"
-        ]
-        return sorted(found, key=lambda p: p["EventSequence"])
-
-    def case_events(self) -> list[dict[str, Any]]:
-        key = f"{self.website_key}:{auto_case_key(self.website_key, NUMBER)}"
-        return self.watcher.payloads(self.cm.prefix + topics.COLLECTION_EVENTS, key)
-
-
 @pytest.fixture
-async def loop(kafka_bootstrap: str, database_url: str, tmp_path: Path) -> AsyncIterator[Loop]:
-    with SmtpSink() as smtp:
-        async with mailing_services(
-            kafka_bootstrap, database_url, smtp, tmp_path, "collection"
-        ) as cm:
-            running = Loop(cm)
-            await running.watcher.start()
-            sim = AgencySim(
-                SimSettings(
-                    kafka_bootstrap_servers=kafka_bootstrap,
-                    cm_topic_prefix=cm.prefix,
-                    kafka_session_timeout_ms=2000,
-                    kafka_heartbeat_interval_ms=500,
-                    log_level="WARNING",
-                )
+async def loop(
+    kafka_bootstrap: str, database_url: str, tmp_path: Path
+) -> AsyncIterator[CollectionWatch]:
+    async with collection_services(kafka_bootstrap, database_url, tmp_path, NUMBER) as running:
+        sim = AgencySim(
+            SimSettings(
+                kafka_bootstrap_servers=kafka_bootstrap,
+                cm_topic_prefix=running.cm.prefix,
+                kafka_session_timeout_ms=2000,
+                kafka_heartbeat_interval_ms=500,
+                log_level="WARNING",
             )
-            task = asyncio.create_task(sim.run())
-            try:
-                yield running
-            finally:
-                sim.stop()
-                await asyncio.wait_for(task, 30)
-                await running.watcher.stop()
+        )
+        task = asyncio.create_task(sim.run())
+        try:
+            yield running
+        finally:
+            sim.stop()
+            await asyncio.wait_for(task, 30)
 
 
-async def test_an_unpaid_invoice_goes_to_the_agency_and_ends_paid(loop: Loop) -> None:
+async def test_an_unpaid_invoice_goes_to_the_agency_and_ends_paid(loop: CollectionWatch) -> None:
     cm, inv = loop.cm, loop.cm.invoices
     config = envelope(
         "UpsertDebtCollectorConfiguration",

@@ -18,7 +18,6 @@ principal):
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -27,50 +26,20 @@ from typing import Any
 
 import pytest
 
-from contracts import topics
-from services.collection.handlers import auto_case_key
 from tests.support.invoices import invoice_payload
-from tests.support.kafka import TopicWatcher, poll_until
-from tests.support.notifier import SmtpSink
-from tests.support.platform import Platform, mailing_services
+from tests.support.kafka import poll_until
+from tests.support.platform import CollectionWatch, collection_services
 
 NUMBER = "INV-INT-1"
 D = Decimal
 
 
-class Run:
-    def __init__(self, cm: Platform) -> None:
-        self.cm = cm
-        self.website_key = cm.invoices.website_key
-        self.watcher = TopicWatcher(
-            cm.bootstrap, cm.prefix + topics.PUSH_INVOICE, cm.prefix + topics.COLLECTION_EVENTS
-        )
-
-    def pushes(self) -> list[dict[str, Any]]:
-        found = [
-            json.loads(r.value or b"{}", parse_float=Decimal)["Invoice"]
-            for r in self.watcher.on(self.cm.prefix + topics.PUSH_INVOICE)
-            if r.key == f"{self.website_key}:{NUMBER}"
-        ]
-        return sorted(found, key=lambda p: p["EventSequence"])
-
-    def case_events(self) -> list[dict[str, Any]]:
-        key = f"{self.website_key}:{auto_case_key(self.website_key, NUMBER)}"
-        return self.watcher.payloads(self.cm.prefix + topics.COLLECTION_EVENTS, key)
-
-
 @pytest.fixture
-async def run(kafka_bootstrap: str, database_url: str, tmp_path: Path) -> AsyncIterator[Run]:
-    with SmtpSink() as smtp:
-        async with mailing_services(
-            kafka_bootstrap, database_url, smtp, tmp_path, "collection"
-        ) as cm:
-            running = Run(cm)
-            await running.watcher.start()
-            try:
-                yield running
-            finally:
-                await running.watcher.stop()
+async def run(
+    kafka_bootstrap: str, database_url: str, tmp_path: Path
+) -> AsyncIterator[CollectionWatch]:
+    async with collection_services(kafka_bootstrap, database_url, tmp_path, NUMBER) as running:
+        yield running
 
 
 def utc(year: int, month: int, day: int, hour: int = 0) -> datetime:
@@ -81,7 +50,9 @@ def parameters(event: dict[str, Any]) -> dict[str, str]:
     return {p["key"]: p["value"] for p in event["event_parameters"]}
 
 
-async def test_an_opting_in_scheme_adds_the_interest_and_the_case_claims_it(run: Run) -> None:
+async def test_an_opting_in_scheme_adds_the_interest_and_the_case_claims_it(
+    run: CollectionWatch,
+) -> None:
     cm, inv = run.cm, run.cm.invoices
     await cm.tick(utc(2022, 6, 1, 9))
     scheme = await inv.command(

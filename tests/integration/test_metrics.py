@@ -7,8 +7,11 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 
+import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -68,15 +71,23 @@ async def commit(bootstrap: str, group: str, offsets: dict[TopicPartition, int])
         await consumer.stop()
 
 
-@pytest.fixture
-async def sampler_pool(database_url: str) -> AsyncIterator[object]:
-    schema = f"metrics_{uuid.uuid4().hex[:8]}"
+@asynccontextmanager
+async def migrated_pool(
+    database_url: str, schema: str, migrations: Path | None
+) -> AsyncIterator[asyncpg.Pool]:
+    """A pool on a new `schema` with the runtime's tables and `migrations` in it."""
     pool = await create_pool(database_url, schema)
-    await migrate(pool, schema, None)
     try:
+        await migrate(pool, schema, migrations)
         yield pool
     finally:
         await pool.close()
+
+
+@pytest.fixture
+async def sampler_pool(database_url: str) -> AsyncIterator[object]:
+    async with migrated_pool(database_url, f"metrics_{uuid.uuid4().hex[:8]}", None) as pool:
+        yield pool
 
 
 async def test_lag_per_group_and_partition_follows_the_commits(
@@ -195,9 +206,7 @@ async def test_timers_due_but_not_fired_are_sampled_by_the_schedulers_clock(
 ) -> None:
     schema = f"sched_{uuid.uuid4().hex[:8]}"
     definition = scheduler_app.definition(schema)
-    pool = await create_pool(database_url, schema)
-    try:
-        await migrate(pool, schema, definition.migrations)
+    async with migrated_pool(database_url, schema, definition.migrations) as pool:
         settings = make_settings(kafka_bootstrap, database_url, "", cm_clock="manual")
         runtime = Runtime(settings, "scheduler", schema, TopicNames(""), pool, None)
         await pool.execute("UPDATE clock SET now = '2030-01-01T12:00:00+00:00'")
@@ -218,8 +227,6 @@ async def test_timers_due_but_not_fired_are_sampled_by_the_schedulers_clock(
         await scheduler_app.sample_due(runtime)
         assert REGISTRY.get_sample_value("cm_scheduler_timers_due") == 0
         assert REGISTRY.get_sample_value("cm_scheduler_oldest_due_age_seconds") == 0
-    finally:
-        await pool.close()
 
 
 async def test_payments_parked_until_their_invoice_exists_are_sampled(
@@ -227,9 +234,7 @@ async def test_payments_parked_until_their_invoice_exists_are_sampled(
 ) -> None:
     schema = f"inv_{uuid.uuid4().hex[:8]}"
     definition = invoice_app.definition()
-    pool = await create_pool(database_url, schema)
-    try:
-        await migrate(pool, schema, definition.migrations)
+    async with migrated_pool(database_url, schema, definition.migrations) as pool:
         settings = make_settings(kafka_bootstrap, database_url, "")
         runtime = Runtime(settings, "invoice", schema, TopicNames(""), pool, None)
         await invoice_app.sample_early_transactions(runtime)
@@ -242,5 +247,3 @@ async def test_payments_parked_until_their_invoice_exists_are_sampled(
         )
         await invoice_app.sample_early_transactions(runtime)
         assert REGISTRY.get_sample_value("cm_invoice_early_transactions") == 3
-    finally:
-        await pool.close()

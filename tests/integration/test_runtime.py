@@ -18,7 +18,6 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from aiokafka import AIOKafkaProducer
 
 from contracts import topics
 from services.runtime.app import Service, build_service
@@ -451,17 +450,12 @@ async def test_a_header_that_is_not_utf8_does_not_stop_the_consumer(
     service: Service, kafka_bootstrap: str, prefix: str
 ) -> None:
     body = record_entry("e-binary-header")
-    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, enable_idempotence=False)
-    await producer.start()
-    try:
-        await producer.send_and_wait(
-            prefix + topics.INVOICE_COMMANDS,
-            json.dumps(body).encode(),
-            key=key_of(body).encode(),
-            headers=[("trace", b"\xff\xfe\x00binary")],
-        )
-    finally:
-        await producer.stop()
+    await publish(
+        kafka_bootstrap,
+        prefix + topics.INVOICE_COMMANDS,
+        [(key_of(body), json.dumps(body).encode())],
+        headers=[("trace", b"\xff\xfe\x00binary")],
+    )
     await send(kafka_bootstrap, prefix + topics.INVOICE_COMMANDS, record_entry("e-after-it"))
     await poll_until(
         lambda: _entry_ids(service.runtime.pool, {"e-binary-header", "e-after-it"}),

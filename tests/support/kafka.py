@@ -71,12 +71,20 @@ def envelope(
     }
 
 
-async def publish(bootstrap: str, topic: str, items: list[tuple[str | None, bytes]]) -> None:
+async def publish(
+    bootstrap: str,
+    topic: str,
+    items: list[tuple[str | None, bytes]],
+    headers: list[tuple[str, bytes]] | None = None,
+) -> None:
+    """Each (key, value) of `items` to `topic`, every record with `headers` (if any)."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False, linger_ms=2)
     await producer.start()
     try:
         futures = [
-            await producer.send(topic, value=value, key=key.encode() if key else None)
+            await producer.send(
+                topic, value=value, key=key.encode() if key else None, headers=headers
+            )
             for key, value in items
         ]
         await asyncio.gather(*futures)

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +23,11 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import ConsumerRecord
 
 from contracts import topics
+from services.collection.handlers import auto_case_key
 from services.runtime.app import Service, build_service
 from tests.support.invoices import InvoiceClient
 from tests.support.kafka import BackgroundConsumer, TopicWatcher, envelope, poll_until, publish
-from tests.support.notifier import HttpSink
+from tests.support.notifier import HttpSink, SmtpSink
 from tests.support.services import make_settings
 
 #: How the stand-in notifier answers: (SendMessage payload) → (outcome, channel, delay).
@@ -205,6 +207,47 @@ async def mailing_platform(
     async with mailing_services(kafka_bootstrap, database_url, smtp, spool) as running:
         await running.tick(datetime(2026, 11, 1, 9, 0, tzinfo=UTC))
         yield running
+
+
+class CollectionWatch:
+    """A running platform with one invoice's pushes (cm.push.invoice) and the events of
+    its automatic collection case watched."""
+
+    def __init__(self, cm: Platform, number: str) -> None:
+        self.cm = cm
+        self.number = number
+        self.website_key = cm.invoices.website_key
+        self.watcher = TopicWatcher(
+            cm.bootstrap, cm.prefix + topics.PUSH_INVOICE, cm.prefix + topics.COLLECTION_EVENTS
+        )
+
+    def pushes(self) -> list[dict[str, Any]]:
+        found = [
+            json.loads(r.value or b"{}", parse_float=Decimal)["Invoice"]
+            for r in self.watcher.on(self.cm.prefix + topics.PUSH_INVOICE)
+            if r.key == f"{self.website_key}:{self.number}"
+        ]
+        return sorted(found, key=lambda p: p["EventSequence"])
+
+    def case_events(self) -> list[dict[str, Any]]:
+        key = f"{self.website_key}:{auto_case_key(self.website_key, self.number)}"
+        return self.watcher.payloads(self.cm.prefix + topics.COLLECTION_EVENTS, key)
+
+
+@asynccontextmanager
+async def collection_services(
+    kafka_bootstrap: str, database_url: str, spool: Path, number: str
+) -> AsyncIterator[CollectionWatch]:
+    """`mailing_services` with the collection service (mailing to a local SmtpSink),
+    watching invoice `number` and its automatic case."""
+    with SmtpSink() as smtp:
+        async with mailing_services(kafka_bootstrap, database_url, smtp, spool, "collection") as cm:
+            running = CollectionWatch(cm, number)
+            await running.watcher.start()
+            try:
+                yield running
+            finally:
+                await running.watcher.stop()
 
 
 def days(n: int) -> timedelta:

@@ -34,6 +34,7 @@ from services.invoice.domain.interest import movements
 from services.invoice.snapshot import invoice_snapshot, invoice_snapshot_validated
 from services.notifier.templates import MessageContext, fill, template_errors
 from tests.support.invoice_domain import invoice_snapshot as snapshot_json
+from tests.support.invoice_domain import make_invoice
 
 D = Decimal
 
@@ -250,11 +251,7 @@ def test_the_fast_snapshot_with_interest_is_the_validated_one(
     digits = {"EUR": 2, "JPY": 0, "KWD": 3}[currency]
     debit = money(debit, digits)
     steps = [interest_step(1, 30)] if claimed else []
-    invoice = domain.Invoice(
-        website_key="shop",
-        invoice_number="INV-1",
-        invoice_key="KEY-1",
-        status=InvoiceStatus.ACTIVE,
+    invoice = make_invoice(
         invoice_date=date(2022, 1, 1),
         due_date=date(2022, 1, 31),
         currency=currency,

@@ -38,6 +38,7 @@ from contracts.fields import (
     check_line_total,
     pad_amounts,
 )
+from contracts.interest import InterestKind
 from contracts.limits import (
     MAX_ALLOWED_SERVICES,
     MAX_CHANNELS,
@@ -700,6 +701,18 @@ class InvoiceSnapshot(SnapshotPart):
     interest_booked: MoneyTotal = Field(
         default=Decimal(0),
         description="How much of `amount_admin_costs` the scheme's interest steps added.",
+    )
+    interest_kind: InterestKind | None = Field(
+        default=None,
+        description="Which statutory interest the invoice accrues: `consumer` (art. 6:119 "
+        "BW, a person debtor when the invoice was created) or `commercial` (art. 6:119a BW, a "
+        "company); null in snapshots from before the field existed (docs/interest.md).",
+    )
+    time_zone: str | None = Field(
+        default=None,
+        description="The merchant's IANA time zone the invoice's days are counted in (steps "
+        "run at midnight there; `interest_accrued` runs up to the event's day there); null in "
+        "snapshots from before the field existed.",
     )
     interest_claimed: bool = Field(
         default=False,

@@ -14,6 +14,7 @@ from contracts.invoice import InvoiceEvent
 from contracts.results import CommandAccepted, CommandRejected
 from contracts.subscription import SubscriptionEvent
 from services.console import reports
+from services.console.interest import MoneyPoint, money_point
 from services.runtime.db import Connection
 
 #: Invoices on one page of the list.
@@ -29,10 +30,13 @@ async def apply_invoice_event(
     """Record the event in the timeline and keep the invoice row at the snapshot of its
     highest sequence (a late, older event changes the timeline only)."""
     inv = evt.invoice
+    money = money_point(inv, at)  # for the interest breakdown (services/console/interest.py)
     await conn.execute(
         "INSERT INTO invoice_events (website_key, invoice_key, sequence, message_id, event,"
-        " category, parameters, status_code, open_amount, occurred_at)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING",
+        " category, parameters, status_code, open_amount, occurred_at, money_day, principal,"
+        " costs, paid, refunded)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
+        " ON CONFLICT DO NOTHING",
         website_key,
         inv.invoice_key,
         evt.sequence,
@@ -43,6 +47,11 @@ async def apply_invoice_event(
         int(inv.status_code),
         inv.open_amount_incl_admin_costs,
         at,
+        money.day,
+        money.principal,
+        money.costs,
+        money.paid,
+        money.refunded,
     )
     await conn.execute(
         "INSERT INTO invoices (website_key, invoice_key, invoice_number, type, status_code,"
@@ -517,6 +526,28 @@ async def timeline(conn: Connection, website_key: str, invoice_key: str) -> list
         invoice_key,
     )
     return [dict(r) for r in rows]
+
+
+async def money_points(
+    conn: Connection, website_key: str, invoice_key: str
+) -> list[tuple[int, MoneyPoint | None]]:
+    """Each event's sequence and money (None for an event stored before the console kept
+    it), for the interest breakdown."""
+    rows = await conn.fetch(
+        "SELECT sequence, money_day, principal, costs, paid, refunded FROM invoice_events"
+        " WHERE website_key = $1 AND invoice_key = $2 ORDER BY sequence",
+        website_key,
+        invoice_key,
+    )
+    return [
+        (
+            r["sequence"],
+            None
+            if r["money_day"] is None
+            else MoneyPoint(r["money_day"], r["principal"], r["costs"], r["paid"], r["refunded"]),
+        )
+        for r in rows
+    ]
 
 
 async def commands_of(

@@ -24,7 +24,7 @@ from zoneinfo import ZoneInfo
 
 from babel import Locale, UnknownLocaleError
 from babel.dates import format_date, format_datetime
-from babel.numbers import format_currency
+from babel.numbers import format_currency, format_percent
 from prometheus_client import make_asgi_app
 from pydantic import ValidationError
 from starlette.applications import Starlette
@@ -58,6 +58,7 @@ from contracts.notifier import RegisterWebhook
 from contracts.subscription import StopSubscription, SubscriptionStatus
 from services.console import auth, messages, reports, repository, schemes
 from services.console.app import ConsoleSettings
+from services.console.interest import ARTICLES, invoice_interest
 from services.console.repository import InvoiceFilter, PageKey, User
 from services.invoice.domain.status import TRANSITIONS
 from services.runtime.app import Runtime, Service
@@ -102,6 +103,11 @@ def fmt_datetime(moment: datetime | str | None, culture: str, time_zone: str) ->
     return format_datetime(moment, "medium", tzinfo=ZoneInfo(time_zone), locale=_locale(culture))
 
 
+def fmt_percent(percent: Decimal, culture: str) -> str:
+    """A yearly rate given in percent (`10.5`), in the culture (`10.5%`, `10,5%`)."""
+    return format_percent(percent / 100, "#,##0.###%", locale=_locale(culture))
+
+
 def status_name(code: int) -> str:
     try:
         name = InvoiceStatus(code).display_name
@@ -118,6 +124,7 @@ templates.env.globals["status_name"] = status_name
 templates.env.globals["event_name"] = event_name
 templates.env.globals["STATUSES"] = [(s.value, status_name(s.value)) for s in InvoiceStatus]
 templates.env.globals["BUCKETS"] = reports.BUCKETS
+templates.env.globals["INTEREST_ARTICLES"] = ARTICLES
 
 
 # --- actions: the commands a page may send --------------------------------------------------
@@ -333,6 +340,7 @@ class Console:
             "csrf": csrf,
             "money": lambda a, c: fmt_money(a, c, culture),
             "day": lambda d: fmt_date(d, culture),
+            "percent": lambda p: fmt_percent(p, culture),
             "moment": lambda m: fmt_datetime(m, culture, zone),
             "lang": culture.split("-")[0],
         }
@@ -458,13 +466,25 @@ class Console:
             first_url=f"/invoices?{urlencode(query)}" if after else None,
         )
 
-    async def _invoice(self, user: User, invoice_key: str) -> dict[str, Any] | None:
+    async def _invoice(
+        self, user: User, invoice_key: str, as_of: date | None = None
+    ) -> dict[str, Any] | None:
+        """The invoice row with its timeline, commands and statutory interest (up to
+        `as_of`, default today in the merchant's time zone: services/console/interest.py)."""
         async with self.runtime.pool.acquire() as conn:
             row = await repository.invoice(conn, user.website_key, invoice_key)
             if row is None:
                 return None
             row["timeline"] = await repository.timeline(conn, user.website_key, invoice_key)
             row["commands"] = await repository.commands_of(conn, user.website_key, invoice_key)
+            points = await repository.money_points(conn, user.website_key, invoice_key)
+        row["interest"] = invoice_interest(
+            row["snapshot"],
+            row["last_sequence"],
+            row["last_event_at"],
+            points,
+            as_of if as_of is not None else datetime.now(UTC),
+        )
         return row
 
     async def invoice_detail(self, request: Request, user: User, csrf: str) -> Response:
@@ -1090,10 +1110,19 @@ class Console:
         )
 
     async def api_invoice(self, request: Request, user: User) -> Response:
-        row = await self._invoice(user, request.path_params["invoice_key"])
+        raw = request.query_params.get("as_of")
+        try:
+            as_of = date.fromisoformat(raw) if raw else None
+        except ValueError:
+            return JSONResponse(
+                {"errors": [{"field": "as_of", "message": "a day as YYYY-MM-DD"}]},
+                status_code=400,
+            )
+        row = await self._invoice(user, request.path_params["invoice_key"], as_of)
         if row is None:
             return JSONResponse({"error": "no such invoice"}, status_code=404)
-        return JSONResponse(_json(row))
+        interest = row.pop("interest").as_json()
+        return JSONResponse({**_json(row), "interest": interest})
 
     async def api_action(self, request: Request, user: User) -> Response:
         invoice_key = request.path_params["invoice_key"]

@@ -11,6 +11,7 @@ from typing import Any
 
 from contracts.debtor import DebtorSnapshot
 from contracts.fields import KeyValueSnapshot, construct_complete, with_minor_unit
+from contracts.interest import InterestKind
 from contracts.invoice import InvoiceLineSnapshot, InvoiceSnapshot
 from services.invoice.domain import Invoice
 
@@ -61,6 +62,8 @@ def invoice_snapshot_validated(
         is_paid=invoice.is_paid,
         interest_accrued=invoice.interest_accrued,
         interest_booked=invoice.interest_booked,
+        interest_kind=InterestKind.of_debtor(invoice.debtor_is_person),
+        time_zone=invoice.time_zone,
         interest_claimed=invoice.interest_claimed,
         custom_parameters=[KeyValueSnapshot(**p) for p in invoice.custom_parameters],
         additional_parameters=[KeyValueSnapshot(**p) for p in invoice.additional_parameters],
@@ -99,6 +102,8 @@ def invoice_snapshot(
         "next_step_due_at": invoice.timer_due_at,
         "currency": currency,
         "is_paid": invoice.is_paid,
+        "interest_kind": InterestKind.of_debtor(invoice.debtor_is_person),
+        "time_zone": invoice.time_zone,
         "interest_claimed": invoice.interest_claimed,
         "custom_parameters": [
             construct_complete(KeyValueSnapshot, {"key": p["key"], "value": p["value"]})

@@ -21,7 +21,7 @@ from tests.support.console import (
     create,
     seed_aging,
 )
-from tests.support.invoices import InvoiceClient, debtor
+from tests.support.invoices import InvoiceClient, debtor, invoice_payload
 
 #: Generous: a loaded machine renders slowly; these are deadlines, not waits.
 TIMEOUT_MS = 60_000
@@ -84,13 +84,30 @@ async def test_sign_in_list_filter_open_and_pause(
     browser: Any, stack: ConsoleStack, merchant: InvoiceClient, screenshots: Path | None
 ) -> None:
     await create(merchant, "WEB-1", debtor=debtor("D-100"), amount_debit="1234.50")
-    await create(merchant, "WEB-2", debtor=debtor("D-200"))
+    # WEB-2 is overdue since 1 July 2026 and paid in part: its page shows the statutory
+    # interest with a per-period breakdown.
+    created = await merchant.command(
+        "CreateInvoice",
+        invoice_payload(
+            "WEB-2",
+            debtor=debtor("D-200"),
+            invoice_date="2026-06-01",
+            due_date="2026-06-30",
+            amount_debit="2420.00",
+            amount_vat="420.00",
+        ),
+        occurred_at="2026-06-01T09:00:00+00:00",
+    )
+    assert (await merchant.answer(created))["type"] == "CommandAccepted"
+    await merchant.transaction(
+        "WEB-2", "T-WEB-2", "400.00", "success", occurred_at="2026-08-14T10:00:00+00:00"
+    )
     await create(merchant, "OTHER-3", debtor=debtor("D-200"))
     paused = await merchant.command("PauseInvoice", {"invoice_number": "OTHER-3"})
     assert (await merchant.answer(paused))["type"] == "CommandAccepted"
     await stack.row_when(merchant.website_key, "OTHER-3", status_code=20)
     await stack.row_when(merchant.website_key, "WEB-1", status_code=10)
-    await stack.row_when(merchant.website_key, "WEB-2", status_code=10)
+    await stack.row_when(merchant.website_key, "WEB-2", status_code=10, last_sequence=2)
     page = await sign_in(browser, stack, await stack.user(merchant.website_key), screenshots)
 
     rows = page.locator("table.list tbody tr")
@@ -123,6 +140,15 @@ async def test_sign_in_list_filter_open_and_pause(
     await page.locator(".command.accepted", has_text="PauseInvoice").wait_for()
     assert "CommandAccepted" in await page.locator("#commands").inner_text()
     assert "Changed status" in await page.locator(".timeline").inner_text()
+    # Overdue: the statutory interest, its kind and the periods (the payment splits one).
+    interest = page.locator("#interest")
+    await interest.wait_for()
+    assert await interest.is_visible()
+    assert "art. 6:119 BW" in await page.locator("#interest-kind").inner_text()
+    assert await page.locator("#interest-accrued").is_visible()
+    periods = page.locator("#interest-periods tbody tr")
+    assert await periods.count() >= 2
+    assert "1 jul 2026" in await periods.first.inner_text()  # the day after the due date
     await shot(page, screenshots, "invoice")
     await stack.row_when(merchant.website_key, "WEB-2", status_code=20)
     await page.context.close()

@@ -14,8 +14,10 @@ costs (`interest_booked` keeps how much of the admin costs is interest).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import date, datetime
 from decimal import Decimal
+from typing import Protocol
 
 from contracts.fields import minor_unit
 from contracts.interest import (
@@ -30,13 +32,33 @@ from contracts.interest import (
 from services.invoice.domain.merchant import local_day
 from services.invoice.domain.model import ZERO, Invoice, MoneyDay, S
 
+#: The money the history records: principal, costs (not booked interest), paid, refunded.
+Totals = tuple[Decimal, Decimal, Decimal, Decimal]
 #: The `Reason` of the IncreasedAdminFee such a step emits.
 INTEREST_REASON = "statutory_interest"
 #: Invoices that accrue no interest: never active (90), or no longer applying (91).
 NO_INTEREST = frozenset({S.REJECTED, S.CANCELLED})
 
 
-def _totals(invoice: Invoice) -> tuple[Decimal, Decimal, Decimal, Decimal]:
+class MoneyTotals(Protocol):
+    """What the money history is written from: an `Invoice`, or an `InvoiceSnapshot` as
+    an event carries it (the console rebuilds the history from those)."""
+
+    @property
+    def amount_debit(self) -> Decimal: ...
+    @property
+    def amount_credit_notes(self) -> Decimal: ...
+    @property
+    def amount_admin_costs(self) -> Decimal: ...
+    @property
+    def interest_booked(self) -> Decimal: ...
+    @property
+    def amount_paid(self) -> Decimal: ...
+    @property
+    def amount_credit(self) -> Decimal: ...
+
+
+def money_totals(invoice: MoneyTotals) -> Totals:
     """What the history records: the principal (debit less credit notes), costs other
     than booked interest, payments, refunds."""
     return (
@@ -47,7 +69,29 @@ def _totals(invoice: Invoice) -> tuple[Decimal, Decimal, Decimal, Decimal]:
     )
 
 
-def _unrecorded(invoice: Invoice) -> tuple[Decimal, Decimal, Decimal, Decimal] | None:
+def history_of(points: Iterable[tuple[date, Totals]]) -> list[MoneyDay]:
+    """The money history from the totals (`money_totals`) after each change, in order,
+    with the day of each: what `record_money` writes down change by change (one entry per
+    day, what changed since the change before)."""
+    history: list[MoneyDay] = []
+    before: Totals = (ZERO, ZERO, ZERO, ZERO)
+    for day, totals in points:
+        if totals != before:
+            history = _added(history, day, _minus(totals, before))
+        before = totals
+    return history
+
+
+def _minus(totals: Totals, before: Totals) -> Totals:
+    return (
+        totals[0] - before[0],
+        totals[1] - before[1],
+        totals[2] - before[2],
+        totals[3] - before[3],
+    )
+
+
+def _unrecorded(invoice: Invoice) -> Totals | None:
     """What changed in the money since the history's last entry, None when nothing did
     (the hot path: most changes move no money)."""
     principal = costs = paid = refunded = ZERO
@@ -56,7 +100,7 @@ def _unrecorded(invoice: Invoice) -> tuple[Decimal, Decimal, Decimal, Decimal] |
         costs += entry.costs
         paid += entry.paid
         refunded += entry.refunded
-    now_principal, now_costs, now_paid, now_refunded = _totals(invoice)
+    now_principal, now_costs, now_paid, now_refunded = money_totals(invoice)
     if (
         now_principal == principal
         and now_costs == costs
@@ -80,8 +124,14 @@ def record_money(invoice: Invoice, day: date) -> None:
         _record(invoice, day, deltas)
 
 
-def _record(invoice: Invoice, day: date, deltas: tuple[Decimal, Decimal, Decimal, Decimal]) -> None:
-    history = list(invoice.money_history)
+def _record(invoice: Invoice, day: date, deltas: Totals) -> None:
+    invoice.money_history = _added(invoice.money_history, day, deltas)
+
+
+def _added(entries: list[MoneyDay], day: date, deltas: Totals) -> list[MoneyDay]:
+    """The history with `deltas` written down on `day` (added to the last entry when it
+    is of the same day)."""
+    history = list(entries)
     if history and history[-1].day == day:
         last = history[-1]
         history[-1] = MoneyDay(
@@ -97,14 +147,19 @@ def _record(invoice: Invoice, day: date, deltas: tuple[Decimal, Decimal, Decimal
                 day=day, principal=deltas[0], costs=deltas[1], paid=deltas[2], refunded=deltas[3]
             )
         )
-    invoice.money_history = history
+    return history
 
 
 def movements(invoice: Invoice) -> list[Movement]:
-    """The history as the interest function reads it; within a day: the principal and
-    costs first, then payments, then refunds."""
+    """The invoice's history as the interest function reads it (`history_movements`)."""
+    return history_movements(invoice.money_history)
+
+
+def history_movements(history: Iterable[MoneyDay]) -> list[Movement]:
+    """A money history as the interest function reads it; within a day: the principal
+    and costs first, then payments, then refunds."""
     out = []
-    for entry in invoice.money_history:
+    for entry in history:
         for kind, amount in (
             (MovementKind.PRINCIPAL, entry.principal),
             (MovementKind.COSTS, entry.costs),
@@ -118,15 +173,28 @@ def movements(invoice: Invoice) -> list[Movement]:
 
 def interest_on(invoice: Invoice, day: date) -> InterestResult | None:
     """The invoice's statutory interest up to and including `day`, None when it accrues
-    none: Rejected or Cancelled, not overdue on `day`, or due before the rate table
-    starts (docs/interest.md)."""
-    if invoice.status in NO_INTEREST or day <= invoice.due_date:
+    none (`interest_of`)."""
+    return interest_of(
+        invoice.money_history,
+        InterestKind.of_debtor(invoice.debtor_is_person),
+        invoice.due_date,
+        invoice.status,
+        day,
+    )
+
+
+def interest_of(
+    history: Iterable[MoneyDay], kind: InterestKind, due_date: date, status: int, day: date
+) -> InterestResult | None:
+    """The statutory interest on a money history up to and including `day`, None when it
+    accrues none: Rejected or Cancelled, not overdue on `day`, or due before the rate
+    table starts (docs/interest.md). The invoice service's rule, and the console's."""
+    if status in NO_INTEREST or day <= due_date:
         return None
-    kind = InterestKind.of_debtor(invoice.debtor_is_person)
     table = rates()
-    if invoice.due_date < table.starts(kind):
+    if due_date < table.starts(kind):
         return None
-    return statutory_interest(movements(invoice), kind, invoice.due_date, day, table)
+    return statutory_interest(history_movements(history), kind, due_date, day, table)
 
 
 def accrue(invoice: Invoice, now: datetime) -> None:

@@ -9,6 +9,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal
+from typing import Any
+
+from contracts.fields import with_minor_unit
+from services.invoice.domain.interest import INTEREST_REASON
+from services.invoice.dunning import STATUTORY_COSTS, STATUTORY_NOT_IN_EUR
+
+ZERO = Decimal(0)
 
 
 @dataclass(frozen=True)
@@ -168,30 +175,116 @@ def funnel_csv(funnels: list[Funnel]) -> str:
 # --- costs ------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Costs:
-    """Admin and statutory costs of one currency's real invoices: charged, paid, open."""
+#: The kinds of costs, in the report's order: flat admin costs (a fixed amount, its
+#: IncreasedAdminFee has no `Reason`), the Dutch statutory collection costs (`Reason`
+#: `statutory_costs`) and statutory interest booked as costs (`statutory_interest`).
+COST_KINDS = ("admin", "statutory", "interest")
+COST_KIND_LABELS = {
+    "admin": "Flat admin costs",
+    "statutory": "Statutory collection costs",
+    "interest": "Statutory interest",
+}
 
-    currency: str
+
+def cost_kind(reason: str | None) -> str:
+    """The kind of costs an IncreasedAdminFee with this `Reason` charged (docs/invoices.md:
+    the names are the invoice service's own; any other reason counts as flat costs)."""
+    if reason in (STATUTORY_COSTS, STATUTORY_NOT_IN_EUR):
+        return "statutory"
+    if reason == INTEREST_REASON:
+        return "interest"
+    return "admin"
+
+
+@dataclass(frozen=True)
+class CostKind:
+    """One kind of costs of one currency's real invoices: charged, paid, open."""
+
+    kind: str
     invoices: int
     charged: Decimal
     paid: Decimal
+
+    @property
+    def label(self) -> str:
+        return COST_KIND_LABELS[self.kind]
 
     @property
     def open(self) -> Decimal:
         return self.charged - self.paid
 
 
-def costs(sums: Iterable[tuple[str, int, Decimal, Decimal]]) -> list[Costs]:
-    return sorted((Costs(*row) for row in sums), key=lambda c: c.currency)
+@dataclass(frozen=True)
+class Costs:
+    """Admin and statutory costs of one currency's real invoices, per kind (`kinds`, in
+    COST_KINDS order) and in all: charged, paid, open."""
+
+    currency: str
+    invoices: int
+    kinds: tuple[CostKind, ...]
+
+    @property
+    def charged(self) -> Decimal:
+        return with_minor_unit(sum((k.charged for k in self.kinds), ZERO), self.currency)
+
+    @property
+    def paid(self) -> Decimal:
+        return with_minor_unit(sum((k.paid for k in self.kinds), ZERO), self.currency)
+
+    @property
+    def open(self) -> Decimal:
+        return self.charged - self.paid
+
+
+#: (currency, reason, whole currency?, invoices, charged, paid): `repository.cost_sums`.
+CostRow = tuple[str, str | None, bool, int, Decimal, Decimal]
+
+
+def costs(rows: Iterable[CostRow]) -> list[Costs]:
+    """Per currency: the sums per `Reason` merged into the kinds (every kind listed, zero
+    when none was charged), and the currency's invoice count from its whole-currency row."""
+    invoices: dict[str, int] = {}
+    sums: dict[str, dict[str, list[Any]]] = {}
+    for currency, reason, whole, count, charged, paid in rows:
+        if whole:
+            invoices[currency] = count
+            continue
+        kinds = sums.setdefault(currency, {k: [0, ZERO, ZERO] for k in COST_KINDS})
+        into = kinds[cost_kind(reason)]
+        into[0] += count
+        into[1] += charged
+        into[2] += paid
+    return [
+        Costs(
+            currency,
+            invoices.get(currency, 0),
+            tuple(
+                CostKind(
+                    kind,
+                    int(count),
+                    with_minor_unit(charged, currency),
+                    with_minor_unit(paid, currency),
+                )
+                for kind, (count, charged, paid) in sums[currency].items()
+            ),
+        )
+        for currency in sorted(sums)
+    ]
 
 
 def costs_csv(rows: list[Costs]) -> str:
+    """One line per currency and kind, then the currency's `total`."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\r\n")
-    writer.writerow(["currency", "invoices", "charged", "paid", "open"])
+    writer.writerow(["currency", "kind", "invoices", "charged", "paid", "open"])
     for c in rows:
-        writer.writerow([c.currency, c.invoices, f"{c.charged:f}", f"{c.paid:f}", f"{c.open:f}"])
+        for k in c.kinds:
+            writer.writerow(
+                [c.currency, k.kind, k.invoices, f"{k.charged:f}", f"{k.paid:f}", f"{k.open:f}"]
+            )
+        writer.writerow(
+            [c.currency, "total", c.invoices, f"{c.charged:f}", f"{c.paid:f}", f"{c.open:f}"]
+        )
     return out.getvalue()
 
 

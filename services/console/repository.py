@@ -10,7 +10,7 @@ from decimal import Decimal
 from typing import Any
 
 from contracts.collection import CaseEvent
-from contracts.invoice import InvoiceEvent
+from contracts.invoice import InvoiceEvent, InvoiceEventName
 from contracts.results import CommandAccepted, CommandRejected
 from contracts.subscription import SubscriptionEvent
 from services.console import reports
@@ -636,15 +636,33 @@ async def funnel_counts(conn: Connection, website_key: str) -> list[tuple[str, i
     return [(r["scheme_key"], r["step"], r["is_paid"], r["invoices"]) for r in rows]
 
 
-async def cost_sums(conn: Connection, website_key: str) -> list[tuple[str, int, Decimal, Decimal]]:
-    """(currency, invoices charged, costs charged, costs paid) of real invoices."""
+async def cost_sums(conn: Connection, website_key: str) -> list[reports.CostRow]:
+    """The costs report's sums of real invoices, from their IncreasedAdminFee events: per
+    currency and `Reason` (and per currency in all, `whole`): the invoices charged, the
+    costs charged (`Amount`) and paid. What an invoice's last snapshot says was paid of
+    its costs (`admin_costs_paid`) is allocated to its charges in the order they were
+    charged (by sequence: the earliest charge is paid in full first), as the invoice
+    service allocates payments to the costs open at the time (docs/console.md "Costs")."""
     rows = await conn.fetch(
-        "SELECT currency, count(*) AS invoices, sum(admin_costs) AS charged,"
-        " sum(admin_costs_paid) AS paid FROM invoices"
-        " WHERE website_key = $1 AND NOT is_test AND admin_costs > 0 GROUP BY 1",
+        "WITH fees AS ("
+        " SELECT i.currency, e.invoice_key, e.parameters->>'Reason' AS reason,"
+        " (e.parameters->>'Amount')::numeric AS amount, i.admin_costs_paid AS paid,"
+        " coalesce(sum((e.parameters->>'Amount')::numeric) OVER (PARTITION BY e.invoice_key"
+        " ORDER BY e.sequence ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS before"
+        " FROM invoice_events e JOIN invoices i"
+        " ON i.website_key = e.website_key AND i.invoice_key = e.invoice_key"
+        " WHERE e.website_key = $1 AND e.event = $2 AND NOT i.is_test)"
+        " SELECT currency, reason, GROUPING(reason) = 1 AS whole,"
+        " count(DISTINCT invoice_key) AS invoices, sum(amount) AS charged,"
+        " sum(least(amount, greatest(0, paid - before))) AS paid"
+        " FROM fees WHERE amount > 0 GROUP BY GROUPING SETS ((currency, reason), (currency))",
         website_key,
+        str(InvoiceEventName.INCREASED_ADMIN_FEE),
     )
-    return [(r["currency"], r["invoices"], r["charged"], r["paid"]) for r in rows]
+    return [
+        (r["currency"], r["reason"], r["whole"], r["invoices"], r["charged"], r["paid"])
+        for r in rows
+    ]
 
 
 async def receivables_at(

@@ -1087,6 +1087,16 @@ class Console:
                         "charged": f"{c.charged:f}",
                         "paid": f"{c.paid:f}",
                         "open": f"{c.open:f}",
+                        "kinds": [
+                            {
+                                "kind": k.kind,
+                                "invoices": k.invoices,
+                                "charged": f"{k.charged:f}",
+                                "paid": f"{k.paid:f}",
+                                "open": f"{k.open:f}",
+                            }
+                            for k in c.kinds
+                        ],
                     }
                     for c in await self._costs(user)
                 ]

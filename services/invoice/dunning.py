@@ -50,6 +50,10 @@ STATUTORY_MIN_GAP_DAYS = 17
 #: The `Reason` of the IncreasedAdminFee (Amount 0) of a statutory step skipped because
 #: the invoice is not in euros, the scale's currency (contracts/statutory.py).
 STATUTORY_NOT_IN_EUR = "statutory_costs_only_in_eur"
+#: The `Reason` of the IncreasedAdminFee of a statutory step that charged the costs (an
+#: interest step says `statutory_interest`, `domain.interest.INTEREST_REASON`; a flat
+#: admin cost has no `Reason`). The console's costs report splits the costs by it.
+STATUTORY_COSTS = "statutory_costs"
 
 
 # --- schemes -------------------------------------------------------------------------------
@@ -333,8 +337,12 @@ def _admin_costs(invoice: Invoice, step: SchemeStepState, now: datetime, forced:
                 return Outcome(invoice=invoice)
         principal = max(ZERO, invoice.open_amount)
         amount = statutory_costs(principal, invoice.currency)  # an EUR invoice (above)
-    else:
-        amount = Decimal(step.admin_cost or "0")
+        add_admin_costs(invoice, amount)
+        return _admin_fee_added(
+            invoice, step, now, {"Amount": str(amount), "Reason": STATUTORY_COSTS}
+        )
+    # A flat admin cost: its event carries no `Reason`.
+    amount = Decimal(step.admin_cost or "0")
     add_admin_costs(invoice, amount)
     return _admin_fee_added(invoice, step, now, {"Amount": str(amount)})
 

@@ -773,7 +773,10 @@ def test_statutory_costs_for_a_business_are_charged_at_once() -> None:
     assert invoice.timer_due_at == CM1_DUE[4]
     outcome, after = fire(invoice)
     assert outcome.events == [
-        domain.EventOut(E.INCREASED_ADMIN_FEE, {"StepIndex": "4", "Amount": "425.00"})
+        domain.EventOut(
+            E.INCREASED_ADMIN_FEE,
+            {"StepIndex": "4", "Amount": "425.00", "Reason": "statutory_costs"},
+        )
     ]
     assert after.amount_admin_costs == D("425.00")
     assert after.previous_step_index == 4
@@ -883,7 +886,10 @@ def test_statutory_costs_wait_for_the_14_day_term(channel: str, term_ends: datet
     )
     charged, done = fire(after)
     assert charged.events == [
-        domain.EventOut(E.INCREASED_ADMIN_FEE, {"StepIndex": "4", "Amount": "40.00"})
+        domain.EventOut(
+            E.INCREASED_ADMIN_FEE,
+            {"StepIndex": "4", "Amount": "40.00", "Reason": "statutory_costs"},
+        )
     ]
     assert done.amount_admin_costs == D("40.00")
     assert done.previous_step_index == 4

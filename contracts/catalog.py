@@ -251,6 +251,16 @@ TOPICS: dict[str, TopicSpec] = {
             platform_only=True,
         ),
         TopicSpec(
+            name=t.NOTIFIER_EVENTS,
+            description="What the notifier did: each attempt to deliver a push to a "
+            "merchant's webhook and its outcome (no URL, secret, body or personal data).",
+            key="{website_key}:{payload.invoice_number}",
+            messages=(notifier.WebhookDeliveryAttempted,),
+            producers={NOTIFIER: (notifier.WebhookDeliveryAttempted,)},
+            consumers=(OPERATORS,),
+            platform_only=True,
+        ),
+        TopicSpec(
             name=t.PUSH_INVOICE,
             description="Every merchant's invoice push (Buckaroo format), bare, not "
             "enveloped; header `message-id` is the InvoiceEvent's message_id. Platform-only: "

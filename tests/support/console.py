@@ -103,9 +103,11 @@ class ConsoleStack:
 
 @contextlib.asynccontextmanager
 async def console_stack(
-    kafka_bootstrap: str, database_url: str, *services: str
+    kafka_bootstrap: str, database_url: str, *services: str, **settings: Any
 ) -> AsyncIterator[ConsoleStack]:
-    async with platform(kafka_bootstrap, database_url, "invoice", *services) as cm:
+    """The console next to the invoice service and the `services` (with the platform's
+    `settings`, e.g. the notifier's webhook timeout)."""
+    async with platform(kafka_bootstrap, database_url, "invoice", *services, **settings) as cm:
         schema = f"console_{cm.prefix.strip('.')}"
         web, service = build_console(
             make_settings(kafka_bootstrap, database_url, cm.prefix),

@@ -32,6 +32,7 @@ plan_users() {
   scram_user cm-notifier KAFKA_PASSWORD_NOTIFIER required
   scram_user cm-subscription KAFKA_PASSWORD_SUBSCRIPTION required
   scram_user cm-collection KAFKA_PASSWORD_COLLECTION required
+  scram_user cm-console KAFKA_PASSWORD_CONSOLE required
   scram_user cm-operator KAFKA_PASSWORD_OPERATOR optional
   scram_user cm-payment-engine KAFKA_PASSWORD_PAYMENT_ENGINE optional
   scram_user cm-agency-adapter KAFKA_PASSWORD_AGENCY_ADAPTER optional
@@ -66,6 +67,11 @@ plan_acls() {
   allow "User:cm-collection" topic literal Describe "cm.invoice.commands" "cm.notifier.commands" "cm.notifier.events" "cm.notifier.internal" "cm.payments.requests" "cm.payments.transactions" "cm.push.invoice" "cm.scheduler.commands" "cm.scheduler.events" "cm.subscription.commands" "cm.subscription.events" "cm.subscription.internal"
   allow "User:cm-collection" topic literal Read "cm.agency.answers" "cm.collection.commands" "cm.invoice.events"
   allow "User:cm-collection" topic literal Write "cm.agency.requests" "cm.collection.events" "cm.command.results" "cm.dlq" "cm.invoice.internal"
+  # console
+  allow "User:cm-console" group prefixed Read "cm.console."
+  allow "User:cm-console" topic literal Describe "cm.agency.answers" "cm.agency.requests" "cm.invoice.internal" "cm.notifier.internal" "cm.payments.requests" "cm.payments.transactions" "cm.push.invoice" "cm.scheduler.commands" "cm.scheduler.events" "cm.subscription.internal"
+  allow "User:cm-console" topic literal Read "cm.collection.events" "cm.command.results" "cm.invoice.events" "cm.notifier.events" "cm.subscription.events"
+  allow "User:cm-console" topic literal Write "cm.collection.commands" "cm.dlq" "cm.invoice.commands" "cm.notifier.commands" "cm.subscription.commands"
   # operators
   allow "User:cm-operator" group prefixed Read "cm.operator."
   allow "User:cm-operator" topic literal Read "cm.collection.events" "cm.command.results" "cm.dlq" "cm.invoice.events" "cm.notifier.events" "cm.push.invoice" "cm.scheduler.events" "cm.subscription.events"

@@ -52,9 +52,10 @@ from contracts.invoice import (
     ResolveDispute,
     TriggerNextStep,
     UnpauseInvoice,
+    UpsertScheme,
     WriteOffInvoice,
 )
-from contracts.notifier import RegisterWebhook
+from contracts.notifier import RegisterWebhook, UpsertTemplate
 from contracts.subscription import StopSubscription, SubscriptionStatus
 from services.console import auth, messages, reports, repository, schemes
 from services.console.app import ConsoleSettings
@@ -211,6 +212,16 @@ CASE_ACTIONS: dict[str, CaseAction] = {
         ),
     )
 }
+
+#: The other commands the console sends (forms of their own). With ACTIONS and CASE_ACTIONS
+#: these are what contracts.catalog lets the console write (tests/unit/test_acl_plan.py).
+SENT_COMMANDS: tuple[type[Command], ...] = (
+    CreateCreditNote,
+    UpsertScheme,
+    UpsertTemplate,
+    RegisterWebhook,
+    StopSubscription,
+)
 
 
 def case_actions_for(case: dict[str, Any]) -> list[CaseAction]:

@@ -851,7 +851,7 @@ def test_every_topic_is_in_the_catalog_and_every_producer_sends_what_it_carries(
         for sent in spec.producers.values():
             assert set(sent) <= set(spec.messages)
         actors = set(spec.producers) | set(spec.consumers)
-        assert actors <= set(catalog.SERVICES) | set(catalog.EXTERNAL_ACTORS)
+        assert actors <= set(catalog.RUNTIME_SERVICES) | set(catalog.EXTERNAL_ACTORS)
 
 
 @pytest.mark.parametrize(

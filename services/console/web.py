@@ -564,6 +564,7 @@ class Console:
                 actions=actions_for(full),
                 form_errors=errors,
                 form=values,
+                deliveries=await self._invoice_deliveries(user, full),
             )
         return RedirectResponse(f"/invoices/{invoice_key}#commands", status_code=303)
 

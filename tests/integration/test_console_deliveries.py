@@ -8,17 +8,16 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from datetime import datetime
-from typing import Any
 
 import pytest
 
 from contracts import topics
 from services.console.web import fmt_datetime
 from services.notifier.webhooks import RETRY_DELAYS
-from tests.support.console import ConsoleStack, console_stack, create
+from tests.support.console import ConsoleStack, console_stack, create, register_webhook
 from tests.support.invoices import InvoiceClient
-from tests.support.kafka import TopicWatcher, poll_until
-from tests.support.notifier import HttpSink, Request, new_secret, notifier_command
+from tests.support.kafka import TopicWatcher
+from tests.support.notifier import HttpSink, Request
 
 
 @pytest.fixture(scope="module")
@@ -36,33 +35,6 @@ async def merchant(stack: ConsoleStack) -> AsyncIterator[InvoiceClient]:
         yield client
     finally:
         await client.watcher.stop()
-
-
-async def register(stack: ConsoleStack, merchant: InvoiceClient, url: str) -> None:
-    mid = await notifier_command(
-        stack.cm.bootstrap,
-        stack.cm.prefix,
-        "RegisterWebhook",
-        {"url": url, "secret": new_secret()},
-        website_key=merchant.website_key,
-        key=f"{merchant.website_key}:webhook",
-    )
-    assert (await merchant.answer(mid))["type"] == "CommandAccepted"
-
-
-async def attempts_in_console(
-    stack: ConsoleStack, website_key: str, count: int
-) -> list[dict[str, Any]]:
-    async def found() -> list[dict[str, Any]] | None:
-        async with stack.pool.acquire() as conn:
-            rows = await conn.fetch(
-                f'SELECT * FROM "{stack.schema}".webhook_attempts WHERE website_key = $1'
-                " ORDER BY attempt",
-                website_key,
-            )
-        return [dict(r) for r in rows] if len(rows) >= count else None
-
-    return await poll_until(found, what=f"{count} webhook attempts in the console")
 
 
 async def test_a_failed_then_delivered_push_shows_in_the_log_with_its_retry_time(
@@ -83,12 +55,12 @@ async def test_a_failed_then_delivered_push_shows_in_the_log_with_its_retry_time
     events = TopicWatcher(stack.cm.bootstrap, stack.cm.prefix + topics.NOTIFIER_EVENTS)
     await events.start()
     try:
-        await register(stack, merchant, endpoint.url)
+        await register_webhook(stack, merchant, endpoint.url)
         await create(merchant, "WD-1", scheme_key="DefaultNone")
         invoice = await stack.row_when(website_key, "WD-1", status_code=10)
 
         # The first attempt failed: the console shows it with the time of the retry.
-        (failed,) = await attempts_in_console(stack, website_key, 1)
+        (failed,) = await stack.webhook_attempts(website_key, 1)
         assert (failed["attempt"], failed["outcome"], failed["status_code"]) == (1, "failed", 503)
         assert failed["error"] == "http_503"
         assert failed["invoice_number"] == "WD-1"
@@ -110,7 +82,7 @@ async def test_a_failed_then_delivered_push_shows_in_the_log_with_its_retry_time
 
             # The retry timer fires: the second attempt delivers.
             await stack.cm.tick(retry_at)
-            attempts = await attempts_in_console(stack, website_key, 2)
+            attempts = await stack.webhook_attempts(website_key, 2)
             assert [(a["attempt"], a["outcome"]) for a in attempts] == [
                 (1, "failed"),
                 (2, "delivered"),
@@ -170,9 +142,9 @@ async def test_another_merchant_sees_none_of_the_deliveries(
     stack: ConsoleStack, merchant: InvoiceClient, endpoint: HttpSink
 ) -> None:
     endpoint.responder = lambda request: 200
-    await register(stack, merchant, endpoint.url)
+    await register_webhook(stack, merchant, endpoint.url)
     await create(merchant, "WD-2", scheme_key="DefaultNone")
-    await attempts_in_console(stack, merchant.website_key, 1)
+    await stack.webhook_attempts(merchant.website_key, 1)
     other = await stack.cm.merchant()
     try:
         async with stack.signed_in(await stack.user(other.website_key)) as client:

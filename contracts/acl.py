@@ -10,9 +10,10 @@ them and a test fails when they drift from the catalog.
 The catalog says who writes (`producers`) and reads (`consumers`) each topic; the plan
 turns every actor into one SASL principal and every right into ACLs:
 
-- each service (`User:cm-{service}`): WRITE on the topics it produces, READ on those it
-  consumes, READ on its consumer groups (`cm.{service}.{consumer}`, services/runtime/
-  app.py: the prefix `cm.{service}.`) and DESCRIBE on every other platform topic, so that
+- each service and the console (`User:cm-{service}`, `User:cm-console`: every process on
+  the service runtime): WRITE on the topics it produces, READ on those it consumes, READ
+  on its consumer groups (`cm.{service}.{consumer}`, services/runtime/app.py: the prefix
+  `cm.{service}.`) and DESCRIBE on every other platform topic, so that
   the runtime's start-up check (`ensure_topics`) sees they exist. Topics are created by
   the deployment's init step, not by the services: no service may create topics, except
 - the notifier, which creates, writes and grows (ALTER: partitions) the merchants' own
@@ -54,7 +55,7 @@ MERCHANT_USER = f"merchant-{WEBSITE_KEY}"
 
 #: The SASL user of each actor but the merchants (one user per merchant, the template).
 USERS: dict[str, str] = {
-    **{service: f"cm-{service}" for service in catalog.SERVICES},
+    **{service: f"cm-{service}" for service in catalog.RUNTIME_SERVICES},
     catalog.OPERATORS: "cm-operator",
     catalog.PAYMENT_ENGINE: "cm-payment-engine",
     catalog.AGENCY_ADAPTERS: "cm-agency-adapter",
@@ -148,7 +149,7 @@ def _catalog_grants(actor: str) -> set[Grant]:
 def _principal(actor: str) -> Principal:
     user = USERS[actor]
     grants = _catalog_grants(actor)
-    service = actor in catalog.SERVICES
+    service = actor in catalog.RUNTIME_SERVICES
     if service:
         # ensure_topics (services/runtime/app.py) lists the topics at start and creates
         # what it cannot see: let it see them all, so that it has nothing to create.

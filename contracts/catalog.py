@@ -7,9 +7,10 @@ types they accept on a topic (anything else is a parse error, `unknown_type`); p
 use `key_for` (or `key_for_payload`) for the Kafka key of what they send, and `timer_for`
 to have the scheduler send it later.
 
-Actors are the five services plus the outside world: `merchants` (the merchant's own
-systems), `payment-engine`, `agency-adapters` and `operators` (people, tooling and
-tests).
+Actors are the five services, the merchant console (`console`, services/console: it reads
+event topics into its read models and sends merchants' commands on their behalf; it
+answers no command) and the outside world: `merchants` (the merchant's own systems),
+`payment-engine`, `agency-adapters` and `operators` (people, tooling and tests).
 """
 
 from __future__ import annotations
@@ -30,7 +31,13 @@ SCHEDULER = "scheduler"
 NOTIFIER = "notifier"
 SUBSCRIPTION = "subscription"
 COLLECTION = "collection"
+#: The services that answer commands (each writes CommandAccepted / CommandRejected).
 SERVICES: tuple[str, ...] = (INVOICE, SCHEDULER, NOTIFIER, SUBSCRIPTION, COLLECTION)
+CONSOLE = "console"
+#: Every process on the service runtime (services/runtime): the services and the console.
+#: Each has a Kafka user of its own, consumer groups `cm.{name}.…` and dead-letters what
+#: it cannot parse.
+RUNTIME_SERVICES: tuple[str, ...] = (*SERVICES, CONSOLE)
 
 MERCHANTS = "merchants"
 PAYMENT_ENGINE = "payment-engine"
@@ -119,6 +126,27 @@ _MERCHANT_NOTIFIER_COMMANDS: tuple[type[Message], ...] = (
     notifier.DisableKafkaPush,
 )
 
+#: What the console sends for the signed-in merchant (services/console/web.py).
+_CONSOLE_INVOICE_COMMANDS: tuple[type[Message], ...] = (
+    invoice.PauseInvoice,
+    invoice.UnpauseInvoice,
+    invoice.RegisterDispute,
+    invoice.ResolveDispute,
+    invoice.WriteOffInvoice,
+    invoice.TriggerNextStep,
+    invoice.CreateCreditNote,
+    invoice.UpsertScheme,
+)
+_CONSOLE_NOTIFIER_COMMANDS: tuple[type[Message], ...] = (
+    notifier.UpsertTemplate,
+    notifier.RegisterWebhook,
+)
+_CONSOLE_COLLECTION_COMMANDS: tuple[type[Message], ...] = (
+    collection.MarkAsPrepared,
+    collection.ReviewCase,
+    collection.CloseCase,
+)
+
 _INTERNAL_INVOICE_COMMANDS: tuple[type[Message], ...] = (
     invoice.StepDue,
     invoice.RecordMessageOutcome,
@@ -146,6 +174,7 @@ TOPICS: dict[str, TopicSpec] = {
             messages=_MERCHANT_INVOICE_COMMANDS,
             producers={
                 MERCHANTS: _MERCHANT_INVOICE_COMMANDS,
+                CONSOLE: _CONSOLE_INVOICE_COMMANDS,
                 SUBSCRIPTION: (
                     invoice.CreateInvoice,
                     invoice.CreateCombinedInvoice,
@@ -195,7 +224,7 @@ TOPICS: dict[str, TopicSpec] = {
             key="{website_key}:{payload.invoice.invoice_number}",
             messages=(invoice.InvoiceEvent,),
             producers={INVOICE: (invoice.InvoiceEvent,)},
-            consumers=(NOTIFIER, SUBSCRIPTION, COLLECTION, OPERATORS),
+            consumers=(NOTIFIER, SUBSCRIPTION, COLLECTION, CONSOLE, OPERATORS),
             platform_only=True,
         ),
         TopicSpec(
@@ -235,7 +264,10 @@ TOPICS: dict[str, TopicSpec] = {
                 "DisableKafkaPush": "{website_key}:kafka-push",
             },
             messages=_MERCHANT_NOTIFIER_COMMANDS,
-            producers={MERCHANTS: _MERCHANT_NOTIFIER_COMMANDS},
+            producers={
+                MERCHANTS: _MERCHANT_NOTIFIER_COMMANDS,
+                CONSOLE: _CONSOLE_NOTIFIER_COMMANDS,
+            },
             consumers=(NOTIFIER,),
         ),
         TopicSpec(
@@ -248,6 +280,16 @@ TOPICS: dict[str, TopicSpec] = {
                 SCHEDULER: (notifier.RetryWebhookDelivery,),
             },
             consumers=(NOTIFIER,),
+            platform_only=True,
+        ),
+        TopicSpec(
+            name=t.NOTIFIER_EVENTS,
+            description="What the notifier did: each attempt to deliver a push to a "
+            "merchant's webhook and its outcome (no URL, secret, body or personal data).",
+            key="{website_key}:{payload.invoice_number}",
+            messages=(notifier.WebhookDeliveryAttempted,),
+            producers={NOTIFIER: (notifier.WebhookDeliveryAttempted,)},
+            consumers=(CONSOLE, OPERATORS),
             platform_only=True,
         ),
         TopicSpec(
@@ -270,6 +312,7 @@ TOPICS: dict[str, TopicSpec] = {
             producers={
                 MERCHANTS: _SUBSCRIPTION_REQUESTS,
                 INVOICE: (subscription.StopSubscription,),
+                CONSOLE: (subscription.StopSubscription,),
             },
             consumers=(SUBSCRIPTION,),
         ),
@@ -295,7 +338,7 @@ TOPICS: dict[str, TopicSpec] = {
             key="{website_key}:{payload.subscription.subscription_key}",
             messages=(subscription.SubscriptionEvent,),
             producers={SUBSCRIPTION: (subscription.SubscriptionEvent,)},
-            consumers=(NOTIFIER, OPERATORS),
+            consumers=(NOTIFIER, CONSOLE, OPERATORS),
             platform_only=True,
         ),
         TopicSpec(
@@ -308,7 +351,10 @@ TOPICS: dict[str, TopicSpec] = {
                 ),
             },
             messages=_MERCHANT_COLLECTION_COMMANDS,
-            producers={MERCHANTS: _MERCHANT_COLLECTION_COMMANDS},
+            producers={
+                MERCHANTS: _MERCHANT_COLLECTION_COMMANDS,
+                CONSOLE: _CONSOLE_COLLECTION_COMMANDS,
+            },
             consumers=(COLLECTION,),
         ),
         TopicSpec(
@@ -327,7 +373,7 @@ TOPICS: dict[str, TopicSpec] = {
             key="{website_key}:{payload.case.case_key}",
             messages=(collection.CaseEvent,),
             producers={COLLECTION: (collection.CaseEvent,)},
-            consumers=(NOTIFIER, OPERATORS),
+            consumers=(NOTIFIER, CONSOLE, OPERATORS),
             platform_only=True,
         ),
         TopicSpec(
@@ -346,7 +392,7 @@ TOPICS: dict[str, TopicSpec] = {
             key="{website_key}",
             messages=_RESULTS,
             producers={service: _RESULTS for service in SERVICES},
-            consumers=(NOTIFIER, OPERATORS),
+            consumers=(NOTIFIER, CONSOLE, OPERATORS),
             platform_only=True,
         ),
         TopicSpec(
@@ -354,7 +400,7 @@ TOPICS: dict[str, TopicSpec] = {
             description="Messages a service could not parse or handle.",
             key=ORIGINAL_KEY,
             messages=(results.DeadLetter,),
-            producers={service: (results.DeadLetter,) for service in SERVICES},
+            producers={service: (results.DeadLetter,) for service in RUNTIME_SERVICES},
             consumers=(OPERATORS,),
             platform_only=True,
         ),
@@ -366,7 +412,7 @@ TOPICS: dict[str, TopicSpec] = {
 MERCHANT_FEED_TOPICS: dict[str, str] = dict(t.MERCHANT_FEEDS)
 
 #: Actors that are the platform itself: they may write and read platform-only topics.
-PLATFORM_ACTORS: tuple[str, ...] = (*SERVICES, OPERATORS)
+PLATFORM_ACTORS: tuple[str, ...] = (*RUNTIME_SERVICES, OPERATORS)
 
 
 def _check_platform_only() -> None:

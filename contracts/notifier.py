@@ -1,7 +1,11 @@
 """Commands of the notifier (`cm.notifier.commands`): step messages, templates, webhooks,
 the merchant's own Kafka topics.
 
-Kafka keys: `{website_key}:{invoice_number}` for SendMessage and RetryWebhookDelivery,
+Events of the notifier (`cm.notifier.events`): WebhookDeliveryAttempted, one per attempt
+to deliver a push to the merchant's webhook.
+
+Kafka keys: `{website_key}:{invoice_number}` for SendMessage, RetryWebhookDelivery and
+WebhookDeliveryAttempted (the invoice's key: one invoice's attempts stay in order),
 `{website_key}:template:{template_key}` for UpsertTemplate, `{website_key}:webhook`
 for RegisterWebhook (one webhook endpoint per merchant) and `{website_key}:kafka-push`
 for EnableKafkaPush and DisableKafkaPush.
@@ -12,12 +16,13 @@ from __future__ import annotations
 import base64
 import binascii
 import uuid
+from enum import StrEnum
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import AwareDatetime, Field, field_validator
 from pydantic_core import PydanticCustomError
 
-from contracts.envelope import Command, register
+from contracts.envelope import Command, Event, register
 from contracts.fields import Culture, Identifier, OneLine, StorableStr
 from contracts.invoice import MAX_SENDER_NAME_LENGTH, Channel, InvoiceSnapshot, StepAction
 from contracts.limits import (
@@ -194,6 +199,61 @@ class DisableKafkaPush(Command):
     hold are kept, and EnableKafkaPush starts copying again (no catch-up)."""
 
 
+class DeliveryOutcome(StrEnum):
+    """What one attempt to deliver a push to the merchant's webhook came to."""
+
+    #: The endpoint answered 2xx: the push is delivered.
+    DELIVERED = "delivered"
+    #: It failed (no 2xx answer, or no answer); another attempt is due at `next_retry_at`.
+    FAILED = "failed"
+    #: It failed and it was the last attempt: the push is given up (WebhookDeliveryFailed).
+    GIVEN_UP = "given_up"
+
+
+class WebhookDeliveryAttempted(Event):
+    """One attempt to deliver a push to the merchant's webhook, and what came of it
+    (notifier → `cm.notifier.events`).
+
+    Written in the transaction that records the attempt, so there is exactly one per
+    recorded attempt. It carries no URL, no secret, no body and no personal data: the
+    push it is about is named by `push_message_id` (the push's `webhook-id`).
+    """
+
+    invoice_number: Identifier = Field(description="The invoice the push is about.")
+    delivery_id: OneLine = Field(
+        min_length=1, max_length=200, description="The notifier's id of the delivery."
+    )
+    push_message_id: uuid.UUID = Field(
+        description="The InvoiceEvent's message_id: the push's `webhook-id`."
+    )
+    attempt: int = Field(ge=1, le=MAX_INT, description="The number of this attempt (first: 1).")
+    outcome: DeliveryOutcome = Field(description="delivered, failed (retried) or given_up.")
+    status_code: int | None = Field(
+        default=None,
+        ge=100,
+        le=999,
+        description="The endpoint's HTTP status; null when no answer came.",
+    )
+    error: OneLine | None = Field(
+        default=None,
+        max_length=200,
+        description="Why it failed: `http_{status}`, or an error code such as `timeout`, "
+        "`ConnectError`, `target_not_allowed`, `invalid_url`; null when delivered.",
+    )
+    duration_ms: int | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_INT,
+        description="Milliseconds from the start of the POST to its end (answer or error).",
+    )
+    attempted_at: AwareDatetime = Field(description="When the attempt was recorded (wall clock).")
+    next_retry_at: AwareDatetime | None = Field(
+        default=None,
+        description="When the next attempt is due (business time: the scheduler's clock); "
+        "null when delivered or given up.",
+    )
+
+
 register(
     SendMessage,
     UpsertTemplate,
@@ -201,4 +261,5 @@ register(
     RetryWebhookDelivery,
     EnableKafkaPush,
     DisableKafkaPush,
+    WebhookDeliveryAttempted,
 )

@@ -13,6 +13,7 @@ SCHEDULER_COMMANDS = "cm.scheduler.commands"
 SCHEDULER_EVENTS = "cm.scheduler.events"
 NOTIFIER_COMMANDS = "cm.notifier.commands"
 NOTIFIER_INTERNAL = "cm.notifier.internal"
+NOTIFIER_EVENTS = "cm.notifier.events"
 PUSH_INVOICE = "cm.push.invoice"
 SUBSCRIPTION_COMMANDS = "cm.subscription.commands"
 SUBSCRIPTION_INTERNAL = "cm.subscription.internal"
@@ -34,6 +35,7 @@ ALL_TOPICS: tuple[str, ...] = (
     SCHEDULER_EVENTS,
     NOTIFIER_COMMANDS,
     NOTIFIER_INTERNAL,
+    NOTIFIER_EVENTS,
     PUSH_INVOICE,
     SUBSCRIPTION_COMMANDS,
     SUBSCRIPTION_INTERNAL,

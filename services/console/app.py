@@ -61,6 +61,9 @@ def definition() -> ServiceDefinition:
         "SubscriptionEvent": HandlerSpec(handlers.subscription_event, answers=False)
     }
     case_events = {"CaseEvent": HandlerSpec(handlers.case_event, answers=False)}
+    notifier_events = {
+        "WebhookDeliveryAttempted": HandlerSpec(handlers.webhook_delivery_attempted, answers=False)
+    }
     return ServiceDefinition(
         name=NAME,
         migrations=Path(__file__).parent / "migrations",
@@ -70,6 +73,7 @@ def definition() -> ServiceDefinition:
                 ("command-results", topics.COMMAND_RESULTS): results,
                 ("subscription-events", topics.SUBSCRIPTION_EVENTS): subscription_events,
                 ("collection-events", topics.COLLECTION_EVENTS): case_events,
+                ("notifier-events", topics.NOTIFIER_EVENTS): notifier_events,
             }
         ),
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from contracts.collection import CaseEvent
 from contracts.invoice import InvoiceEvent
+from contracts.notifier import WebhookDeliveryAttempted
 from contracts.results import CommandAccepted, CommandRejected
 from contracts.subscription import SubscriptionEvent
 from services.console import repository
@@ -31,3 +32,7 @@ async def case_event(ctx: HandlerContext, evt: CaseEvent) -> None:
     await repository.apply_case_event(
         ctx.conn, ctx.website_key, ctx.envelope.message_id, ctx.now, evt
     )
+
+
+async def webhook_delivery_attempted(ctx: HandlerContext, evt: WebhookDeliveryAttempted) -> None:
+    await repository.record_webhook_attempt(ctx.conn, ctx.website_key, ctx.envelope.message_id, evt)

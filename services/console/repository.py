@@ -11,6 +11,7 @@ from typing import Any
 
 from contracts.collection import CaseEvent
 from contracts.invoice import InvoiceEvent, InvoiceEventName
+from contracts.notifier import WebhookDeliveryAttempted
 from contracts.results import CommandAccepted, CommandRejected
 from contracts.subscription import SubscriptionEvent
 from services.console import reports
@@ -98,6 +99,30 @@ async def apply_invoice_event(
         inv.amount_paid,
         inv.amount_admin_costs,
         inv.amount_admin_costs_paid,
+    )
+
+
+async def record_webhook_attempt(
+    conn: Connection, website_key: str, message_id: uuid.UUID, evt: WebhookDeliveryAttempted
+) -> None:
+    """One attempt of a webhook delivery (an attempt seen again changes nothing)."""
+    await conn.execute(
+        "INSERT INTO webhook_attempts (website_key, delivery_id, attempt, message_id,"
+        " invoice_number, push_message_id, outcome, status_code, error, duration_ms,"
+        " attempted_at, next_retry_at)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT DO NOTHING",
+        website_key,
+        evt.delivery_id,
+        evt.attempt,
+        message_id,
+        evt.invoice_number,
+        evt.push_message_id,
+        str(evt.outcome),
+        evt.status_code,
+        evt.error,
+        evt.duration_ms,
+        evt.attempted_at,
+        evt.next_retry_at,
     )
 
 
@@ -548,6 +573,77 @@ async def money_points(
         )
         for r in rows
     ]
+
+
+_ATTEMPT_COLUMNS = (
+    "a.delivery_id, a.attempt, a.invoice_number, a.push_message_id, a.outcome,"
+    " a.status_code, a.error, a.duration_ms, a.attempted_at, a.next_retry_at"
+)
+
+
+async def invoice_webhook_attempts(
+    conn: Connection, website_key: str, invoice_number: str, limit: int = 100
+) -> list[dict[str, Any]]:
+    """The webhook delivery attempts of an invoice's pushes, newest first."""
+    rows = await conn.fetch(
+        f"SELECT {_ATTEMPT_COLUMNS} FROM webhook_attempts a"
+        " WHERE a.website_key = $1 AND a.invoice_number = $2"
+        " ORDER BY a.attempted_at DESC, a.delivery_id DESC, a.attempt DESC LIMIT $3",
+        website_key,
+        invoice_number,
+        limit,
+    )
+    return [dict(r) for r in rows]
+
+
+async def webhook_attempts(
+    conn: Connection, website_key: str, *, failures_only: bool = False, limit: int = 100
+) -> list[dict[str, Any]]:
+    """The merchant's recent webhook delivery attempts (only failed and given up ones
+    with `failures_only`), newest first, each with its invoice's key when the console
+    knows the invoice (to link to it)."""
+    rows = await conn.fetch(
+        f"SELECT {_ATTEMPT_COLUMNS}, i.invoice_key FROM webhook_attempts a"
+        " LEFT JOIN LATERAL (SELECT invoice_key FROM invoices"
+        "  WHERE website_key = a.website_key AND invoice_number = a.invoice_number"
+        "  LIMIT 1) i ON true"
+        " WHERE a.website_key = $1 AND (NOT $2::boolean OR a.outcome <> 'delivered')"
+        " ORDER BY a.attempted_at DESC, a.delivery_id DESC, a.attempt DESC LIMIT $3",
+        website_key,
+        failures_only,
+        limit,
+    )
+    return [dict(r) for r in rows]
+
+
+async def webhook_retries_due(
+    conn: Connection, website_key: str, limit: int = 100
+) -> list[dict[str, Any]]:
+    """The merchant's deliveries waiting for a retry: those whose latest attempt failed
+    with a retry due, soonest first."""
+    rows = await conn.fetch(
+        f"SELECT {_ATTEMPT_COLUMNS}, i.invoice_key FROM ("
+        "  SELECT DISTINCT ON (delivery_id) * FROM webhook_attempts"
+        "   WHERE website_key = $1 ORDER BY delivery_id, attempt DESC) a"
+        " LEFT JOIN LATERAL (SELECT invoice_key FROM invoices"
+        "  WHERE website_key = a.website_key AND invoice_number = a.invoice_number"
+        "  LIMIT 1) i ON true"
+        " WHERE a.outcome = 'failed' AND a.next_retry_at IS NOT NULL"
+        " ORDER BY a.next_retry_at, a.delivery_id LIMIT $2",
+        website_key,
+        limit,
+    )
+    return [dict(r) for r in rows]
+
+
+async def webhook_outcome_counts(conn: Connection, website_key: str) -> dict[str, int]:
+    """How many attempts of each outcome the merchant's webhook has had."""
+    rows = await conn.fetch(
+        "SELECT outcome, count(*) AS n FROM webhook_attempts WHERE website_key = $1"
+        " GROUP BY outcome",
+        website_key,
+    )
+    return {r["outcome"]: r["n"] for r in rows}
 
 
 async def commands_of(

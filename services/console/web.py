@@ -52,9 +52,10 @@ from contracts.invoice import (
     ResolveDispute,
     TriggerNextStep,
     UnpauseInvoice,
+    UpsertScheme,
     WriteOffInvoice,
 )
-from contracts.notifier import RegisterWebhook
+from contracts.notifier import RegisterWebhook, UpsertTemplate
 from contracts.subscription import StopSubscription, SubscriptionStatus
 from services.console import auth, messages, reports, repository, schemes
 from services.console.app import ConsoleSettings
@@ -218,6 +219,16 @@ CASE_ACTIONS: dict[str, CaseAction] = {
         ),
     )
 }
+
+#: The other commands the console sends (forms of their own). With ACTIONS and CASE_ACTIONS
+#: these are what contracts.catalog lets the console write (tests/unit/test_acl_plan.py).
+SENT_COMMANDS: tuple[type[Command], ...] = (
+    CreateCreditNote,
+    UpsertScheme,
+    UpsertTemplate,
+    RegisterWebhook,
+    StopSubscription,
+)
 
 
 def case_actions_for(case: dict[str, Any]) -> list[CaseAction]:
@@ -500,6 +511,7 @@ class Console:
             actions=actions_for(row),
             form_errors=[],
             form={},
+            deliveries=await self._invoice_deliveries(user, row),
         )
 
     async def invoice_live(self, request: Request, user: User, csrf: str) -> Response:
@@ -507,6 +519,25 @@ class Console:
         if row is None:
             return self._not_found(request, user, csrf)
         return self.render(request, "_invoice_live.html", user, csrf, invoice=row)
+
+    async def _invoice_deliveries(self, user: User, row: dict[str, Any]) -> list[dict[str, Any]]:
+        async with self.runtime.pool.acquire() as conn:
+            return await repository.invoice_webhook_attempts(
+                conn, user.website_key, row["invoice_number"]
+            )
+
+    async def invoice_deliveries(self, request: Request, user: User, csrf: str) -> Response:
+        """The invoice page's webhook deliveries part (htmx polls it)."""
+        async with self.runtime.pool.acquire() as conn:
+            row = await repository.invoice(
+                conn, user.website_key, request.path_params["invoice_key"]
+            )
+        if row is None:
+            return self._not_found(request, user, csrf)
+        deliveries = await self._invoice_deliveries(user, row)
+        return self.render(
+            request, "_invoice_deliveries.html", user, csrf, invoice=row, deliveries=deliveries
+        )
 
     def _not_found(self, request: Request, user: User, csrf: str) -> Response:
         return self.render(request, "not_found.html", user, csrf, status_code=404)
@@ -553,6 +584,7 @@ class Console:
                 actions=actions_for(full),
                 form_errors=errors,
                 form=values,
+                deliveries=await self._invoice_deliveries(user, full),
             )
         return RedirectResponse(f"/invoices/{invoice_key}#commands", status_code=303)
 
@@ -767,6 +799,27 @@ class Console:
             sent=sent,
             form=form,
             errors=errors,
+        )
+
+    async def webhook_deliveries(self, request: Request, user: User, csrf: str) -> Response:
+        """The webhook's delivery log: deliveries waiting for a retry (and when), then the
+        recent attempts (`?failed=1`: failed and given up ones only)."""
+        failures_only = request.query_params.get("failed") == "1"
+        async with self.runtime.pool.acquire() as conn:
+            retries = await repository.webhook_retries_due(conn, user.website_key)
+            attempts = await repository.webhook_attempts(
+                conn, user.website_key, failures_only=failures_only
+            )
+            counts = await repository.webhook_outcome_counts(conn, user.website_key)
+        return self.render(
+            request,
+            "webhook_deliveries.html",
+            user,
+            csrf,
+            retries=retries,
+            attempts=attempts,
+            counts=counts,
+            failures_only=failures_only,
         )
 
     async def webhook_register(self, request: Request, user: User, csrf: str) -> Response:
@@ -1229,6 +1282,7 @@ class Console:
             Route("/invoices", self.page(self.invoice_list)),
             Route("/invoices/{invoice_key}", self.page(self.invoice_detail)),
             Route("/invoices/{invoice_key}/live", self.page(self.invoice_live)),
+            Route("/invoices/{invoice_key}/deliveries", self.page(self.invoice_deliveries)),
             Route(
                 "/invoices/{invoice_key}/actions/{action}",
                 self.page(self.invoice_action),
@@ -1241,6 +1295,7 @@ class Console:
             ),
             Route("/webhooks", self.page(self.webhooks), methods=["GET"]),
             Route("/webhooks", self.page(self.webhook_register), methods=["POST"]),
+            Route("/webhooks/deliveries", self.page(self.webhook_deliveries)),
             Route("/templates", self.page(self.template_list), methods=["GET"]),
             Route("/templates", self.page(self.template_save), methods=["POST"]),
             Route("/templates/new", self.page(self.template_form)),

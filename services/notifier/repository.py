@@ -10,6 +10,7 @@ from typing import Any
 from contracts.invoice import Channel
 from services.notifier.templates import Template
 from services.runtime.db import Connection
+from services.runtime.outbox import OutboxMessage, headers_json
 
 
 @dataclass(frozen=True)
@@ -307,16 +308,26 @@ class NotifierRepository:
         return True
 
     async def record_delivered(
-        self, delivered: list[tuple[ClaimedDelivery, int, float | None]]
+        self,
+        delivered: list[tuple[ClaimedDelivery, int, float | None]],
+        events: list[tuple[int, OutboxMessage]] | None = None,
     ) -> set[int]:
         """`record_attempt(status="delivered")` of many claimed deliveries (delivery, HTTP
         status, latency) in one statement; returns the ids recorded (the others' claims
-        are no longer ours: nothing written for them)."""
+        are no longer ours: nothing written for them).
+
+        `events`: one (outbox shard, message) per delivery, in the same order (its
+        WebhookDeliveryAttempted): the same statement writes to the outbox the messages
+        of the deliveries it recorded, and only those, in the batch's order."""
         if not delivered:
             return set()
+        if events is not None and len(events) != len(delivered):
+            raise ValueError("one event per delivery")
+        pairs = events or []
         rows = await self.conn.fetch(
             "WITH u AS (SELECT * FROM unnest($1::bigint[], $2::uuid[], $3::int[], $4::int[],"
-            " $5::float8[]) AS u(id, token, attempt, status_code, latency_ms)),"
+            " $5::float8[]) WITH ORDINALITY AS u(id, token, attempt, status_code, latency_ms,"
+            " n)),"
             " done AS (UPDATE webhook_deliveries d SET status = 'delivered',"
             " attempts = u.attempt, last_status = u.status_code, last_error = NULL,"
             " lease_until = NULL, claim_token = NULL, delivered_at = now(), settled_at = now()"
@@ -325,13 +336,22 @@ class NotifierRepository:
             " logged AS (INSERT INTO webhook_delivery_log (delivery_id, attempt, outcome,"
             " status_code, error, latency_ms) SELECT u.id, u.attempt, 'delivered',"
             " u.status_code, NULL, u.latency_ms FROM u JOIN done ON done.id = u.id"
-            " ORDER BY u.id)"
+            " ORDER BY u.id),"
+            " announced AS (INSERT INTO outbox (shard, topic, key, value, headers)"
+            " SELECT e.s, e.t, e.k, e.v, e.h::jsonb FROM unnest($6::smallint[], $7::text[],"
+            " $8::text[], $9::bytea[], $10::text[]) WITH ORDINALITY AS e(s, t, k, v, h, n)"
+            " JOIN u ON u.n = e.n JOIN done ON done.id = u.id ORDER BY e.n)"
             " SELECT id FROM done",
             [d.id for d, _, _ in delivered],
             [d.claim_token for d, _, _ in delivered],
             [d.attempts + 1 for d, _, _ in delivered],
             [code for _, code, _ in delivered],
             [latency for _, _, latency in delivered],
+            [shard for shard, _ in pairs],
+            [m.topic for _, m in pairs],
+            [m.key for _, m in pairs],
+            [m.value for _, m in pairs],
+            [headers_json(m.headers) for _, m in pairs],
         )
         return {row["id"] for row in rows}
 

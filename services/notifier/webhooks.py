@@ -28,6 +28,12 @@ records are shared by many deliveries, each in one statement).
   only after it committed, as before. After the last
   retry the delivery is given up (`failed`, a `WebhookDeliveryFailed` log entry, a
   metric) and the invoice's next push may go.
+- **Announce**: every recorded attempt becomes a `WebhookDeliveryAttempted` event on
+  `cm.notifier.events` (outcome, status or error code, duration, next retry time; no
+  URL, secret or body), written to the outbox by the statement or transaction that
+  records the attempt: exactly one per recorded attempt, none for a record that lost its
+  claim. A group-committed batch of successes writes its events in the same single
+  statement as its log rows (no extra round trip).
 
 A worker that dies mid-send leaves its deliveries `sending`; when the lease lapses they
 are claimed again and sent again with the same `webhook-id` (at-least-once: receivers
@@ -55,9 +61,9 @@ from standardwebhooks import Webhook
 from yarl import URL
 
 from contracts import topics
-from contracts.catalog import timer_for
+from contracts.catalog import key_for_payload, timer_for
 from contracts.envelope import Message, envelope_class
-from contracts.notifier import RetryWebhookDelivery
+from contracts.notifier import DeliveryOutcome, RetryWebhookDelivery, WebhookDeliveryAttempted
 from services.notifier.limits import NotifierLimits, error_code, header_value
 from services.notifier.metrics import GIVE_UPS, RETRIES, WEBHOOK
 from services.notifier.netguard import TargetNotAllowed, TargetPolicy, guarded_connector
@@ -65,7 +71,7 @@ from services.notifier.repository import ClaimedDelivery, NotifierRepository
 from services.notifier.secrets import SecretBox, SecretUnreadable
 from services.runtime.app import Runtime
 from services.runtime.logs import get_logger
-from services.runtime.outbox import OutboxMessage
+from services.runtime.outbox import OutboxMessage, shard_of
 
 log = get_logger(__name__)
 
@@ -100,6 +106,8 @@ RELEASED = Counter(
 #: Namespace of the ids of retry messages: one id per (delivery, attempt), so a repeated
 #: failure record cannot schedule two different retries.
 _RETRY_IDS = uuid.UUID("8d7c3f0e-4b1a-4c55-9a0e-5b2f4f3c9e11")
+#: Namespace of the ids of WebhookDeliveryAttempted events: one id per (delivery, attempt).
+_ATTEMPT_IDS = uuid.UUID("3f1b6a52-9c4e-4d0b-8e7a-2a6d5c1f7b90")
 
 
 @dataclass(frozen=True)
@@ -296,7 +304,7 @@ def _envelope_json(
 def retry_timer(delivery: ClaimedDelivery, failed_attempt: int, prefix: str) -> OutboxMessage:
     """The ScheduleTimer that brings the delivery back after its backoff (business time:
     the delivery's last pending time plus the delay)."""
-    due_at = delivery.business_time + RETRY_DELAYS[failed_attempt - 1]
+    due_at = retry_due_at(delivery, failed_attempt)
     timer_id = f"webhook:{delivery.id}"
     retry = _envelope_json(
         RetryWebhookDelivery(
@@ -320,6 +328,48 @@ def retry_timer(delivery: ClaimedDelivery, failed_attempt: int, prefix: str) -> 
         message_id=uuid.uuid5(_RETRY_IDS, f"{delivery.id}:{failed_attempt + 1}:timer"),
     )
     return OutboxMessage(f"{prefix}{topics.SCHEDULER_COMMANDS}", timer_id, schedule.to_json())
+
+
+def retry_due_at(delivery: ClaimedDelivery, failed_attempt: int) -> datetime:
+    """When the retry after `failed_attempt` is due (business time: the delivery's last
+    pending time plus the delay)."""
+    return delivery.business_time + RETRY_DELAYS[failed_attempt - 1]
+
+
+def attempt_event(
+    delivery: ClaimedDelivery,
+    result: PostResult,
+    *,
+    outcome: DeliveryOutcome,
+    error: str | None,
+    next_retry_at: datetime | None,
+    prefix: str,
+) -> OutboxMessage:
+    """The WebhookDeliveryAttempted of one attempt of `delivery` (keyed by its invoice;
+    its id is fixed per delivery and attempt)."""
+    attempt = delivery.attempts + 1
+    event = WebhookDeliveryAttempted.model_construct(
+        invoice_number=delivery.invoice_number,
+        delivery_id=str(delivery.id),
+        push_message_id=delivery.push_message_id,
+        attempt=attempt,
+        outcome=outcome,
+        status_code=result.status_code,
+        error=error,
+        duration_ms=None if result.latency_ms is None else round(result.latency_ms),
+        attempted_at=datetime.now(UTC),
+        next_retry_at=next_retry_at,
+    )
+    envelope = _envelope_json(
+        event,
+        website_key=delivery.website_key,
+        occurred_at=delivery.business_time,
+        correlation_id=delivery.correlation_id,
+        causation_id=delivery.push_message_id,
+        message_id=uuid.uuid5(_ATTEMPT_IDS, f"{delivery.id}:{attempt}"),
+    )
+    key = key_for_payload(event, delivery.website_key)
+    return OutboxMessage(f"{prefix}{topics.NOTIFIER_EVENTS}", key, envelope.to_json())
 
 
 @dataclass
@@ -475,10 +525,19 @@ class WebhookDispatcher:
             return
         error = result.error or f"http_{result.status_code}"
         gave_up = attempt > len(RETRY_DELAYS)
+        prefix = self.runtime.topics.prefix
         try:
-            retry = None if gave_up else retry_timer(delivery, attempt, self.runtime.topics.prefix)
+            retry = None if gave_up else retry_timer(delivery, attempt, prefix)
         except Exception as failure:  # e.g. a business time at the end of the calendar
             error, gave_up, retry = f"{error};retry_{error_code(failure)}", True, None
+        event = attempt_event(
+            delivery,
+            result,
+            outcome=DeliveryOutcome.GIVEN_UP if gave_up else DeliveryOutcome.FAILED,
+            error=error,
+            next_retry_at=None if retry is None else retry_due_at(delivery, attempt),
+            prefix=prefix,
+        )
         async with self.runtime.unit_of_work() as work:
             recorded = await NotifierRepository(work.conn).record_attempt(
                 delivery,
@@ -488,8 +547,10 @@ class WebhookDispatcher:
                 latency_ms=result.latency_ms,
                 gave_up=gave_up,
             )
-            if recorded and retry is not None:
-                work.outbox.append(retry)
+            if recorded:
+                work.outbox.append(event)
+                if retry is not None:
+                    work.outbox.append(retry)
         ATTEMPTS.labels("failed").inc()
         if not recorded:
             log.warning("delivery failed after its claim lapsed", error=error, **context)
@@ -513,13 +574,29 @@ class WebhookDispatcher:
         return await future
 
     async def _record_delivered(self) -> None:
+        prefix = self.runtime.topics.prefix
+        shards = self.runtime.settings.relay_shards
         while self._delivered:
             batch, self._delivered = self._delivered, []
             try:
+                events = [
+                    attempt_event(
+                        d,
+                        r,
+                        outcome=DeliveryOutcome.DELIVERED,
+                        error=None,
+                        next_retry_at=None,
+                        prefix=prefix,
+                    )
+                    for d, r, _ in batch
+                ]
                 async with self.runtime.pool.acquire() as conn, conn.transaction():
                     recorded = await NotifierRepository(conn).record_delivered(
-                        [(d, r.status_code or 0, r.latency_ms) for d, r, _ in batch]
+                        [(d, r.status_code or 0, r.latency_ms) for d, r, _ in batch],
+                        [(shard_of(e.key, shards), e) for e in events],
                     )
+                if recorded and self.runtime.relay is not None:
+                    self.runtime.relay.wake()
             except Exception as error:  # each delivery's task logs it; their leases lapse
                 for _, _, future in batch:
                     if not future.done():

@@ -113,7 +113,8 @@ def check_sizes(messages: Sequence[OutboxMessage], max_bytes: int) -> None:
 
 
 @functools.lru_cache(maxsize=256)
-def _headers_json(headers: tuple[tuple[str, str], ...]) -> str:
+def headers_json(headers: tuple[tuple[str, str], ...]) -> str:
+    """The outbox row's `headers` (jsonb, as text) of a message's headers."""
     return json.dumps(headers)
 
 
@@ -146,7 +147,7 @@ async def enqueue(
         [m.topic for m in messages],
         [m.key for m in messages],
         [m.value for m in messages],
-        [_headers_json(m.headers) for m in messages],
+        [headers_json(m.headers) for m in messages],
     )
 
 

@@ -3,7 +3,10 @@ the scheduler's manual clock, given up after the last retry."""
 
 from __future__ import annotations
 
+import json
+import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -13,7 +16,10 @@ from prometheus_client import REGISTRY
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
+from contracts import topics
+from contracts.notifier import DeliveryOutcome
 from services.notifier import webhooks
+from services.notifier.repository import NotifierRepository
 from tests.support.invoices import InvoiceClient, invoice_payload
 from tests.support.kafka import at_least, poll_until
 from tests.support.notifier import HttpSink, Request, new_secret, notifier_command
@@ -280,3 +286,61 @@ async def test_retries_and_give_ups_are_counted_for_the_webhook_channel(
 
     await poll_until(given_up, what="the give-up counted")
     assert counted("cm_notifier_retries_total") == retries + 1
+
+
+async def test_a_group_of_deliveries_announces_only_those_it_recorded(cm: Platform) -> None:
+    """The group commit's one statement writes a WebhookDeliveryAttempted to the outbox for
+    each delivery it recorded, and none for one whose claim is no longer ours. Checked
+    inside a transaction that is rolled back (the running workers never see its rows)."""
+    website_key = f"shop-{uuid.uuid4().hex[:8]}"
+    at = datetime(2027, 3, 1, 9, tzinfo=UTC)
+    rows = [
+        (website_key, "G-1", 1, uuid.uuid4(), uuid.uuid4(), b"{}", at),
+        (website_key, "G-2", 1, uuid.uuid4(), uuid.uuid4(), b"{}", at),
+    ]
+    topic = cm.prefix + topics.NOTIFIER_EVENTS
+    async with cm.notifier_pool.acquire() as conn:
+        transaction = conn.transaction()
+        await transaction.start()
+        try:
+            repo = NotifierRepository(conn)
+            await repo.upsert_webhook(website_key, "https://shop.example/hook", new_secret(), True)
+            await repo.add_deliveries(rows)
+            claimed = [
+                d
+                for d in await repo.claim_deliveries(
+                    100, per_merchant=10, skip_merchants=[], lease_s=60.0
+                )
+                if d.website_key == website_key
+            ]
+            assert [d.invoice_number for d in claimed] == ["G-1", "G-2"]
+            ours, lapsed = claimed[0], replace(claimed[1], claim_token=uuid.uuid4())
+            result = webhooks.PostResult(200, None, 1.5)
+            events = [
+                webhooks.attempt_event(
+                    d,
+                    result,
+                    outcome=DeliveryOutcome.DELIVERED,
+                    error=None,
+                    next_retry_at=None,
+                    prefix=cm.prefix,
+                )
+                for d in (ours, lapsed)
+            ]
+            recorded = await repo.record_delivered(
+                [(ours, 200, 1.5), (lapsed, 200, 1.5)], [(0, e) for e in events]
+            )
+            assert recorded == {ours.id}
+            outbox = await conn.fetch(
+                "SELECT key, value FROM outbox WHERE topic = $1 AND key LIKE $2",
+                topic,
+                f"{website_key}:%",
+            )
+        finally:
+            await transaction.rollback()
+    assert [r["key"] for r in outbox] == [f"{website_key}:G-1"]
+    body = json.loads(outbox[0]["value"])
+    assert body["type"] == "WebhookDeliveryAttempted"
+    assert body["payload"]["delivery_id"] == str(ours.id)
+    assert body["payload"]["outcome"] == "delivered"
+    assert body["payload"]["attempt"] == 1 and body["payload"]["status_code"] == 200

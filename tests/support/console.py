@@ -22,6 +22,7 @@ from services.runtime.app import Service
 from tests.support.invoices import InvoiceClient, invoice_payload
 from tests.support.kafka import poll_until
 from tests.support.net import free_port
+from tests.support.notifier import new_secret, notifier_command
 from tests.support.platform import Platform, platform
 from tests.support.services import make_settings
 
@@ -100,12 +101,29 @@ class ConsoleStack:
 
         return await poll_until(check, what=f"console row of {number} with {expected}")
 
+    async def webhook_attempts(self, website_key: str, count: int) -> list[dict[str, Any]]:
+        """The merchant's webhook delivery attempts in the read model (by attempt), once
+        there are at least `count`."""
+
+        async def found() -> list[dict[str, Any]] | None:
+            async with self.pool.acquire() as conn:
+                rows = await conn.fetch(
+                    f'SELECT * FROM "{self.schema}".webhook_attempts WHERE website_key = $1'
+                    " ORDER BY attempt, delivery_id",
+                    website_key,
+                )
+            return [dict(r) for r in rows] if len(rows) >= count else None
+
+        return await poll_until(found, what=f"{count} webhook attempts in the console")
+
 
 @contextlib.asynccontextmanager
 async def console_stack(
-    kafka_bootstrap: str, database_url: str, *services: str
+    kafka_bootstrap: str, database_url: str, *services: str, **settings: Any
 ) -> AsyncIterator[ConsoleStack]:
-    async with platform(kafka_bootstrap, database_url, "invoice", *services) as cm:
+    """The console next to the invoice service and the `services` (with the platform's
+    `settings`, e.g. the notifier's webhook timeout)."""
+    async with platform(kafka_bootstrap, database_url, "invoice", *services, **settings) as cm:
         schema = f"console_{cm.prefix.strip('.')}"
         web, service = build_console(
             make_settings(kafka_bootstrap, database_url, cm.prefix),
@@ -170,6 +188,20 @@ AGING_PLAN = [  # number, due date, amount, currency
     ("AG-10", "2026-11-20", "90.09", "EUR"),  # a test invoice: left out
     ("AG-11", "2026-11-20", "99.99", "EUR"),  # paid in part: 49.99 open
 ]
+
+
+async def register_webhook(stack: ConsoleStack, merchant: InvoiceClient, url: str) -> None:
+    """Register `url` as the merchant's webhook (RegisterWebhook, as its own systems would)
+    and wait for it to be accepted."""
+    command_id = await notifier_command(
+        stack.cm.bootstrap,
+        stack.cm.prefix,
+        "RegisterWebhook",
+        {"url": url, "secret": new_secret()},
+        website_key=merchant.website_key,
+        key=f"{merchant.website_key}:webhook",
+    )
+    assert (await merchant.answer(command_id))["type"] == "CommandAccepted"
 
 
 async def create(inv: InvoiceClient, number: str, **overrides: Any) -> None:

@@ -65,7 +65,7 @@ def test_every_platform_user_has_its_own_password_variable() -> None:
     assert len(set(variables)) == len(variables)
     assert all(v.startswith("KAFKA_PASSWORD_") for v in variables)
     assert {p.user for p in acl.principals() if p.required} == {
-        f"cm-{service}" for service in catalog.SERVICES
+        f"cm-{service}" for service in catalog.RUNTIME_SERVICES
     }
 
 
@@ -90,7 +90,8 @@ def test_external_principals_get_only_literal_catalog_topics_or_their_own_prefix
 
 
 def test_no_external_principal_may_join_a_platform_consumer_group() -> None:
-    groups = [f"cm.{service}.commands" for service in catalog.SERVICES] + ["cm.operator.x"]
+    groups = [f"cm.{service}.commands" for service in catalog.RUNTIME_SERVICES]
+    groups += ["cm.console.invoice-events", "cm.operator.x"]
     for outsider in external_principals():
         for group in groups:
             assert not outsider.may("Read", "group", group), (outsider.user, group)
@@ -185,14 +186,14 @@ def test_the_merchant_feed_writer_reads_or_writes_every_feed_source() -> None:
         assert writer.may("Read", "topic", source) or writer.may("Write", "topic", source), source
 
 
-@pytest.mark.parametrize("service", catalog.SERVICES)
+@pytest.mark.parametrize("service", catalog.RUNTIME_SERVICES)
 def test_each_service_sees_every_topic_so_it_creates_none(service: str) -> None:
     # ensure_topics (services/runtime/app.py) creates what it cannot see.
     for name in ALL_TOPICS:
         assert principal(service).may("Describe", "topic", name), name
 
 
-@pytest.mark.parametrize("service", catalog.SERVICES)
+@pytest.mark.parametrize("service", catalog.RUNTIME_SERVICES)
 def test_each_service_may_use_the_consumer_groups_it_really_joins(service: str) -> None:
     definition = importlib.import_module(f"services.{service}.app").definition()
     built = build_service(definition, Settings())
@@ -205,6 +206,39 @@ def test_each_service_may_use_the_consumer_groups_it_really_joins(service: str) 
         for topic in subscriber.topics:
             name = getattr(topic, "name", topic)
             assert principal(service).may("Read", "topic", name), name
+
+
+def test_the_console_writes_only_the_commands_it_sends_and_dead_letters() -> None:
+    from services.console import web  # noqa: PLC0415
+
+    console = principal(catalog.CONSOLE)
+    writes = {g.name for g in console.grants if g.operation == "Write"}
+    assert writes == {
+        catalog.t.INVOICE_COMMANDS,
+        catalog.t.NOTIFIER_COMMANDS,
+        catalog.t.SUBSCRIPTION_COMMANDS,
+        catalog.t.COLLECTION_COMMANDS,
+        catalog.t.DLQ,  # the runtime dead-letters what its consumers cannot parse
+    }
+    assert all(g.pattern == "literal" for g in console.grants if g.resource == "topic")
+    sent = {
+        *(a.command for a in web.ACTIONS.values()),
+        *(a.command for a in web.CASE_ACTIONS.values()),
+        *web.SENT_COMMANDS,
+    }
+    for command in sent:
+        topic = catalog.topic_for_type(command.TYPE)
+        assert command in catalog.TOPICS[topic].producers[catalog.CONSOLE], command.TYPE
+        assert console.may("Write", "topic", topic), topic
+    # It reads no command topic and no platform-internal one.
+    reads = {g.name for g in console.grants if g.resource == "topic" and g.operation == "Read"}
+    assert reads == {
+        catalog.t.INVOICE_EVENTS,
+        catalog.t.SUBSCRIPTION_EVENTS,
+        catalog.t.COLLECTION_EVENTS,
+        catalog.t.NOTIFIER_EVENTS,
+        catalog.t.COMMAND_RESULTS,
+    }
 
 
 def test_the_agency_sim_fits_the_agency_adapters_principal() -> None:

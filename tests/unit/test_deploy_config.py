@@ -190,7 +190,7 @@ def test_one_message_size_limit_for_broker_and_services() -> None:
     limit = Settings().kafka_max_message_bytes
     assert int(BROKER["message.max.bytes"]) == limit
     assert int(BROKER["replica.fetch.max.bytes"]) >= limit
-    for service in catalog.SERVICES:
+    for service in catalog.RUNTIME_SERVICES:
         assert int(environment(service)["KAFKA_MAX_MESSAGE_BYTES"]) == limit
     assert "max.message.bytes" not in (KAFKA_DIR / "init.sh").read_text()  # topics inherit it
 
@@ -205,7 +205,7 @@ def test_the_broker_runs_our_start_script_with_its_secrets_from_the_environment(
     assert "--command-config" in " ".join(kafka["healthcheck"]["test"])
 
 
-@pytest.mark.parametrize("service", catalog.SERVICES)
+@pytest.mark.parametrize("service", catalog.RUNTIME_SERVICES)
 def test_each_service_logs_in_as_its_own_principal(service: str) -> None:
     spec = SERVICES[service]
     assert spec["command"] == [f"services.{service}"]
@@ -228,7 +228,7 @@ def test_each_service_logs_in_as_its_own_principal(service: str) -> None:
 
 
 def test_no_two_services_share_a_user() -> None:
-    users = [environment(service)["KAFKA_SASL_USERNAME"] for service in catalog.SERVICES]
+    users = [environment(service)["KAFKA_SASL_USERNAME"] for service in catalog.RUNTIME_SERVICES]
     assert len(set(users)) == len(users)
 
 
@@ -242,7 +242,7 @@ def test_the_init_step_runs_before_every_service_and_after_the_broker() -> None:
     assert "./kafka:/cm/kafka:ro" in init["volumes"]
     assert init["depends_on"]["kafka"]["condition"] == "service_healthy"
     assert init["image"] == SERVICES["kafka"]["image"]  # Kafka's own tools, same version
-    for service in catalog.SERVICES:
+    for service in catalog.RUNTIME_SERVICES:
         condition = SERVICES[service]["depends_on"]["kafka-init"]["condition"]
         assert condition == "service_completed_successfully", service
     init_script = (KAFKA_DIR / "init.sh").read_text()
@@ -316,7 +316,7 @@ def test_the_init_step_applies_exactly_the_committed_plan(tmp_path: Path) -> Non
     created = {c[c.index("--topic") + 1] for c in calls if "--create" in c}
     assert created == {"pre-" + name for name in catalog.TOPICS} - {"pre-cm.dlq"}  # dlq exists
     users = {c[c.index("--entity-name") + 1] for c in calls if c[0] == "kafka-configs.sh"}
-    assert users == {f"cm-{s}" for s in catalog.SERVICES} | {"cm-operator"}
+    assert users == {f"cm-{s}" for s in catalog.RUNTIME_SERVICES} | {"cm-operator"}
     for call in calls:
         assert call[1:5] == ["--bootstrap-server", "kafka:19092", "--command-config", call[4]]
 
@@ -568,7 +568,7 @@ def test_the_clusters_quorum_is_its_three_brokers() -> None:
 def test_with_three_brokers_every_topic_gets_three_replicas_and_two_in_sync() -> None:
     services_ = CLUSTERED["services"]
     bootstrap = ",".join(f"{b}:19092" for b in BROKERS)
-    for name in ["kafka-init", *catalog.SERVICES]:
+    for name in ["kafka-init", *catalog.RUNTIME_SERVICES]:
         env = services_[name]["environment"]
         assert env["KAFKA_BOOTSTRAP_SERVERS"] == bootstrap, name
         assert env["KAFKA_REPLICATION_FACTOR"] == "3", name

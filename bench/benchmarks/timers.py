@@ -38,7 +38,7 @@ from bench.infra import drop_run
 from bench.inprocess import schema_of
 from bench.kafka import PARTITIONS
 from bench.loadcore import TopicReader
-from bench.procs import ServiceProcess
+from bench.procs import InfraCpu, ServiceProcess
 from bench.registry import BenchContext, Options, benchmark, logger
 from bench.stats import per_s, summary
 from contracts import topics
@@ -155,6 +155,7 @@ async def _scheduler_run(
     await scheduler.wait_healthy()
     meter = CostMeter()
     meter.add("scheduler", scheduler.pid)
+    infra = InfraCpu()
     reader = Reader(ctx.bootstrap_servers, prefix + TARGET)
     try:
         await reader.start()
@@ -176,6 +177,7 @@ async def _scheduler_run(
         complete = await reader.wait_for(n, timeout=max(120.0, n / 2000))
     finally:
         await meter.stop()
+        infra.stop()
         await reader.stop()
         scheduler.stop()
     arrivals = reader.arrivals
@@ -211,6 +213,8 @@ async def _scheduler_run(
         "lag_due_to_kafka": summary(lags),
         # Per timer fired (a message and its TimerFired published), from its start.
         "cost": meter.figures(n),
+        # The broker (this process's reader included) and PostgreSQL, same window.
+        "infra_cpu": infra.figures(n),
     }
 
 
@@ -218,7 +222,7 @@ async def drain(ctx: BenchContext) -> dict[str, Any]:
     n = ctx.args.timers_n
     result = await _scheduler_run(ctx, "td", n, lambda start: [start] * n)
     _log(f"drain: {result['fired_per_s']} timers/s, lag {result['lag_due_to_kafka']}")
-    _log(f"drain: {cost_line(result['cost'])}")
+    _log(f"drain: {cost_line(result['cost'])}; infra {result['infra_cpu']}")
     return result
 
 
@@ -274,6 +278,7 @@ async def pgqueuer_run(ctx: BenchContext) -> dict[str, Any]:
 
         meter = CostMeter()
         meter.add("pgqueuer worker (in-process)")
+        infra = InfraCpu()
         started = time.time()
         await manager.run(
             batch_size=batch_size,
@@ -282,6 +287,7 @@ async def pgqueuer_run(ctx: BenchContext) -> dict[str, Any]:
         )
         finished = time.time()
         await meter.stop()
+        infra.stop()
     finally:
         await worker.close()
     left = await drop_run(ctx, schema, {"jobs_left": "SELECT count(*) FROM {schema}.pgqueuer"})
@@ -297,9 +303,10 @@ async def pgqueuer_run(ctx: BenchContext) -> dict[str, Any]:
         "run_seconds": round(finished - started, 3),
         "lag_start_to_handled": summary([t - started for t in done]),
         "cost": meter.figures(n),
+        "infra_cpu": infra.figures(n),
     }
     _log(f"pgqueuer: {result['jobs_per_s']} jobs/s")
-    _log(f"pgqueuer: {cost_line(result['cost'])}")
+    _log(f"pgqueuer: {cost_line(result['cost'])}; infra {result['infra_cpu']}")
     return result
 
 

@@ -54,6 +54,8 @@ class UnitOfWork:
 
     conn: Connection
     outbox: list[OutboxMessage] = field(default_factory=list)
+    #: Set when the work inserted outbox rows itself (SQL): the relay is woken too.
+    enqueued: bool = False
 
 
 @dataclass
@@ -75,7 +77,7 @@ class Runtime:
             work = UnitOfWork(conn)
             yield work
             await enqueue(conn, work.outbox, self.settings.relay_shards)
-        if work.outbox and self.relay is not None:
+        if (work.outbox or work.enqueued) and self.relay is not None:
             self.relay.wake()
 
 

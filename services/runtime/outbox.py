@@ -70,6 +70,10 @@ REFUSED_FOR_GOOD: tuple[type[Exception], ...] = (
 )
 
 
+#: The headers of a JSON message (every platform message).
+JSON_HEADERS: tuple[tuple[str, str], ...] = (("content-type", "application/json"),)
+
+
 @dataclass(frozen=True)
 class OutboxMessage:
     """One message to publish after commit."""
@@ -77,7 +81,7 @@ class OutboxMessage:
     topic: str
     key: str | None
     value: bytes
-    headers: tuple[tuple[str, str], ...] = (("content-type", "application/json"),)
+    headers: tuple[tuple[str, str], ...] = JSON_HEADERS
 
     @property
     def size(self) -> int:
@@ -113,7 +117,8 @@ def check_sizes(messages: Sequence[OutboxMessage], max_bytes: int) -> None:
 
 
 @functools.lru_cache(maxsize=256)
-def _headers_json(headers: tuple[tuple[str, str], ...]) -> str:
+def headers_json(headers: tuple[tuple[str, str], ...]) -> str:
+    """The `headers` column's text of a message's headers (as `enqueue` writes it)."""
     return json.dumps(headers)
 
 
@@ -146,7 +151,7 @@ async def enqueue(
         [m.topic for m in messages],
         [m.key for m in messages],
         [m.value for m in messages],
-        [_headers_json(m.headers) for m in messages],
+        [headers_json(m.headers) for m in messages],
     )
 
 

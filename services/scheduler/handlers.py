@@ -2,8 +2,9 @@
 
 A timer fires by enqueueing, in the transaction that deletes it, its message (to the
 prefixed topic, with its key, `occurred_at` = `due_at`, everything else as given) and a
-`TimerFired` event: the firing SQL inserts them into the outbox itself (repository.py),
-so a handler that fires timers enqueues them before its own messages. The clock is the
+`TimersFired` event per merchant and batch: the firing SQL inserts them into the outbox
+itself (repository.py), so a handler that fires timers enqueues them before its own
+messages. The clock is the
 wall clock (`CM_CLOCK=system`: a background task fires what is due, see app.py) or the
 manual clock row moved by `Tick` (`CM_CLOCK=manual`). With the manual clock every
 ScheduleTimer and CancelTimer takes a share lock on the clock row and a Tick updates it,
@@ -34,7 +35,7 @@ from contracts.topics import ALL_TOPICS, PUSH_INVOICE, TopicNames
 from services.runtime.consumer import HandlerContext, InfrastructureError
 from services.runtime.db import Connection
 from services.runtime.outbox import JSON_HEADERS, headers_json
-from services.scheduler.repository import Claimed, Outbox, Timer, TimerRepository
+from services.scheduler.repository import Outbox, Timer, TimerRepository
 
 TIMERS_FIRED = Counter("cm_scheduler_timers_fired_total", "Timers fired")
 FIRE_LAG_SECONDS = Histogram(
@@ -86,10 +87,10 @@ def outbox_of(topic_names: TopicNames, shards: int) -> Outbox:
     )
 
 
-def _observe(fired: list[Claimed], fired_at: datetime) -> None:
-    for timer in fired:
-        FIRE_LAG_SECONDS.observe(max(0.0, (fired_at - timer.due_at).total_seconds()))
-    TIMERS_FIRED.inc(len(fired))
+def _observe(due_times: list[datetime], fired_at: datetime) -> None:
+    for due_at in due_times:
+        FIRE_LAG_SECONDS.observe(max(0.0, (fired_at - due_at).total_seconds()))
+    TIMERS_FIRED.inc(len(due_times))
 
 
 async def fire_batch(
@@ -136,7 +137,7 @@ class Handlers:
         if cmd.due_at <= now:
             # Due already: fire at once (replacing any earlier timer of that id).
             await repo.fire_now(timer, self._outbox(ctx), iso(now), ctx.envelope.message_id)
-            _observe([Claimed(timer.website_key, timer.timer_id, timer.key, cmd.due_at)], now)
+            _observe([cmd.due_at], now)
         else:
             await repo.upsert(timer)
         ctx.accept(timer_id=cmd.timer_id)

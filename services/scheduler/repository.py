@@ -3,8 +3,8 @@
 Firing is two statements in one transaction: claim the next due timers in due order
 (`FOR UPDATE SKIP LOCKED`, so replicas firing at the same time never take the same
 timer; only their keys and due times come back), then delete them and insert their
-messages (`occurred_at` replaced by `due_at`) and TimerFired events straight into the
-outbox, with the shards the caller computed from the keys (the runtime's hash, so a key
+messages (`occurred_at` replaced by `due_at`) and a TimersFired per merchant straight
+into the outbox, with the shards the caller computed from the keys (the runtime's hash, so a key
 keeps one shard whoever enqueues it). The bodies never travel to Python and back. A
 timer scheduled when it is due already goes through the same SQL (`FIRE_NOW`).
 """
@@ -15,6 +15,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
+from contracts.scheduler import MAX_TIMERS_PER_EVENT
 from services.runtime.db import Connection
 from services.runtime.outbox import shard_of
 
@@ -25,44 +26,52 @@ _ISO = """(to_char({col} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS')
     || '+00:00')"""
 
 
-def _fired(fired_at: str, causation_id: str) -> str:
-    """What a fired timer becomes, from its row `t` (with `due_iso`): its message with
-    `occurred_at` = `due_at` (`body`) and its TimerFired envelope (`event`, `fired_at`
-    text, causation id or NULL), both built in the database. The message was validated
-    as an envelope when it was scheduled. The one place a TimerFired is written."""
-    return f"""jsonb_set(t.message, '{{occurred_at}}', to_jsonb(t.due_iso))::text AS body,
-    jsonb_build_object(
-        'message_id', gen_random_uuid(),
-        'type', 'TimerFired',
-        'website_key', t.website_key,
-        'occurred_at', t.due_iso,
-        'correlation_id', coalesce(t.message ->> 'correlation_id', t.message ->> 'message_id'),
-        'causation_id', {causation_id}::uuid,
-        'payload', jsonb_build_object(
-            'timer_id', t.timer_id, 'due_at', t.due_iso, 'fired_at', {fired_at}::text,
-            'topic', t.topic
-        )
-    )::text AS event"""
-
-
 def _enqueue(fired: str, fired_at: str, causation_id: str, names: str) -> str:
     """The rest of a WITH that has the fired timers in `fired` (the timer's columns,
-    `due_iso`, `shard`, `event_shard` and their order `n`): insert each timer's message
-    then its TimerFired into the outbox, in `n` order. The bodies never leave the
-    database. `names` is the `$` of a text[]: prefix, events topic, headers JSON."""
-    return f""", built AS (
-    SELECT t.n, t.shard, t.event_shard, t.topic, t.key, t.timer_id,
-        {_fired(fired_at, causation_id)}
+    `due_iso`, `shard`, `event_shard` and their order `n`): insert into the outbox each
+    timer's message, with `occurred_at` = `due_at`, in `n` order, then one TimersFired per
+    merchant and `MAX_TIMERS_PER_EVENT` timers (`fired_at` text, causation id or NULL),
+    both built here: the bodies never leave the database. The message was validated as an
+    envelope when it was scheduled. `names` is the `$` of a text[]: prefix, events topic,
+    headers JSON. The one place a TimersFired is written."""
+    names_at = f"({names}::text[])"
+    return f""", chunked AS (
+    SELECT t.*,
+        (row_number() OVER (PARTITION BY t.website_key ORDER BY t.n) - 1)
+            / {MAX_TIMERS_PER_EVENT} AS chunk
     FROM {fired} t
+), events AS (
+    SELECT min(n) AS n, min(event_shard) AS shard, website_key, jsonb_build_object(
+        'message_id', gen_random_uuid(),
+        'type', 'TimersFired',
+        'website_key', website_key,
+        'occurred_at', {fired_at}::text,
+        'correlation_id', NULL,
+        'causation_id', {causation_id}::uuid,
+        'payload', jsonb_build_object(
+            'fired_at', {fired_at}::text,
+            'timers', jsonb_agg(jsonb_build_object(
+                'timer_id', timer_id,
+                'due_at', due_iso,
+                'topic', topic,
+                'message_id', message ->> 'message_id',
+                'correlation_id', coalesce(message ->> 'correlation_id', message ->> 'message_id')
+            ) ORDER BY n)
+        )
+    )::text AS value
+    FROM chunked
+    GROUP BY website_key, chunk
 )
 INSERT INTO outbox (shard, topic, key, value, headers)
-SELECT o.shard, o.topic, o.key, convert_to(o.value, 'UTF8'), ({names}::text[])[3]::jsonb
+SELECT o.shard, o.topic, o.key, convert_to(o.value, 'UTF8'), {names_at}[3]::jsonb
 FROM (
-    SELECT n, 0 AS part, shard, ({names}::text[])[1] || topic AS topic, key, body AS value FROM built
+    SELECT 0 AS part, n, shard, {names_at}[1] || topic AS topic, key,
+        jsonb_set(message, '{{occurred_at}}', to_jsonb(due_iso))::text AS value
+    FROM {fired}
     UNION ALL
-    SELECT n, 1, event_shard, ({names}::text[])[2], timer_id, event FROM built
+    SELECT 1, n, shard, {names_at}[2], website_key, value FROM events
 ) o
-ORDER BY o.n, o.part"""
+ORDER BY o.part, o.n"""
 
 
 #: The timers due by $1 in due order (then id: a stable order for equal due times), at
@@ -77,8 +86,8 @@ LIMIT $2
 FOR UPDATE SKIP LOCKED
 """
 
-#: Delete the claimed timers ($1 website keys, $2 timer ids, $3 message shards, $4 event
-#: shards, in due order) and enqueue their messages ($5 names as in `_enqueue`, $6 =
+#: Delete the claimed timers ($1 website keys, $2 timer ids, $3 message shards, $4 their
+#: TimersFired's shards, in due order) and enqueue their messages ($5 names as in `_enqueue`, $6 =
 #: fired_at text, $7 = causation id).
 FIRE = f"""
 WITH due AS (
@@ -129,16 +138,6 @@ class Timer:
             self.key,
             self.message_json,
         )
-
-
-@dataclass(frozen=True)
-class Claimed:
-    """A due timer claimed (locked) for firing."""
-
-    website_key: str
-    timer_id: str
-    key: str
-    due_at: datetime
 
 
 @dataclass(frozen=True)
@@ -196,12 +195,12 @@ class TimerRepository:
         self, timer: Timer, outbox: Outbox, fired_at: str, causation_id: uuid.UUID | None
     ) -> None:
         """Fire a timer that is due already, replacing any earlier one of its id: its
-        message and TimerFired go into the outbox."""
+        message and a TimersFired of it go into the outbox."""
         await self.conn.execute(
             FIRE_NOW,
             *timer.row(),
             shard_of(timer.key, outbox.shards),
-            shard_of(timer.timer_id, outbox.shards),
+            shard_of(timer.website_key, outbox.shards),
             outbox.names(),
             fired_at,
             causation_id,
@@ -214,22 +213,26 @@ class TimerRepository:
         outbox: Outbox,
         fired_at: str,
         causation_id: uuid.UUID | None,
-    ) -> list[Claimed]:
-        """Delete up to `limit` timers due at or before `now` and enqueue their messages,
-        in due order; the timers fired."""
+    ) -> list[datetime]:
+        """Delete up to `limit` timers due at or before `now` and enqueue their messages
+        (in due order) and TimersFired events; the due times of the timers fired."""
         rows = await self.conn.fetch(CLAIM, now, limit)
         if not rows:
             return []
-        claimed = [Claimed(*row) for row in rows]
         shards = outbox.shards
+        merchant_shards: dict[str, int] = {}
+        websites = [row[0] for row in rows]
+        for website_key in websites:
+            if website_key not in merchant_shards:
+                merchant_shards[website_key] = shard_of(website_key, shards)
         await self.conn.execute(
             FIRE,
-            [c.website_key for c in claimed],
-            [c.timer_id for c in claimed],
-            [shard_of(c.key, shards) for c in claimed],
-            [shard_of(c.timer_id, shards) for c in claimed],
+            websites,
+            [row[1] for row in rows],
+            [shard_of(row[2], shards) for row in rows],
+            [merchant_shards[w] for w in websites],
             outbox.names(),
             fired_at,
             causation_id,
         )
-        return claimed
+        return [row[3] for row in rows]

@@ -319,6 +319,7 @@ def _register_consumer(
         group_id=topics(f"cm.{service}.{spec.name}"),  # environments on one cluster stay apart
         batch=True,
         max_records=settings.kafka_max_records,
+        max_partition_fetch_bytes=settings.kafka_max_partition_fetch_bytes,
         batch_timeout_ms=settings.kafka_fetch_max_wait_ms,
         fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
         session_timeout_ms=settings.kafka_session_timeout_ms,

@@ -208,3 +208,46 @@ def embedded_pids() -> dict[str, int]:
     except (FileNotFoundError, ValueError):
         return {}
     return {str(p["name"]): int(p["pid"]) for p in content.get("processes", [])}
+
+
+class InfraCpu:
+    """CPU of the embedded broker and PostgreSQL (postmaster + live backends) over a
+    window, per message: what a run costs the shared infrastructure, which `cost` (the
+    services' own processes) leaves out. Empty on external infrastructure. A backend that
+    exits inside the window takes its CPU along: stop before the service closes its pool.
+    """
+
+    def __init__(self) -> None:
+        pids = embedded_pids()
+        broker = [p for p in psutil.Process().children() if "tansu" in p.name()]
+        if broker and "broker" not in pids:
+            pids["broker"] = broker[0].pid
+        self._pids = {name: pid for name, pid in pids.items() if name in ("broker", "postgres")}
+        self._start = self._read()
+        self._seconds: dict[str, float] | None = None
+
+    def _read(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for name, pid in self._pids.items():
+            seconds = tree_cpu_seconds(pid) if name == "postgres" else cpu_seconds(pid)
+            if seconds is not None:
+                out[name] = seconds
+        return out
+
+    def stop(self) -> None:
+        """End the window (idempotent)."""
+        if self._seconds is None:
+            end = self._read()
+            self._seconds = {n: end[n] - self._start[n] for n in end if n in self._start}
+
+    def figures(self, messages: int) -> dict[str, dict[str, float]]:
+        """Per process: `cpu_seconds` and `cpu_us_per_msg` over the window."""
+        self.stop()
+        assert self._seconds is not None
+        return {
+            name: {
+                "cpu_seconds": round(seconds, 3),
+                "cpu_us_per_msg": round(seconds / messages * 1e6, 1) if messages else 0.0,
+            }
+            for name, seconds in self._seconds.items()
+        }

@@ -244,11 +244,12 @@ TOPICS: dict[str, TopicSpec] = {
         ),
         TopicSpec(
             name=t.SCHEDULER_EVENTS,
-            description="Timers that fired and completed manual clock ticks.",
-            key="{payload.timer_id}",
+            description="Timers that fired (one TimersFired per firing batch and merchant) "
+            "and completed manual clock ticks.",
+            key="{website_key}",
             keys={"TickCompleted": scheduler.CLOCK_KEY},
-            messages=(scheduler.TimerFired, scheduler.TickCompleted),
-            producers={SCHEDULER: (scheduler.TimerFired, scheduler.TickCompleted)},
+            messages=(scheduler.TimersFired, scheduler.TickCompleted),
+            producers={SCHEDULER: (scheduler.TimersFired, scheduler.TickCompleted)},
             consumers=(OPERATORS,),
             platform_only=True,
         ),

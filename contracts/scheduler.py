@@ -7,18 +7,20 @@ that its `occurred_at` becomes the timer's `due_at` (business time is when the s
 due). Its `message_id` is kept, so a timer that fires twice is deduplicated by the
 consumer's inbox.
 
-Kafka key: `timer_id`; Tick and TickCompleted use the key `clock`.
+Kafka key: `timer_id` (commands); TimersFired `website_key`; Tick and TickCompleted use
+the key `clock`.
 """
 
 from __future__ import annotations
 
+import uuid
 from typing import Annotated, Any
 
 from pydantic import AwareDatetime, Field, field_validator
 from pydantic_core import PydanticCustomError
 
 from contracts.envelope import Command, Event, register
-from contracts.fields import BusinessDateTime, OneLine, unstorable_strings
+from contracts.fields import BusinessDateTime, OneLine, SnapshotPart, unstorable_strings
 from contracts.limits import MAX_TOPIC_LENGTH
 from contracts.topics import ALL_TOPICS, PUSH_INVOICE
 
@@ -100,13 +102,36 @@ class Tick(Command):
     as_of: BusinessDateTime = Field(description="The new time of the manual clock.")
 
 
-class TimerFired(Event):
-    """A timer's message was published."""
+#: At most this many timers in one TimersFired (a batch of one merchant's timers is split
+#: into events of up to this many, so an event stays far below the broker's message size
+#: limit: ~200 bytes a timer, ~1.5 kB at the longest timer ids and topics).
+MAX_TIMERS_PER_EVENT = 200
+
+
+class FiredTimer(SnapshotPart):
+    """One timer of a TimersFired."""
 
     timer_id: TimerId = Field(description="The timer.")
-    due_at: AwareDatetime = Field(description="When it was due.")
-    fired_at: AwareDatetime = Field(description="The scheduler clock's time when it fired.")
+    due_at: AwareDatetime = Field(description="When it was due (its message's `occurred_at`).")
     topic: str = Field(description="The base topic its message went to.")
+    message_id: uuid.UUID = Field(description="The `message_id` of the message it published.")
+    correlation_id: uuid.UUID = Field(
+        description="That message's correlation id (its own id when it had none): the chain "
+        "the timer belongs to."
+    )
+
+
+class TimersFired(Event):
+    """Timers of one merchant whose messages were enqueued for publishing, in the
+    transaction that deleted them: one event per firing batch and merchant (up to
+    `MAX_TIMERS_PER_EVENT` timers each), not one per timer. Kafka key: `website_key`."""
+
+    fired_at: AwareDatetime = Field(description="The scheduler clock's time when they fired.")
+    timers: list[FiredTimer] = Field(
+        min_length=1,
+        max_length=MAX_TIMERS_PER_EVENT,
+        description="The timers, in the order they fired (due order).",
+    )
 
 
 class TickCompleted(Event):
@@ -116,4 +141,4 @@ class TickCompleted(Event):
     fired: int = Field(ge=0, description="How many timers this Tick fired.")
 
 
-register(ScheduleTimer, CancelTimer, Tick, TimerFired, TickCompleted)
+register(ScheduleTimer, CancelTimer, Tick, TimersFired, TickCompleted)

@@ -5,8 +5,8 @@ The scheduler runs as its own process (`python -m services.scheduler` shape, sys
 clock, its own schema and topic prefix). Timers are written straight into its `timers`
 table with binary COPY (scheduling through Kafka is not what is measured) with one
 common `due_at` a little after the COPY commits; the service's firing loop then claims
-them in batches (`FOR UPDATE SKIP LOCKED`, one transaction per batch: delete + outbox
-rows for the message and its TimerFired), and the relay publishes them. This process
+them in batches (`FOR UPDATE SKIP LOCKED`, one transaction per batch: delete + an outbox
+row per message + one TimersFired per 200 timers), and the relay publishes them. This process
 reads the target topic and counts every message (and any repeat) as it arrives.
 
 Runs (`--timers-runs`):
@@ -38,7 +38,7 @@ from bench.infra import drop_run
 from bench.inprocess import schema_of
 from bench.kafka import PARTITIONS
 from bench.loadcore import TopicReader
-from bench.procs import ServiceProcess
+from bench.procs import InfraCpu, ServiceProcess
 from bench.registry import BenchContext, Options, benchmark, logger
 from bench.stats import per_s, summary
 from contracts import topics
@@ -155,6 +155,7 @@ async def _scheduler_run(
     await scheduler.wait_healthy()
     meter = CostMeter()
     meter.add("scheduler", scheduler.pid)
+    infra = InfraCpu()
     reader = Reader(ctx.bootstrap_servers, prefix + TARGET)
     try:
         await reader.start()
@@ -176,6 +177,7 @@ async def _scheduler_run(
         complete = await reader.wait_for(n, timeout=max(120.0, n / 2000))
     finally:
         await meter.stop()
+        infra.stop()
         await reader.stop()
         scheduler.stop()
     arrivals = reader.arrivals
@@ -209,8 +211,10 @@ async def _scheduler_run(
         "seconds_due_to_last": round(span, 3) if span else None,
         "first_message_after_due_ms": round((first - first_due) * 1000, 1) if first else None,
         "lag_due_to_kafka": summary(lags),
-        # Per timer fired (a message and its TimerFired published), from its start.
+        # Per timer fired (its message published, 1/200 of a TimersFired), from its start.
         "cost": meter.figures(n),
+        # The broker (this process's reader included) and PostgreSQL, same window.
+        "infra_cpu": infra.figures(n),
     }
 
 
@@ -218,7 +222,7 @@ async def drain(ctx: BenchContext) -> dict[str, Any]:
     n = ctx.args.timers_n
     result = await _scheduler_run(ctx, "td", n, lambda start: [start] * n)
     _log(f"drain: {result['fired_per_s']} timers/s, lag {result['lag_due_to_kafka']}")
-    _log(f"drain: {cost_line(result['cost'])}")
+    _log(f"drain: {cost_line(result['cost'])}; infra {result['infra_cpu']}")
     return result
 
 
@@ -274,6 +278,7 @@ async def pgqueuer_run(ctx: BenchContext) -> dict[str, Any]:
 
         meter = CostMeter()
         meter.add("pgqueuer worker (in-process)")
+        infra = InfraCpu()
         started = time.time()
         await manager.run(
             batch_size=batch_size,
@@ -282,6 +287,7 @@ async def pgqueuer_run(ctx: BenchContext) -> dict[str, Any]:
         )
         finished = time.time()
         await meter.stop()
+        infra.stop()
     finally:
         await worker.close()
     left = await drop_run(ctx, schema, {"jobs_left": "SELECT count(*) FROM {schema}.pgqueuer"})
@@ -297,9 +303,10 @@ async def pgqueuer_run(ctx: BenchContext) -> dict[str, Any]:
         "run_seconds": round(finished - started, 3),
         "lag_start_to_handled": summary([t - started for t in done]),
         "cost": meter.figures(n),
+        "infra_cpu": infra.figures(n),
     }
     _log(f"pgqueuer: {result['jobs_per_s']} jobs/s")
-    _log(f"pgqueuer: {cost_line(result['cost'])}")
+    _log(f"pgqueuer: {cost_line(result['cost'])}; infra {result['infra_cpu']}")
     return result
 
 
@@ -335,8 +342,9 @@ async def run(ctx: BenchContext) -> dict[str, Any]:
             "Timers are COPY-loaded into the scheduler's table (not scheduled through"
             " Kafka). drain: all due at one instant after the COPY committed; fired_per_s ="
             " n / (last message read from the target topic - due time). Each fired timer"
-            " is a delete plus two outbox rows (the message and TimerFired) and two"
-            " published messages. lag_due_to_kafka: message read time - its due time."
+            " is a delete, an outbox row and a published message, plus a TimersFired"
+            " (row and message) per 200 timers. infra_cpu: the broker's and PostgreSQL's CPU"
+            " in the same window. lag_due_to_kafka: message read time - its due time."
             " steady: timers due at a fixed rate; same lag. pgqueuer: the same number of"
             " jobs enqueued (batches of 10,000), then drained by one QueueManager with a"
             " no-op entrypoint: jobs_per_s = handled / (last handled - start); it publishes"

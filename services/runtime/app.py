@@ -63,6 +63,8 @@ class UnitOfWork:
 
     conn: Connection
     outbox: list[OutboxMessage] = field(default_factory=list)
+    #: Set when the work inserted outbox rows itself (SQL): the relay is woken too.
+    enqueued: bool = False
 
 
 @dataclass
@@ -84,7 +86,7 @@ class Runtime:
             work = UnitOfWork(conn)
             yield work
             await enqueue(conn, work.outbox, self.settings.relay_shards)
-        if work.outbox and self.relay is not None:
+        if (work.outbox or work.enqueued) and self.relay is not None:
             self.relay.wake()
 
 
@@ -423,6 +425,7 @@ def _register_consumer(
         group_id=consumer_group(topics, service, spec.name),
         batch=True,
         max_records=settings.kafka_max_records,
+        max_partition_fetch_bytes=settings.kafka_max_partition_fetch_bytes,
         batch_timeout_ms=settings.kafka_fetch_max_wait_ms,
         fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
         session_timeout_ms=settings.kafka_session_timeout_ms,

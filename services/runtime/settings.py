@@ -39,6 +39,11 @@ class Settings(BaseSettings):
     kafka_session_timeout_ms: int = 10_000
     kafka_heartbeat_interval_ms: int = 3_000
     kafka_max_records: int = 500
+    #: Bytes a consumer fetches ahead per partition (aiokafka's `max_partition_fetch_bytes`,
+    #: default 1 MiB). Each assigned partition with a backlog holds one fetch in memory,
+    #: decoded: at 1 MiB a backlogged 8-partition consumer held ~45 MB, at 256 KiB ~18 MB
+    #: (issue 14, bench/README.md). A record larger than this still comes, alone.
+    kafka_max_partition_fetch_bytes: int = 262_144
     kafka_topic_partitions: int = 8
     kafka_replication_factor: int = 1
     #: `min.insync.replicas` of the topics a service creates (unset: the broker's

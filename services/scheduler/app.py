@@ -20,7 +20,7 @@ from services.runtime.consumer import HandlerSpec, consumer_specs
 from services.runtime.logs import get_logger
 from services.runtime.metrics import COUNT_CAP, sample_every
 from services.runtime.worker import run_worker
-from services.scheduler.handlers import Handlers, SchedulerConfig, fire_batch
+from services.scheduler.handlers import Handlers, SchedulerConfig, fire_batch, outbox_of
 from services.scheduler.repository import TimerRepository
 
 log = get_logger(__name__)
@@ -38,13 +38,12 @@ OLDEST_DUE_AGE = Gauge(
 async def fire_due(runtime: Runtime, batch_size: int) -> int:
     """Fire everything due by the system clock, one transaction per batch; how many."""
     total = 0
+    outbox = outbox_of(runtime.topics, runtime.settings.relay_shards)
     while True:
         now = datetime.now(UTC)
         async with runtime.unit_of_work() as work:
-            count, messages = await fire_batch(
-                work.conn, now=now, limit=batch_size, topic_names=runtime.topics
-            )
-            work.outbox.extend(messages)
+            count = await fire_batch(work.conn, now=now, limit=batch_size, outbox=outbox)
+            work.enqueued = count > 0  # the firing SQL wrote the outbox rows
         total += count
         if count < batch_size:
             return total
@@ -77,6 +76,7 @@ def definition(schema: str | None = None) -> ServiceDefinition:
     async def scheduler_clock(runtime: Runtime) -> None:
         config.clock = runtime.settings.cm_clock
         config.batch_size = runtime.settings.scheduler_batch_size
+        config.relay_shards = runtime.settings.relay_shards
         if config.clock != "system":
             return  # the manual clock moves only with Ticks
         interval = runtime.settings.scheduler_poll_interval_ms / 1000

@@ -2,11 +2,14 @@
 
 A timer fires by enqueueing, in the transaction that deletes it, its message (to the
 prefixed topic, with its key, `occurred_at` = `due_at`, everything else as given) and a
-`TimerFired` event. The clock is the wall clock (`CM_CLOCK=system`: a background task
-fires what is due, see app.py) or the manual clock row moved by `Tick`
-(`CM_CLOCK=manual`). With the manual clock every ScheduleTimer and CancelTimer takes a
-share lock on the clock row and a Tick updates it, so a Tick waits for the commands in
-flight and they wait for the Tick: a timer is never scheduled "before" a Tick it missed.
+`TimersFired` event per merchant and batch: the firing SQL inserts them into the outbox
+itself (repository.py), so a handler that fires timers enqueues them before its own
+messages. The clock is the
+wall clock (`CM_CLOCK=system`: a background task fires what is due, see app.py) or the
+manual clock row moved by `Tick` (`CM_CLOCK=manual`). With the manual clock every
+ScheduleTimer and CancelTimer takes a share lock on the clock row and a Tick updates it,
+so a Tick waits for the commands in flight and they wait for the Tick: a timer is never
+scheduled "before" a Tick it missed.
 """
 
 from __future__ import annotations
@@ -31,8 +34,8 @@ from contracts.scheduler import (
 from contracts.topics import ALL_TOPICS, PUSH_INVOICE, TopicNames
 from services.runtime.consumer import HandlerContext, InfrastructureError
 from services.runtime.db import Connection
-from services.runtime.outbox import OutboxMessage
-from services.scheduler.repository import DueTimer, Timer, TimerRepository
+from services.runtime.outbox import JSON_HEADERS, headers_json
+from services.scheduler.repository import Outbox, Timer, TimerRepository
 
 TIMERS_FIRED = Counter("cm_scheduler_timers_fired_total", "Timers fired")
 FIRE_LAG_SECONDS = Histogram(
@@ -48,6 +51,7 @@ class SchedulerConfig:
 
     clock: str | None = None  # "system" or "manual"
     batch_size: int = 1000
+    relay_shards: int = 8
 
     @property
     def manual(self) -> bool:
@@ -73,18 +77,20 @@ def iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat()
 
 
-def fired_messages(
-    timers: list[DueTimer], *, topic_names: TopicNames, fired_at: datetime
-) -> list[OutboxMessage]:
-    """Per timer, in the given (due) order: its message, then its TimerFired event."""
-    messages: list[OutboxMessage] = []
-    events_topic = topic_names(topics.SCHEDULER_EVENTS)
-    for timer in timers:
-        messages.append(OutboxMessage(topic_names(timer.topic), timer.key, timer.body.encode()))
-        messages.append(OutboxMessage(events_topic, timer.timer_id, timer.event.encode()))
-        FIRE_LAG_SECONDS.observe(max(0.0, (fired_at - timer.due_at).total_seconds()))
-    TIMERS_FIRED.inc(len(timers))
-    return messages
+def outbox_of(topic_names: TopicNames, shards: int) -> Outbox:
+    """Where the firing SQL enqueues fired messages: as `enqueue` would (JSON headers)."""
+    return Outbox(
+        prefix=topic_names.prefix,
+        events_topic=topic_names(topics.SCHEDULER_EVENTS),
+        shards=shards,
+        headers_json=headers_json(JSON_HEADERS),
+    )
+
+
+def _observe(due_times: list[datetime], fired_at: datetime) -> None:
+    for due_at in due_times:
+        FIRE_LAG_SECONDS.observe(max(0.0, (fired_at - due_at).total_seconds()))
+    TIMERS_FIRED.inc(len(due_times))
 
 
 async def fire_batch(
@@ -92,13 +98,16 @@ async def fire_batch(
     *,
     now: datetime,
     limit: int,
-    topic_names: TopicNames,
+    outbox: Outbox,
     caused_by: Envelope[Any] | None = None,
-) -> tuple[int, list[OutboxMessage]]:
-    """Claim (delete) up to `limit` timers due at or before `now`; their messages."""
+) -> int:
+    """Claim (delete) up to `limit` timers due at or before `now` and enqueue their
+    messages (in the outbox, in this transaction: the caller wakes the relay after the
+    commit); how many fired."""
     causation = caused_by.message_id if caused_by is not None else None
-    timers = await TimerRepository(conn).claim_due(now, limit, iso(now), causation)
-    return len(timers), fired_messages(timers, topic_names=topic_names, fired_at=now)
+    fired = await TimerRepository(conn).fire_due(now, limit, outbox, iso(now), causation)
+    _observe(fired, now)
+    return len(fired)
 
 
 class Handlers:
@@ -106,6 +115,9 @@ class Handlers:
 
     def __init__(self, config: SchedulerConfig) -> None:
         self.config = config
+
+    def _outbox(self, ctx: HandlerContext) -> Outbox:
+        return outbox_of(ctx.topics, self.config.relay_shards)
 
     async def _now(self, repo: TimerRepository) -> datetime:
         if self.config.manual:
@@ -124,8 +136,8 @@ class Handlers:
         )
         if cmd.due_at <= now:
             # Due already: fire at once (replacing any earlier timer of that id).
-            fired = await repo.fire_now(timer, iso(now), ctx.envelope.message_id)
-            ctx.outbox.extend(fired_messages([fired], topic_names=ctx.topics, fired_at=now))
+            await repo.fire_now(timer, self._outbox(ctx), iso(now), ctx.envelope.message_id)
+            _observe([cmd.due_at], now)
         else:
             await repo.upsert(timer)
         ctx.accept(timer_id=cmd.timer_id)
@@ -153,15 +165,14 @@ class Handlers:
         now = await repo.advance_clock(cmd.as_of)
         fired = 0
         while True:
-            count, messages = await fire_batch(
+            count = await fire_batch(
                 ctx.conn,
                 now=now,
                 limit=self.config.batch_size,
-                topic_names=ctx.topics,
+                outbox=self._outbox(ctx),
                 caused_by=ctx.envelope,
             )
             fired += count
-            ctx.outbox.extend(messages)
             if count < self.config.batch_size:
                 break
         ctx.emit(topics.SCHEDULER_EVENTS, CLOCK_KEY, TickCompleted(as_of=now, fired=fired))

@@ -1,10 +1,12 @@
 """SQL for the scheduler's schema: timers and the manual clock.
 
-Firing is one statement: claim the next due timers in due order (`FOR UPDATE SKIP
-LOCKED`, so replicas firing at the same time never take the same timer), delete them and
-return them with their message ready to publish (`occurred_at` replaced by `due_at`) and
-their TimerFired event; a timer scheduled when it is due already goes through the same
-SQL (`FIRE_NOW`). The caller enqueues the messages in the same transaction.
+Firing is two statements in one transaction: claim the next due timers in due order
+(`FOR UPDATE SKIP LOCKED`, so replicas firing at the same time never take the same
+timer; only their keys and due times come back), then delete them and insert their
+messages (`occurred_at` replaced by `due_at`) and a TimersFired per merchant straight
+into the outbox, with the shards the caller computed from the keys (the runtime's hash, so a key
+keeps one shard whoever enqueues it). The bodies never travel to Python and back. A
+timer scheduled when it is due already goes through the same SQL (`FIRE_NOW`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
+from contracts.scheduler import MAX_TIMERS_PER_EVENT
 from services.runtime.db import Connection
+from services.runtime.outbox import shard_of
 
 #: `due_at` as `occurred_at` text, UTC, like Python's isoformat (microseconds when any).
 _ISO = """(to_char({col} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS')
@@ -22,51 +26,93 @@ _ISO = """(to_char({col} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS')
     || '+00:00')"""
 
 
-def _fired(fired_at: str, causation_id: str) -> str:
-    """What a fired timer returns, from its row `t` and `due.due_iso`: the row's columns,
-    its message with `occurred_at` = `due_at`, and its TimerFired envelope (`fired_at`
-    text, causation id or NULL), both built in the database. The message was validated
-    as an envelope when it was scheduled. The one place a TimerFired is written."""
-    return f"""t.website_key, t.timer_id, t.due_at, t.topic, t.key,
-    jsonb_set(t.message, '{{occurred_at}}', to_jsonb(due.due_iso))::text AS body,
-    jsonb_build_object(
+def _enqueue(fired: str, fired_at: str, causation_id: str, names: str) -> str:
+    """The rest of a WITH that has the fired timers in `fired` (the timer's columns,
+    `due_iso`, `shard`, `event_shard` and their order `n`): insert into the outbox each
+    timer's message, with `occurred_at` = `due_at`, in `n` order, then one TimersFired per
+    merchant and `MAX_TIMERS_PER_EVENT` timers (`fired_at` text, causation id or NULL),
+    both built here: the bodies never leave the database. The message was validated as an
+    envelope when it was scheduled. `names` is the `$` of a text[]: prefix, events topic,
+    headers JSON. The one place a TimersFired is written."""
+    names_at = f"({names}::text[])"
+    return f""", chunked AS (
+    SELECT t.*,
+        (row_number() OVER (PARTITION BY t.website_key ORDER BY t.n) - 1)
+            / {MAX_TIMERS_PER_EVENT} AS chunk
+    FROM {fired} t
+), events AS (
+    SELECT min(n) AS n, min(event_shard) AS shard, website_key, jsonb_build_object(
         'message_id', gen_random_uuid(),
-        'type', 'TimerFired',
-        'website_key', t.website_key,
-        'occurred_at', due.due_iso,
-        'correlation_id', coalesce(t.message ->> 'correlation_id', t.message ->> 'message_id'),
+        'type', 'TimersFired',
+        'website_key', website_key,
+        'occurred_at', {fired_at}::text,
+        'correlation_id', NULL,
         'causation_id', {causation_id}::uuid,
         'payload', jsonb_build_object(
-            'timer_id', t.timer_id, 'due_at', due.due_iso, 'fired_at', {fired_at}::text,
-            'topic', t.topic
+            'fired_at', {fired_at}::text,
+            'timers', jsonb_agg(jsonb_build_object(
+                'timer_id', timer_id,
+                'due_at', due_iso,
+                'topic', topic,
+                'message_id', message ->> 'message_id',
+                'correlation_id', coalesce(message ->> 'correlation_id', message ->> 'message_id')
+            ) ORDER BY n)
         )
-    )::text AS event"""
+    )::text AS value
+    FROM chunked
+    GROUP BY website_key, chunk
+)
+INSERT INTO outbox (shard, topic, key, value, headers)
+SELECT o.shard, o.topic, o.key, convert_to(o.value, 'UTF8'), {names_at}[3]::jsonb
+FROM (
+    SELECT 0 AS part, n, shard, {names_at}[1] || topic AS topic, key,
+        jsonb_set(message, '{{occurred_at}}', to_jsonb(due_iso))::text AS value
+    FROM {fired}
+    UNION ALL
+    SELECT 1, n, shard, {names_at}[2], website_key, value FROM events
+) o
+ORDER BY o.part, o.n"""
 
 
-#: Claim the timers due by $1 in due order (then id: a stable order for equal due times),
-#: at most $2, delete them and return them fired ($3 = fired_at text, $4 = causation id).
+#: The timers due by $1 in due order (then id: a stable order for equal due times), at
+#: most $2, locked (`FOR UPDATE SKIP LOCKED`: replicas never claim the same timer). The
+#: caller computes their outbox shards (the runtime's hash of the key) and fires them
+#: with FIRE in the same transaction.
+CLAIM = """
+SELECT website_key, timer_id, key, due_at FROM timers
+WHERE due_at <= $1
+ORDER BY due_at, timer_id
+LIMIT $2
+FOR UPDATE SKIP LOCKED
+"""
+
+#: Delete the claimed timers ($1 website keys, $2 timer ids, $3 message shards, $4 their
+#: TimersFired's shards, in due order) and enqueue their messages ($5 names as in `_enqueue`, $6 =
+#: fired_at text, $7 = causation id).
 FIRE = f"""
 WITH due AS (
-    SELECT website_key, timer_id, {_ISO.format(col="due_at")} AS due_iso FROM timers
-    WHERE due_at <= $1
-    ORDER BY due_at, timer_id
-    LIMIT $2
-    FOR UPDATE SKIP LOCKED
+    SELECT * FROM unnest($1::text[], $2::text[], $3::smallint[], $4::smallint[])
+        WITH ORDINALITY AS d (website_key, timer_id, shard, event_shard, n)
+), fired AS (
+    DELETE FROM timers t USING due
+    WHERE t.website_key = due.website_key AND t.timer_id = due.timer_id
+    RETURNING t.website_key, t.timer_id, t.topic, t.key, t.message, due.shard,
+        due.event_shard, due.n, {_ISO.format(col="t.due_at")} AS due_iso
 )
-DELETE FROM timers t USING due
-WHERE t.website_key = due.website_key AND t.timer_id = due.timer_id
-RETURNING {_fired("$3", "$4")}
+{_enqueue("fired", "$6", "$7", "$5")}
 """
 
 #: A timer scheduled when it is due already: it replaces any earlier timer of its id and
-#: fires at once, never stored ($1-$6 as `Timer.row()`; $7 = fired_at text, $8 =
-#: causation id).
+#: fires at once, never stored ($1-$6 as `Timer.row()`; $7 message shard, $8 event
+#: shard, $9 names, $10 = fired_at text, $11 = causation id).
 FIRE_NOW = f"""
-WITH earlier AS (DELETE FROM timers WHERE website_key = $1 AND timer_id = $2)
-SELECT {_fired("$7", "$8")}
-FROM (VALUES ($1::text, $2::text, $3::timestamptz, $4::text, $5::text, $6::text::jsonb))
-    AS t (website_key, timer_id, due_at, topic, key, message),
-    LATERAL (SELECT {_ISO.format(col="t.due_at")} AS due_iso) due
+WITH earlier AS (DELETE FROM timers WHERE website_key = $1 AND timer_id = $2),
+fired AS (
+    SELECT $1::text AS website_key, $2::text AS timer_id, $4::text AS topic,
+        $5::text AS key, $6::text::jsonb AS message, $7::smallint AS shard,
+        $8::smallint AS event_shard, 1 AS n, {_ISO.format(col="$3::timestamptz")} AS due_iso
+)
+{_enqueue("fired", "$10", "$11", "$9")}
 """
 
 
@@ -95,16 +141,17 @@ class Timer:
 
 
 @dataclass(frozen=True)
-class DueTimer:
-    """A claimed (deleted) timer with the body to publish."""
+class Outbox:
+    """Where fired messages go: the deployed topic names' prefix, the events topic, the
+    shard count and the rows' headers (what `services.runtime.outbox.enqueue` writes)."""
 
-    website_key: str
-    timer_id: str
-    due_at: datetime
-    topic: str
-    key: str
-    body: str  # the message to publish
-    event: str  # its TimerFired envelope
+    prefix: str
+    events_topic: str
+    shards: int
+    headers_json: str
+
+    def names(self) -> list[str]:
+        return [self.prefix, self.events_topic, self.headers_json]
 
 
 class TimerRepository:
@@ -157,18 +204,47 @@ class TimerRepository:
         return status != "DELETE 0"
 
     async def fire_now(
-        self, timer: Timer, fired_at: str, causation_id: uuid.UUID | None
-    ) -> DueTimer:
-        """Fire a timer that is due already, replacing any earlier one of its id."""
-        row = await self.conn.fetchrow(FIRE_NOW, *timer.row(), fired_at, causation_id)
-        assert row is not None
-        return DueTimer(*row)
+        self, timer: Timer, outbox: Outbox, fired_at: str, causation_id: uuid.UUID | None
+    ) -> None:
+        """Fire a timer that is due already, replacing any earlier one of its id: its
+        message and a TimersFired of it go into the outbox."""
+        await self.conn.execute(
+            FIRE_NOW,
+            *timer.row(),
+            shard_of(timer.key, outbox.shards),
+            shard_of(timer.website_key, outbox.shards),
+            outbox.names(),
+            fired_at,
+            causation_id,
+        )
 
-    async def claim_due(
-        self, now: datetime, limit: int, fired_at: str, causation_id: uuid.UUID | None
-    ) -> list[DueTimer]:
-        """Delete and return up to `limit` timers due at or before `now`, in due order."""
-        rows = await self.conn.fetch(FIRE, now, limit, fired_at, causation_id)
-        timers = [DueTimer(*row) for row in rows]
-        timers.sort(key=lambda t: (t.due_at, t.timer_id))  # RETURNING has no order
-        return timers
+    async def fire_due(
+        self,
+        now: datetime,
+        limit: int,
+        outbox: Outbox,
+        fired_at: str,
+        causation_id: uuid.UUID | None,
+    ) -> list[datetime]:
+        """Delete up to `limit` timers due at or before `now` and enqueue their messages
+        (in due order) and TimersFired events; the due times of the timers fired."""
+        rows = await self.conn.fetch(CLAIM, now, limit)
+        if not rows:
+            return []
+        shards = outbox.shards
+        merchant_shards: dict[str, int] = {}
+        websites = [row[0] for row in rows]
+        for website_key in websites:
+            if website_key not in merchant_shards:
+                merchant_shards[website_key] = shard_of(website_key, shards)
+        await self.conn.execute(
+            FIRE,
+            websites,
+            [row[1] for row in rows],
+            [shard_of(row[2], shards) for row in rows],
+            [merchant_shards[w] for w in websites],
+            outbox.names(),
+            fired_at,
+            causation_id,
+        )
+        return [row[3] for row in rows]

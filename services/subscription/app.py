@@ -2,13 +2,38 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from pathlib import Path
 
+import asyncpg
+
 from contracts import topics
+from contracts.invoice import InvoiceStatus
 from services.runtime.app import ServiceDefinition
-from services.runtime.consumer import HandlerSpec, consumer_specs
+from services.runtime.consumer import HandlerSpec, RawRecord, consumer_specs
 from services.subscription import handlers
 from services.subscription.batch import SubscriptionBatchHooks
+
+#: An InvoiceEvent whose invoice has the rejected status, as the invoice service writes it
+#: (`"status_code":90`, whitespace allowed). It may match elsewhere in a body (a false
+#: keep: parsed and ignored as before); an event it does not match cannot be one
+#: `handlers.invoice_event` acts on.
+_REJECTED = re.compile(rb'"status_code"\s*:\s*%d(?![0-9.eE])' % InvoiceStatus.REJECTED)
+
+
+async def rejected_invoices_only(
+    pool: asyncpg.Pool, records: Sequence[RawRecord]
+) -> Sequence[RawRecord]:
+    """The invoice events that may be rejected invoices (and any record whose bytes are
+    not plain: it goes the normal way, to be dead-lettered if need be). The service reads
+    every InvoiceEvent to find the rare rejected period invoice; parsing them all cost
+    ~0.9 ms each and a batch's parsed snapshots much of its memory (issue 14)."""
+    return [
+        r
+        for r in records
+        if r.value is None or r.unreadable is not None or _REJECTED.search(r.value)
+    ]
 
 
 def definition() -> ServiceDefinition:
@@ -30,17 +55,21 @@ def definition() -> ServiceDefinition:
     transactions = {
         "TransactionStatusChanged": HandlerSpec(handlers.transaction_status_changed, answers=False)
     }
+    # Every consumer works on a batch's subscriptions at once (batch.py).
+    consumers = consumer_specs(
+        {
+            ("commands", topics.SUBSCRIPTION_COMMANDS): commands,
+            ("internal", topics.SUBSCRIPTION_INTERNAL): internal,
+            ("invoice-events", topics.INVOICE_EVENTS): invoice_events,
+            ("transactions", topics.PAYMENT_TRANSACTIONS): transactions,
+        },
+        SubscriptionBatchHooks,
+    )
+    for spec in consumers:
+        if spec.name == "invoice-events":
+            spec.prefilter = rejected_invoices_only
     return ServiceDefinition(
         name="subscription",
         migrations=Path(__file__).parent / "migrations",
-        # Every consumer works on a batch's subscriptions at once (batch.py).
-        consumers=consumer_specs(
-            {
-                ("commands", topics.SUBSCRIPTION_COMMANDS): commands,
-                ("internal", topics.SUBSCRIPTION_INTERNAL): internal,
-                ("invoice-events", topics.INVOICE_EVENTS): invoice_events,
-                ("transactions", topics.PAYMENT_TRANSACTIONS): transactions,
-            },
-            SubscriptionBatchHooks,
-        ),
+        consumers=consumers,
     )

@@ -149,11 +149,18 @@ class SchedulerClient(MerchantClient):
         )
 
     def fired_events(self, timer_id: str | None = None) -> list[dict[str, Any]]:
+        """The timers the TimersFired events report (of `timer_id`, or all), each its
+        entry with the event's `fired_at` and `causation_id`."""
         return [
-            r.json()
+            {
+                **timer,
+                "fired_at": body["payload"]["fired_at"],
+                "causation_id": body["causation_id"],
+            }
             for r in self.watcher.on(self.prefix + topics.SCHEDULER_EVENTS)
-            if r.json()["type"] == "TimerFired"
-            and (timer_id is None or r.json()["payload"]["timer_id"] == timer_id)
+            if (body := r.json())["type"] == "TimersFired"
+            for timer in body["payload"]["timers"]
+            if timer_id is None or timer["timer_id"] == timer_id
         ]
 
     async def clock(self) -> datetime:

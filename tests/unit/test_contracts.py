@@ -240,11 +240,17 @@ SAMPLES: list[Message] = [
     ),
     scheduler.CancelTimer(timer_id="invoice:shop-1:INV-0001:step:2"),
     scheduler.Tick(as_of=NOW),
-    scheduler.TimerFired(
-        timer_id="t-1",
-        due_at=NOW,
+    scheduler.TimersFired(
         fired_at=NOW + timedelta(seconds=1),
-        topic="cm.invoice.commands",
+        timers=[
+            scheduler.FiredTimer(
+                timer_id="t-1",
+                due_at=NOW,
+                topic="cm.invoice.internal",
+                message_id=uuid.UUID("7a0f2c1e-8f3b-4a59-a0e4-6c2d9b1e4f00"),
+                correlation_id=uuid.UUID("7a0f2c1e-8f3b-4a59-a0e4-6c2d9b1e4f00"),
+            )
+        ],
     ),
     scheduler.TickCompleted(as_of=NOW, fired=3),
     notifier.SendMessage(

@@ -14,12 +14,14 @@ consumer reads it (size limit, `parse_envelope` with the consumer's types):
   answered exactly once (a `CommandRejected` with the dead letter's codes when its
   handler's failure dead-lettered it).
 
-A consumer with a prefilter (the notifier's copies to merchants' own topics) leaves
-out, before parsing, every record whose Kafka key names a website (`{website_key}` or
-`{website_key}:…`) without topics of its own: no dead letter, no inbox row. The
-caller gives those websites (`merchants_with_topics`); they must not change while the
-records are read (the harness enables them before it sends anything else). Records
-whose key names no website go the normal way.
+A consumer with a prefilter leaves out, before parsing, records it has no business
+with: no dead letter, no inbox row. The notifier's copies to merchants' own topics leave
+out every record whose Kafka key names a website (`{website_key}` or `{website_key}:…`)
+without topics of its own. The caller gives those websites (`merchants_with_topics`);
+they must not change while the records are read (the harness enables them before it
+sends anything else). Records whose key names no website go the normal way. The
+subscription service's invoice events leave out every record with a value that cannot
+be a rejected invoice (services/subscription/app.py).
 
 Answers are counted per command, (`website_key`, `command_id`): message ids are unique
 per website. `answers` must be what the services wrote on the results topic (the caller
@@ -61,6 +63,8 @@ class Consumer:
     ignored: frozenset[str]
     #: Leaves out the records of websites without topics of their own (the feeds).
     prefiltered: bool = False
+    #: Leaves out the records that cannot be a rejected invoice (the subscription's).
+    rejected_only: bool = False
 
     @property
     def inbox_name(self) -> str:
@@ -85,9 +89,10 @@ def consumers() -> list[Consumer]:
         definition = importlib.import_module(f"services.{service}.app").definition()
         for spec in definition.consumers:
             prefilter = spec.prefilter
-            if prefilter is not None and prefilter is not _feeds_prefilter():
+            if prefilter not in (None, _feeds_prefilter(), _rejected_prefilter()):
                 raise AssertionError(
-                    f"{service}.{spec.name}: the oracle knows only the feeds' prefilter"
+                    f"{service}.{spec.name}: the oracle knows only the feeds' and the"
+                    " subscription's prefilters"
                 )
             found.append(
                 Consumer(
@@ -96,7 +101,8 @@ def consumers() -> list[Consumer]:
                     spec.topic,
                     {name: handler.answers for name, handler in spec.handlers.items()},
                     frozenset(spec.ignored_types),
-                    prefiltered=prefilter is not None,
+                    prefiltered=prefilter is _feeds_prefilter(),
+                    rejected_only=prefilter is _rejected_prefilter(),
                 )
             )
     return found
@@ -104,6 +110,17 @@ def consumers() -> list[Consumer]:
 
 def _feeds_prefilter() -> object:
     return importlib.import_module("services.notifier.feeds").merchants_with_feeds
+
+
+def _rejected_prefilter() -> object:
+    return importlib.import_module("services.subscription.app").rejected_invoices_only
+
+
+def _may_be_rejected(value: bytes | None) -> bool:
+    """The subscription prefilter's test of a record's value."""
+    check: Callable[[bytes | None], bool]
+    check = importlib.import_module("services.subscription.app").may_be_rejected
+    return check(value)
 
 
 #: A website key, as the envelope allows it.
@@ -118,8 +135,12 @@ def website_in_key(key: bytes | None) -> str | None:
     return head if _WEBSITE_KEY.fullmatch(head) else None
 
 
-def left_out(consumer: Consumer, key: bytes | None, merchants_with_topics: set[str]) -> bool:
+def left_out(
+    consumer: Consumer, key: bytes | None, merchants_with_topics: set[str], value: bytes | None
+) -> bool:
     """Whether the consumer's prefilter leaves the record out, unread."""
+    if consumer.rejected_only:
+        return not _may_be_rejected(value)
     if not consumer.prefiltered:
         return False
     website = website_in_key(key)
@@ -286,7 +307,7 @@ def check(
                 )
             codes = sorted({e["code"] for letter in found for e in letter["errors"]})
             verdict.codes.update(codes)
-            if left_out(consumer, record.key, merchants_with_topics):
+            if left_out(consumer, record.key, merchants_with_topics, record.value):
                 verdict.outcomes[f"{consumer.inbox_name}: left out"] += 1
                 verdict.fates[describe(record)].append(f"{consumer.inbox_name}: left out")
                 envelope = reading.envelope

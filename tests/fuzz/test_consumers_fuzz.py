@@ -71,6 +71,7 @@ from contracts.catalog import platform_only_types, types_for_topic
 from contracts.collection import CaseEvent, CaseEventName, CaseSnapshot, CaseState
 from contracts.debtor import DebtorSnapshot
 from contracts.envelope import parse_envelope, registered_types
+from contracts.invoice import InvoiceStatus
 from contracts.subscription import (
     BillingIntervalSnapshot,
     BillingTiming,
@@ -358,6 +359,14 @@ def live_good(topic: str, partition: int, website_key: str) -> Good:
     type_, payload, key = good_message(topic, website_key, name)
     if topic == topics.INVOICE_COMMANDS:
         payload = {**payload, "scheme_key": "DefaultNone"}
+    if topic == topics.INVOICE_EVENTS:
+        # A rejected invoice: the subscription service's prefilter drops every other
+        # invoice event unparsed (services/subscription/app.py), so only such an event
+        # reaches its inbox and shows its consumer alive on the partition.
+        payload = {
+            **payload,
+            "invoice": {**payload["invoice"], "status_code": int(InvoiceStatus.REJECTED)},
+        }
     return make_good(topic, partition, website_key, name, type_, payload, key)
 
 

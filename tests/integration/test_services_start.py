@@ -88,8 +88,12 @@ async def test_all_five_services_start_migrate_consume_and_report_health(
         await publish(
             kafka_bootstrap, prefix + topic, [("shop-1", json.dumps(bodies[name]).encode())]
         )
-    # An unparseable invoice event reaches the three services that read invoice events.
-    await publish(kafka_bootstrap, prefix + topics.INVOICE_EVENTS, [("shop-1:x", b"{}")])
+    # An unparseable invoice event reaches the three services that read invoice events
+    # (it names status 90, or the subscription service's prefilter would leave it out
+    # unread as no rejected invoice: services/subscription/app.py).
+    await publish(
+        kafka_bootstrap, prefix + topics.INVOICE_EVENTS, [("shop-1:x", b'{"status_code": 90}')]
+    )
 
     async def letters() -> list[dict[str, str]] | None:
         found = [r.json()["payload"] for r in await read_all(kafka_bootstrap, prefix + topics.DLQ)]

@@ -31,7 +31,18 @@ from prometheus_client import Counter
 from services.runtime import health as health_board
 from services.runtime.logs import RepeatedFailureLog, get_logger
 
-log = get_logger(__name__)
+
+def _error(event: str, **fields: Any) -> None:
+    """Log through a logger looked up at the call: a module-level one would keep the
+    configuration of its first use (`cache_logger_on_first_use`), so a test capturing
+    logs after a service ran in the same process would see nothing."""
+    get_logger(__name__).error(event, **fields)
+
+
+def _info(event: str, **fields: Any) -> None:
+    """As `_error`, at info level."""
+    get_logger(__name__).info(event, **fields)
+
 
 WORKER_FAILURES = Counter(
     "cm_worker_failures_total", "Background work rounds that raised, by worker", ["worker"]
@@ -84,7 +95,7 @@ async def run_worker(
     backoff = backoff or Backoff()
     stop = stop or StopFlag()
     failures = failure_log or RepeatedFailureLog(
-        log.error, "background work failed; backing off", first_window_s=backoff.initial_s
+        _error, "background work failed; backing off", first_window_s=backoff.initial_s
     )
     health = health_board.current()
     part = f"worker:{name}"
@@ -125,7 +136,7 @@ async def _loop(
         if health is not None:
             health.ok(part)
         if backoff.failures:
-            failures.recovered(log.info, "background work recovered", worker=name)
+            failures.recovered(_info, "background work recovered", worker=name)
             backoff.reset()
         if done == 0 and not stop.stopped:
             await _wait(idle_s, wake, stop)

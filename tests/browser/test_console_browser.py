@@ -19,6 +19,7 @@ from tests.support.console import (
     aging_from_events,
     console_stack,
     create,
+    merchant_client,
     seed_aging,
 )
 from tests.support.invoices import InvoiceClient, debtor, invoice_payload
@@ -38,11 +39,8 @@ async def stack(
 
 @pytest.fixture
 async def merchant(stack: ConsoleStack) -> AsyncIterator[InvoiceClient]:
-    client = await stack.cm.merchant()
-    try:
+    async with merchant_client(stack) as client:
         yield client
-    finally:
-        await client.watcher.stop()
 
 
 async def sign_in(

@@ -17,6 +17,7 @@ from tests.support.console import (
     ConsoleStack,
     console_stack,
     create,
+    merchant_client,
     register_webhook,
 )
 from tests.support.invoices import InvoiceClient
@@ -45,11 +46,8 @@ async def stack(
 
 @pytest.fixture
 async def merchant(stack: ConsoleStack) -> AsyncIterator[InvoiceClient]:
-    client = await stack.cm.merchant()
-    try:
+    async with merchant_client(stack) as client:
         yield client
-    finally:
-        await client.watcher.stop()
 
 
 async def test_a_failed_delivery_and_its_retry_on_the_invoice_page_and_in_the_log(

@@ -23,6 +23,7 @@ from tests.support.console import (
     aging_from_events,
     console_stack,
     create,
+    merchant_client,
     seed_aging,
 )
 from tests.support.invoices import InvoiceClient, invoice_payload
@@ -37,11 +38,8 @@ async def stack(kafka_bootstrap: str, database_url: str) -> AsyncIterator[Consol
 
 @pytest.fixture
 async def merchant(stack: ConsoleStack) -> AsyncIterator[InvoiceClient]:
-    client = await stack.cm.merchant()
-    try:
+    async with merchant_client(stack) as client:
         yield client
-    finally:
-        await client.watcher.stop()
 
 
 async def test_invoice_events_and_results_fill_the_read_models(

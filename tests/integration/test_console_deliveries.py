@@ -14,7 +14,13 @@ import pytest
 from contracts import topics
 from services.console.web import fmt_datetime
 from services.notifier.webhooks import RETRY_DELAYS
-from tests.support.console import ConsoleStack, console_stack, create, register_webhook
+from tests.support.console import (
+    ConsoleStack,
+    console_stack,
+    create,
+    merchant_client,
+    register_webhook,
+)
 from tests.support.invoices import InvoiceClient
 from tests.support.kafka import TopicWatcher
 from tests.support.notifier import HttpSink, Request
@@ -30,11 +36,8 @@ async def stack(kafka_bootstrap: str, database_url: str) -> AsyncIterator[Consol
 
 @pytest.fixture
 async def merchant(stack: ConsoleStack) -> AsyncIterator[InvoiceClient]:
-    client = await stack.cm.merchant()
-    try:
+    async with merchant_client(stack) as client:
         yield client
-    finally:
-        await client.watcher.stop()
 
 
 async def test_a_failed_then_delivered_push_shows_in_the_log_with_its_retry_time(

@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from tests.support.console import ConsoleStack, console_stack
+from tests.support.console import ConsoleStack, console_stack, merchant_client
 from tests.support.invoices import InvoiceClient, debtor, invoice_payload
 
 
@@ -26,11 +26,8 @@ async def stack(kafka_bootstrap: str, database_url: str) -> AsyncIterator[Consol
 
 @pytest.fixture
 async def merchant(stack: ConsoleStack) -> AsyncIterator[InvoiceClient]:
-    client = await stack.cm.merchant()
-    try:
+    async with merchant_client(stack) as client:
         yield client
-    finally:
-        await client.watcher.stop()
 
 
 ZONE = "Pacific/Kiritimati"  # UTC+14: every change below is on the next day there

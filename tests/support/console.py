@@ -235,3 +235,13 @@ async def seed_aging(stack: ConsoleStack, merchant: InvoiceClient) -> list[dict[
         row = await stack.row_when(merchant.website_key, number)
         events += await merchant.events(number, row["last_sequence"])
     return events
+
+
+@contextlib.asynccontextmanager
+async def merchant_client(stack: ConsoleStack) -> AsyncIterator[InvoiceClient]:
+    """A new merchant of the console stack's platform, its watcher stopped afterwards."""
+    client = await stack.cm.merchant()
+    try:
+        yield client
+    finally:
+        await client.watcher.stop()

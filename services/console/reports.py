@@ -18,6 +18,15 @@ from services.invoice.dunning import STATUTORY_COSTS, STATUTORY_NOT_IN_EUR
 ZERO = Decimal(0)
 
 
+def _csv_text(header: list[str], rows: Iterable[list[Any]]) -> str:
+    """A CSV document (RFC 4180 line ends) with its header line."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return out.getvalue()
+
+
 @dataclass(frozen=True)
 class Bucket:
     """Invoices `low`..`high` days past their due date (inclusive; None: no bound)."""
@@ -95,24 +104,37 @@ def aging_from_sums(as_of: date, sums: Iterable[tuple[str, str, int, Decimal]]) 
 
 
 def aging_csv(report: AgingReport) -> str:
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\r\n")
-    writer.writerow(["as_of", "currency", "bucket", "invoices", "open_amount"])
-    for row in report.rows:
-        for bucket in BUCKETS:
-            writer.writerow(
-                [
-                    report.as_of.isoformat(),
-                    row.currency,
-                    bucket.key,
-                    row.counts[bucket.key],
-                    f"{row.amounts[bucket.key]:f}",
-                ]
+    day = report.as_of.isoformat()
+    return _csv_text(
+        ["as_of", "currency", "bucket", "invoices", "open_amount"],
+        (
+            line
+            for row in report.rows
+            for line in (
+                *(
+                    [day, row.currency, b.key, row.counts[b.key], f"{row.amounts[b.key]:f}"]
+                    for b in BUCKETS
+                ),
+                [day, row.currency, "total", row.count, f"{row.total:f}"],
             )
-        writer.writerow(
-            [report.as_of.isoformat(), row.currency, "total", row.count, f"{row.total:f}"]
-        )
-    return out.getvalue()
+        ),
+    )
+
+
+def aging_json(report: AgingReport) -> dict[str, Any]:
+    return {
+        "as_of": report.as_of.isoformat(),
+        "buckets": [b.key for b in BUCKETS],
+        "currencies": [
+            {
+                "currency": row.currency,
+                "amounts": {k: f"{v:f}" for k, v in row.amounts.items()},
+                "invoices": row.counts,
+                "total": f"{row.total:f}",
+            }
+            for row in report.rows
+        ],
+    }
 
 
 # --- the step funnel --------------------------------------------------------------------
@@ -163,13 +185,25 @@ def funnel(counts: Iterable[tuple[str, int, bool, int]]) -> list[Funnel]:
 
 
 def funnel_csv(funnels: list[Funnel]) -> str:
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\r\n")
-    writer.writerow(["scheme", "step", "reached", "paid_after"])
-    for f in funnels:
-        for s in f.steps:
-            writer.writerow([f.scheme_key, s.step, s.reached, s.paid_after])
-    return out.getvalue()
+    return _csv_text(
+        ["scheme", "step", "reached", "paid_after"],
+        ([f.scheme_key, s.step, s.reached, s.paid_after] for f in funnels for s in f.steps),
+    )
+
+
+def funnel_json(funnels: list[Funnel]) -> dict[str, Any]:
+    return {
+        "schemes": [
+            {
+                "scheme_key": f.scheme_key,
+                "steps": [
+                    {"step": s.step, "reached": s.reached, "paid_after": s.paid_after}
+                    for s in f.steps
+                ],
+            }
+            for f in funnels
+        ]
+    }
 
 
 # --- costs ------------------------------------------------------------------------------
@@ -272,20 +306,43 @@ def costs(rows: Iterable[CostRow]) -> list[Costs]:
     ]
 
 
+COST_FIELDS = ["invoices", "charged", "paid", "open"]
+
+
+def _cost_values(part: Costs | CostKind) -> list[Any]:
+    """A kind's or a currency's sums as CSV cells and JSON values (COST_FIELDS)."""
+    return [part.invoices, f"{part.charged:f}", f"{part.paid:f}", f"{part.open:f}"]
+
+
 def costs_csv(rows: list[Costs]) -> str:
     """One line per currency and kind, then the currency's `total`."""
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\r\n")
-    writer.writerow(["currency", "kind", "invoices", "charged", "paid", "open"])
-    for c in rows:
-        for k in c.kinds:
-            writer.writerow(
-                [c.currency, k.kind, k.invoices, f"{k.charged:f}", f"{k.paid:f}", f"{k.open:f}"]
+    return _csv_text(
+        ["currency", "kind", *COST_FIELDS],
+        (
+            line
+            for c in rows
+            for line in (
+                *([c.currency, k.kind, *_cost_values(k)] for k in c.kinds),
+                [c.currency, "total", *_cost_values(c)],
             )
-        writer.writerow(
-            [c.currency, "total", c.invoices, f"{c.charged:f}", f"{c.paid:f}", f"{c.open:f}"]
-        )
-    return out.getvalue()
+        ),
+    )
+
+
+def costs_json(rows: list[Costs]) -> dict[str, Any]:
+    return {
+        "currencies": [
+            {
+                "currency": c.currency,
+                **dict(zip(COST_FIELDS, _cost_values(c), strict=True)),
+                "kinds": [
+                    {"kind": k.kind, **dict(zip(COST_FIELDS, _cost_values(k), strict=True))}
+                    for k in c.kinds
+                ],
+            }
+            for c in rows
+        ]
+    }
 
 
 # --- collection results -------------------------------------------------------------------
@@ -337,13 +394,35 @@ def collection_results(
 
 
 def collection_csv(rows: list[CollectionResults]) -> str:
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\r\n")
-    writer.writerow(["currency", "state", "cases", "amount", "collected"])
-    for r in rows:
-        for s in r.states:
-            writer.writerow([r.currency, s.state, s.cases, f"{s.amount:f}", f"{s.collected:f}"])
-    return out.getvalue()
+    return _csv_text(
+        ["currency", "state", "cases", "amount", "collected"],
+        (
+            [r.currency, s.state, s.cases, f"{s.amount:f}", f"{s.collected:f}"]
+            for r in rows
+            for s in r.states
+        ),
+    )
+
+
+def collection_json(rows: list[CollectionResults]) -> dict[str, Any]:
+    return {
+        "currencies": [
+            {
+                "currency": r.currency,
+                "states": [
+                    {
+                        "state": s.state,
+                        "cases": s.cases,
+                        "amount": f"{s.amount:f}",
+                        "collected": f"{s.collected:f}",
+                    }
+                    for s in r.states
+                ],
+                "collected": f"{r.collected:f}",
+            }
+            for r in rows
+        ]
+    }
 
 
 # --- days sales outstanding ---------------------------------------------------------------
@@ -408,20 +487,34 @@ def dso_series(
     }
 
 
+def _dso_values(m: DsoMonth) -> list[Any]:
+    """A month as its CSV cells and JSON values: month, receivables, sales, days, DSO."""
+    return [
+        m.month.strftime("%Y-%m"),
+        f"{m.receivables:f}",
+        f"{m.sales:f}",
+        m.days,
+        None if m.dso is None else f"{m.dso:f}",
+    ]
+
+
+DSO_FIELDS = ["month", "receivables", "sales", "days", "dso"]
+
+
 def dso_csv(series: dict[str, list[DsoMonth]]) -> str:
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\r\n")
-    writer.writerow(["currency", "month", "receivables", "sales", "days", "dso"])
-    for currency, months in series.items():
-        for m in months:
-            writer.writerow(
-                [
-                    currency,
-                    m.month.strftime("%Y-%m"),
-                    f"{m.receivables:f}",
-                    f"{m.sales:f}",
-                    m.days,
-                    "" if m.dso is None else f"{m.dso:f}",
-                ]
-            )
-    return out.getvalue()
+    return _csv_text(
+        ["currency", *DSO_FIELDS],
+        ([currency, *_dso_values(m)] for currency, months in series.items() for m in months),
+    )
+
+
+def dso_json(series: dict[str, list[DsoMonth]]) -> dict[str, Any]:
+    return {
+        "currencies": [
+            {
+                "currency": currency,
+                "months": [dict(zip(DSO_FIELDS, _dso_values(m), strict=True)) for m in months],
+            }
+            for currency, months in series.items()
+        ]
+    }

@@ -213,23 +213,61 @@ def _like_prefix(prefix: str | None) -> str | None:
     return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
-async def subscription_page(
+@dataclass(frozen=True)
+class Listed:
+    """A read model listed by key: its table and key, the columns a list shows, the
+    column a list filters on, the columns a key prefix searches, and its events."""
+
+    table: str
+    key: str
+    columns: str
+    filtered_by: str
+    searched: tuple[str, ...]
+    events_table: str
+    event_columns: str
+
+
+SUBSCRIPTIONS = Listed(
+    "subscriptions",
+    "subscription_key",
+    "subscription_key, status, currency, scheme_key, next_billing_date, last_event, last_event_at",
+    "status",
+    ("subscription_key",),
+    "subscription_events",
+    "event, invoice_number, period_index, reason, status, occurred_at",
+)
+CASES = Listed(
+    "cases",
+    "case_key",
+    "case_key, state, invoice_number, environment, agency_code, currency, amount,"
+    " collected_amount, last_event, last_event_at",
+    "state",
+    ("case_key", "invoice_number"),
+    "case_events",
+    "event, reason, state, collected_amount, occurred_at",
+)
+
+
+async def listed_page(
     conn: Connection,
+    listed: Listed,
     website_key: str,
-    status: str | None,
+    value: str | None,
     after: str | None,
     limit: int = PAGE_SIZE,
     prefix: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Up to `limit` + 1 subscriptions by key, after `after`, of one status if given."""
+    """Up to `limit` + 1 rows by key, after `after`, with `value` in the filtered column
+    if given, and a searched column starting with `prefix` if given."""
+    search = " OR ".join(f"{column} LIKE $5" for column in listed.searched)
     rows = await conn.fetch(
-        "SELECT subscription_key, status, currency, scheme_key, next_billing_date, last_event,"
-        " last_event_at FROM subscriptions WHERE website_key = $1"
-        " AND ($2::text IS NULL OR status = $2) AND ($3::text IS NULL OR subscription_key > $3)"
-        " AND ($5::text IS NULL OR subscription_key LIKE $5)"
-        " ORDER BY subscription_key LIMIT $4",
+        f"SELECT {listed.columns} FROM {listed.table} WHERE website_key = $1"
+        f" AND ($2::text IS NULL OR {listed.filtered_by} = $2)"
+        f" AND ($3::text IS NULL OR {listed.key} > $3)"
+        f" AND ($5::text IS NULL OR {search})"
+        f" ORDER BY {listed.key} LIMIT $4",
         website_key,
-        status,
+        value,
         after,
         limit + 1,
         _like_prefix(prefix),
@@ -237,9 +275,12 @@ async def subscription_page(
     return [dict(r) for r in rows]
 
 
-async def subscription(conn: Connection, website_key: str, key: str) -> dict[str, Any] | None:
+async def listed_one(
+    conn: Connection, listed: Listed, website_key: str, key: str
+) -> dict[str, Any] | None:
+    """One row with its `events`, oldest first."""
     row = await conn.fetchrow(
-        "SELECT * FROM subscriptions WHERE website_key = $1 AND subscription_key = $2",
+        f"SELECT * FROM {listed.table} WHERE website_key = $1 AND {listed.key} = $2",
         website_key,
         key,
     )
@@ -249,51 +290,8 @@ async def subscription(conn: Connection, website_key: str, key: str) -> dict[str
     found["events"] = [
         dict(r)
         for r in await conn.fetch(
-            "SELECT event, invoice_number, period_index, reason, status, occurred_at"
-            " FROM subscription_events WHERE website_key = $1 AND subscription_key = $2"
-            " ORDER BY occurred_at, message_id",
-            website_key,
-            key,
-        )
-    ]
-    return found
-
-
-async def case_page(
-    conn: Connection,
-    website_key: str,
-    state: str | None,
-    after: str | None,
-    limit: int = PAGE_SIZE,
-    prefix: str | None = None,
-) -> list[dict[str, Any]]:
-    rows = await conn.fetch(
-        "SELECT case_key, state, invoice_number, environment, agency_code, currency, amount,"
-        " collected_amount, last_event, last_event_at FROM cases WHERE website_key = $1"
-        " AND ($2::text IS NULL OR state = $2) AND ($3::text IS NULL OR case_key > $3)"
-        " AND ($5::text IS NULL OR case_key LIKE $5 OR invoice_number LIKE $5)"
-        " ORDER BY case_key LIMIT $4",
-        website_key,
-        state,
-        after,
-        limit + 1,
-        _like_prefix(prefix),
-    )
-    return [dict(r) for r in rows]
-
-
-async def case(conn: Connection, website_key: str, key: str) -> dict[str, Any] | None:
-    row = await conn.fetchrow(
-        "SELECT * FROM cases WHERE website_key = $1 AND case_key = $2", website_key, key
-    )
-    if row is None:
-        return None
-    found = dict(row)
-    found["events"] = [
-        dict(r)
-        for r in await conn.fetch(
-            "SELECT event, reason, state, collected_amount, occurred_at FROM case_events"
-            " WHERE website_key = $1 AND case_key = $2 ORDER BY occurred_at, message_id",
+            f"SELECT {listed.event_columns} FROM {listed.events_table}"
+            f" WHERE website_key = $1 AND {listed.key} = $2 ORDER BY occurred_at, message_id",
             website_key,
             key,
         )

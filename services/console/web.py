@@ -235,6 +235,23 @@ def case_actions_for(case: dict[str, Any]) -> list[CaseAction]:
     return [a for a in CASE_ACTIONS.values() if case["state"] in a.states]
 
 
+# --- reports ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Report:
+    """A report served three ways: `/reports/<name>` renders `template` with the loaded
+    data as `context`, `/reports/<name>.csv` downloads `csv(data)` as `filename(data)`,
+    `/api/reports/<name>` answers `json(data)`. The rules are reports.py's."""
+
+    template: str
+    context: str
+    load: Callable[[Request, User], Awaitable[Any]]
+    csv: Callable[[Any], str]
+    json: Callable[[Any], dict[str, Any]]
+    filename: Callable[[Any], str]
+
+
 # --- security headers ---------------------------------------------------------------------
 
 _SECURITY_HEADERS = [
@@ -847,49 +864,66 @@ class Console:
 
     # --- subscriptions and collection cases ---
 
-    async def subscription_list(self, request: Request, user: User, csrf: str) -> Response:
-        status = request.query_params.get("status") or None
+    async def _listed(
+        self, request: Request, user: User, listed: repository.Listed, param: str
+    ) -> dict[str, Any]:
+        """A page of a list (`rows`), filtered by the query parameter `param` and by a key
+        prefix (`key`), with the URL of the next page (`next_url`)."""
+        value = request.query_params.get(param) or None
         after = request.query_params.get("after") or None
         key = request.query_params.get("key", "").strip()[:200] or None
         async with self.runtime.pool.acquire() as conn:
-            rows = await repository.subscription_page(
-                conn, user.website_key, status, after, prefix=key
+            rows = await repository.listed_page(
+                conn, listed, user.website_key, value, after, prefix=key
             )
         more = len(rows) > repository.PAGE_SIZE
         rows = rows[: repository.PAGE_SIZE]
-        last = rows[-1]["subscription_key"] if more else ""
-        next_url = (
-            f"/subscriptions?{urlencode({'status': status or '', 'key': key or '', 'after': last})}"
-            if more
-            else None
-        )
+        query = {
+            param: value or "",
+            "key": key or "",
+            "after": rows[-1][listed.key] if more else "",
+        }
+        return {
+            "rows": rows,
+            param: value,
+            "key": key,
+            "next_url": f"{request.url.path}?{urlencode(query)}" if more else None,
+        }
+
+    async def _one(
+        self, user: User, listed: repository.Listed, subject: str, key: str
+    ) -> dict[str, Any] | None:
+        """One row with its events and the commands the console sent about it."""
+        async with self.runtime.pool.acquire() as conn:
+            row = await repository.listed_one(conn, listed, user.website_key, key)
+            if row is not None:
+                row["commands"] = await repository.commands_about(
+                    conn, user.website_key, f"{subject}:{key}"
+                )
+        return row
+
+    async def subscription_list(self, request: Request, user: User, csrf: str) -> Response:
         return self.render(
             request,
             "subscriptions.html",
             user,
             csrf,
-            rows=rows,
-            status=status,
-            key=key,
+            **await self._listed(request, user, repository.SUBSCRIPTIONS, "status"),
             statuses=[s.value for s in SubscriptionStatus],
-            next_url=next_url,
         )
 
     async def subscription_detail(self, request: Request, user: User, csrf: str) -> Response:
-        key = request.path_params["key"]
-        async with self.runtime.pool.acquire() as conn:
-            row = await repository.subscription(conn, user.website_key, key)
-            if row is None:
-                return self._not_found(request, user, csrf)
-            row["commands"] = await repository.commands_about(
-                conn, user.website_key, f"subscription:{key}"
-            )
+        row = await self._one(
+            user, repository.SUBSCRIPTIONS, "subscription", request.path_params["key"]
+        )
+        if row is None:
+            return self._not_found(request, user, csrf)
         return self.render(request, "subscription.html", user, csrf, sub=row)
 
     async def subscription_stop(self, request: Request, user: User, csrf: str) -> Response:
         key = request.path_params["key"]
         async with self.runtime.pool.acquire() as conn:
-            row = await repository.subscription(conn, user.website_key, key)
+            row = await repository.listed_one(conn, repository.SUBSCRIPTIONS, user.website_key, key)
         if row is None:
             return self._not_found(request, user, csrf)
         form = await request.form()
@@ -909,38 +943,19 @@ class Console:
         return RedirectResponse(f"/subscriptions/{key}#commands", status_code=303)
 
     async def case_list(self, request: Request, user: User, csrf: str) -> Response:
-        state = request.query_params.get("state") or None
-        after = request.query_params.get("after") or None
-        key = request.query_params.get("key", "").strip()[:200] or None
-        async with self.runtime.pool.acquire() as conn:
-            rows = await repository.case_page(conn, user.website_key, state, after, prefix=key)
-        more = len(rows) > repository.PAGE_SIZE
-        rows = rows[: repository.PAGE_SIZE]
-        next_url = (
-            "/cases?"
-            + urlencode({"state": state or "", "key": key or "", "after": rows[-1]["case_key"]})
-            if more
-            else None
-        )
         return self.render(
             request,
             "cases.html",
             user,
             csrf,
-            rows=rows,
-            state=state,
-            key=key,
+            **await self._listed(request, user, repository.CASES, "state"),
             states=reports.CASE_STATES,
-            next_url=next_url,
         )
 
     async def case_detail(self, request: Request, user: User, csrf: str) -> Response:
-        key = request.path_params["key"]
-        async with self.runtime.pool.acquire() as conn:
-            row = await repository.case(conn, user.website_key, key)
-            if row is None:
-                return self._not_found(request, user, csrf)
-            row["commands"] = await repository.commands_about(conn, user.website_key, f"case:{key}")
+        row = await self._one(user, repository.CASES, "case", request.path_params["key"])
+        if row is None:
+            return self._not_found(request, user, csrf)
         return self.render(
             request,
             "case.html",
@@ -955,7 +970,7 @@ class Console:
         key = request.path_params["key"]
         action = CASE_ACTIONS.get(request.path_params["action"])
         async with self.runtime.pool.acquire() as conn:
-            row = await repository.case(conn, user.website_key, key)
+            row = await repository.listed_one(conn, repository.CASES, user.website_key, key)
         if row is None or action is None:
             return self._not_found(request, user, csrf)
         form = await request.form()
@@ -987,6 +1002,8 @@ class Console:
         await self.send(user, payload, subject=f"case:{key}")
         return RedirectResponse(f"/cases/{key}#commands", status_code=303)
 
+    # --- reports: a page, a CSV and a JSON answer each (REPORTS) ---
+
     async def _dso(self, request: Request, user: User) -> dict[str, list[reports.DsoMonth]]:
         until = _as_of(request, user, "until")
         try:
@@ -1010,71 +1027,9 @@ class Console:
                 )
         return reports.dso_series(months, receivables, sales)
 
-    async def dso(self, request: Request, user: User, csrf: str) -> Response:
-        series = await self._dso(request, user)
-        return self.render(request, "dso.html", user, csrf, series=series)
-
-    async def dso_csv(self, request: Request, user: User, csrf: str) -> Response:
-        return _csv(reports.dso_csv(await self._dso(request, user)), "dso.csv")
-
-    async def api_dso(self, request: Request, user: User) -> Response:
-        series = await self._dso(request, user)
-        return JSONResponse(
-            {
-                "currencies": [
-                    {
-                        "currency": currency,
-                        "months": [
-                            {
-                                "month": m.month.strftime("%Y-%m"),
-                                "receivables": f"{m.receivables:f}",
-                                "sales": f"{m.sales:f}",
-                                "days": m.days,
-                                "dso": None if m.dso is None else f"{m.dso:f}",
-                            }
-                            for m in months
-                        ],
-                    }
-                    for currency, months in series.items()
-                ]
-            }
-        )
-
-    async def _collection(self, user: User) -> list[reports.CollectionResults]:
+    async def _collection(self, request: Request, user: User) -> list[reports.CollectionResults]:
         async with self.runtime.pool.acquire() as conn:
             return reports.collection_results(await repository.case_sums(conn, user.website_key))
-
-    async def collection(self, request: Request, user: User, csrf: str) -> Response:
-        return self.render(
-            request, "collection.html", user, csrf, results=await self._collection(user)
-        )
-
-    async def collection_csv(self, request: Request, user: User, csrf: str) -> Response:
-        return _csv(reports.collection_csv(await self._collection(user)), "collection.csv")
-
-    async def api_collection(self, request: Request, user: User) -> Response:
-        return JSONResponse(
-            {
-                "currencies": [
-                    {
-                        "currency": r.currency,
-                        "states": [
-                            {
-                                "state": s.state,
-                                "cases": s.cases,
-                                "amount": f"{s.amount:f}",
-                                "collected": f"{s.collected:f}",
-                            }
-                            for s in r.states
-                        ],
-                        "collected": f"{r.collected:f}",
-                    }
-                    for r in await self._collection(user)
-                ]
-            }
-        )
-
-    # --- reports ---
 
     async def _aging(self, request: Request, user: User) -> reports.AgingReport:
         as_of = _as_of(request, user)
@@ -1082,79 +1037,83 @@ class Console:
             sums = await repository.aging_sums(conn, user.website_key, as_of)
         return reports.aging_from_sums(as_of, sums)
 
-    async def aging(self, request: Request, user: User, csrf: str) -> Response:
-        report = await self._aging(request, user)
-        return self.render(request, "aging.html", user, csrf, report=report)
-
-    async def aging_csv(self, request: Request, user: User, csrf: str) -> Response:
-        report = await self._aging(request, user)
-        return PlainTextResponse(
-            reports.aging_csv(report),
-            media_type="text/csv; charset=utf-8",
-            headers={"content-disposition": f'attachment; filename="aging-{report.as_of}.csv"'},
-        )
-
-    async def _funnel(self, user: User) -> list[reports.Funnel]:
+    async def _funnel(self, request: Request, user: User) -> list[reports.Funnel]:
         async with self.runtime.pool.acquire() as conn:
             return reports.funnel(await repository.funnel_counts(conn, user.website_key))
 
-    async def _costs(self, user: User) -> list[reports.Costs]:
+    async def _costs(self, request: Request, user: User) -> list[reports.Costs]:
         async with self.runtime.pool.acquire() as conn:
             return reports.costs(await repository.cost_sums(conn, user.website_key))
 
-    async def funnel(self, request: Request, user: User, csrf: str) -> Response:
-        return self.render(request, "funnel.html", user, csrf, funnels=await self._funnel(user))
+    def _reports(self) -> dict[str, Report]:
+        return {
+            "aging": Report(
+                "aging.html",
+                "report",
+                self._aging,
+                reports.aging_csv,
+                reports.aging_json,
+                lambda report: f"aging-{report.as_of}.csv",
+            ),
+            "funnel": Report(
+                "funnel.html",
+                "funnels",
+                self._funnel,
+                reports.funnel_csv,
+                reports.funnel_json,
+                lambda _: "step-funnel.csv",
+            ),
+            "dso": Report(
+                "dso.html",
+                "series",
+                self._dso,
+                reports.dso_csv,
+                reports.dso_json,
+                lambda _: "dso.csv",
+            ),
+            "costs": Report(
+                "costs.html",
+                "rows",
+                self._costs,
+                reports.costs_csv,
+                reports.costs_json,
+                lambda _: "costs.csv",
+            ),
+            "collection": Report(
+                "collection.html",
+                "results",
+                self._collection,
+                reports.collection_csv,
+                reports.collection_json,
+                lambda _: "collection.csv",
+            ),
+        }
 
-    async def funnel_csv(self, request: Request, user: User, csrf: str) -> Response:
-        return _csv(reports.funnel_csv(await self._funnel(user)), "step-funnel.csv")
+    def _report_routes(self) -> list[Route]:
+        routes = []
+        for name, report in self._reports().items():
 
-    async def costs(self, request: Request, user: User, csrf: str) -> Response:
-        return self.render(request, "costs.html", user, csrf, rows=await self._costs(user))
+            async def page(
+                request: Request, user: User, csrf: str, report: Report = report
+            ) -> Response:
+                data = await report.load(request, user)
+                return self.render(request, report.template, user, csrf, **{report.context: data})
 
-    async def costs_csv(self, request: Request, user: User, csrf: str) -> Response:
-        return _csv(reports.costs_csv(await self._costs(user)), "costs.csv")
+            async def as_csv(
+                request: Request, user: User, csrf: str, report: Report = report
+            ) -> Response:
+                data = await report.load(request, user)
+                return _csv(report.csv(data), report.filename(data))
 
-    async def api_funnel(self, request: Request, user: User) -> Response:
-        return JSONResponse(
-            {
-                "schemes": [
-                    {
-                        "scheme_key": f.scheme_key,
-                        "steps": [
-                            {"step": s.step, "reached": s.reached, "paid_after": s.paid_after}
-                            for s in f.steps
-                        ],
-                    }
-                    for f in await self._funnel(user)
-                ]
-            }
-        )
+            async def as_json(request: Request, user: User, report: Report = report) -> Response:
+                return JSONResponse(report.json(await report.load(request, user)))
 
-    async def api_costs(self, request: Request, user: User) -> Response:
-        return JSONResponse(
-            {
-                "currencies": [
-                    {
-                        "currency": c.currency,
-                        "invoices": c.invoices,
-                        "charged": f"{c.charged:f}",
-                        "paid": f"{c.paid:f}",
-                        "open": f"{c.open:f}",
-                        "kinds": [
-                            {
-                                "kind": k.kind,
-                                "invoices": k.invoices,
-                                "charged": f"{k.charged:f}",
-                                "paid": f"{k.paid:f}",
-                                "open": f"{k.open:f}",
-                            }
-                            for k in c.kinds
-                        ],
-                    }
-                    for c in await self._costs(user)
-                ]
-            }
-        )
+            routes += [
+                Route(f"/reports/{name}", self.page(page)),
+                Route(f"/reports/{name}.csv", self.page(as_csv)),
+                Route(f"/api/reports/{name}", self.api(as_json)),
+            ]
+        return routes
 
     # --- the JSON API ---
 
@@ -1238,24 +1197,6 @@ class Console:
             answer = await repository.command(conn, user.website_key, command_id)
         return JSONResponse({"command_id": str(command_id), **_answer_json(answer)})
 
-    async def api_aging(self, request: Request, user: User) -> Response:
-        report = await self._aging(request, user)
-        return JSONResponse(
-            {
-                "as_of": report.as_of.isoformat(),
-                "buckets": [b.key for b in reports.BUCKETS],
-                "currencies": [
-                    {
-                        "currency": row.currency,
-                        "amounts": {k: f"{v:f}" for k, v in row.amounts.items()},
-                        "invoices": row.counts,
-                        "total": f"{row.total:f}",
-                    }
-                    for row in report.rows
-                ],
-            }
-        )
-
     # --- health ---
 
     async def healthz(self, request: Request) -> Response:
@@ -1310,20 +1251,7 @@ class Console:
             Route("/cases", self.page(self.case_list)),
             Route("/cases/{key}", self.page(self.case_detail)),
             Route("/cases/{key}/actions/{action}", self.page(self.case_action), methods=["POST"]),
-            Route("/reports/dso", self.page(self.dso)),
-            Route("/reports/dso.csv", self.page(self.dso_csv)),
-            Route("/api/reports/dso", self.api(self.api_dso)),
-            Route("/reports/collection", self.page(self.collection)),
-            Route("/reports/collection.csv", self.page(self.collection_csv)),
-            Route("/api/reports/collection", self.api(self.api_collection)),
-            Route("/reports/aging", self.page(self.aging)),
-            Route("/reports/aging.csv", self.page(self.aging_csv)),
-            Route("/reports/funnel", self.page(self.funnel)),
-            Route("/reports/funnel.csv", self.page(self.funnel_csv)),
-            Route("/reports/costs", self.page(self.costs)),
-            Route("/reports/costs.csv", self.page(self.costs_csv)),
-            Route("/api/reports/funnel", self.api(self.api_funnel)),
-            Route("/api/reports/costs", self.api(self.api_costs)),
+            *self._report_routes(),
             Route("/api/invoices", self.api(self.api_invoices)),
             Route("/api/invoices/{invoice_key}", self.api(self.api_invoice)),
             Route(
@@ -1332,7 +1260,6 @@ class Console:
                 methods=["POST"],
             ),
             Route("/api/commands/{command_id}", self.api(self.api_command)),
-            Route("/api/reports/aging", self.api(self.api_aging)),
         ]
 
 

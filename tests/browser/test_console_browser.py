@@ -5,21 +5,17 @@ URL, the aging report matching the invoice events, and the list on a phone."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from tests.support.console import (
     AGING_AS_OF,
     PASSWORD,
     ConsoleStack,
     aging_from_events,
-    console_stack,
+    console_fixtures,
     create,
-    merchant_client,
     seed_aging,
 )
 from tests.support.invoices import InvoiceClient, debtor, invoice_payload
@@ -28,19 +24,7 @@ from tests.support.invoices import InvoiceClient, debtor, invoice_payload
 TIMEOUT_MS = 60_000
 
 
-@pytest.fixture(scope="module")
-async def stack(
-    browser: Any, kafka_bootstrap: str, database_url: str
-) -> AsyncIterator[ConsoleStack]:
-    # `browser` first: without a Chromium the tests skip before the stack starts.
-    async with console_stack(kafka_bootstrap, database_url) as running:
-        yield running
-
-
-@pytest.fixture
-async def merchant(stack: ConsoleStack) -> AsyncIterator[InvoiceClient]:
-    async with merchant_client(stack) as client:
-        yield client
+stack, merchant = console_fixtures(with_browser=True)
 
 
 async def sign_in(

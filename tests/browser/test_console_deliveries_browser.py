@@ -5,7 +5,7 @@ retry delivers it, the page shows that by itself; the webhook's delivery log lis
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +15,8 @@ from services.console.web import fmt_datetime
 from tests.support.console import (
     PASSWORD,
     ConsoleStack,
-    console_stack,
+    console_fixtures,
     create,
-    merchant_client,
     register_webhook,
 )
 from tests.support.invoices import InvoiceClient
@@ -33,21 +32,9 @@ def endpoint() -> Iterator[HttpSink]:
         yield sink
 
 
-@pytest.fixture(scope="module")
-async def stack(
-    browser: Any, kafka_bootstrap: str, database_url: str
-) -> AsyncIterator[ConsoleStack]:
-    # `browser` first: without a Chromium the tests skip before the stack starts.
-    async with console_stack(
-        kafka_bootstrap, database_url, "scheduler", "notifier", webhook_timeout_s=2.0
-    ) as running:
-        yield running
-
-
-@pytest.fixture
-async def merchant(stack: ConsoleStack) -> AsyncIterator[InvoiceClient]:
-    async with merchant_client(stack) as client:
-        yield client
+stack, merchant = console_fixtures(
+    "scheduler", "notifier", with_browser=True, webhook_timeout_s=2.0
+)
 
 
 async def test_a_failed_delivery_and_its_retry_on_the_invoice_page_and_in_the_log(

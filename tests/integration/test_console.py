@@ -7,13 +7,11 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
 import httpx
-import pytest
 
 from contracts import topics
 from tests.support.console import (
@@ -21,25 +19,14 @@ from tests.support.console import (
     PASSWORD,
     ConsoleStack,
     aging_from_events,
-    console_stack,
+    console_fixtures,
     create,
-    merchant_client,
     seed_aging,
 )
 from tests.support.invoices import InvoiceClient, invoice_payload
 from tests.support.kafka import TopicWatcher, at_least, poll_until
 
-
-@pytest.fixture(scope="module")
-async def stack(kafka_bootstrap: str, database_url: str) -> AsyncIterator[ConsoleStack]:
-    async with console_stack(kafka_bootstrap, database_url) as running:
-        yield running
-
-
-@pytest.fixture
-async def merchant(stack: ConsoleStack) -> AsyncIterator[InvoiceClient]:
-    async with merchant_client(stack) as client:
-        yield client
+stack, merchant = console_fixtures()
 
 
 async def test_invoice_events_and_results_fill_the_read_models(

@@ -6,38 +6,22 @@ a failed attempt with its retry time, then the delivery."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from datetime import datetime
-
-import pytest
 
 from contracts import topics
 from services.console.web import fmt_datetime
 from services.notifier.webhooks import RETRY_DELAYS
 from tests.support.console import (
     ConsoleStack,
-    console_stack,
+    console_fixtures,
     create,
-    merchant_client,
     register_webhook,
 )
 from tests.support.invoices import InvoiceClient
 from tests.support.kafka import TopicWatcher
 from tests.support.notifier import HttpSink, Request
 
-
-@pytest.fixture(scope="module")
-async def stack(kafka_bootstrap: str, database_url: str) -> AsyncIterator[ConsoleStack]:
-    async with console_stack(
-        kafka_bootstrap, database_url, "scheduler", "notifier", webhook_timeout_s=2.0
-    ) as running:
-        yield running
-
-
-@pytest.fixture
-async def merchant(stack: ConsoleStack) -> AsyncIterator[InvoiceClient]:
-    async with merchant_client(stack) as client:
-        yield client
+stack, merchant = console_fixtures("scheduler", "notifier", webhook_timeout_s=2.0)
 
 
 async def test_a_failed_then_delivered_push_shows_in_the_log_with_its_retry_time(

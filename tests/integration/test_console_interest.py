@@ -7,27 +7,14 @@ days; the page shows it with the per-period table."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from datetime import date
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
-import pytest
-
-from tests.support.console import ConsoleStack, console_stack, merchant_client
+from tests.support.console import ConsoleStack, console_fixtures
 from tests.support.invoices import InvoiceClient, debtor, invoice_payload
 
-
-@pytest.fixture(scope="module")
-async def stack(kafka_bootstrap: str, database_url: str) -> AsyncIterator[ConsoleStack]:
-    async with console_stack(kafka_bootstrap, database_url) as running:
-        yield running
-
-
-@pytest.fixture
-async def merchant(stack: ConsoleStack) -> AsyncIterator[InvoiceClient]:
-    async with merchant_client(stack) as client:
-        yield client
+stack, merchant = console_fixtures()
 
 
 ZONE = "Pacific/Kiritimati"  # UTC+14: every change below is on the next day there

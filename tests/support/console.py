@@ -14,6 +14,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+import pytest
 import uvicorn
 
 from services.console.accounts import add_user
@@ -245,3 +246,32 @@ async def merchant_client(stack: ConsoleStack) -> AsyncIterator[InvoiceClient]:
         yield client
     finally:
         await client.watcher.stop()
+
+
+def console_fixtures(
+    *services: str, with_browser: bool = False, **settings: Any
+) -> tuple[Any, Any]:
+    """A console test module's two fixtures, assigned as `stack, merchant =
+    console_fixtures(...)`: `stack`, the console stack with `services` and `settings` for
+    the module, and `merchant`, a new merchant of it for each test. `with_browser`: the
+    stack asks for the `browser` fixture first, so that without a Chromium the module's
+    tests skip before a stack starts."""
+
+    async def plain(kafka_bootstrap: str, database_url: str) -> AsyncIterator[ConsoleStack]:
+        async with console_stack(kafka_bootstrap, database_url, *services, **settings) as running:
+            yield running
+
+    async def after_browser(
+        browser: Any, kafka_bootstrap: str, database_url: str
+    ) -> AsyncIterator[ConsoleStack]:
+        async for running in plain(kafka_bootstrap, database_url):
+            yield running
+
+    async def merchant(stack: ConsoleStack) -> AsyncIterator[InvoiceClient]:
+        async with merchant_client(stack) as client:
+            yield client
+
+    return (
+        pytest.fixture(scope="module", name="stack")(after_browser if with_browser else plain),
+        pytest.fixture(name="merchant")(merchant),
+    )

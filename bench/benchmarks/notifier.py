@@ -10,6 +10,8 @@ Runs (`--notifier-runs`):
 - pushes: `--notifier-n` events pre-produced, then the service starts; the rate is
   events / (last push seen - first InvoiceEvent reaching the handler); every push must
   come once, with its `message-id` header;
+- pushes_process: the same with the notifier in a process of its own
+  (`bench.procs.ServiceProcess`), for its own CPU and peak RSS without the harness's;
 - webhooks: a started service with a webhook registered for every website key, sent
   `--notifier-webhook-n` events as fast as the producer goes; deliveries/s until the
   endpoint has accepted all of them, and produced → received latency (mostly queueing);
@@ -24,23 +26,26 @@ import base64
 import importlib.util
 import os
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 import psutil
 from aiokafka import AIOKafkaProducer
+from cryptography.fernet import Fernet
 
 from bench import kafka
+from bench.cost import CostMeter
 from bench.cost import line as cost_line
 from bench.driver import Load, LoadGenerator, run_backlog
-from bench.infra import Count, free_port
-from bench.inprocess import InProcessService
+from bench.infra import Count, drop_run, free_port
+from bench.inprocess import InProcessService, schema_of
 from bench.invoice_loadgen import website_key
 from bench.kafka import PARTITIONS
 from bench.notifier_loadgen import NotifierLoadSpec, invoice_count
 from bench.notifier_loadgen import main as loadgen_main
-from bench.procs import embedded_pids, tree_cpu_seconds
+from bench.procs import ServiceProcess, embedded_pids, tree_cpu_seconds
 from bench.registry import BenchContext, Options, benchmark, logger
 from bench.stats import backlog_figures, summary
 from contracts import topics
@@ -66,7 +71,7 @@ OPTIONS = Options(
         "--notifier-max-records": (500, "kafka_max_records of the service (default 500)"),
     },
     "--notifier-runs",
-    ("pushes", "webhooks", "webhook_latency"),
+    ("pushes", "pushes_process", "webhooks", "webhook_latency"),
 )
 
 
@@ -158,6 +163,48 @@ class _Notifier(InProcessService):
         raise RuntimeError(f"only {count} of {len(secrets)} webhooks registered within 60 s")
 
 
+class _NotifierProcess:
+    """The notifier in a process of its own (`bench.procs.ServiceProcess`): its CPU and
+    peak RSS without the bench harness's memory, for the 150 MB target."""
+
+    def __init__(self, ctx: BenchContext, prefix: str) -> None:
+        self.ctx = ctx
+        self.prefix = prefix
+        self.schema = schema_of(prefix)
+        self.process = ServiceProcess(
+            ctx,
+            "notifier",
+            "services.notifier.app",
+            prefix=prefix,
+            schema=self.schema,
+            env={
+                "KAFKA_MAX_RECORDS": str(ctx.args.notifier_max_records),
+                "CM_SECRET_KEY": Fernet.generate_key().decode(),
+            },
+        )
+        self.meter = CostMeter()
+        #: When it answered /healthz, which it does once its consumers run: the first
+        #: event is handled at about that time.
+        self.first_handled: float | None = None
+
+    async def start(self) -> None:
+        self.process.spawn()
+        await self.process.wait_healthy()
+        self.first_handled = time.time()
+        self.meter = CostMeter()
+        self.meter.add("notifier (process)", self.process.pid)
+
+    async def stop(self) -> None:
+        await self.meter.stop()
+        self.process.stop()
+
+    def cost(self, messages: int) -> dict[str, Any]:
+        return self.meter.figures(messages)
+
+    async def cleanup(self, counts: Mapping[str, Count]) -> dict[str, Any]:
+        return await drop_run(self.ctx, self.schema, counts, prefix=self.prefix)
+
+
 def _spec(ctx: BenchContext, events_topic: str, n: int, **extra: Any) -> NotifierLoadSpec:
     return NotifierLoadSpec(
         bootstrap=ctx.bootstrap_servers,
@@ -244,12 +291,18 @@ def _checks(done: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-async def pushes(ctx: BenchContext, n: int) -> dict[str, Any]:
-    prefix = ctx.prefix("nfp")
-    notifier = _Notifier(ctx, prefix)
-    events_topic, push_topic = await notifier.create_topics()
+async def pushes(ctx: BenchContext, n: int, *, as_process: bool = False) -> dict[str, Any]:
+    """`as_process`: the notifier in a process of its own; its rate's start is when it
+    answered /healthz, not the first event handled."""
+    label = "pushes_process" if as_process else "pushes"
+    prefix = ctx.prefix("nfpp" if as_process else "nfp")
+    in_process = _Notifier(ctx, prefix)
+    events_topic, push_topic = await in_process.create_topics()
+    notifier: _Notifier | _NotifierProcess = (
+        _NotifierProcess(ctx, prefix) if as_process else in_process
+    )
     spec = _spec(ctx, events_topic, n, mode="pushes", push_topic=push_topic, timeout_s=300.0)
-    load = await run_backlog(spec, notifier, _log, "pushes", target=loadgen_main, what="events")
+    load = await run_backlog(spec, notifier, _log, label, target=loadgen_main, what="events")
     counts = await notifier.cleanup(COUNTS)
     done = load.done
     result = {
@@ -267,8 +320,8 @@ async def pushes(ctx: BenchContext, n: int) -> dict[str, Any]:
         "outbox_rows_left": counts["outbox_rows_left"],
         "cost": notifier.cost(n),
     }
-    _log(f"pushes: {result['pushes_per_s']} pushes/s over {result['seconds']} s")
-    _log(f"pushes: {cost_line(result['cost'])}")
+    _log(f"{label}: {result['pushes_per_s']} pushes/s over {result['seconds']} s")
+    _log(f"{label}: {cost_line(result['cost'])}")
     return result
 
 
@@ -346,6 +399,7 @@ async def run(ctx: BenchContext) -> dict[str, Any]:
         args,
         {
             "pushes": lambda: pushes(ctx, args.notifier_n),
+            "pushes_process": lambda: pushes(ctx, args.notifier_n, as_process=True),
             "webhooks": lambda: webhooks(ctx, "nfw", args.notifier_webhook_n, rate=None),
             "webhook_latency": lambda: webhooks(
                 ctx, "nfl", latency_n, rate=args.notifier_webhook_rate

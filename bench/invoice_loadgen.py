@@ -18,7 +18,7 @@ import json
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -56,15 +56,18 @@ def seq_of(number: str) -> int | None:
 
 def payload(seq: int, debtor_index: int) -> dict[str, Any]:
     """A realistic CreateInvoice: a person debtor with contacts, two lines (2 x 40.00 +
-    1 x 20.00, 21 % VAT = 121.00), three custom parameters."""
+    1 x 20.00, 21 % VAT = 121.00), three custom parameters; dated today, due in 14 days
+    (fixed dates would make every invoice of a later run overdue at creation, and the
+    run's cost drift with the calendar: interest, a first step due at once)."""
+    today = datetime.now(UTC).date()
     code = f"D-{debtor_index:06d}"
     first = FIRST_NAMES[debtor_index % len(FIRST_NAMES)]
     last = LAST_NAMES[(debtor_index // len(FIRST_NAMES)) % len(LAST_NAMES)]
     number = invoice_number(seq)
     return {
         "invoice_number": number,
-        "invoice_date": "2026-11-01",
-        "due_date": "2026-11-15",
+        "invoice_date": today.isoformat(),
+        "due_date": (today + timedelta(days=14)).isoformat(),
         "currency": "EUR",
         "amount_debit": "121.00",
         "amount_vat": "21.00",

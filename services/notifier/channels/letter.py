@@ -15,7 +15,6 @@ import re
 from pathlib import Path
 
 import httpx
-from fpdf import FPDF
 
 from services.notifier.channels import ChannelFailed, Provider, Rendered, TransientFailure
 from services.notifier.limits import header_value
@@ -38,6 +37,11 @@ def render_pdf(
 ) -> bytes:
     """One A4 letter: the sender (the merchant's sender name) in bold at the top, the
     address window, the date, the subject in bold, the text."""
+    # Imported at the first letter, not at start: fpdf2 with fontTools and Pillow is
+    # ~30 MB of the notifier's memory, which a notifier sending no letters never needs
+    # (bench/README.md, "Memory of the notifier").
+    from fpdf import FPDF  # noqa: PLC0415
+
     pdf = FPDF(format="A4")
     pdf.set_compression(compress)
     pdf.core_fonts_encoding = _ENCODING

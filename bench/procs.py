@@ -18,7 +18,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import httpx
@@ -124,6 +124,25 @@ class ServiceProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(5)
+
+
+#: The counter every service counts its handled messages in, by `type`.
+HANDLED = "cm_messages_handled_total"
+
+
+async def first_handled(
+    processes: Sequence[ServiceProcess], message_type: str, interval: float = 0.02
+) -> float:
+    """The time (`time.time()`) a process first counts a handled `message_type`, its
+    /metrics polled every `interval` s (a process not serving yet is asked again)."""
+    async with httpx.AsyncClient() as client:
+        while True:
+            for process in processes:
+                with contextlib.suppress(httpx.HTTPError):
+                    samples = await process.metrics(client, {HANDLED})
+                    if total(samples, HANDLED, type=message_type) > 0:
+                        return time.time()
+            await asyncio.sleep(interval)
 
 
 def parse_metrics(text: str, names: set[str]) -> dict[SampleKey, float]:

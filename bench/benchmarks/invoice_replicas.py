@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from typing import Any
 
 import httpx
@@ -31,11 +30,17 @@ from bench.driver import run_load
 from bench.infra import drop_run
 from bench.inprocess import schema_of
 from bench.invoice_loadgen import main as loadgen_main
-from bench.procs import ServiceProcess, embedded_pids, total, tree_cpu_seconds
+from bench.procs import (
+    HANDLED,
+    ServiceProcess,
+    embedded_pids,
+    first_handled,
+    total,
+    tree_cpu_seconds,
+)
 from bench.registry import BenchContext, Options, benchmark, logger
 from bench.stats import per_s, summary
 
-HANDLED = "cm_messages_handled_total"
 OPTIONS = Options(
     {
         "--replicas-n": (5_000, "CreateInvoice commands (default 5000)"),
@@ -89,16 +94,7 @@ class _Replicas:
         self._watch = asyncio.create_task(self._first_handled())
 
     async def _first_handled(self) -> None:
-        """Note when a replica first counts a CreateInvoice (polled every 20 ms)."""
-        async with httpx.AsyncClient() as client:
-            while self.first_handled is None:
-                for process in self.processes:
-                    with contextlib.suppress(httpx.HTTPError):
-                        samples = await process.metrics(client, {HANDLED})
-                        if total(samples, HANDLED, type="CreateInvoice") > 0:
-                            self.first_handled = time.time()
-                            return
-                await asyncio.sleep(0.02)
+        self.first_handled = await first_handled(self.processes, "CreateInvoice")
 
     async def stop(self) -> None:
         if self._watch is not None:

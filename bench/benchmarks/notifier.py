@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import importlib.util
 import os
 import time
@@ -45,7 +46,7 @@ from bench.invoice_loadgen import website_key
 from bench.kafka import PARTITIONS
 from bench.notifier_loadgen import NotifierLoadSpec, invoice_count
 from bench.notifier_loadgen import main as loadgen_main
-from bench.procs import ServiceProcess, embedded_pids, tree_cpu_seconds
+from bench.procs import ServiceProcess, embedded_pids, first_handled, tree_cpu_seconds
 from bench.registry import BenchContext, Options, benchmark, logger
 from bench.stats import backlog_figures, summary
 from contracts import topics
@@ -121,13 +122,6 @@ class _Notifier(InProcessService):
             probe="InvoiceEvent",
         )
 
-    async def create_topics(self) -> tuple[str, str]:
-        """The event and push topics, created before the service (and the load) starts
-        with the service's partition count; the service's ensure_topics does the rest."""
-        events, pushes = self.prefix + topics.INVOICE_EVENTS, self.prefix + topics.PUSH_INVOICE
-        await kafka.create_topics(self.ctx.bootstrap_servers, [events, pushes], PARTITIONS)
-        return events, pushes
-
     async def register_webhooks(self, url: str, secrets: dict[str, str]) -> float:
         """RegisterWebhook for every website key, waited for in the webhooks table."""
         started = time.monotonic()
@@ -163,6 +157,14 @@ class _Notifier(InProcessService):
         raise RuntimeError(f"only {count} of {len(secrets)} webhooks registered within 60 s")
 
 
+async def _create_topics(ctx: BenchContext, prefix: str) -> tuple[str, str]:
+    """The event and push topics, created before the service (and the load) starts with
+    the service's partition count; the service's ensure_topics does the rest."""
+    events, pushes = prefix + topics.INVOICE_EVENTS, prefix + topics.PUSH_INVOICE
+    await kafka.create_topics(ctx.bootstrap_servers, [events, pushes], PARTITIONS)
+    return events, pushes
+
+
 class _NotifierProcess:
     """The notifier in a process of its own (`bench.procs.ServiceProcess`): its CPU and
     peak RSS without the bench harness's memory, for the 150 MB target."""
@@ -183,18 +185,26 @@ class _NotifierProcess:
             },
         )
         self.meter = CostMeter()
-        #: When it answered /healthz, which it does once its consumers run: the first
-        #: event is handled at about that time.
+        #: When it first counted a handled InvoiceEvent (its /metrics polled; /healthz
+        #: answers only once all six consumers run, after the first has begun the
+        #: backlog): the start of the rate and of the cost window.
         self.first_handled: float | None = None
+        self._watch: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self.process.spawn()
+        self._watch = asyncio.create_task(self._first_handled())
         await self.process.wait_healthy()
-        self.first_handled = time.time()
-        self.meter = CostMeter()
+
+    async def _first_handled(self) -> None:
+        self.first_handled = await first_handled([self.process], "InvoiceEvent")
         self.meter.add("notifier (process)", self.process.pid)
 
     async def stop(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
         await self.meter.stop()
         self.process.stop()
 
@@ -296,10 +306,9 @@ async def pushes(ctx: BenchContext, n: int, *, as_process: bool = False) -> dict
     answered /healthz, not the first event handled."""
     label = "pushes_process" if as_process else "pushes"
     prefix = ctx.prefix("nfpp" if as_process else "nfp")
-    in_process = _Notifier(ctx, prefix)
-    events_topic, push_topic = await in_process.create_topics()
+    events_topic, push_topic = await _create_topics(ctx, prefix)
     notifier: _Notifier | _NotifierProcess = (
-        _NotifierProcess(ctx, prefix) if as_process else in_process
+        _NotifierProcess(ctx, prefix) if as_process else _Notifier(ctx, prefix)
     )
     spec = _spec(ctx, events_topic, n, mode="pushes", push_topic=push_topic, timeout_s=300.0)
     load = await run_backlog(spec, notifier, _log, label, target=loadgen_main, what="events")
@@ -328,7 +337,7 @@ async def pushes(ctx: BenchContext, n: int, *, as_process: bool = False) -> dict
 async def webhooks(ctx: BenchContext, label: str, n: int, rate: float | None) -> dict[str, Any]:
     prefix = ctx.prefix(label)
     notifier = _Notifier(ctx, prefix)
-    events_topic, _ = await notifier.create_topics()
+    events_topic, _ = await _create_topics(ctx, prefix)
     port = free_port()
     secrets = {website_key(i): _secret() for i in range(ctx.args.notifier_websites)}
     spec = _spec(

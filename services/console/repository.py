@@ -275,18 +275,25 @@ async def listed_page(
     return [dict(r) for r in rows]
 
 
-async def listed_one(
+async def listed_row(
     conn: Connection, listed: Listed, website_key: str, key: str
 ) -> dict[str, Any] | None:
-    """One row with its `events`, oldest first."""
+    """One row, without its events."""
     row = await conn.fetchrow(
         f"SELECT * FROM {listed.table} WHERE website_key = $1 AND {listed.key} = $2",
         website_key,
         key,
     )
-    if row is None:
+    return None if row is None else dict(row)
+
+
+async def listed_one(
+    conn: Connection, listed: Listed, website_key: str, key: str
+) -> dict[str, Any] | None:
+    """One row with its `events`, oldest first."""
+    found = await listed_row(conn, listed, website_key, key)
+    if found is None:
         return None
-    found = dict(row)
     found["events"] = [
         dict(r)
         for r in await conn.fetch(

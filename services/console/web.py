@@ -923,7 +923,7 @@ class Console:
     async def subscription_stop(self, request: Request, user: User, csrf: str) -> Response:
         key = request.path_params["key"]
         async with self.runtime.pool.acquire() as conn:
-            row = await repository.listed_one(conn, repository.SUBSCRIPTIONS, user.website_key, key)
+            row = await repository.listed_row(conn, repository.SUBSCRIPTIONS, user.website_key, key)
         if row is None:
             return self._not_found(request, user, csrf)
         form = await request.form()
@@ -970,7 +970,7 @@ class Console:
         key = request.path_params["key"]
         action = CASE_ACTIONS.get(request.path_params["action"])
         async with self.runtime.pool.acquire() as conn:
-            row = await repository.listed_one(conn, repository.CASES, user.website_key, key)
+            row = await repository.listed_row(conn, repository.CASES, user.website_key, key)
         if row is None or action is None:
             return self._not_found(request, user, csrf)
         form = await request.form()
